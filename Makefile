@@ -1,0 +1,49 @@
+# Everything a developer or CI needs, from a fresh clone: `make test`, `make demo`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv lint typecheck unit test fmt simulate check-config clean
+
+help:
+	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
+	@echo "make demo      the whole pipeline on one machine against the simulators"
+	@echo "make simulate  run the MATI, Entra ID and Sentinel simulators in the foreground"
+	@echo "make fmt       format the code"
+
+venv: $(STAMP)
+
+# Rebuilt whenever pyproject.toml changes; pip resolves only on that change.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check shared services simulators tests
+	$(BIN)/ruff format --check shared services simulators tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+fmt: venv
+	$(BIN)/ruff format shared services simulators tests
+	$(BIN)/ruff check --fix shared services simulators tests
+
+simulate: venv
+	$(BIN)/mati2sentinel simulate
+
+check-config: venv
+	$(BIN)/mati2sentinel check-config
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The three services and the `mati2sentinel` command that runs them."""

@@ -1,0 +1,1 @@
+"""Pages MATI `/v4/indicator` and publishes each raw indicator (the pipeline issue builds it)."""

@@ -1,0 +1,1 @@
+"""Applies the destination's filters and the seen cache (the pipeline issue builds it)."""

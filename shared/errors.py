@@ -1,0 +1,91 @@
+"""One error tree for the whole pipeline, split by what the caller must do.
+
+::
+
+    PipelineError
+    ├── ConfigError                 stop at start-up, print the problems
+    ├── TransientError              retry later; the work is fine
+    │   ├── RateLimited             wait ``retry_after_s``, then retry the same work
+    │   ├── UpstreamUnavailable     5xx, timeout, connection reset: back off and retry
+    │   └── PagingInterrupted       a MATI cursor expired: restart the window from the checkpoint
+    ├── PermanentError              this piece of work can never succeed: dead-letter it
+    │   ├── MalformedResponse       a peer answered with a body we cannot read
+    │   └── BatchRejected           Sentinel refused the whole request (400)
+    └── FatalError                  stop taking work for this destination and alert
+        ├── AuthenticationFailed    credentials refused even after a fresh token
+        └── DestinationNotFound     the workspace does not exist (404)
+
+Adapters translate third-party exceptions (aiohttp, redis, azure) into these classes at the
+point where they meet them. Messages never carry a secret: adapters build them from status
+codes and peer messages, never from request headers or URLs with credentials.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Raised when settings are invalid; ``problems`` holds one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class TransientError(PipelineError):
+    """Raised when the work may succeed if tried again later."""
+
+
+class RateLimited(TransientError):
+    """Raised when a peer answered 429; ``retry_after_s`` is how long it asked us to wait."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamUnavailable(TransientError):
+    """Raised on 5xx answers, timeouts and connection resets after in-process retries ran out."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PagingInterrupted(TransientError):
+    """Raised when MATI no longer honours a paging cursor (it lives about ten minutes)."""
+
+
+class PermanentError(PipelineError):
+    """Raised when this piece of work can never succeed as it is."""
+
+
+class MalformedResponse(PermanentError):
+    """Raised when a peer keeps answering with a body that is not the documented shape."""
+
+
+class BatchRejected(PermanentError):
+    """Raised when Sentinel refuses a whole upload request (HTTP 400)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FatalError(PipelineError):
+    """Raised when a destination cannot be served until an operator acts."""
+
+
+class AuthenticationFailed(FatalError):
+    """Raised when a peer refuses our credentials even after a fresh token."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DestinationNotFound(FatalError):
+    """Raised when Sentinel answers 404: usually a wrong workspace id."""
