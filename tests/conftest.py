@@ -1,0 +1,56 @@
+"""Fixtures every test may use: the simulators' CA, and an environment free of the
+developer's own settings (so no test depends on the shell it runs in)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from shared.tls import client_context
+from simulators.tls import SimulatorCA, mint_ca
+
+#: Variables a developer's shell may carry that would change what a test sees.
+_LEAKY_ENV = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_REGIONAL_AUTHORITY_NAME",
+    "MATI_API_KEY",
+    "MATI_API_SECRET",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in _LEAKY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def sim_ca(tmp_path_factory: pytest.TempPathFactory) -> SimulatorCA:
+    """One CA for the whole run; its PEM file is what clients trust."""
+    return mint_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def server_ssl(sim_ca: SimulatorCA) -> ssl.SSLContext:
+    """The TLS context simulators serve with (a certificate for 127.0.0.1 and localhost)."""
+    return sim_ca.server_context()
+
+
+@pytest.fixture(scope="session")
+def client_ssl(sim_ca: SimulatorCA) -> ssl.SSLContext:
+    """The product's own client context, trusting the simulators' CA like SSL_CERT_FILE does."""
+    return client_context(sim_ca.ca_path)
