@@ -1,0 +1,383 @@
+"""Settings: every parameter of the product, read from the environment and checked at start-up.
+
+The names are the vendor integration's (its settings table and release notes), so a team moving
+from it keeps its deployment values. Loading never stops at the first problem: it collects one
+line per bad value (the variable, the value with secrets masked, what is allowed) and raises
+``ConfigError`` with all of them, so an operator fixes a deployment in one go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from shared.errors import ConfigError
+from shared.secrets import MASK, Secret
+
+T = TypeVar("T")
+
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+_GUID: Final = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DNS_NAME: Final = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
+_DESTINATION: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+#: Settings the vendor removed in v1.2: still accepted, never silently.
+REMOVED_SETTINGS: Final = {
+    "USE_UPLOAD_INDICATORS_API": "removed in v1.2; choose the API with SENTINEL_API "
+    "(stix-objects by default, upload-indicators for the legacy API)",
+    "INDICATOR_EXPIRATION": "removed in v1.2; use IP_INDICATOR_EXPIRATION, "
+    "FQDN_INDICATOR_EXPIRATION, URL_INDICATOR_EXPIRATION and HASH_INDICATOR_EXPIRATION",
+    "TARGET_APPLICATION": "removed in v1.2; Microsoft Sentinel is the only target",
+}
+
+SENTINEL_DEFAULT_HOSTS: Final = {
+    "stix-objects": "https://api.ti.sentinel.azure.com",
+    "upload-indicators": "https://sentinelus.azure-api.net",
+}
+
+
+class Service(StrEnum):
+    """Which service is starting: each needs only its own credentials."""
+
+    FETCHER = "fetcher"
+    FILTER = "filter"
+    UPLOADER = "uploader"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective settings; field names are the environment names in lower case."""
+
+    # Mandiant
+    mati_api_key: Secret | None = None
+    mati_api_secret: Secret | None = None
+    mati_base_url: str = "https://api.intelligence.mandiant.com"
+    mati_requests_per_second: float = 1.0
+    # Azure identity and workspace
+    azure_workspace_id: str | None = None
+    azure_client_id: str | None = None
+    azure_client_secret: Secret | None = None
+    azure_tenant_id: str | None = None
+    azure_federated_token_file: Path | None = None
+    azure_authority_host: str = "https://login.microsoftonline.com"
+    azure_workspace_name: str | None = None
+    azure_subscription_id: str | None = None
+    azure_resource_group_name: str | None = None
+    # Indicator lifetime in Sentinel, days
+    ip_indicator_expiration: int = 7
+    fqdn_indicator_expiration: int = 7
+    url_indicator_expiration: int = 7
+    hash_indicator_expiration: int = 90
+    # What to fetch and keep
+    initial_lookback: int = 30
+    minimum_confidence: int = 80
+    minimum_threat_score: int = 80
+    exclude_osint: bool = True
+    default_action: str = "alert"
+    include_uncategorized: bool = True
+    hash_type: str = "md5"
+    include_ipv4: bool = True
+    include_hash: bool = True
+    include_url: bool = True
+    include_fqdn: bool = True
+    passive_only: bool = False
+    sync_schedule: float = 4.0
+    enable_deduplication: bool = True
+    validity_refresh_ratio: float = 0.5
+    # Sentinel
+    sentinel_api: str = "stix-objects"
+    sentinel_base_url: str = SENTINEL_DEFAULT_HOSTS["stix-objects"]
+    sentinel_requests_per_minute: int = 100
+    sentinel_source_system: str = "Mandiant Threat Intelligence"
+    log_analytics_base_url: str = "https://api.loganalytics.io"
+    # Running
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    bus: str = "redis"
+    destination: str = "default"
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    ssl_cert_file: Path | None = None
+    #: Lines to print once at start-up (removed settings that are still set).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def effective(self) -> list[tuple[str, str]]:
+        """``(ENV_NAME, printable value)`` for every setting, secrets masked."""
+        rows = []
+        for f in fields(self):
+            if f.name == "warnings":
+                continue
+            value = getattr(self, f.name)
+            rows.append((f.name.upper(), _printable(value)))
+        return rows
+
+
+def _printable(value: object) -> str:
+    if isinstance(value, Secret):
+        return MASK if value else "(empty)"
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class _Reader:
+    """Reads one variable at a time and keeps the problems instead of raising."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self.invalid: set[str] = set()
+        self.values: dict[str, Any] = {}
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def read(self, name: str, parse: Callable[[str], T], allowed: str) -> None:
+        # Secrets never come through here: they have no format to check, and a value
+        # echoed back in an error line is a value in a log.
+        text = self.raw(name)
+        if text is None:
+            return
+        try:
+            self.values[name.lower()] = parse(text)
+        except ValueError:
+            self.problems.append(f"{name}={text!r} is not valid: {allowed}")
+            self.invalid.add(name)
+
+    def secret(self, name: str) -> None:
+        text = self.raw(name)
+        if text is not None:
+            self.values[name.lower()] = Secret(text)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if value != value or value > high or value < low or (low_open and value == low):
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        lowered = text.lower()
+        if lowered not in options:
+            raise ValueError(text)
+        return lowered
+
+    return parse
+
+
+def _pattern(regex: re.Pattern[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not regex.match(text):
+            raise ValueError(text)
+        return text
+
+    return parse
+
+
+def _tenant(text: str) -> str:
+    if _GUID.match(text) or _DNS_NAME.match(text):
+        return text
+    raise ValueError(text)
+
+
+def _https_url(text: str) -> str:
+    url = text.rstrip("/")
+    if not url.startswith("https://") or len(url) <= len("https://") or " " in url:
+        raise ValueError(text)
+    return url
+
+
+def _authority(text: str) -> str:
+    # azure-identity accepts a bare host and prepends https; so do we, but never plain http.
+    return _https_url(text if "://" in text else f"https://{text}")
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(text)
+    return text
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(text)
+    return path
+
+
+def _source_system(text: str) -> str:
+    if len(text) > 256 or text.lower() == "microsoft sentinel":
+        raise ValueError(text)
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(text)
+    return level
+
+
+_BOOLEAN_HELP: Final = "use TRUE or FALSE"
+_DAYS_HELP: Final = "a whole number of days from 1 to 365"
+
+
+def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) -> Settings:
+    """Read, check and return the settings ``service`` needs, or raise ``ConfigError``.
+
+    Only the credentials of ``service`` are required: the filter never sees a secret.
+    """
+    r = _Reader(environ)
+    r.secret("MATI_API_KEY")
+    r.secret("MATI_API_SECRET")
+    r.secret("AZURE_CLIENT_SECRET")
+    r.read("MATI_BASE_URL", _https_url, "an https:// URL")
+    r.read(
+        "MATI_REQUESTS_PER_SECOND",
+        _float_range(0.0, 50.0, low_open=True),
+        "requests per second, more than 0 and at most 50",
+    )
+    r.read("AZURE_WORKSPACE_ID", _pattern(_GUID), "the Log Analytics workspace GUID")
+    r.read("AZURE_CLIENT_ID", _pattern(_GUID), "the application (client) GUID")
+    r.read("AZURE_TENANT_ID", _tenant, "the tenant GUID or its domain name")
+    r.read("AZURE_FEDERATED_TOKEN_FILE", _existing_file, "the path of an existing token file")
+    r.read("AZURE_AUTHORITY_HOST", _authority, "an https:// authority host")
+    r.read("AZURE_WORKSPACE_NAME", str, "a workspace name")
+    r.read("AZURE_SUBSCRIPTION_ID", _pattern(_GUID), "the subscription GUID")
+    r.read("AZURE_RESOURCE_GROUP_NAME", str, "a resource group name")
+    for name in (
+        "IP_INDICATOR_EXPIRATION",
+        "FQDN_INDICATOR_EXPIRATION",
+        "URL_INDICATOR_EXPIRATION",
+        "HASH_INDICATOR_EXPIRATION",
+    ):
+        r.read(name, _int_range(1, 365), _DAYS_HELP)
+    r.read(
+        "INITIAL_LOOKBACK",
+        _int_range(1, 90),
+        "a whole number of days from 1 to 90 (MATI serves 90 days of indicators)",
+    )
+    r.read("MINIMUM_CONFIDENCE", _int_range(0, 100), "a whole number from 0 to 100")
+    r.read("MINIMUM_THREAT_SCORE", _int_range(0, 100), "a whole number from 0 to 100")
+    for name in (
+        "EXCLUDE_OSINT",
+        "INCLUDE_UNCATEGORIZED",
+        "INCLUDE_IPV4",
+        "INCLUDE_HASH",
+        "INCLUDE_URL",
+        "INCLUDE_FQDN",
+        "PASSIVE_ONLY",
+        "ENABLE_DEDUPLICATION",
+    ):
+        r.read(name, _boolean, _BOOLEAN_HELP)
+    r.read("DEFAULT_ACTION", _choice("alert", "block", "allow"), "one of alert, block, allow")
+    r.read("HASH_TYPE", _choice("md5", "sha1", "sha256", "all"), "one of md5, sha1, sha256, all")
+    r.read(
+        "SYNC_SCHEDULE",
+        _float_range(0.0, 168.0, low_open=True),
+        "hours between syncs, more than 0 and at most 168",
+    )
+    r.read(
+        "VALIDITY_REFRESH_RATIO",
+        _float_range(0.0, 1.0, low_open=True),
+        "a fraction of the expiration, more than 0 and at most 1",
+    )
+    r.read(
+        "SENTINEL_API",
+        _choice(*SENTINEL_DEFAULT_HOSTS),
+        "stix-objects (default) or upload-indicators (legacy)",
+    )
+    r.read("SENTINEL_BASE_URL", _https_url, "an https:// URL")
+    r.read(
+        "SENTINEL_REQUESTS_PER_MINUTE",
+        _int_range(1, 100),
+        "requests a minute for all uploaders together, 1 to 100 (Sentinel's quota)",
+    )
+    r.read(
+        "SENTINEL_SOURCE_SYSTEM",
+        _source_system,
+        "at most 256 characters, and not the reserved 'Microsoft Sentinel'",
+    )
+    r.read("LOG_ANALYTICS_BASE_URL", _https_url, "an https:// URL")
+    r.read("REDIS_URL", _redis_url, "a redis://, rediss:// or unix:// URL")
+    r.read("BUS", _choice("redis", "servicebus"), "redis or servicebus")
+    r.read(
+        "DESTINATION",
+        _pattern(_DESTINATION),
+        "lower-case letters, digits and '-', at most 40, starting with a letter or digit",
+    )
+    r.read("LOG_FORMAT", _choice("auto", "json", "console"), "auto, json or console")
+    r.read("LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR")
+    r.read("SSL_CERT_FILE", _existing_file, "the path of an existing PEM file")
+
+    values = r.values
+    if "sentinel_base_url" not in values and "sentinel_api" in values:
+        values["sentinel_base_url"] = SENTINEL_DEFAULT_HOSTS[values["sentinel_api"]]
+    problems = r.problems + _missing(values, r.invalid, service)
+    if problems:
+        raise ConfigError(problems)
+    warnings = tuple(
+        f"{name} is {why}" for name, why in REMOVED_SETTINGS.items() if r.raw(name) is not None
+    )
+    return Settings(**values, warnings=warnings)
+
+
+def _missing(values: Mapping[str, Any], invalid: set[str], service: Service) -> list[str]:
+    needed: list[str] = []
+    if service in (Service.FETCHER, Service.ALL):
+        needed += ["MATI_API_KEY", "MATI_API_SECRET"]
+    if service in (Service.UPLOADER, Service.ALL):
+        needed += ["AZURE_WORKSPACE_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_ID"]
+    by = "" if service is Service.ALL else f" by the {service.value} service"
+    problems = [
+        f"{name} is required{by} and is not set"
+        for name in needed
+        if name.lower() not in values and name not in invalid
+    ]
+    if (
+        service in (Service.UPLOADER, Service.ALL)
+        and "azure_client_secret" not in values
+        and "azure_federated_token_file" not in values
+    ):
+        problems.append(
+            "AZURE_CLIENT_SECRET is not set: set it, or AZURE_FEDERATED_TOKEN_FILE "
+            "for workload identity"
+        )
+    return problems
