@@ -50,9 +50,7 @@ class SimServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self._host, self._port, ssl_context=self._ssl, shutdown_timeout=1.0
-        )
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await site.start()
 
     async def stop(self) -> None:

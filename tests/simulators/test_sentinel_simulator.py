@@ -1,0 +1,528 @@
+"""The Sentinel upload simulator: both APIs over real TLS, as strict as spec §1, §2 and §6.
+
+Each test pins one behaviour the uploader depends on (or must survive), so a change that makes
+the fake more lenient than Sentinel fails here first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from azure.core import AsyncPipelineClient
+from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
+from azure.core.pipeline.transport import AioHttpTransport
+from azure.core.rest import HttpRequest
+from azure.identity.aio import ClientSecretCredential
+
+from simulators.entra import EntraSimulator
+from simulators.faults import FaultKind
+from simulators.sentinel import DEFAULT_WORKSPACE_ID, SentinelSimulator, split_observable
+from simulators.tokens import TokenMinter
+
+CLIENT = "11111111-1111-1111-1111-111111111111"
+OTHER_CLIENT = "33333333-3333-3333-3333-333333333333"
+TENANT = "00000000-0000-0000-0000-0000000000aa"
+SOURCE = "Mandiant Threat Intelligence"
+MISSING_ID = "Error for Property=id: Required property is missing. Actual value: NULL."
+LEGACY_401 = {"statusCode": 401, "message": "Unauthorized. Access token is missing or invalid."}
+
+
+@pytest.fixture
+def minter() -> TokenMinter:
+    return TokenMinter()
+
+
+@pytest.fixture
+async def sentinel(
+    server_ssl: ssl.SSLContext, minter: TokenMinter
+) -> AsyncIterator[SentinelSimulator]:
+    async with SentinelSimulator(server_ssl, minter=minter) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def session(client_ssl: ssl.SSLContext) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
+        yield s
+
+
+def mint(
+    minter: TokenMinter,
+    *,
+    client: str = CLIENT,
+    audience: str = "https://management.azure.com",
+    ttl_s: int = 3599,
+    now: float | None = None,
+) -> str:
+    return minter.mint_access_token(
+        audience=audience,
+        client_id=client,
+        tenant_id=TENANT,
+        issuer=f"https://login.example/{TENANT}/v2.0",
+        ttl_s=ttl_s,
+        now=now,
+    )
+
+
+def indicator(value: str = "203.0.113.7", **overrides: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--{uuid.uuid4()}",
+        "created": "2024-05-01T10:00:00.000Z",
+        "modified": "2024-05-01T10:00:00.000Z",
+        "pattern": f"[ipv4-addr:value = '{value}']",
+        "pattern_type": "stix",
+        "valid_from": "2024-05-01T10:00:00Z",
+        "valid_until": "2099-01-01T00:00:00Z",
+        "confidence": 80,
+        "labels": ["malware:emotet"],
+    }
+    obj.update(overrides)
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def stix_path(sim: SentinelSimulator, workspace: str | None = None) -> str:
+    ws = workspace or sim.workspace_id
+    return f"/workspaces/{ws}/threat-intelligence-stix-objects:upload"
+
+
+def legacy_path(sim: SentinelSimulator, workspace: str | None = None) -> str:
+    return f"/{workspace or sim.workspace_id}/threatintelligence:upload-indicators"
+
+
+async def upload(
+    session: aiohttp.ClientSession,
+    sim: SentinelSimulator,
+    objects: list[Any] | None = None,
+    *,
+    legacy: bool = False,
+    token: str | None = None,
+    minter: TokenMinter | None = None,
+    body: Any = None,
+    api_version: str | None = "default",
+    workspace: str | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """POST like the product does; returns status, headers and the parsed body (or None).
+
+    ``token=None`` mints a valid one; ``token=""`` sends no Authorization header.
+    """
+    if body is None:
+        key = "value" if legacy else "stixobjects"
+        body = {"sourcesystem": SOURCE, key: objects if objects is not None else [indicator()]}
+    path = legacy_path(sim, workspace) if legacy else stix_path(sim, workspace)
+    if api_version == "default":
+        api_version = "2022-07-01" if legacy else "2024-02-01-preview"
+    params = {} if api_version is None else {"api-version": api_version}
+    headers = {"Content-Type": "application/json"}
+    if token is None:
+        token = mint(minter or sim.minter)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with session.post(
+        f"{sim.url}{path}", params=params, data=orjson.dumps(body), headers=headers
+    ) as resp:
+        raw = await resp.read()
+        return resp.status, dict(resp.headers), orjson.loads(raw) if raw else None
+
+
+# -- accepted uploads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_valid_batch_is_stored_and_answered_with_an_empty_200(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    batch = [indicator(f"198.51.100.{i}") for i in range(100)]
+    status, _, body = await upload(session, sentinel, batch, legacy=legacy)
+    assert (status, body) == (200, None)
+    assert set(sentinel.store) == {obj["id"] for obj in batch}
+    assert len(sentinel.rows) == 100
+    row = sentinel.rows[0]
+    assert row["Data"] == batch[0]
+    assert (row["ObservableKey"], row["ObservableValue"]) == ("ipv4-addr:value", "198.51.100.0")
+    assert row["SourceSystem"] == SOURCE
+    assert row["Tags"] == ["malware:emotet"]
+    assert (row["IsActive"], row["Revoked"], row["IsDeleted"], row["Confidence"]) == (
+        True,
+        False,
+        False,
+        80,
+    )
+    assert row["ValidUntil"] == "2099-01-01T00:00:00.000000Z"
+    assert ":" in sentinel.recorder.requests[0].path  # the ':' in the path routes fine
+
+
+async def test_legacy_keys_are_case_insensitive(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    body = {"SourceSystem": SOURCE, "Value": [indicator()]}
+    status, _, _ = await upload(session, sentinel, legacy=True, body=body)
+    assert status == 200
+    assert len(sentinel.store) == 1
+    status, _, reply = await upload(session, sentinel, body=body)  # the new API is exact
+    assert status == 400
+    assert reply["error"]["code"] == "InvalidSourceSystem"
+
+
+async def test_reupload_updates_the_store_and_appends_a_row(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    first = indicator()
+    second = dict(first, modified="2024-06-01T00:00:00Z", revoked=True)
+    assert (await upload(session, sentinel, [first]))[0] == 200
+    assert (await upload(session, sentinel, [second]))[0] == 200
+    assert sentinel.store == {first["id"]: second}
+    assert sentinel.uploads_for(first["id"]) == 2
+    assert [r["Revoked"] for r in sentinel.rows] == [False, True]
+    assert sentinel.rows[0]["TimeGenerated"] < sentinel.rows[1]["TimeGenerated"]
+    assert sentinel.rows[0]["Id"] == sentinel.rows[1]["Id"] != first["id"]
+    sentinel.republish()
+    assert sentinel.rows[-1]["LastUpdateMethod"] == "LogARepublisher"
+    async with session.get(f"{sentinel.url}/_sim/workspace") as resp:
+        summary = await resp.json()
+    assert (summary["objects"], summary["indicator_rows"]) == (1, 3)
+
+
+async def test_other_stix_types_go_to_threat_intel_objects_on_the_new_api_only(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    attack_pattern = {
+        "type": "attack-pattern",
+        "spec_version": "2.1",
+        "id": f"attack-pattern--{uuid.uuid4()}",
+        "created": "2024-05-01T10:00:00Z",
+        "modified": "2024-05-01T10:00:00Z",
+        "name": "Spearphishing",
+    }
+    assert (await upload(session, sentinel, [attack_pattern]))[0] == 200
+    assert sentinel.object_rows[0]["StixType"] == "attack-pattern"
+    assert sentinel.rows == []
+    status, _, body = await upload(session, sentinel, [attack_pattern, indicator()], legacy=True)
+    assert status == 200
+    assert body["errors"][0]["recordIndex"] == 0
+    assert "Only objects of type 'indicator'" in body["errors"][0]["errorMessages"][0]
+
+
+def test_observables_are_split_from_single_comparisons_only() -> None:
+    assert split_observable("[file:hashes.'SHA-256' = 'ab12']") == ("file:hashes.'SHA-256'", "ab12")
+    assert split_observable(r"[file:name = 'C:\\a\'b']") == ("file:name", "C:\\a'b")
+    compound = "[file:name = 'x' AND file:hashes.'MD5' = 'ab']"
+    assert split_observable(compound) == ("", "")
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error_key", ["errorMessages", "validationErrorMessages"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_per_record_errors_are_a_200_with_record_indexes(
+    server_ssl: ssl.SSLContext,
+    minter: TokenMinter,
+    session: aiohttp.ClientSession,
+    error_key: Any,
+    legacy: bool,
+) -> None:
+    batch = [
+        indicator(),
+        indicator(id=None),
+        indicator(valid_until="2024-04-01T00:00:00Z"),
+        indicator(confidence=101),
+        indicator(id="indicator--not-a-uuid"),
+        indicator(pattern=None, pattern_type=None, valid_from=None),
+        indicator(created="yesterday"),
+        indicator(),
+    ]
+    async with SentinelSimulator(server_ssl, minter=minter, error_key=error_key) as sim:
+        status, _, body = await upload(session, sim, batch, legacy=legacy)
+    assert status == 200
+    errors = {e["recordIndex"]: e[error_key] for e in body["errors"]}
+    assert sorted(errors) == [1, 2, 3, 4, 5, 6]
+    assert errors[1] == [MISSING_ID]
+    assert errors[2] == [
+        "Error for Property=valid_until: valid_until must be later than valid_from. "
+        "Actual value: 2024-04-01T00:00:00Z."
+    ]
+    assert errors[3][0].startswith("Error for Property=confidence: ")
+    assert errors[4][0].startswith("Error for Property=id: ")
+    assert errors[5] == [
+        f"Error for Property={p}: Required property is missing. Actual value: NULL."
+        for p in ("pattern", "pattern_type", "valid_from")
+    ]
+    assert errors[6][0].startswith("Error for Property=created: ")
+    assert set(sim.store) == {batch[0]["id"], batch[7]["id"]}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_a_batch_where_every_record_fails_is_a_400(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    status, _, body = await upload(session, sentinel, [indicator(id=None)], legacy=legacy)
+    assert status == 400
+    assert body["errors"] == [{"recordIndex": 0, "errorMessages": [MISSING_ID]}]
+    assert sentinel.store == {}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_more_than_100_objects_is_a_400_and_nothing_is_stored(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    status, _, body = await upload(
+        session, sentinel, [indicator() for _ in range(101)], legacy=legacy
+    )
+    assert status == 400
+    message = body["message"] if legacy else body["error"]["message"]
+    assert "maximum is 100" in message
+    assert sentinel.store == {}
+
+
+@pytest.mark.parametrize(
+    "source", [None, "", "Microsoft Sentinel", "microsoft sentinel", "x" * 257]
+)
+async def test_sourcesystem_rules(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, source: str | None
+) -> None:
+    body: dict[str, Any] = {"stixobjects": [indicator()]}
+    if source is not None:
+        body["sourcesystem"] = source
+    status, headers, reply = await upload(session, sentinel, body=body)
+    assert status == 400
+    assert reply["error"]["code"] == headers["x-ms-error-code"] == "InvalidSourceSystem"
+    ok = {"sourcesystem": "x" * 256, "stixobjects": [indicator()]}
+    assert (await upload(session, sentinel, body=ok))[0] == 200
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+@pytest.mark.parametrize("api_version", [None, "2023-01-01", "2024-02-01"])
+async def test_api_version_is_required_and_exact(
+    session: aiohttp.ClientSession,
+    sentinel: SentinelSimulator,
+    legacy: bool,
+    api_version: str | None,
+) -> None:
+    status, _, _ = await upload(session, sentinel, legacy=legacy, api_version=api_version)
+    assert status == 400
+    assert sentinel.store == {}
+
+
+async def test_unknown_workspace_and_unknown_path_are_404(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    other = str(uuid.uuid4())
+    status, headers, body = await upload(session, sentinel, workspace=other)
+    assert (status, body["error"]["code"], headers["x-ms-error-code"]) == (
+        404,
+        "WorkspaceNotFound",
+        "WorkspaceNotFound",
+    )
+    status, _, body = await upload(session, sentinel, workspace=other, legacy=True)
+    assert (status, body["statusCode"]) == (404, 404)
+    # The older swagger's unhyphenated spelling is not a route.
+    url = f"{sentinel.url}/workspaces/{DEFAULT_WORKSPACE_ID}/threatintelligencestixobjects:upload"
+    async with session.post(url, params={"api-version": "2024-02-01-preview"}) as resp:
+        assert resp.status == 404
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("missing", "AuthenticationFailed"),
+        ("audience", "InvalidAuthenticationTokenAudience"),
+        ("expired", "ExpiredAuthenticationToken"),
+        ("signature", "InvalidAuthenticationToken"),
+        ("garbage", "InvalidAuthenticationToken"),
+    ],
+)
+async def test_bad_tokens_are_401_with_the_hosts_error_shape(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, case: str, code: str
+) -> None:
+    tokens = {
+        "missing": "",
+        "audience": mint(sentinel.minter, audience="https://api.loganalytics.io"),
+        "expired": mint(sentinel.minter, now=time.time() - 7200),
+        "signature": mint(TokenMinter()),
+        "garbage": "not-a-jwt",
+    }
+    token = tokens[case]
+    status, headers, body = await upload(session, sentinel, token=token)
+    assert status == 401
+    assert body["error"]["code"] == headers["x-ms-error-code"] == code
+    assert headers["WWW-Authenticate"].startswith("Bearer ")
+    status, _, body = await upload(session, sentinel, token=token, legacy=True)
+    assert (status, body) == (401, LEGACY_401)
+    assert sentinel.store == {}
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        "https://management.azure.com",
+        "https://management.azure.com/",
+        "https://management.core.windows.net",
+        "https://management.core.windows.net/",
+    ],
+)
+async def test_all_four_management_audiences_are_accepted(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, audience: str
+) -> None:
+    token = mint(sentinel.minter, audience=audience)
+    assert (await upload(session, sentinel, token=token))[0] == 200
+
+
+async def test_real_azure_core_pipeline_with_an_entra_token(
+    server_ssl: ssl.SSLContext,
+    session: aiohttp.ClientSession,
+    sentinel: SentinelSimulator,
+) -> None:
+    """The stack OpenCTI's connector uses: BearerTokenCredentialPolicy over azure-identity."""
+    async with EntraSimulator(server_ssl, minter=sentinel.minter, tenant_id=TENANT) as entra:
+        entra.add_client(CLIENT, "secret")
+        transport = AioHttpTransport(session=session, session_owner=False)
+        credential = ClientSecretCredential(
+            TENANT, CLIENT, "secret", authority=entra.url, transport=transport
+        )
+        policy = AsyncBearerTokenCredentialPolicy(
+            credential, "https://management.azure.com/.default"
+        )
+        client: AsyncPipelineClient[Any, Any] = AsyncPipelineClient(
+            base_url=sentinel.url,
+            policies=[policy],
+            transport=AioHttpTransport(session=session, session_owner=False),
+        )
+        request = HttpRequest(
+            "POST",
+            f"{sentinel.url}{stix_path(sentinel)}",
+            params={"api-version": "2024-02-01-preview"},
+            json={"sourcesystem": SOURCE, "stixobjects": [indicator()]},
+        )
+        async with credential, client:
+            response = await client.send_request(request)
+    assert response.status_code == 200
+    assert len(sentinel.store) == 1
+    assert sentinel.request_log[0].identity == CLIENT
+
+
+# -- rate limit --------------------------------------------------------------------------------
+
+
+async def test_rate_limit_is_a_sliding_window_per_identity(
+    server_ssl: ssl.SSLContext, minter: TokenMinter, session: aiohttp.ClientSession
+) -> None:
+    async with SentinelSimulator(
+        server_ssl, minter=minter, requests_per_minute=5, window_s=1.0
+    ) as sim:
+        for _ in range(5):
+            assert (await upload(session, sim))[0] == 200
+        status, headers, body = await upload(session, sim)
+        assert status == 429
+        assert headers["Retry-After"] == "1"
+        assert body == {
+            "statusCode": 429,
+            "message": "Rate limit is exceeded. Try again in 1 seconds.",
+        }
+        other = mint(minter, client=OTHER_CLIENT)
+        assert (await upload(session, sim, token=other))[0] == 200  # per identity
+        await asyncio.sleep(float(headers["Retry-After"]))
+        assert (await upload(session, sim))[0] == 200  # the window slid
+        assert sim.max_requests_in_any_window(CLIENT) == 6  # the 429 counts as sent
+        assert sim.max_requests_in_any_window(CLIENT, admitted_only=True) == 5
+        assert sim.max_requests_in_any_window(OTHER_CLIENT) == 1
+        assert sim.max_requests_in_any_window() == 6
+        assert sim.max_requests_in_any_window(CLIENT, window_s=10.0) == 7
+
+
+async def test_a_client_that_obeys_retry_after_never_exceeds_the_quota(
+    server_ssl: ssl.SSLContext, minter: TokenMinter, session: aiohttp.ClientSession
+) -> None:
+    async with SentinelSimulator(
+        server_ssl, minter=minter, requests_per_minute=10, window_s=0.5
+    ) as sim:
+        accepted = 0
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:
+            status, headers, _ = await upload(session, sim)
+            if status == 429:
+                # Retry-After is whole seconds; the window here is shorter, so sleep the window.
+                assert int(headers["Retry-After"]) >= 1
+                await asyncio.sleep(0.5)
+            else:
+                accepted += 1
+        assert accepted >= 20
+        assert sim.max_requests_in_any_window(CLIENT, admitted_only=True) == 10
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_partial_errors_fault_rejects_valid_records(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    route = "legacy_upload" if legacy else "stix_upload"
+    sentinel.faults.inject(FaultKind.PARTIAL_ERRORS, route=route, record_indexes=(1, 3, 7))
+    batch = [indicator() for _ in range(4)]
+    status, _, body = await upload(session, sentinel, batch, legacy=legacy)
+    assert status == 200
+    assert [e["recordIndex"] for e in body["errors"]] == [1, 3]
+    assert body["errors"][0]["errorMessages"][0].startswith("Error for Property=id: ")
+    assert set(sentinel.store) == {batch[0]["id"], batch[2]["id"]}
+    assert (await upload(session, sentinel, batch, legacy=legacy))[2] is None  # used up
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_expired_token_fault_kills_the_token_until_a_new_one_is_used(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    sentinel.faults.inject(FaultKind.EXPIRED_TOKEN)
+    token = mint(sentinel.minter)
+    status, _, body = await upload(session, sentinel, token=token, legacy=legacy)
+    assert status == 401
+    if legacy:
+        assert body == LEGACY_401
+    else:
+        assert body["error"]["code"] == "ExpiredAuthenticationToken"
+    assert (await upload(session, sentinel, token=token, legacy=legacy))[0] == 401
+    assert (await upload(session, sentinel, legacy=legacy))[0] == 200  # a fresh token works
+
+
+async def test_generic_faults_are_observable_and_counted(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    faults = sentinel.faults
+    faults.inject(FaultKind.RATE_LIMIT, route="stix_upload", retry_after_s=7, message_retry_s=7)
+    faults.inject(FaultKind.SERVER_ERROR, route="stix_upload", status=500)
+    faults.inject(FaultKind.EMPTY_500, route="stix_upload")
+    faults.inject(FaultKind.TIMEOUT, route="stix_upload", delay_s=0.1)
+    faults.inject(FaultKind.MALFORMED_JSON, route="stix_upload")
+
+    status, headers, body = await upload(session, sentinel)
+    assert (status, headers["Retry-After"]) == (429, "7")
+    assert body["message"] == "Rate limit is exceeded. Try again in 7 seconds."
+    status, _, body = await upload(session, sentinel)
+    assert (status, body["statusCode"], body["message"]) == (500, 500, "Internal server error")
+    assert (await upload(session, sentinel))[0:3:2] == (500, None)
+    assert (await upload(session, sentinel))[0] == 504
+    with pytest.raises(orjson.JSONDecodeError):
+        await upload(session, sentinel)
+
+    faults.inject(FaultKind.RESET, route="stix_upload")
+    with pytest.raises(aiohttp.ClientError):
+        await upload(session, sentinel)
+
+    assert sentinel.store == {}
+    assert (await upload(session, sentinel))[0] == 200
+    log = sentinel.request_log
+    assert [entry.identity for entry in log] == [CLIENT] * 7
+    assert [entry.admitted for entry in log] == [False] * 6 + [True]
+    assert sentinel.max_requests_in_any_window() == 7
