@@ -1,0 +1,328 @@
+"""MATI wire format to the indicator model; nothing here raises on input.
+
+Bad input must never crash a loop and never vanish (DESIGN §4), so every problem is returned as
+a ``Rejection`` the caller counts and dead-letters. Only ``id``, ``type`` and ``value`` are
+required (mati-api-v4 §11); every other field is optional and read leniently: a wrongly typed
+optional field is ignored rather than costing us the whole indicator, but it never turns into a
+value that would pass a filter it should not (a non-numeric ``mscore`` becomes ``None``, which
+fails any non-zero minimum).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Final
+
+import orjson
+
+from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
+
+#: Longest ``Rejection.detail``: enough to act on, short enough for a log line or a
+#: dead-letter reason, and never a whole hostile payload.
+MAX_DETAIL_CHARS: Final = 200
+#: Longest ``Rejection.indicator_id``; real MATI ids are about 45 characters.
+MAX_ID_CHARS: Final = 100
+#: How much of an offending value a detail quotes.
+_MAX_QUOTE_CHARS: Final = 60
+_JSON_NAMES: Final[dict[type, str]] = {
+    dict: "object",
+    list: "array",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+}
+
+#: Hex digits per hash type. Checked here because a malformed hash yields a STIX pattern that
+#: the OASIS validator (and Sentinel) refuse; better one counted rejection than a poisoned batch.
+HASH_HEX_DIGITS: Final = {HashType.MD5: 32, HashType.SHA1: 40, HashType.SHA256: 64}
+_HEX: Final = re.compile(r"[0-9a-f]+")
+
+# MATI mixes ``2025-03-09T08:02:44.617Z`` (indicator level) with ``...617+0000`` (sources) and
+# ``...44Z`` (reports); RFC 3339's ``+00:00`` is accepted too. ``datetime.fromisoformat`` is
+# not used because it also takes bare dates and week dates, which no MATI field carries.
+_TIMESTAMP: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:[Zz]|([+-])(\d{2}):?(\d{2}))",
+    re.ASCII,
+)
+
+
+class RejectReason(StrEnum):
+    """Why a body or record could not become an indicator; each is counted separately."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    UNSUPPORTED_TYPE = "unsupported_type"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused body or record; ``detail`` and ``indicator_id`` are clipped on construction
+    so no caller can put a whole payload into a log line or a dead-letter reason."""
+
+    reason: RejectReason
+    detail: str
+    indicator_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # object.__setattr__ is the documented way to normalise fields of a frozen dataclass.
+        object.__setattr__(self, "detail", _clip(self.detail, MAX_DETAIL_CHARS))
+        if self.indicator_id is not None:
+            object.__setattr__(self, "indicator_id", _clip(self.indicator_id, MAX_ID_CHARS))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One ``/v4/indicator`` page. Records stay raw: the fetcher publishes them untouched and
+    the filter parses each one, so one bad record costs one record, never the page."""
+
+    records: tuple[object, ...]
+    next: str | None
+
+
+def parse_json(body: bytes) -> object | Rejection:
+    """Decode a JSON body. With duplicate keys the last one wins (orjson, like ``json``),
+    which matches the one duplicated ``campaigns`` key seen in real MATI traffic."""
+    try:
+        document: object = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(RejectReason.INVALID_JSON, f"body is not JSON: {exc}")
+    return document
+
+
+def parse_page(body: bytes) -> Page | Rejection:
+    """Read the ``{"indicators": [...], "next": "..."}`` envelope.
+
+    A missing or wrongly typed ``indicators`` rejects the page (we cannot tell an empty page
+    from a broken one). A ``next`` that is not a non-empty string means "last page". An empty
+    body is invalid JSON: HTTP 204 must be handled by the client before calling this.
+    """
+    document = parse_json(body)
+    if isinstance(document, Rejection):
+        return document
+    if not isinstance(document, dict):
+        return Rejection(RejectReason.NOT_AN_OBJECT, f"page is {_describe(document)}")
+    records = document.get("indicators")
+    if records is None:
+        return Rejection(RejectReason.MISSING_FIELD, "page has no 'indicators'")
+    if not isinstance(records, list):
+        return Rejection(
+            RejectReason.BAD_FIELD, f"'indicators' must be a list, got {_describe(records)}"
+        )
+    cursor = document.get("next")
+    return Page(tuple(records), cursor if isinstance(cursor, str) and cursor else None)
+
+
+def parse_indicator(raw: object) -> Indicator | Rejection:
+    """Turn one raw MATI record into an ``Indicator``.
+
+    Values are normalised so equal indicators compare equal: ipv4, fqdn and md5 are stripped,
+    fqdn and md5 lower-cased, an md5 must be 32 hex digits. URLs are kept byte for byte: case
+    and whitespace can matter in a path. Unknown fields are ignored.
+    """
+    if not isinstance(raw, dict):
+        return Rejection(RejectReason.NOT_AN_OBJECT, f"record is {_describe(raw)}")
+    raw_id = raw.get("id")
+    known_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
+    fields: list[str] = []
+    for key in ("id", "type", "value"):
+        found = _required_text(raw, key, known_id)
+        if isinstance(found, Rejection):
+            return found
+        fields.append(found)
+    indicator_id, type_text, value_text = fields
+    try:
+        kind = IndicatorType(type_text.strip().lower())
+    except ValueError:
+        return Rejection(
+            RejectReason.UNSUPPORTED_TYPE,
+            f"type {_quote(type_text)} is not one of {', '.join(IndicatorType)}",
+            indicator_id,
+        )
+    value = _normalise_value(kind, value_text)
+    if value is None:
+        return Rejection(
+            RejectReason.BAD_FIELD, f"{kind} value {_quote(value_text)} is malformed", indicator_id
+        )
+    return _build(raw, indicator_id, kind, value)
+
+
+def parse_timestamp(text: object) -> datetime | None:
+    """Parse any MATI timestamp shape into an aware UTC datetime; anything else is ``None``.
+
+    Digits past microseconds are truncated, not rounded, so a parsed time never lies in the
+    future of the one MATI meant.
+    """
+    if not isinstance(text, str):
+        return None
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    try:
+        offset = timedelta(hours=int(off_h), minutes=int(off_m)) if sign else timedelta(0)
+        zone = timezone(-offset if sign == "-" else offset)
+        micros = int((fraction or "0")[:6].ljust(6, "0"))
+        local = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, zone
+        )
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def format_timestamp(dt: datetime) -> str:
+    """STIX timestamp ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, milliseconds truncated.
+
+    Raises ValueError for a naive datetime: guessing its zone could shift ``valid_until`` by
+    hours, which is a bug to surface, not to hide.
+    """
+    if dt.utcoffset() is None:
+        raise ValueError("format_timestamp needs an aware datetime")
+    u = dt.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
+    )
+
+
+def is_hash(hash_type: HashType, text: str) -> bool:
+    """True iff ``text`` is a lower-case hex digest of the right length for ``hash_type``."""
+    return len(text) == HASH_HEX_DIGITS[hash_type] and _HEX.fullmatch(text) is not None
+
+
+def _required_text(raw: dict[object, object], key: str, known_id: str | None) -> str | Rejection:
+    # An explicit null is read as absent: MATI's optional blocks show up either way.
+    text = raw.get(key)
+    if text is None:
+        return Rejection(RejectReason.MISSING_FIELD, f"{key!r} is missing", known_id)
+    if not isinstance(text, str) or not text.strip():
+        return Rejection(
+            RejectReason.BAD_FIELD,
+            f"{key!r} must be a non-empty string, got {_describe(text)}",
+            known_id,
+        )
+    return text
+
+
+def _normalise_value(kind: IndicatorType, text: str) -> str | None:
+    if kind is IndicatorType.URL:
+        return text
+    value = text.strip()
+    if kind is IndicatorType.IPV4:
+        return value
+    value = value.lower()
+    if kind is IndicatorType.MD5 and not is_hash(HashType.MD5, value):
+        return None
+    return value
+
+
+def _build(
+    raw: dict[object, object], indicator_id: str, kind: IndicatorType, value: str
+) -> Indicator:
+    rating = raw.get("threat_rating")
+    return Indicator(
+        id=indicator_id,
+        type=kind,
+        value=value,
+        mscore=_score(raw.get("mscore")),
+        threat_score=_score(rating.get("threat_score")) if isinstance(rating, dict) else None,
+        sources=tuple(_source(item) for item in _objects(raw.get("sources"))),
+        category=_categories(raw.get("category")),
+        hashes=_hashes(value, raw.get("associated_hashes")) if kind is IndicatorType.MD5 else (),
+        associations=_associations(raw.get("attributed_associations")),
+        campaigns=tuple(
+            name for item in _objects(raw.get("campaigns")) if (name := _text(item.get("name")))
+        ),
+        last_updated=parse_timestamp(raw.get("last_updated")),
+        first_seen=parse_timestamp(raw.get("first_seen")),
+        last_seen=parse_timestamp(raw.get("last_seen")),
+    )
+
+
+def _score(value: object) -> int | None:
+    """A 0..100 score or ``None``. An integral float (``92.0``) is that int; ``bool`` is
+    excluded although Python calls it an int.
+    Out-of-range scores become ``None`` rather than being clamped: we do not know what MATI
+    meant, so the score must not pass a threshold, and STIX ``confidence`` only allows 0..100."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        return value
+    return None
+
+
+def _objects(value: object) -> list[dict[object, object]]:
+    """The object entries of a list field; entries of other types are skipped."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _text(value: object) -> str:
+    """A stripped string, or ``""`` for anything that is not a string."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _categories(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(name for item in value if (name := _text(item).lower()))
+
+
+def _source(item: dict[object, object]) -> Source:
+    # Only an explicit ``true`` makes a source OSINT: a garbled flag must not hide Mandiant's
+    # own sightings behind EXCLUDE_OSINT.
+    return Source(
+        name=_text(item.get("source_name")),
+        osint=item.get("osint") is True,
+        categories=_categories(item.get("category")),
+        first_seen=parse_timestamp(item.get("first_seen")),
+        last_seen=parse_timestamp(item.get("last_seen")),
+    )
+
+
+def _associations(value: object) -> tuple[Association, ...]:
+    return tuple(
+        Association(id=_text(item.get("id")), name=name, kind=_text(item.get("type")))
+        for item in _objects(value)
+        if (name := _text(item.get("name")))
+    )
+
+
+def _hashes(md5: str, value: object) -> tuple[tuple[HashType, str], ...]:
+    """The md5 itself, then the first well-formed entry per other hash type, in enum order.
+
+    One value per type, because each hash type maps to one STIX id; the indicator's own value
+    is authoritative for md5. Malformed entries are skipped, never uploaded.
+    """
+    found: dict[HashType, str] = {HashType.MD5: md5}
+    for item in _objects(value):
+        try:
+            hash_type = HashType(_text(item.get("type")).lower())
+        except ValueError:
+            continue
+        digest = _text(item.get("value")).lower()
+        if hash_type not in found and is_hash(hash_type, digest):
+            found[hash_type] = digest
+    return tuple((hash_type, found[hash_type]) for hash_type in HashType if hash_type in found)
+
+
+def _describe(value: object) -> str:
+    """Name a wire value in JSON's words, quoting strings; never the whole value."""
+    if isinstance(value, str):
+        return f"string {_quote(value)}"
+    if value is None:
+        return "null"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _quote(text: str) -> str:
+    return repr(_clip(text, _MAX_QUOTE_CHARS))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

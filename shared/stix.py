@@ -1,0 +1,261 @@
+"""Observables to STIX 2.1 indicators, and STIX indicators to Sentinel upload bodies.
+
+Everything here is deterministic given the observable, the policy and ``now``: the same MATI
+indicator always maps to the same STIX id (so a repeated upload updates, never duplicates) and
+the same content (so its fingerprint only moves when something Sentinel stores moved).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Final
+from urllib.parse import quote
+
+from shared.filters import Observable, ObservableKind
+from shared.fingerprint import FINGERPRINT_PROPERTY, fingerprint
+from shared.indicator import HashType, Indicator
+from shared.parsing import format_timestamp
+
+#: The uuid5 namespace of every STIX id we mint. Changing it re-keys every indicator: the
+#: next sync would upload each one again under a new id, next to the old one, in every
+#: workspace. Never change it.
+NAMESPACE: Final = uuid.UUID("1d560667-65d4-4cea-95f3-a08aad09ffae")
+
+#: Sentinel's limits per upload request and on ``sourcesystem`` (sentinel-and-entra §2.2, §2.3).
+MAX_OBJECTS_PER_REQUEST: Final = 100
+MAX_SOURCE_SYSTEM_CHARS: Final = 256
+RESERVED_SOURCE_SYSTEM: Final = "Microsoft Sentinel"
+
+MANDIANT_URL: Final = "https://advantage.mandiant.com/indicator/"
+PASSIVE_ONLY_LABEL: Final = "passive-only"
+#: How much of a value an indicator's ``name`` shows; the full value is in the pattern.
+MAX_NAME_VALUE_CHARS: Final = 100
+
+# Left-hand sides of the only patterns we emit: one comparison each, because Sentinel extracts
+# no observable from AND/OR patterns. Hash names are the STIX hash-algorithm-ov spellings,
+# quoted because ``-`` is not allowed in a bare path step.
+_OBJECT_PATHS: Final[dict[tuple[ObservableKind, HashType | None], str]] = {
+    (ObservableKind.IPV4, None): "ipv4-addr:value",
+    (ObservableKind.FQDN, None): "domain-name:value",
+    (ObservableKind.URL, None): "url:value",
+    (ObservableKind.HASH, HashType.MD5): "file:hashes.'MD5'",
+    (ObservableKind.HASH, HashType.SHA1): "file:hashes.'SHA-1'",
+    (ObservableKind.HASH, HashType.SHA256): "file:hashes.'SHA-256'",
+}
+
+
+class DefaultAction(StrEnum):
+    """``DEFAULT_ACTION`` values; carried as an ``action:<value>`` label for playbooks."""
+
+    ALERT = "alert"
+    BLOCK = "block"
+    ALLOW = "allow"
+
+
+class SentinelApi(StrEnum):
+    """The two upload APIs; they differ in the body key that holds the objects."""
+
+    STIX_OBJECTS = "stix-objects"
+    UPLOAD_INDICATORS = "upload-indicators"
+
+
+_BODY_KEYS: Final = {
+    SentinelApi.STIX_OBJECTS: "stixobjects",
+    SentinelApi.UPLOAD_INDICATORS: "value",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StixPolicy:
+    """How a destination's indicators look in Sentinel; defaults are the seed's."""
+
+    ipv4_expiration: timedelta = timedelta(days=7)
+    fqdn_expiration: timedelta = timedelta(days=7)
+    url_expiration: timedelta = timedelta(days=7)
+    hash_expiration: timedelta = timedelta(days=90)
+    default_action: str = DefaultAction.ALERT.value
+    passive_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.default_action not in {action.value for action in DefaultAction}:
+            raise ValueError(
+                f"default_action must be one of {', '.join(DefaultAction)}, "
+                f"got {self.default_action!r}"
+            )
+        for kind in ObservableKind:
+            # STIX timestamps carry milliseconds; anything shorter would make valid_until equal
+            # valid_from, which Sentinel and STIX refuse.
+            if self._expiration(kind) < timedelta(milliseconds=1):
+                raise ValueError(f"{kind} expiration must be at least 1 ms")
+
+    def expiration_for(self, observable: Observable) -> timedelta:
+        return self._expiration(observable.kind)
+
+    def _expiration(self, kind: ObservableKind) -> timedelta:
+        return {
+            ObservableKind.IPV4: self.ipv4_expiration,
+            ObservableKind.FQDN: self.fqdn_expiration,
+            ObservableKind.URL: self.url_expiration,
+            ObservableKind.HASH: self.hash_expiration,
+        }[kind]
+
+
+def stix_id(mati_id: str, hash_type: HashType | None) -> str:
+    """``indicator--uuid5(NAMESPACE, mati_id[:hash_type])``: stable across runs, replicas and
+    workspaces, and distinct per hash of one md5 indicator (``HASH_TYPE=all``)."""
+    name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
+    return f"indicator--{uuid.uuid5(NAMESPACE, name)}"
+
+
+def escape(value: str) -> str:
+    """A STIX string literal body: backslashes first, then quotes (the grammar has no other
+    escapes, so every other character, control characters included, stays as it is)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def unescape(literal: str) -> str:
+    """The inverse of ``escape``; raises ValueError on text ``escape`` cannot produce."""
+    out: list[str] = []
+    chars = iter(literal)
+    for char in chars:
+        if char == "'":
+            raise ValueError("unescaped quote in STIX string literal")
+        if char == "\\":
+            char = next(chars, "")
+            if char not in ("\\", "'"):
+                raise ValueError("invalid escape in STIX string literal")
+        out.append(char)
+    return "".join(out)
+
+
+def pattern(observable: Observable) -> str:
+    path = _OBJECT_PATHS[(observable.kind, observable.hash_type)]
+    return f"[{path} = '{escape(observable.value)}']"
+
+
+def labels(observable: Observable, policy: StixPolicy) -> list[str]:
+    """Sentinel shows labels as tags: categories, attributed actors and malware, and the
+    destination's action settings for playbooks. Sorted so the fingerprint is stable."""
+    indicator = observable.indicator
+    found = {*indicator.categories, *indicator.actors, *indicator.malware}
+    found.add(f"action:{policy.default_action}")
+    if policy.passive_only:
+        found.add(PASSIVE_ONLY_LABEL)
+    return sorted(found)
+
+
+def content(observable: Observable, policy: StixPolicy) -> dict[str, object]:
+    """The STIX indicator without the timestamps each upload moves; what the fingerprint
+    covers."""
+    indicator = observable.indicator
+    body: dict[str, object] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": stix_id(indicator.id, observable.hash_type),
+        "name": _name(observable),
+        "description": _description(observable),
+        "indicator_types": ["malicious-activity"],
+        "pattern": pattern(observable),
+        "pattern_type": "stix",
+        "pattern_version": "2.1",
+        "labels": labels(observable, policy),
+        "external_references": [
+            {
+                "source_name": "Mandiant",
+                "external_id": indicator.id,
+                "url": MANDIANT_URL + quote(indicator.id, safe=""),
+            }
+        ],
+        "x_mati_id": indicator.id,
+    }
+    if indicator.mscore is not None:
+        body["confidence"] = indicator.mscore
+    if indicator.threat_score is not None:
+        body["x_mati_threat_score"] = indicator.threat_score
+    return body
+
+
+def indicator_object(
+    observable: Observable, policy: StixPolicy, now: datetime
+) -> dict[str, object]:
+    """The STIX 2.1 indicator to upload at ``now`` (an aware datetime).
+
+    ``valid_from`` is the upload time and ``valid_until`` that plus the type's expiration, so
+    an indicator stays valid for a full period after MATI last reported it. ``created`` comes
+    from MATI's first sighting so it stays put across uploads of one id, and is clamped to
+    ``modified`` so clock skew cannot make the object invalid.
+    """
+    modified = format_timestamp(now)
+    body = content(observable, policy)
+    return {
+        **body,
+        "created": format_timestamp(min(_first_known(observable.indicator) or now, now)),
+        "modified": modified,
+        "valid_from": modified,
+        "valid_until": format_timestamp(now + policy.expiration_for(observable)),
+        FINGERPRINT_PROPERTY: fingerprint(body),
+    }
+
+
+def check_source_system(name: str) -> str | None:
+    """The problem with ``name`` as Sentinel's ``sourcesystem``, or ``None`` if it is usable."""
+    if not name.strip():
+        return "source system must not be empty"
+    if len(name) > MAX_SOURCE_SYSTEM_CHARS:
+        return f"source system must be at most {MAX_SOURCE_SYSTEM_CHARS} characters"
+    if name.strip().casefold() == RESERVED_SOURCE_SYSTEM.casefold():
+        return f"source system {RESERVED_SOURCE_SYSTEM!r} is reserved by Sentinel"
+    return None
+
+
+def upload_body(
+    api: SentinelApi, source_system: str, objects: Sequence[Mapping[str, object]]
+) -> dict[str, object]:
+    """The JSON body of one upload request; raises ValueError on a request Sentinel would
+    refuse as a whole (bad ``sourcesystem``, no objects, more than 100)."""
+    problem = check_source_system(source_system)
+    if problem is not None:
+        raise ValueError(problem)
+    if not 1 <= len(objects) <= MAX_OBJECTS_PER_REQUEST:
+        raise ValueError(
+            f"an upload holds 1..{MAX_OBJECTS_PER_REQUEST} objects, got {len(objects)}"
+        )
+    return {"sourcesystem": source_system, _BODY_KEYS[api]: [dict(obj) for obj in objects]}
+
+
+def _first_known(indicator: Indicator) -> datetime | None:
+    """MATI's earliest sighting, else its last update: the most stable ``created`` we have."""
+    if indicator.first_seen is not None:
+        return indicator.first_seen
+    sightings = [s.first_seen for s in indicator.sources if s.first_seen is not None]
+    return min(sightings) if sightings else indicator.last_updated
+
+
+def _name(observable: Observable) -> str:
+    label = observable.hash_type or observable.kind
+    value = observable.value
+    if len(value) > MAX_NAME_VALUE_CHARS:
+        value = value[: MAX_NAME_VALUE_CHARS - 1] + "…"
+    return f"MATI {label} {value}"
+
+
+def _description(observable: Observable) -> str:
+    indicator = observable.indicator
+    parts = [f"Mandiant Advantage Threat Intelligence {indicator.type} indicator {indicator.id}"]
+    if indicator.mscore is not None:
+        parts.append(f"IC-Score {indicator.mscore}")
+    if indicator.threat_score is not None:
+        parts.append(f"threat score {indicator.threat_score}")
+    for title, names in (
+        ("categories", indicator.categories),
+        ("threat actors", indicator.actors),
+        ("malware", indicator.malware),
+        ("campaigns", indicator.campaigns),
+    ):
+        if names:
+            parts.append(f"{title}: {', '.join(names)}")
+    return "; ".join(parts) + "."
