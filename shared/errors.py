@@ -10,6 +10,7 @@
     │   └── PagingInterrupted       a MATI cursor expired: restart the window from the checkpoint
     ├── PermanentError              this piece of work can never succeed: dead-letter it
     │   ├── MalformedResponse       a peer answered with a body we cannot read
+    │   ├── QueryRejected           MATI refused the query itself (a 4xx that is not auth)
     │   └── BatchRejected           Sentinel refused the whole request (400)
     └── FatalError                  stop taking work for this destination and alert
         ├── AuthenticationFailed    credentials refused even after a fresh token
@@ -65,6 +66,14 @@ class PermanentError(PipelineError):
 
 class MalformedResponse(PermanentError):
     """Raised when a peer keeps answering with a body that is not the documented shape."""
+
+
+class QueryRejected(PermanentError):
+    """Raised when MATI refuses a query (a 4xx other than auth, rate limit or expired cursor)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BatchRejected(PermanentError):

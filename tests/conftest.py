@@ -4,7 +4,6 @@ developer's own settings (so no test depends on the shell it runs in)."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 
 import pytest
 
@@ -32,10 +31,9 @@ _LEAKY_ENV = (
 
 
 @pytest.fixture(autouse=True)
-def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _LEAKY_ENV:
         monkeypatch.delenv(name, raising=False)
-    yield
 
 
 @pytest.fixture(scope="session")

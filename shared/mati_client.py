@@ -1,0 +1,450 @@
+"""The MATI v4 adapter: a bearer token, ``GET /v4/indicator`` paged with ``next``, and every
+failure mode of the API turned into the pipeline's error tree.
+
+What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and how we answer it:
+
+- **Auth.** ``POST /token`` with HTTP Basic ``key:secret`` and ``grant_type=client_credentials``;
+  the bearer is cached and renewed *before* it expires (5 min or 10 % of its lifetime, whichever
+  is shorter), because the server hands back a cached token with its *remaining* lifetime and a
+  token that dies mid-window costs a page. A 401/403 on an API call means the token was revoked
+  or expired early: fetch a new one and retry once; a second refusal is ``AuthenticationFailed``.
+- **Paging.** The first request carries the whole query; follow-ups carry ``next`` plus the
+  ``include_*`` flags only (the cursor holds the query state but not those flags, §3.2). Paging
+  ends on any of the forms the API uses: no ``next``, an empty page, HTTP 204 / an empty body.
+  A short page is *not* an end by itself: the API was seen to send short pages that still carry
+  ``next``, so a short page ends paging only because it has no ``next``.
+- **Failures.** 429 waits ``Retry-After`` when the server sends one (it is not documented), else
+  jittered back-off; 5xx, empty 500s, timeouts, connection resets and undecodable bodies back off
+  and retry the *same* request. Attempts and total waiting are both bounded (``shared.backoff``);
+  then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``. A 400 on a ``next``
+  request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``, restart the window.
+  Any other 4xx is ``QueryRejected`` with the server's message.
+- **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
+  publishes no limit and ≈1 request/second is what survives (§8).
+
+Records are not validated here: a page's indicators are handed on as decoded JSON, and the
+parser counts and dead-letters the bad ones (DESIGN.md §4, bad input never vanishes).
+
+Nothing secret (key, secret, token) ever reaches a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from shared.backoff import Backoff, parse_retry_after
+from shared.errors import (
+    AuthenticationFailed,
+    MalformedResponse,
+    PagingInterrupted,
+    QueryRejected,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from shared.http import peer_message
+from shared.pacing import Clock, Pacer, Sleep
+from shared.secrets import Secret
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL: Final = "https://api.intelligence.mandiant.com"
+MAX_LIMIT: Final = 1000
+#: Renew the bearer this long before it expires at most (a tenth of its lifetime when shorter).
+REFRESH_MARGIN_S: Final = 300.0
+#: Lifetime assumed for a token answered without ``expires_in``: short, never "forever".
+DEFAULT_TOKEN_TTL_S: Final = 600.0
+_AUTH_STATUSES: Final = frozenset({401, 403})
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorQuery:
+    """One ``/v4/indicator`` window (spec §3.1). Epochs are Unix seconds on ``last_updated``."""
+
+    start_epoch: int
+    end_epoch: int
+    limit: int = MAX_LIMIT
+    gte_mscore: int | None = None
+    exclude_osint: bool | None = None
+    include_threat_rating: bool = True
+    include_category: bool = True
+    include_misp: bool = False
+    include_campaigns: bool = True
+    include_reports: bool = False
+    sort_by: str = "last_updated:asc"
+
+    def __post_init__(self) -> None:
+        if self.start_epoch < 0 or self.end_epoch < self.start_epoch:
+            raise ValueError("need 0 <= start_epoch <= end_epoch")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+        if self.gte_mscore is not None and not 0 <= self.gte_mscore <= 100:
+            raise ValueError("gte_mscore must be between 0 and 100")
+        if not self.sort_by:
+            raise ValueError("sort_by must not be empty")
+
+    def include_params(self) -> dict[str, str]:
+        """The ``include_*`` flags: sent on every page, because the cursor does not keep them."""
+        return {
+            "include_threat_rating": _flag(self.include_threat_rating),
+            "include_category": _flag(self.include_category),
+            "include_misp": _flag(self.include_misp),
+            "include_campaigns": _flag(self.include_campaigns),
+            "include_reports": _flag(self.include_reports),
+        }
+
+    def first_params(self) -> dict[str, str]:
+        """Parameters of the first page: the whole query."""
+        params = {
+            "start_epoch": str(self.start_epoch),
+            "end_epoch": str(self.end_epoch),
+            "limit": str(self.limit),
+            "sort_by": self.sort_by,
+        }
+        if self.gte_mscore is not None:
+            params["gte_mscore"] = str(self.gte_mscore)
+        if self.exclude_osint is not None:
+            params["exclude_osint"] = _flag(self.exclude_osint)
+        params.update(self.include_params())
+        return params
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+@dataclass(frozen=True, slots=True)
+class RawPage:
+    """One page as MATI sent it: the records undecoded beyond JSON, the cursor, the body size.
+
+    ``indicators`` holds whatever the page's list held (normally dicts); validating them is the
+    parser's job. ``index`` counts pages from 0 within one ``pages()`` call.
+    """
+
+    index: int
+    indicators: list[Any]
+    next: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    headers: CIMultiDictProxy[str]
+
+
+class _Retry(Exception):
+    """One failed attempt that may succeed if repeated; internal to the retry loop."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: Literal["unavailable", "rate_limited", "malformed"] = "unavailable",
+        status: int | None = None,
+        server_wait_s: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+        self.status = status
+        self.server_wait_s = server_wait_s
+
+
+class MatiClient:
+    """Async client of the MATI v4 indicator API; one per process, over the shared session.
+
+    ``sleep``, ``clock`` and ``rng`` are injected so tests see every wait the client chose
+    (pacing and back-off) without sleeping. ``max_wait_s`` bounds the total back-off of one
+    request; keep it well under the cursor's ~10 minute life.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: Secret,
+        api_secret: Secret,
+        requests_per_second: float = 1.0,
+        app_name: str = "mati2sentinel",
+        max_attempts: int = 6,
+        max_wait_s: float = 300.0,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 60.0,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not base_url.startswith("https://"):
+            raise ValueError("base_url must be an https:// URL")
+        if not api_key or not api_secret:
+            raise ValueError("api_key and api_secret are required")
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+        self._secret = api_secret
+        self._app_name = app_name
+        self._backoff = Backoff(
+            base_s=backoff_base_s,
+            cap_s=backoff_cap_s,
+            max_attempts=max_attempts,
+            budget_s=max_wait_s,
+        )
+        self._pacer = Pacer(requests_per_second, clock=clock, sleep=sleep)
+        self._sleep = sleep
+        self._clock = clock
+        # Jitter only de-synchronises retries; it is not a security value.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._token: str | None = None
+        self._refresh_at = -math.inf
+        self._token_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"MatiClient(base_url={self._base!r})"
+
+    # ---- paging -------------------------------------------------------------------------
+
+    async def pages(self, query: IndicatorQuery) -> AsyncIterator[RawPage]:
+        """Yield every non-empty page of ``query`` in order, until the API says it is done.
+
+        Consume promptly: the cursor expires about ten minutes after it was issued, and a slow
+        consumer turns into ``PagingInterrupted`` on the next page.
+        """
+        params = query.first_params()
+        follow_up = False
+        index = 0
+        while True:
+            page = await self._page(params, index=index, follow_up=follow_up)
+            if page is None or not page.indicators:
+                return
+            yield page
+            if not page.next:
+                return
+            params = {"next": page.next, **query.include_params()}
+            follow_up = True
+            index += 1
+
+    async def _page(self, params: dict[str, str], *, index: int, follow_up: bool) -> RawPage | None:
+        url = f"{self._base}/v4/indicator"
+        reauthed = False
+
+        async def attempt() -> RawPage | None:
+            nonlocal reauthed
+            while True:
+                token = await self._bearer()
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                    "X-App-Name": self._app_name,
+                }
+                answer = await self._exchange("GET", url, params=params, headers=headers)
+                if answer.status in _AUTH_STATUSES:
+                    message = self._message(answer, token)
+                    if reauthed:
+                        raise AuthenticationFailed(
+                            f"MATI refused a fresh token (HTTP {answer.status}): {message}",
+                            status=answer.status,
+                        )
+                    reauthed = True
+                    logger.info("MATI answered %d; fetching a new token", answer.status)
+                    self._forget(token)
+                    continue
+                return self._read_page(answer, token, index=index, follow_up=follow_up)
+
+        return await self._with_retries(f"GET /v4/indicator (page {index})", attempt)
+
+    def _read_page(
+        self, answer: _Answer, token: str, *, index: int, follow_up: bool
+    ) -> RawPage | None:
+        status = answer.status
+        if 200 <= status < 300:
+            if status == 204 or not answer.body.strip():
+                return None  # an end of paging the API uses (spec §3.2, form 3)
+            data = self._decode(answer)
+            if not isinstance(data, dict):
+                raise MalformedResponse(
+                    f"MATI answered a JSON {type(data).__name__}, not an object"
+                )
+            indicators = data.get("indicators", [])
+            if indicators is None:
+                indicators = []
+            if not isinstance(indicators, list):
+                raise MalformedResponse("MATI page's 'indicators' is not a list")
+            cursor = data.get("next")
+            if cursor is not None and not isinstance(cursor, str):
+                raise MalformedResponse("MATI page's 'next' is not a string")
+            return RawPage(
+                index=index,
+                indicators=indicators,
+                next=cursor or None,
+                size_bytes=len(answer.body),
+            )
+        raise self._failure(answer, token, follow_up=follow_up)
+
+    # ---- token --------------------------------------------------------------------------
+
+    async def _bearer(self) -> str:
+        """The cached bearer, renewed when it is within its refresh margin."""
+        if self._token is not None and self._clock() < self._refresh_at:
+            return self._token
+        async with self._token_lock:
+            if self._token is None or self._clock() >= self._refresh_at:
+                await self._with_retries("POST /token", self._request_token)
+            if self._token is None:  # _request_token sets it or raises
+                raise AuthenticationFailed("MATI token request returned no token")
+            return self._token
+
+    def _forget(self, token: str) -> None:
+        """Drop ``token`` unless another request already replaced it."""
+        if self._token == token:
+            self._token = None
+            self._refresh_at = -math.inf
+
+    async def _request_token(self) -> None:
+        headers = {
+            "Accept": "application/json",
+            # The single point where the key and secret are revealed (spec §2.2: HTTP Basic).
+            "Authorization": aiohttp.encode_basic_auth(self._key.reveal(), self._secret.reveal()),
+        }
+        answer = await self._exchange(
+            "POST",
+            f"{self._base}/token",
+            headers=headers,
+            data={"grant_type": "client_credentials"},
+        )
+        if answer.status in _AUTH_STATUSES or answer.status == 400:
+            raise AuthenticationFailed(
+                f"MATI refused the API key (HTTP {answer.status}): {self._message(answer)}",
+                status=answer.status,
+            )
+        if answer.status != 200:
+            raise self._failure(answer, None, follow_up=False)
+        data = self._decode(answer)
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise MalformedResponse("MATI token answer has no access_token")
+        ttl = _seconds(data.get("expires_in"))
+        if ttl is None:
+            logger.warning("MATI token answer has no usable expires_in; assuming a short life")
+            ttl = DEFAULT_TOKEN_TTL_S
+        margin = min(REFRESH_MARGIN_S, ttl * 0.1)
+        self._token = token
+        self._refresh_at = self._clock() + ttl - margin
+
+    # ---- one exchange, failures, retries ------------------------------------------------
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+    ) -> _Answer:
+        """One paced request; transport failures become ``_Retry``."""
+        await self._pacer.wait()
+        try:
+            async with self._session.request(
+                method, url, params=params, headers=headers, data=data
+            ) as response:
+                body = await response.read()
+                return _Answer(response.status, body, response.headers)
+        except aiohttp.InvalidURL:
+            raise
+        except TimeoutError as exc:
+            raise _Retry("timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise _Retry(f"connection failed ({type(exc).__name__})") from exc
+
+    def _failure(self, answer: _Answer, token: str | None, *, follow_up: bool) -> Exception:
+        """The error a non-2xx, non-auth answer means (a ``_Retry`` when it may pass)."""
+        status = answer.status
+        if status == 429:
+            wait = parse_retry_after(answer.headers.get("Retry-After"))
+            return _Retry(
+                "rate limited (HTTP 429)", kind="rate_limited", status=429, server_wait_s=wait
+            )
+        if status == 408 or status >= 500:
+            return _Retry(f"HTTP {status}", status=status)
+        message = self._message(answer, token)
+        if status == 400 and follow_up:
+            return PagingInterrupted(
+                f"MATI no longer honours the paging cursor (HTTP 400: {message}); "
+                "restart the window from the checkpoint"
+            )
+        return QueryRejected(f"MATI rejected the request (HTTP {status}): {message}", status=status)
+
+    def _decode(self, answer: _Answer) -> Any:
+        try:
+            return orjson.loads(answer.body)
+        except orjson.JSONDecodeError as exc:
+            raise _Retry(
+                f"undecodable JSON body ({len(answer.body)} bytes)",
+                kind="malformed",
+                status=answer.status,
+            ) from exc
+
+    def _message(self, answer: _Answer, token: str | None = None) -> str:
+        secrets = (self._key.reveal(), self._secret.reveal(), token or "")
+        return peer_message(answer.body, secrets=secrets) or "no message"
+
+    async def _with_retries(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` until it succeeds, raises a non-retryable error, or the policy stops."""
+        started = self._clock()
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except _Retry as retry:
+                failures += 1
+                wait = self._backoff.next_wait(
+                    failures, self._clock() - started, self._rng, server_wait_s=retry.server_wait_s
+                )
+                if wait is None:
+                    raise _exhausted(what, retry, failures) from retry.__cause__
+                logger.warning(
+                    "MATI %s: %s; retry %d in %.2f s", what, retry.reason, failures, wait
+                )
+                await self._sleep(wait)
+
+
+def _exhausted(what: str, retry: _Retry, failures: int) -> Exception:
+    message = f"MATI {what}: {retry.reason} after {failures} attempt(s)"
+    if retry.kind == "rate_limited":
+        return RateLimited(
+            message, retry_after_s=retry.server_wait_s if retry.server_wait_s is not None else 60.0
+        )
+    if retry.kind == "malformed":
+        return MalformedResponse(message)
+    return UpstreamUnavailable(message, status=retry.status)
+
+
+def _seconds(value: Any) -> float | None:
+    """A non-negative finite number of seconds from JSON (int, float or numeric string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -1,0 +1,259 @@
+"""The Sentinel threat-intelligence upload adapter: one request, one honest answer.
+
+Two APIs (specs/sentinel-and-entra.md §1, §2; DESIGN.md §6), chosen by a setting:
+
+- ``stix-objects`` (default): ``POST {base}/workspaces/{ws}/threat-intelligence-stix-objects:upload
+  ?api-version=2024-02-01-preview`` with ``{"sourcesystem", "stixobjects"}``;
+- ``upload-indicators`` (legacy, the vendor's choice): ``POST {base}/{ws}/threatintelligence:
+  upload-indicators?api-version=2022-07-01`` with ``{"sourcesystem", "value"}``.
+
+**A single attempt, by design.** Sentinel's quota (100 requests a minute) belongs to the
+identity, shared by every uploader replica; when one replica is told to wait, all of them must
+pause together (a shared pause key), and when the network fails the batch's message locks must
+be renewed while waiting. Only the uploader service can do either, so this client reports what
+happened — ``RateLimited(retry_after_s)``, ``UpstreamUnavailable`` — and never sleeps.
+
+The one exception is authentication: a 401/403 usually means the cached token went stale
+(revoked, rotated, cut short), so the client asks the ``TokenProvider`` for a *new* token and
+tries once more; a second refusal is ``AuthenticationFailed`` (DESIGN.md §4: refresh once, then
+open the circuit).
+
+Per-record outcomes: HTTP 200 means "at least one record was published"; records Sentinel refused
+are listed in ``errors[]`` by 0-based ``recordIndex`` with the messages under ``errorMessages``
+(the docs) or ``validationErrorMessages`` (the swagger) — both are read. An empty body means every
+record was accepted.
+
+Nothing secret (the bearer token) ever reaches an exception message or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from shared.backoff import parse_retry_after, parse_try_again_text
+from shared.errors import (
+    AuthenticationFailed,
+    BatchRejected,
+    DestinationNotFound,
+    MalformedResponse,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from shared.http import peer_message
+from shared.stix import MAX_OBJECTS_PER_REQUEST, SentinelApi, check_source_system, upload_body
+
+__all__ = [
+    "DEFAULT_SCOPE",
+    "MAX_OBJECTS",
+    "RecordError",
+    "SentinelApi",
+    "SentinelClient",
+    "UploadResult",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Objects per request, both APIs (§1.4, §2.3).
+MAX_OBJECTS: Final = MAX_OBJECTS_PER_REQUEST
+DEFAULT_SCOPE: Final = "https://management.azure.com/.default"
+DEFAULT_SOURCE_SYSTEM: Final = "Mandiant Threat Intelligence"
+#: When a 429 says neither in a header nor in its text how long to wait (§1.6).
+DEFAULT_RETRY_AFTER_S: Final = 60.0
+_AUTH_STATUSES: Final = frozenset({401, 403})
+_ERROR_KEYS: Final = ("errorMessages", "validationErrorMessages")
+
+
+DEFAULT_BASE_URLS: Final = {
+    SentinelApi.STIX_OBJECTS: "https://api.ti.sentinel.azure.com",
+    SentinelApi.UPLOAD_INDICATORS: "https://sentinelus.azure-api.net",
+}
+
+
+class Tokens(Protocol):
+    """What the client needs from ``shared.credentials.TokenProvider``."""
+
+    async def token(self, scope: str) -> str: ...
+
+    async def refresh(self, scope: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """One record Sentinel refused: its index in the request and Sentinel's messages."""
+
+    index: int
+    messages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """What Sentinel did with each record of one request (indexes into the request's list)."""
+
+    accepted: tuple[int, ...]
+    rejected: tuple[RecordError, ...]
+
+
+class SentinelClient:
+    """Uploads up to 100 STIX objects per call to one workspace, through one API."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tokens: Tokens,
+        *,
+        api: SentinelApi | str = SentinelApi.STIX_OBJECTS,
+        base_url: str | None = None,
+        workspace_id: str,
+        source_system: str = DEFAULT_SOURCE_SYSTEM,
+        scope: str = DEFAULT_SCOPE,
+    ) -> None:
+        self._api = SentinelApi(api)
+        base = (base_url or DEFAULT_BASE_URLS[self._api]).rstrip("/")
+        if not base.startswith("https://"):
+            raise ValueError("base_url must be an https:// URL")
+        if not workspace_id:
+            raise ValueError("workspace_id is required")
+        problem = check_source_system(source_system)
+        if problem is not None:
+            raise ValueError(problem)
+        self._session = session
+        self._tokens = tokens
+        self._scope = scope
+        self._source_system = source_system
+        # The workspace id is quoted so a malformed setting can never change the path.
+        workspace = quote(workspace_id, safe="")
+        if self._api is SentinelApi.STIX_OBJECTS:
+            self._url = (
+                f"{base}/workspaces/{workspace}/threat-intelligence-stix-objects:upload"
+                "?api-version=2024-02-01-preview"
+            )
+        else:
+            self._url = (
+                f"{base}/{workspace}/threatintelligence:upload-indicators?api-version=2022-07-01"
+            )
+
+    @property
+    def api(self) -> SentinelApi:
+        return self._api
+
+    @property
+    def url(self) -> str:
+        """The upload URL (no credential in it: safe to log)."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"SentinelClient(api={self._api.value!r}, url={self._url!r})"
+
+    def body(self, objects: Sequence[Mapping[str, Any]]) -> bytes:
+        """The request body for ``objects`` (``shared.stix.upload_body``: ``sourcesystem`` plus
+        the API's list key); ``ValueError`` for an empty list or more than 100 objects."""
+        return orjson.dumps(upload_body(self._api, self._source_system, objects))
+
+    async def upload(self, objects: Sequence[Mapping[str, Any]]) -> UploadResult:
+        """Upload ``objects`` once and say which records Sentinel accepted and refused.
+
+        Raises ``RateLimited``, ``UpstreamUnavailable`` (retry the same batch later),
+        ``BatchRejected`` (the request itself is refused: split or dead-letter),
+        ``AuthenticationFailed`` / ``DestinationNotFound`` (stop and alert),
+        ``MalformedResponse`` (an answer we cannot attribute to records).
+        """
+        body = self.body(objects)
+        token = await self._tokens.token(self._scope)
+        status, payload, headers = await self._post(body, token)
+        if status in _AUTH_STATUSES:
+            logger.info("Sentinel answered %d; retrying once with a new token", status)
+            token = await self._tokens.refresh(self._scope)
+            status, payload, headers = await self._post(body, token)
+            if status in _AUTH_STATUSES:
+                message = peer_message(payload, secrets=(token,)) or "no message"
+                raise AuthenticationFailed(
+                    f"Sentinel refused a fresh token (HTTP {status}): {message}", status=status
+                )
+        if 200 <= status < 300:
+            return _result(len(objects), payload)
+        raise _failure(status, payload, headers, token)
+
+    async def _post(self, body: bytes, token: str) -> tuple[int, bytes, Mapping[str, str]]:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        try:
+            async with self._session.post(self._url, data=body, headers=headers) as response:
+                return response.status, await response.read(), response.headers
+        except aiohttp.InvalidURL:
+            raise
+        except TimeoutError as exc:
+            raise UpstreamUnavailable("Sentinel upload timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"Sentinel upload failed: connection problem ({type(exc).__name__})"
+            ) from exc
+
+
+def _failure(status: int, payload: bytes, headers: Mapping[str, str], token: str) -> Exception:
+    """The pipeline error a non-2xx, non-auth answer means."""
+    message = peer_message(payload, secrets=(token,)) or "no message"
+    if status == 429:
+        wait = parse_retry_after(headers.get("Retry-After"))
+        if wait is None:
+            wait = parse_try_again_text(message)
+        if wait is None:
+            wait = DEFAULT_RETRY_AFTER_S
+        return RateLimited(f"Sentinel rate limit (HTTP 429): {message}", retry_after_s=wait)
+    if status == 408 or status >= 500:
+        return UpstreamUnavailable(f"Sentinel answered HTTP {status}: {message}", status=status)
+    if status == 404:
+        return DestinationNotFound(f"Sentinel workspace not found (HTTP 404): {message}")
+    return BatchRejected(f"Sentinel rejected the batch (HTTP {status}): {message}", status=status)
+
+
+def _result(count: int, payload: bytes) -> UploadResult:
+    """Accepted and rejected indexes from a 2xx answer; an empty body means all accepted."""
+    if not payload.strip():
+        return UploadResult(accepted=tuple(range(count)), rejected=())
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponse(
+            f"Sentinel answered 2xx with an undecodable body ({len(payload)} bytes)"
+        ) from exc
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if errors is None:
+        return UploadResult(accepted=tuple(range(count)), rejected=())
+    if not isinstance(errors, list):
+        raise MalformedResponse("Sentinel's 'errors' is not a list")
+    messages: dict[int, list[str]] = {}
+    for entry in errors:
+        index = entry.get("recordIndex") if isinstance(entry, dict) else None
+        # A refusal we cannot attribute must not let its record pass as accepted.
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            raise MalformedResponse(
+                f"Sentinel reported an error for record index {index!r} of a {count}-record batch"
+            )
+        messages.setdefault(index, []).extend(_messages_of(entry))
+    rejected = tuple(
+        RecordError(index=index, messages=tuple(found) or ("no message",))
+        for index, found in sorted(messages.items())
+    )
+    accepted = tuple(i for i in range(count) if i not in messages)
+    return UploadResult(accepted=accepted, rejected=rejected)
+
+
+def _messages_of(entry: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key in _ERROR_KEYS:
+        value = entry.get(key)
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(str(item) for item in value)
+    return found

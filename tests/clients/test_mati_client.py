@@ -1,0 +1,644 @@
+"""The MATI client against the MATI simulator over real TLS: one test per behaviour or fault.
+
+Time is fake and shared: the client's clock and sleep and the simulator's clock all read one
+``FakeTime``, which moves only when the client sleeps (or a test says so). So every test asserts
+the waits the client *chose* and the requests the simulator *received*, never wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared.backoff import Backoff
+from shared.errors import (
+    AuthenticationFailed,
+    MalformedResponse,
+    PagingInterrupted,
+    QueryRejected,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from shared.http import open_session
+from shared.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.secrets import Secret
+from shared.tls import client_context
+from simulators.faults import FaultKind
+from simulators.feed import Feed
+from simulators.mati import MatiSimulator
+
+KEY = "sim-mati-key"
+SECRET = "sim-mati-secret"
+NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+NOW_EPOCH = int(NOW.timestamp())
+COUNT = 250
+LIMIT = 100
+SEED = 42
+INCLUDE_FLAGS = {
+    "include_threat_rating",
+    "include_category",
+    "include_misp",
+    "include_campaigns",
+    "include_reports",
+}
+
+
+class FakeTime:
+    """One clock for client and simulator; it moves when the client sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def epoch(self) -> float:
+        return NOW_EPOCH + (self.now - 5000.0)
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def window(**overrides: Any) -> IndicatorQuery:
+    values: dict[str, Any] = {
+        "start_epoch": int((NOW - timedelta(days=31)).timestamp()),
+        "end_epoch": NOW_EPOCH,
+        "limit": LIMIT,
+    }
+    values.update(overrides)
+    return IndicatorQuery(**values)
+
+
+@contextlib.asynccontextmanager
+async def world(
+    server_ssl: ssl.SSLContext,
+    client_ssl: ssl.SSLContext,
+    *,
+    timeout_s: float = 10.0,
+    client: dict[str, Any] | None = None,
+    **sim: Any,
+) -> AsyncIterator[SimpleNamespace]:
+    """A started simulator, an open session and a client wired to one fake time."""
+    fake = FakeTime()
+    feed = Feed(seed=7, count=sim.pop("count", COUNT), days=30, now=NOW)
+    async with (
+        MatiSimulator(server_ssl, feed=feed, clock=fake.epoch, **sim) as mati,
+        open_session(client_ssl, timeout_s=timeout_s) as session,
+    ):
+        options: dict[str, Any] = {
+            "base_url": mati.url,
+            "api_key": Secret(KEY),
+            "api_secret": Secret(SECRET),
+            "requests_per_second": float("inf"),
+            "sleep": fake.sleep,
+            "clock": fake.clock,
+            "rng": random.Random(SEED),
+        }
+        options.update(client or {})
+        yield SimpleNamespace(
+            sim=mati,
+            feed=feed,
+            fake=fake,
+            session=session,
+            client=MatiClient(session, **options),
+        )
+
+
+async def collect(client: MatiClient, query: IndicatorQuery | None = None) -> list[RawPage]:
+    return [page async for page in client.pages(query or window())]
+
+
+def ids(pages: Iterable[RawPage]) -> list[str]:
+    return [record["id"] for page in pages for record in page.indicators]
+
+
+def statuses(sim: MatiSimulator, route: str = "indicator") -> list[int | None]:
+    return [r.status for r in sim.recorder.of(route)]
+
+
+def first_jitter(retry: int = 1, *, seed: int = SEED) -> float:
+    """The wait the client's seeded RNG draws for its first back-off."""
+    return Backoff().jittered(retry, random.Random(seed))
+
+
+def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
+    """Neither the error nor anything it chains to shows a secret in ``str`` or ``repr``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for text in (str(seen), repr(seen), repr(seen.args)):
+            for secret in secrets:
+                if secret:
+                    assert secret not in text, f"secret leaked in {type(seen).__name__}"
+        seen = seen.__cause__ or seen.__context__
+
+
+# ---- paging ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end_of_paging", ["empty", "short", "204"])
+async def test_pages_through_a_window_for_each_end_of_paging(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, end_of_paging: str
+) -> None:
+    async with world(server_ssl, client_ssl, end_of_paging=end_of_paging) as w:
+        pages = await collect(w.client)
+
+        expected = {w.feed.id(i) for i in range(COUNT)}
+        assert len(ids(pages)) == COUNT
+        assert set(ids(pages)) == expected
+        assert [len(p.indicators) for p in pages] == [100, 100, 50]
+        assert [p.index for p in pages] == [0, 1, 2]
+        assert all(p.size_bytes > 0 for p in pages)
+        # The empty and 204 forms cost one more request than the short form.
+        requests = len(w.sim.recorder.of("indicator"))
+        assert requests == (3 if end_of_paging == "short" else 4)
+        if end_of_paging == "204":
+            assert statuses(w.sim)[-1] == 204
+
+
+async def test_a_window_smaller_than_a_page_is_one_request(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, end_of_paging="short") as w:
+        pages = await collect(w.client, window(limit=1000))
+        assert len(ids(pages)) == COUNT
+        assert len(w.sim.recorder.of("indicator")) == 1
+
+
+async def test_an_empty_window_yields_nothing(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, end_of_paging="204") as w:
+        start = NOW_EPOCH + 60
+        pages = await collect(w.client, window(start_epoch=start, end_epoch=start + 60))
+        assert pages == []
+
+
+async def test_first_request_carries_the_query_and_follow_ups_only_next_and_flags(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        await collect(w.client, window(gte_mscore=0, exclude_osint=False))
+        first, *follow_ups = w.sim.recorder.of("indicator")
+        assert first.query["sort_by"] == "last_updated:asc"
+        assert first.query["limit"] == str(LIMIT)
+        assert first.query["gte_mscore"] == "0"
+        assert first.query["exclude_osint"] == "false"
+        assert first.query["include_misp"] == "false"
+        assert first.query["include_threat_rating"] == "true"
+        assert follow_ups
+        for request in follow_ups:
+            assert set(request.query) == {"next"} | INCLUDE_FLAGS
+
+
+async def test_headers_bearer_accept_and_app_name(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"app_name": "unit-test-app"}) as w:
+        await collect(w.client)
+        (token_request,) = w.sim.recorder.of("token")
+        assert token_request.headers["Authorization"].startswith("Basic ")
+        assert token_request.headers["Accept"] == "application/json"
+        assert "X-App-Name" not in token_request.headers  # the official library omits it
+        assert b"grant_type=client_credentials" in token_request.body
+        for request in w.sim.recorder.of("indicator"):
+            assert request.headers["Authorization"] == f"Bearer {w.sim.current_token}"
+            assert request.headers["Accept"] == "application/json"
+            assert request.headers["X-App-Name"] == "unit-test-app"
+
+
+async def test_records_are_handed_on_raw_even_when_broken(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, inject_bad_records=3) as w:
+        pages = await collect(w.client)
+        assert sum(len(p.indicators) for p in pages) == COUNT
+        assert any("id" not in record for page in pages for record in page.indicators)
+
+
+# ---- token ----------------------------------------------------------------------------------
+
+
+async def test_token_is_fetched_once_and_reused(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        await collect(w.client)
+        await collect(w.client)
+        assert w.sim.token_requests == 1
+        assert len(w.sim.recorder.of("indicator")) == 8
+
+
+async def test_token_is_refreshed_before_it_expires(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    # A 100 s token and one request a second: 900 records 10 a page is 92 requests, so the
+    # run reaches the token's last tenth (t+90 s) but not its end. The client must ask again
+    # *before* expiry: the server then hands back the same, still-valid token (spec §2.3).
+    async with world(
+        server_ssl,
+        client_ssl,
+        count=900,
+        token_ttl_s=100,
+        client={"requests_per_second": 1.0},
+    ) as w:
+        pages = await collect(w.client, window(limit=10))
+        assert len(ids(pages)) == 900
+        assert 90 < w.fake.now - 5000.0 < 100
+        assert w.sim.token_requests == 2
+        assert w.sim.tokens_issued == 1
+        assert set(statuses(w.sim)) == {200}  # never refused: renewed early, not after a 401
+
+
+async def test_a_token_past_its_life_is_replaced(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(
+        server_ssl,
+        client_ssl,
+        count=1000,
+        token_ttl_s=30,
+        client={"requests_per_second": 1.0},
+    ) as w:
+        pages = await collect(w.client, window(limit=10))
+        assert len(ids(pages)) == 1000
+        assert w.sim.tokens_issued >= 3  # a 30 s token over a ~100 s run
+        # The server keeps handing back its cached token until its last second, so a request
+        # may still meet its expiry; that one is re-authenticated, never lost.
+        assert set(statuses(w.sim)) <= {200, 401}
+        assert statuses(w.sim).count(401) < w.sim.tokens_issued
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_revoked_token_reauthenticates_once_then_succeeds(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
+) -> None:
+    async with world(server_ssl, client_ssl, expired_auth_status=status) as w:
+        collected: list[RawPage] = []
+        async for page in w.client.pages(window()):
+            collected.append(page)
+            if page.index == 0:
+                w.sim.expire_tokens()  # revoked server-side while the client still trusts it
+        assert len(ids(collected)) == COUNT
+        assert w.sim.token_requests == 2
+        assert statuses(w.sim).count(status) == 1
+        assert w.fake.sleeps == []  # re-auth is immediate, not a back-off
+
+
+async def test_expired_token_fault_reauthenticates_once(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert statuses(w.sim)[:2] == [401, 200]
+        assert w.sim.token_requests == 2
+
+
+async def test_persistent_401_is_authentication_failed(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator", times=5)
+        with pytest.raises(AuthenticationFailed) as caught:
+            await collect(w.client)
+        assert caught.value.status == 401
+        assert statuses(w.sim) == [401, 401]  # re-auth once, never a loop
+        assert w.sim.token_requests == 2
+        tokens = [r.headers["Authorization"].split()[1] for r in w.sim.recorder.of("indicator")]
+        assert_no_secret(caught.value, KEY, SECRET, *tokens)
+        for secret in (KEY, SECRET, *tokens):
+            assert secret not in caplog.text
+
+
+async def test_wrong_api_key_is_authentication_failed_without_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    wrong = "not-the-secret-0123456789"
+    async with world(server_ssl, client_ssl, client={"api_secret": Secret(wrong)}) as w:
+        with pytest.raises(AuthenticationFailed) as caught:
+            await collect(w.client)
+        assert caught.value.status == 401
+        assert w.sim.token_requests == 1
+        assert w.sim.recorder.of("indicator") == []
+        assert_no_secret(caught.value, KEY, wrong)
+
+
+# ---- rate limits and transient failures -----------------------------------------------------
+
+
+async def test_429_with_retry_after_waits_what_the_header_says(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=7)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [7.0]
+        assert statuses(w.sim)[:2] == [429, 200]
+
+
+async def test_429_without_retry_after_backs_off_with_jitter(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", times=2)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        rng = random.Random(SEED)
+        policy = Backoff()
+        assert w.fake.sleeps == [policy.jittered(1, rng), policy.jittered(2, rng)]
+        assert 0 <= w.fake.sleeps[0] <= 1.0
+        assert 0 <= w.fake.sleeps[1] <= 2.0
+        assert statuses(w.sim)[:3] == [429, 429, 200]
+
+
+async def test_persistent_429_is_rate_limited_after_max_attempts(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", times=10, retry_after_s=2)
+        with pytest.raises(RateLimited) as caught:
+            await collect(w.client)
+        assert caught.value.retry_after_s == 2.0
+        assert w.fake.sleeps == [2.0, 2.0]
+        assert statuses(w.sim) == [429, 429, 429]
+
+
+async def test_a_retry_after_beyond_the_budget_is_not_waited(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_wait_s": 120.0}) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=500)
+        with pytest.raises(RateLimited) as caught:
+            await collect(w.client)
+        assert caught.value.retry_after_s == 500.0
+        assert w.fake.sleeps == []
+        assert statuses(w.sim) == [429]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_5xx_backs_off_and_retries_the_same_request(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        pages: list[RawPage] = []
+        async for page in w.client.pages(window()):
+            pages.append(page)
+            if page.index == 0:
+                w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=status)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        failed, retried = w.sim.recorder.of("indicator")[1:3]
+        assert (failed.status, retried.status) == (status, 200)
+        assert failed.query == retried.query  # the same cursor, not a new query
+
+
+async def test_empty_500_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.EMPTY_500, route="indicator")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert statuses(w.sim)[:2] == [500, 200]
+
+
+async def test_timeout_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, timeout_s=0.5) as w:
+        w.sim.faults.inject(FaultKind.TIMEOUT, route="indicator", delay_s=1.0)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert w.sim.recorder.of("indicator")[1].status == 200
+
+
+async def test_connection_reset_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        # Two resets: aiohttp itself silently retries an idempotent request once when a pooled
+        # keep-alive connection drops; the second reset reaches the client's own retry.
+        w.sim.faults.inject(FaultKind.RESET, route="indicator", times=2)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        faults = [r.fault for r in w.sim.recorder.of("indicator")]
+        assert faults[:3] == [FaultKind.RESET, FaultKind.RESET, None]
+
+
+async def test_malformed_json_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="indicator")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert len(w.sim.recorder.of("indicator")) == 5
+
+
+async def test_persistent_malformed_json_is_malformed_response(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
+        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="indicator", times=10)
+        with pytest.raises(MalformedResponse):
+            await collect(w.client)
+        assert len(w.sim.recorder.of("indicator")) == 3
+
+
+async def test_persistent_5xx_is_upstream_unavailable_after_max_attempts(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_attempts": 4}) as w:
+        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=503, times=10)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await collect(w.client)
+        assert caught.value.status == 503
+        assert statuses(w.sim) == [503] * 4
+        rng = random.Random(SEED)
+        assert w.fake.sleeps == [Backoff().jittered(n, rng) for n in (1, 2, 3)]
+        assert_no_secret(caught.value, KEY, SECRET, w.sim.current_token)
+
+
+async def test_backoff_stops_at_the_time_budget_before_max_attempts(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    options = {"max_attempts": 50, "max_wait_s": 10.0, "backoff_base_s": 4.0}
+    async with world(server_ssl, client_ssl, client=options) as w:
+        w.sim.faults.inject(FaultKind.EMPTY_500, route="indicator", times=50)
+        with pytest.raises(UpstreamUnavailable):
+            await collect(w.client)
+        assert sum(w.fake.sleeps) <= 10.0
+        assert len(w.sim.recorder.of("indicator")) < 50
+
+
+async def test_token_endpoint_5xx_is_retried_too(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="token", status=502)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert statuses(w.sim, "token") == [502, 200]
+        assert w.fake.sleeps == [first_jitter()]
+
+
+# ---- cursors and bad requests ---------------------------------------------------------------
+
+
+async def test_expired_cursor_is_paging_interrupted(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, cursor_ttl_s=600) as w:
+
+        async def dawdle() -> None:
+            async for _page in w.client.pages(window()):
+                w.fake.now += 601  # the consumer dawdled past the cursor's life
+
+        with pytest.raises(PagingInterrupted) as caught:
+            await dawdle()
+        assert statuses(w.sim) == [200, 400]  # not retried: the cursor will not come back
+        assert "expired" in str(caught.value)
+        assert_no_secret(caught.value, KEY, SECRET, w.sim.current_token)
+
+
+async def test_a_bad_query_is_rejected_with_the_server_message(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        too_old = int((NOW - timedelta(days=120)).timestamp())
+        with pytest.raises(QueryRejected) as caught:
+            await collect(w.client, window(start_epoch=too_old))
+        assert caught.value.status == 400
+        assert "90 days" in str(caught.value)
+        assert statuses(w.sim) == [400]
+        assert_no_secret(caught.value, KEY, SECRET, w.sim.current_token)
+
+
+def test_query_validation() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        window(limit=1001)
+    with pytest.raises(ValueError, match="limit"):
+        window(limit=0)
+    with pytest.raises(ValueError, match="start_epoch"):
+        window(start_epoch=NOW_EPOCH + 10)
+    with pytest.raises(ValueError, match="gte_mscore"):
+        window(gte_mscore=101)
+
+
+# ---- pace and TLS ---------------------------------------------------------------------------
+
+
+async def test_requests_per_second_ceiling_holds_for_every_request_including_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    fake = FakeTime()
+    starts: list[float] = []
+
+    async def on_start(*_: object) -> None:
+        starts.append(fake.now)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    feed = Feed(seed=7, count=COUNT, days=30, now=NOW)
+    async with (
+        MatiSimulator(server_ssl, feed=feed, clock=fake.epoch) as mati,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_ssl), trace_configs=[trace]
+        ) as session,
+    ):
+        mati.faults.inject(FaultKind.SERVER_ERROR, route="indicator", times=2)
+        mati.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=0.1)
+        client = MatiClient(
+            session,
+            base_url=mati.url,
+            api_key=Secret(KEY),
+            api_secret=Secret(SECRET),
+            requests_per_second=2.0,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            rng=random.Random(SEED),
+        )
+        pages = await collect(client)
+        assert len(ids(pages)) == COUNT
+        total_requests = len(mati.recorder.requests)
+        assert total_requests == 1 + 3 + 4  # token, 3 failures, 4 pages
+        assert len(starts) == total_requests
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert min(gaps) >= 0.5 - 1e-9
+
+
+async def test_tls_verification_is_on(server_ssl: ssl.SSLContext) -> None:
+    fake = FakeTime()
+    untrusting = client_context(None)  # the system store only: the simulator CA is unknown
+    feed = Feed(seed=7, count=10, days=30, now=NOW)
+    async with (
+        MatiSimulator(server_ssl, feed=feed, clock=fake.epoch) as mati,
+        open_session(untrusting) as session,
+    ):
+        client = MatiClient(
+            session,
+            base_url=mati.url,
+            api_key=Secret(KEY),
+            api_secret=Secret(SECRET),
+            requests_per_second=float("inf"),
+            max_attempts=2,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            rng=random.Random(SEED),
+        )
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await collect(client)
+        assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
+        assert mati.recorder.requests == []
+        assert_no_secret(caught.value, KEY, SECRET)
+
+
+def test_client_repr_shows_no_credentials() -> None:
+    async def build() -> str:
+        async with open_session(client_context(None)) as session:
+            client = MatiClient(
+                session,
+                base_url="https://mati.example",
+                api_key=Secret(KEY),
+                api_secret=Secret(SECRET),
+            )
+            return repr(client) + str(client)
+
+    text = asyncio.run(build())
+    assert KEY not in text
+    assert SECRET not in text
+
+
+def test_plain_http_base_url_is_refused() -> None:
+    async def build() -> None:
+        async with open_session(client_context(None)) as session:
+            MatiClient(
+                session,
+                base_url="http://mati.example",
+                api_key=Secret(KEY),
+                api_secret=Secret(SECRET),
+            )
+
+    with pytest.raises(ValueError, match="https"):
+        asyncio.run(build())
