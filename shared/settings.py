@@ -11,14 +11,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from shared.errors import ConfigError
+from shared.filters import FilterPolicy, HashSelection
 from shared.secrets import MASK, Secret
+from shared.stix import DefaultAction, SentinelApi, StixPolicy, check_source_system
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
@@ -36,8 +40,8 @@ REMOVED_SETTINGS: Final = {
 }
 
 SENTINEL_DEFAULT_HOSTS: Final = {
-    "stix-objects": "https://api.ti.sentinel.azure.com",
-    "upload-indicators": "https://sentinelus.azure-api.net",
+    SentinelApi.STIX_OBJECTS: "https://api.ti.sentinel.azure.com",
+    SentinelApi.UPLOAD_INDICATORS: "https://sentinelus.azure-api.net",
 }
 
 
@@ -79,9 +83,9 @@ class Settings:
     minimum_confidence: int = 80
     minimum_threat_score: int = 80
     exclude_osint: bool = True
-    default_action: str = "alert"
+    default_action: DefaultAction = DefaultAction.ALERT
     include_uncategorized: bool = True
-    hash_type: str = "md5"
+    hash_type: HashSelection = HashSelection.MD5
     include_ipv4: bool = True
     include_hash: bool = True
     include_url: bool = True
@@ -91,8 +95,8 @@ class Settings:
     enable_deduplication: bool = True
     validity_refresh_ratio: float = 0.5
     # Sentinel
-    sentinel_api: str = "stix-objects"
-    sentinel_base_url: str = SENTINEL_DEFAULT_HOSTS["stix-objects"]
+    sentinel_api: SentinelApi = SentinelApi.STIX_OBJECTS
+    sentinel_base_url: str = SENTINEL_DEFAULT_HOSTS[SentinelApi.STIX_OBJECTS]
     sentinel_requests_per_minute: int = 100
     sentinel_source_system: str = "Mandiant Threat Intelligence"
     log_analytics_base_url: str = "https://api.loganalytics.io"
@@ -105,6 +109,29 @@ class Settings:
     ssl_cert_file: Path | None = None
     #: Lines to print once at start-up (removed settings that are still set).
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def filter_policy(self) -> FilterPolicy:
+        return FilterPolicy(
+            minimum_confidence=self.minimum_confidence,
+            minimum_threat_score=self.minimum_threat_score,
+            exclude_osint=self.exclude_osint,
+            include_uncategorized=self.include_uncategorized,
+            hash_selection=self.hash_type,
+            include_ipv4=self.include_ipv4,
+            include_fqdn=self.include_fqdn,
+            include_url=self.include_url,
+            include_hash=self.include_hash,
+        )
+
+    def stix_policy(self) -> StixPolicy:
+        return StixPolicy(
+            ipv4_expiration=timedelta(days=self.ip_indicator_expiration),
+            fqdn_expiration=timedelta(days=self.fqdn_indicator_expiration),
+            url_expiration=timedelta(days=self.url_indicator_expiration),
+            hash_expiration=timedelta(days=self.hash_indicator_expiration),
+            default_action=self.default_action.value,
+            passive_only=self.passive_only,
+        )
 
     def effective(self) -> list[tuple[str, str]]:
         """``(ENV_NAME, printable value)`` for every setting, secrets masked."""
@@ -202,6 +229,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _member(enum: type[E]) -> Callable[[str], E]:
+    def parse(text: str) -> E:
+        return enum(text.lower())  # an unknown value raises ValueError
+
+    return parse
+
+
 def _pattern(regex: re.Pattern[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not regex.match(text):
@@ -243,7 +277,7 @@ def _existing_file(text: str) -> Path:
 
 
 def _source_system(text: str) -> str:
-    if len(text) > 256 or text.lower() == "microsoft sentinel":
+    if check_source_system(text) is not None:
         raise ValueError(text)
     return text
 
@@ -307,8 +341,8 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         "ENABLE_DEDUPLICATION",
     ):
         r.read(name, _boolean, _BOOLEAN_HELP)
-    r.read("DEFAULT_ACTION", _choice("alert", "block", "allow"), "one of alert, block, allow")
-    r.read("HASH_TYPE", _choice("md5", "sha1", "sha256", "all"), "one of md5, sha1, sha256, all")
+    r.read("DEFAULT_ACTION", _member(DefaultAction), f"one of {', '.join(DefaultAction)}")
+    r.read("HASH_TYPE", _member(HashSelection), f"one of {', '.join(HashSelection)}")
     r.read(
         "SYNC_SCHEDULE",
         _float_range(0.0, 168.0, low_open=True),
@@ -321,7 +355,7 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     )
     r.read(
         "SENTINEL_API",
-        _choice(*SENTINEL_DEFAULT_HOSTS),
+        _member(SentinelApi),
         "stix-objects (default) or upload-indicators (legacy)",
     )
     r.read("SENTINEL_BASE_URL", _https_url, "an https:// URL")

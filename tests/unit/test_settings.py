@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from shared.errors import ConfigError
+from shared.filters import FilterPolicy, HashSelection
 from shared.secrets import MASK, Secret
 from shared.settings import REMOVED_SETTINGS, Service, Settings, load_settings
+from shared.stix import StixPolicy
 
 WORKSPACE = "6f2a3c4d-1b2e-4f60-9a7b-0c1d2e3f4a5b"
 CLIENT = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -267,3 +270,34 @@ def test_start_up_failure_lists_problems_and_no_secret() -> None:
 def test_check_config_for_one_service() -> None:
     done = run_cli("check-config", "--service", "filter", env={})
     assert done.returncode == 0, done.stderr
+
+
+def test_policies_carry_the_settings() -> None:
+    s = load(
+        MINIMUM_CONFIDENCE="60",
+        MINIMUM_THREAT_SCORE="0",
+        EXCLUDE_OSINT="FALSE",
+        INCLUDE_UNCATEGORIZED="FALSE",
+        HASH_TYPE="all",
+        INCLUDE_URL="FALSE",
+        IP_INDICATOR_EXPIRATION="3",
+        HASH_INDICATOR_EXPIRATION="30",
+        DEFAULT_ACTION="block",
+        PASSIVE_ONLY="TRUE",
+    )
+    assert s.filter_policy() == FilterPolicy(
+        minimum_confidence=60,
+        minimum_threat_score=0,
+        exclude_osint=False,
+        include_uncategorized=False,
+        hash_selection=HashSelection.ALL,
+        include_url=False,
+    )
+    assert s.stix_policy() == StixPolicy(
+        ipv4_expiration=timedelta(days=3),
+        hash_expiration=timedelta(days=30),
+        default_action="block",
+        passive_only=True,
+    )
+    assert load().filter_policy() == FilterPolicy()
+    assert load().stix_policy() == StixPolicy()
