@@ -35,23 +35,12 @@ MANAGEMENT = ("https://management.azure.com",)
 
 
 @pytest.fixture
-def minter() -> TokenMinter:
-    return TokenMinter()
-
-
-@pytest.fixture
 async def entra(server_ssl: ssl.SSLContext, minter: TokenMinter) -> AsyncIterator[EntraSimulator]:
     sim = EntraSimulator(server_ssl, minter=minter, tenant_id=TENANT)
     sim.add_client(CLIENT, SECRET)
     sim.add_federated_client(FEDERATED)
     async with sim:
         yield sim
-
-
-@pytest.fixture
-async def session(client_ssl: ssl.SSLContext) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
-        yield s
 
 
 def _transport(session: aiohttp.ClientSession) -> AioHttpTransport:

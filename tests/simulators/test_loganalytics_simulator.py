@@ -34,30 +34,11 @@ DEDUP_QUERY = f"""ThreatIntelIndicators
 
 
 @pytest.fixture
-def minter() -> TokenMinter:
-    return TokenMinter()
-
-
-@pytest.fixture
-async def sentinel(
-    server_ssl: ssl.SSLContext, minter: TokenMinter
-) -> AsyncIterator[SentinelSimulator]:
-    async with SentinelSimulator(server_ssl, minter=minter) as sim:
-        yield sim
-
-
-@pytest.fixture
 async def logs(
     server_ssl: ssl.SSLContext, minter: TokenMinter, sentinel: SentinelSimulator
 ) -> AsyncIterator[LogAnalyticsSimulator]:
     async with LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as sim:
         yield sim
-
-
-@pytest.fixture
-async def session(client_ssl: ssl.SSLContext) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
-        yield s
 
 
 def mint(minter: TokenMinter, audience: str = "https://api.loganalytics.io") -> str:

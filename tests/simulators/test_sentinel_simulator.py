@@ -10,7 +10,6 @@ import asyncio
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -33,25 +32,6 @@ TENANT = "00000000-0000-0000-0000-0000000000aa"
 SOURCE = "Mandiant Threat Intelligence"
 MISSING_ID = "Error for Property=id: Required property is missing. Actual value: NULL."
 LEGACY_401 = {"statusCode": 401, "message": "Unauthorized. Access token is missing or invalid."}
-
-
-@pytest.fixture
-def minter() -> TokenMinter:
-    return TokenMinter()
-
-
-@pytest.fixture
-async def sentinel(
-    server_ssl: ssl.SSLContext, minter: TokenMinter
-) -> AsyncIterator[SentinelSimulator]:
-    async with SentinelSimulator(server_ssl, minter=minter) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def session(client_ssl: ssl.SSLContext) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
-        yield s
 
 
 def mint(
