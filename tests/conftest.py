@@ -4,10 +4,13 @@ developer's own settings (so no test depends on the shell it runs in)."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from shared.tls import client_context
+from simulators.localredis import LocalRedis
 from simulators.tls import SimulatorCA, mint_ca
 
 #: Variables a developer's shell may carry that would change what a test sees.
@@ -52,3 +55,19 @@ def server_ssl(sim_ca: SimulatorCA) -> ssl.SSLContext:
 def client_ssl(sim_ca: SimulatorCA) -> ssl.SSLContext:
     """The product's own client context, trusting the simulators' CA like SSL_CERT_FILE does."""
     return client_context(sim_ca.ca_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """One real redis-server for the run (AOF on); tests that kill Redis start their own."""
+    with LocalRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis_server: LocalRedis) -> AsyncIterator[Redis]:
+    """A client on a Redis emptied for this test."""
+    client: Redis = Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
