@@ -1,0 +1,183 @@
+"""Structured logs: one event a line, JSON in production, ``key=value`` in a terminal.
+
+Events are namespaced snake case (``fetch.page``, ``upload.rejected``) with their data in fields,
+never interpolated into the text, so a log pipeline can count and filter them. Context that
+belongs to a unit of work (destination, run id, later the trace ids) is bound once with
+``bind()`` and rides on every line logged inside it.
+
+Secrets are kept out twice: nothing logs them on purpose, and a last filter masks the configured
+secret values wherever they might still appear (an exception text from a third party, say).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from shared.secrets import MASK, Secret
+
+# Immutable default: bind() always builds a new mapping, never mutates the current one.
+_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
+    "mati2sentinel_log_context", default=MappingProxyType({})
+)
+_FIELDS: Final = "m2s_fields"
+
+
+class Log:
+    """A logger that takes an event name and fields: ``log.info("fetch.page", records=1000)``."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: object) -> None:
+        self._log(logging.ERROR, event, fields, exc_info=True)
+
+    def _log(
+        self, level: int, event: str, fields: dict[str, object], exc_info: bool = False
+    ) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={_FIELDS: fields}, exc_info=exc_info)
+
+
+def get_logger(name: str) -> Log:
+    return Log(name)
+
+
+@contextmanager
+def bind(**fields: object) -> Iterator[None]:
+    """Add ``fields`` to every line logged inside the block (and in tasks it starts)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _event_fields(record: logging.LogRecord) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "event": record.getMessage(),
+        "logger": record.name,
+    }
+    fields.update(_context.get())
+    fields.update(getattr(record, _FIELDS, {}))
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        fields["error"] = type(error).__name__
+        fields["error_message"] = str(error)
+    return fields
+
+
+def _text(value: object) -> str:
+    if isinstance(value, Secret):
+        return MASK
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line (what log shippers on AKS expect)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(_event_fields(record), default=_text).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``time level event key=value ...`` for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _event_fields(record)
+        head = f"{fields.pop('timestamp')} {fields.pop('level')!s:<7} {fields.pop('event')}"
+        fields.pop("logger")
+        pairs = " ".join(f"{key}={_console_value(value)}" for key, value in fields.items())
+        return f"{head} {pairs}" if pairs else head
+
+
+def _console_value(value: object) -> str:
+    text = _text(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return orjson.dumps(text).decode()
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Masks known secret values in the formatted line: the last line of defence."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Short values would mask innocent text and say little about the secret; real
+        # credentials are long.
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        text = record.getMessage()
+        fields = getattr(record, _FIELDS, None)
+        if any(secret in text for secret in self._secrets):
+            record.msg, record.args = _mask(text, self._secrets), ()
+        if fields:
+            setattr(record, _FIELDS, {k: _mask_value(v, self._secrets) for k, v in fields.items()})
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            if any(secret in str(error) for secret in self._secrets):
+                record.exc_info = None
+                extra = getattr(record, _FIELDS, {})
+                setattr(
+                    record,
+                    _FIELDS,
+                    {**extra, "error": type(error).__name__, "error_message": MASK},
+                )
+        return True
+
+
+def _mask(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_value(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return _mask(value, secrets)
+    return value
+
+
+def configure(
+    *, level: str = "INFO", fmt: str = "auto", secrets: Iterable[Secret | None] = ()
+) -> None:
+    """Route every log line to stdout in ``fmt`` (auto: console on a TTY, JSON otherwise)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
+    handler.addFilter(SecretFilter(s.reveal() for s in secrets if s))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party libraries log request details at INFO (azure-core logs every header name
+    # and URL); their warnings are what an operator needs.
+    for noisy in ("azure", "urllib3", "msal", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
