@@ -144,7 +144,28 @@ class Settings:
         return rows
 
 
+def mask_url_password(url: str) -> str:
+    """``redis://user:********@host/0``: a URL may carry a password, and a URL gets printed."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}"
+
+
+def url_password(url: str) -> str | None:
+    """The password inside ``url``, so logging can mask it wherever it turns up."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
+
+
 def _printable(value: object) -> str:
+    if isinstance(value, str) and "://" in value:
+        return mask_url_password(value)
     if isinstance(value, Secret):
         return MASK if value else "(empty)"
     if value is None:
@@ -181,7 +202,7 @@ class _Reader:
         try:
             self.values[name.lower()] = parse(text)
         except ValueError:
-            self.problems.append(f"{name}={text!r} is not valid: {allowed}")
+            self.problems.append(f"{name}={mask_url_password(text)!r} is not valid: {allowed}")
             self.invalid.add(name)
 
     def secret(self, name: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.filters import FilterPolicy, HashSelection
 from shared.secrets import MASK, Secret
-from shared.settings import REMOVED_SETTINGS, Service, Settings, load_settings
+from shared.settings import REMOVED_SETTINGS, Service, Settings, load_settings, url_password
 from shared.stix import StixPolicy
 
 WORKSPACE = "6f2a3c4d-1b2e-4f60-9a7b-0c1d2e3f4a5b"
@@ -301,3 +301,22 @@ def test_policies_carry_the_settings() -> None:
     )
     assert load().filter_policy() == FilterPolicy()
     assert load().stix_policy() == StixPolicy()
+
+
+REDIS_PASSWORD = "redis-Pw-91xQ"
+
+
+def test_redis_password_is_masked_in_check_config_and_errors() -> None:
+    url = f"rediss://default:{REDIS_PASSWORD}@cache.example:6380/0"
+    s = load(REDIS_URL=url)
+    assert s.redis_url == url
+    assert dict(s.effective())["REDIS_URL"] == f"rediss://default:{MASK}@cache.example:6380/0"
+    assert url_password(url) == REDIS_PASSWORD
+    assert url_password("redis://127.0.0.1:6379/0") is None
+    done = run_cli("check-config", env={**VALID, "REDIS_URL": url})
+    assert done.returncode == 0
+    assert REDIS_PASSWORD not in done.stdout + done.stderr
+    bad = run_cli("check-config", env={**VALID, "REDIS_URL": f"http://:{REDIS_PASSWORD}@x"})
+    assert bad.returncode == 2
+    assert REDIS_PASSWORD not in bad.stderr
+    assert f"REDIS_URL='http://:{MASK}@x' is not valid" in bad.stderr
