@@ -1,0 +1,126 @@
+"""The message contract between the services (DESIGN.md §3): entities, bodies, properties, ids.
+
+- fetcher → topic ``indicators``: the raw MATI record, byte for byte as decoded, so the filter
+  (and a replay months later) sees exactly what Mandiant sent.
+- filter → queue ``upload.<destination>``: the raw record again plus what the filter decided
+  (which hash, the fingerprint, why it is forwarded), so the uploader needs no second look-up.
+
+``message_id`` is derived from content, never random: the same indicator version published
+twice (a page re-fetched after a crash, an overlapping window) gets the same id, and the bus's
+duplicate detection drops the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from shared.bus import Message, Queue, Subscription, Topic
+from shared.fingerprint import ForwardReason
+from shared.indicator import HashType
+
+RAW_SCHEMA: Final = "mati.indicator/1"
+UPLOAD_SCHEMA: Final = "upload.indicator/1"
+INDICATORS: Final = Topic("indicators")
+
+
+def subscription(destination: str) -> Subscription:
+    """Each destination reads the feed through its own subscription, with its own filters."""
+    return Subscription(INDICATORS.name, destination)
+
+
+def upload_queue(destination: str) -> Queue:
+    return Queue(f"upload.{destination}")
+
+
+def _text_field(record: object, key: str) -> str:
+    if isinstance(record, dict):
+        value = record.get(key)
+        if isinstance(value, str):
+            return value[:200]
+    return ""
+
+
+def raw_message(record: object, *, run_id: str) -> Message:
+    """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
+    judging records is the filter's job (a bad one is dead-lettered there, with its reason)."""
+    body = orjson.dumps(record)
+    indicator_id = _text_field(record, "id")
+    last_updated = _text_field(record, "last_updated")
+    seed = f"{indicator_id}|{last_updated}".encode() if indicator_id else body
+    return Message(
+        body=body,
+        message_id=hashlib.blake2b(seed, digest_size=16).hexdigest(),
+        properties={
+            "schema": RAW_SCHEMA,
+            "indicator_id": indicator_id,
+            "indicator_type": _text_field(record, "type"),
+            "run_id": run_id,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    """One STIX indicator to upload: the raw record, the hash it stands for, and the decision."""
+
+    record: Mapping[str, object]
+    stix_id: str
+    hash_type: HashType | None
+    fingerprint: str
+    reason: ForwardReason
+
+
+class MalformedMessage(ValueError):
+    """Raised when a message body is not the contract's shape (a poison message)."""
+
+
+def upload_message(request: UploadRequest, *, run_id: str) -> Message:
+    body = orjson.dumps(
+        {
+            "record": request.record,
+            "stix_id": request.stix_id,
+            "hash_type": request.hash_type.value if request.hash_type else None,
+            "fingerprint": request.fingerprint,
+            "reason": request.reason.value,
+        }
+    )
+    return Message(
+        body=body,
+        # One id per indicator version: a re-forwarded copy of the same version is a duplicate.
+        message_id=f"{request.stix_id}:{request.fingerprint}",
+        properties={
+            "schema": UPLOAD_SCHEMA,
+            "indicator_id": _text_field(request.record, "id"),
+            "indicator_type": _text_field(request.record, "type"),
+            "stix_id": request.stix_id,
+            "run_id": run_id,
+        },
+    )
+
+
+def read_upload(body: bytes) -> UploadRequest:
+    """Decode an upload message, or raise ``MalformedMessage`` saying what is wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage("upload message is not JSON") from exc
+    if not isinstance(data, dict):
+        raise MalformedMessage("upload message is not a JSON object")
+    record, stix_id, fingerprint = data.get("record"), data.get("stix_id"), data.get("fingerprint")
+    if not isinstance(record, dict):
+        raise MalformedMessage("upload message has no record object")
+    if not isinstance(stix_id, str) or not stix_id.startswith("indicator--"):
+        raise MalformedMessage("upload message has no STIX indicator id")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise MalformedMessage("upload message has no fingerprint")
+    try:
+        hash_type = HashType(data["hash_type"]) if data.get("hash_type") else None
+        reason = ForwardReason(str(data.get("reason")))
+    except ValueError as exc:
+        raise MalformedMessage("upload message has an unknown hash type or reason") from exc
+    return UploadRequest(record, stix_id, hash_type, fingerprint, reason)

@@ -1,0 +1,109 @@
+"""The message contract: content-derived ids, properties, and poison bodies refused by name."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.fingerprint import ForwardReason
+from shared.indicator import HashType
+from shared.messages import (
+    RAW_SCHEMA,
+    UPLOAD_SCHEMA,
+    MalformedMessage,
+    UploadRequest,
+    raw_message,
+    read_upload,
+    subscription,
+    upload_message,
+    upload_queue,
+)
+
+RECORD = {
+    "id": "md5--1",
+    "type": "md5",
+    "value": "a" * 32,
+    "last_updated": "2025-03-09T08:05:02.871Z",
+}
+
+
+def test_raw_message_keeps_the_record_and_names_it() -> None:
+    message = raw_message(RECORD, run_id="run-1")
+    assert orjson.loads(message.body) == RECORD
+    assert message.properties == {
+        "schema": RAW_SCHEMA,
+        "indicator_id": "md5--1",
+        "indicator_type": "md5",
+        "run_id": "run-1",
+    }
+
+
+def test_raw_message_id_is_one_per_indicator_version() -> None:
+    first = raw_message(RECORD, run_id="a").message_id
+    assert raw_message(dict(RECORD), run_id="b").message_id == first
+    assert raw_message({**RECORD, "mscore": 1}, run_id="a").message_id == first
+    newer = {**RECORD, "last_updated": "2025-03-10T00:00:00.000Z"}
+    assert raw_message(newer, run_id="a").message_id != first
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_any_json_record_can_be_published(record: object) -> None:
+    message = raw_message(record, run_id="r")
+    assert orjson.loads(message.body) == record
+    assert len(message.message_id) == 32
+
+
+def test_entities_carry_the_destination() -> None:
+    assert subscription("prod").name == "prod"
+    assert subscription("prod").topic == "indicators"
+    assert upload_queue("prod").name == "upload.prod"
+
+
+def test_upload_message_round_trips() -> None:
+    request = UploadRequest(
+        record=RECORD,
+        stix_id="indicator--00000000-0000-5000-8000-000000000001",
+        hash_type=HashType.SHA256,
+        fingerprint="f" * 32,
+        reason=ForwardReason.REFRESH,
+    )
+    message = upload_message(request, run_id="run-2")
+    assert read_upload(message.body) == request
+    assert message.message_id == f"{request.stix_id}:{request.fingerprint}"
+    assert message.properties["schema"] == UPLOAD_SCHEMA
+    assert message.properties["stix_id"] == request.stix_id
+    plain = UploadRequest(RECORD, request.stix_id, None, "e" * 32, ForwardReason.NEW)
+    assert read_upload(upload_message(plain, run_id="r").body) == plain
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"{", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"stix_id": "indicator--1", "fingerprint": "f"}', "no record"),
+        (b'{"record": {}, "stix_id": "x", "fingerprint": "f"}', "no STIX indicator id"),
+        (b'{"record": {}, "stix_id": "indicator--1"}', "no fingerprint"),
+        (
+            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
+            b' "hash_type": "sha512"}',
+            "unknown hash type",
+        ),
+        (
+            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "whim"}',
+            "unknown hash type or reason",
+        ),
+    ],
+)
+def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str) -> None:
+    with pytest.raises(MalformedMessage, match=why):
+        read_upload(body)
