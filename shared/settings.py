@@ -99,6 +99,7 @@ class Settings:
     sentinel_base_url: str = SENTINEL_DEFAULT_HOSTS[SentinelApi.STIX_OBJECTS]
     sentinel_requests_per_minute: int = 100
     sentinel_source_system: str = "Mandiant Threat Intelligence"
+    sentinel_rate_window_seconds: float = 60.0
     log_analytics_base_url: str = "https://api.loganalytics.io"
     # Running
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -107,6 +108,11 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "INFO"
     ssl_cert_file: Path | None = None
+    bus_lock_duration_seconds: float = 60.0
+    bus_max_delivery_count: int = 10
+    filter_batch_size: int = 500
+    upload_linger_seconds: float = 1.0
+    drain_timeout_seconds: float = 25.0
     #: Lines to print once at start-up (removed settings that are still set).
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -390,6 +396,11 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         _source_system,
         "at most 256 characters, and not the reserved 'Microsoft Sentinel'",
     )
+    r.read(
+        "SENTINEL_RATE_WINDOW_SECONDS",
+        _float_range(1.0, 3600.0),
+        "seconds, 1 to 3600 (Sentinel's window is 60; shorter only against a simulator)",
+    )
     r.read("LOG_ANALYTICS_BASE_URL", _https_url, "an https:// URL")
     r.read("REDIS_URL", _redis_url, "a redis://, rediss:// or unix:// URL")
     r.read("BUS", _choice("redis", "servicebus"), "redis or servicebus")
@@ -401,6 +412,15 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     r.read("LOG_FORMAT", _choice("auto", "json", "console"), "auto, json or console")
     r.read("LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR")
     r.read("SSL_CERT_FILE", _existing_file, "the path of an existing PEM file")
+    r.read(
+        "BUS_LOCK_DURATION_SECONDS",
+        _float_range(1.0, 300.0),
+        "seconds a received message stays locked, 1 to 300 (Service Bus allows 5 minutes)",
+    )
+    r.read("BUS_MAX_DELIVERY_COUNT", _int_range(1, 100), "a whole number from 1 to 100")
+    r.read("FILTER_BATCH_SIZE", _int_range(1, 5000), "a whole number from 1 to 5000")
+    r.read("UPLOAD_LINGER_SECONDS", _float_range(0.0, 60.0), "seconds, 0 to 60")
+    r.read("DRAIN_TIMEOUT_SECONDS", _float_range(1.0, 600.0), "seconds, 1 to 600")
 
     values = r.values
     if "sentinel_base_url" not in values and "sentinel_api" in values:

@@ -157,6 +157,12 @@ def test_secrets_are_wrapped() -> None:
         ("LOG_FORMAT", "xml", "auto, json or console"),
         ("LOG_LEVEL", "verbose", "DEBUG, INFO"),
         ("SSL_CERT_FILE", "/nonexistent/ca.pem", "existing PEM"),
+        ("SENTINEL_RATE_WINDOW_SECONDS", "0.5", "1 to 3600"),
+        ("BUS_LOCK_DURATION_SECONDS", "301", "1 to 300"),
+        ("BUS_MAX_DELIVERY_COUNT", "0", "1 to 100"),
+        ("FILTER_BATCH_SIZE", "5001", "1 to 5000"),
+        ("UPLOAD_LINGER_SECONDS", "-1", "0 to 60"),
+        ("DRAIN_TIMEOUT_SECONDS", "0", "1 to 600"),
     ],
 )
 def test_each_invalid_value_gives_one_clear_line(name: str, value: str, allowed: str) -> None:
