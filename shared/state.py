@@ -1,0 +1,727 @@
+"""The Redis state adapter: everything the services remember outside the bus (DESIGN.md §2, §4).
+
+Keys
+====
+
+All keys start with ``m2s:`` and carry a Redis Cluster hash tag: every key of one destination
+lives under ``m2s:{<destination>}:`` and the fetcher's under ``m2s:{fetcher}:``, so each group
+sits in one slot and the multi-key scripts below run on Redis Cluster (Azure Cache for Redis
+clustered tiers) as they do on one server. The fetcher's keys all live under ``feed:``, a name no
+destination key uses, so a destination that happens to be called ``fetcher`` cannot collide.
+
+Each entry: key, type and value; TTL; who writes; who reads (D = the destination's name).
+
+``m2s:{fetcher}:feed:lease``
+    string, the holder's owner id. TTL ``ttl_s`` (30 s), extended by the holder's ``renew``.
+    Written by the fetcher (acquire, renew, release); read by the fetcher and ``status``.
+``m2s:{fetcher}:feed:checkpoint``
+    hash: ``last_updated`` (epoch ms), ``saved_at`` (epoch ms), ``run_id``. No TTL: losing it
+    costs a full ``INITIAL_LOOKBACK`` re-sync. Written by the fetcher (``advance``, forward
+    only); read by the fetcher and ``status``.
+``m2s:{fetcher}:feed:last_run``
+    string, JSON object: the last sync's funnel. No TTL. Written by the fetcher; read by
+    ``status``.
+``m2s:{fetcher}:feed:counters``
+    hash, name -> count (fetched, pages, published, …). No TTL. Written by the fetcher; read
+    by ``status`` and metrics.
+``m2s:{D}:seen:<stix_id>``
+    string, ``SeenEntry.encode()`` = ``<fingerprint>:<valid_until ms>``. Expires AT that
+    ``valid_until`` (``PXAT``). Written by the uploader (``commit``, after Sentinel accepted
+    the record); read by the filter (``seen``).
+``m2s:{D}:inflight:<stix_id>``
+    string, the fingerprint of the version queued for upload. TTL: the filter's claim TTL.
+    Written by the filter (``claim``, ``release``) and cleared by the uploader (``commit``);
+    read by the uploader (``claims``: is my message superseded?).
+``m2s:{D}:counters``
+    hash, reason -> count (dropped_*, forwarded, uploaded, rejected, dead_lettered, …). No TTL.
+    Written by the filter and the uploader; read by ``status`` and metrics.
+``m2s:{D}:circuit``
+    hash: ``state`` (closed|open|half_open), ``reason``, ``since`` (epoch ms, server clock).
+    No TTL. Written by the uploader; read by every uploader replica, readiness and ``status``.
+``m2s:{D}:rate:log``
+    sorted set, one member per granted request, scored by the server's time in µs. TTL
+    window + margin (+1 s), renewed per grant; older members are trimmed on each acquire.
+    Written and read by the uploader replicas (``RateBudget``); read by metrics.
+``m2s:{D}:rate:pause``
+    string; its TTL (``PX``) is the shared 429 pause. Written by the uploader that met the 429;
+    read by every uploader replica (``RateBudget.acquire``).
+
+Why these shapes
+================
+
+- **Atomic and batched.** Every operation that touches several keys is one Lua script (or one
+  multi-key command), so it is atomic and costs one round trip whatever the batch size: the
+  filter must stay far below 0.05 round trips per indicator. Scripts are registered once per
+  adapter (``register_script``); redis-py sends ``EVALSHA`` and loads the script only the first
+  time a server has not seen it.
+- **Clocks.** Where replicas on different hosts must agree (the rate budget, the 429 pause,
+  when the circuit changed state, when the checkpoint was saved) the script reads the Redis
+  server's ``TIME``; where a single caller decides (``commit``'s "already expired"), ``now`` is
+  injected so it can be tested.
+- **Foreign values never stall a destination.** A garbled ``seen`` value reads as "not seen"
+  (one needless re-upload, never a lost indicator), and a garbled claim is overwritten. The
+  singleton keys (lease, checkpoint, counters, circuit) are ours alone; a wrong type there is
+  ``StateRefused``, for an operator.
+- **Memory.** One destination's keys share a slot, so they live on one shard: about 150 bytes
+  per indicator seen, about 150 MB for a million indicators.
+
+Requires Redis ≥ 6.2 (``PXAT``, effects replication of scripts that read ``TIME``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final, TypeAlias
+
+import orjson
+from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+
+from shared.errors import FatalError, TransientError
+from shared.fingerprint import SeenEntry
+
+logger = logging.getLogger(__name__)
+
+#: Either client works: every multi-key operation stays inside one hash slot.
+RedisClient: TypeAlias = "Redis | RedisCluster"
+
+PREFIX: Final = "m2s"
+FETCHER_TAG: Final = "fetcher"
+#: The destination names ``DESTINATION`` accepts (shared.settings); anything else could break
+#: out of the hash tag (``{``, ``}``) or the key structure (``:``).
+_DESTINATION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
+#: Error replies that mean "this server cannot serve right now", not "this can never work":
+#: redis-py's classes for them, and their codes for when a script relays them as plain errors.
+_TRANSIENT_RESPONSES: Final = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+_TRANSIENT_REPLIES: Final = (
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "NOREPLICAS",
+    "MISCONF",
+    "OOM",
+)
+_MAX_MESSAGE_CHARS: Final = 200
+
+
+class StateUnavailable(TransientError):
+    """Raised when Redis cannot be reached or cannot serve for now (connection refused or
+    reset, timeout, loading, failover, out of memory): retry later, the work is fine.
+
+    Refused credentials land here too: access keys and Entra tokens for Azure Cache for Redis
+    rotate, and a service that backs off (readiness false) recovers once they are right again.
+    """
+
+
+class StateRefused(FatalError):
+    """Raised when Redis refuses an operation in a way a retry cannot fix (a key of ours holds
+    a foreign type, a script error, an ACL denial): an operator must look."""
+
+
+class CircuitState(StrEnum):
+    """The uploader's circuit for one destination, shared by every replica."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where the next sync starts: the newest ``last_updated`` whose page the bus confirmed.
+
+    Times are aware UTC with millisecond precision (what Redis keeps); ``saved_at`` is the
+    Redis server's clock unless the caller supplied one.
+    """
+
+    last_updated: datetime
+    saved_at: datetime
+    run_id: str
+
+
+# --------------------------------------------------------------------------------------------
+# Lua scripts. KEYS are always declared so Redis Cluster can route and check them.
+
+#: KEYS[1] lease; ARGV owner, ttl ms. Taking a free lease, or extending our own (a restarted
+#: loop with the same owner id), both count as holding it.
+_LEASE_ACQUIRE: Final = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+#: KEYS[1] lease; ARGV owner, ttl ms. Only the holder may extend: an expired lease stays lost.
+_LEASE_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+#: KEYS[1] lease; ARGV owner. Only the holder may release.
+_LEASE_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: KEYS[1] checkpoint hash; ARGV last_updated ms, saved_at ms ('' = server time), run id.
+#: Moves forward only: a late or replayed run can never rewind the feed.
+_CHECKPOINT_ADVANCE: Final = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'last_updated'))
+local proposed = tonumber(ARGV[1])
+if current and current >= proposed then
+  return 0
+end
+local saved_at = ARGV[2]
+if saved_at == '' then
+  local t = redis.call('TIME')
+  saved_at = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+redis.call('HSET', KEYS[1], 'last_updated', ARGV[1], 'saved_at', saved_at, 'run_id', ARGV[3])
+return 1
+"""
+
+#: KEYS[1] counters hash; ARGV name, increment, name, increment, ...
+_COUNT: Final = """
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+#: KEYS inflight keys; ARGV[1] ttl ms, ARGV[2] '1' if redelivery, ARGV[2 + i] fingerprint i.
+#: Free, foreign or different-fingerprint claims become ours (a newer version supersedes the
+#: queued one); the same fingerprint is someone else's queued message, unless this is a
+#: redelivery of that very message, whose forward must then happen again.
+_CLAIM: Final = """
+local redelivery = ARGV[2] == '1'
+local claimed = {}
+for i, key in ipairs(KEYS) do
+  local fingerprint = ARGV[i + 2]
+  if redis.pcall('GET', key) == fingerprint and not redelivery then
+    claimed[i] = 0
+  else
+    redis.call('SET', key, fingerprint, 'PX', ARGV[1])
+    claimed[i] = 1
+  end
+end
+return claimed
+"""
+
+#: KEYS inflight keys; ARGV[i] fingerprint i. Compare-and-delete.
+_RELEASE: Final = """
+local released = {}
+for i, key in ipairs(KEYS) do
+  if redis.pcall('GET', key) == ARGV[i] then
+    redis.call('DEL', key)
+    released[i] = 1
+  else
+    released[i] = 0
+  end
+end
+return released
+"""
+
+#: KEYS[2i-1] seen key i, KEYS[2i] inflight key i; ARGV[1] now ms, then per entry: encoded
+#: entry, valid_until ms, fingerprint. The seen key expires when Sentinel stops matching on the
+#: indicator; one already past is removed so the filter uploads it again.
+_COMMIT: Final = """
+local now = tonumber(ARGV[1])
+local stored = 0
+for i = 1, #KEYS / 2 do
+  local seen, inflight = KEYS[2 * i - 1], KEYS[2 * i]
+  local encoded, valid_until, fingerprint = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  if tonumber(valid_until) > now then
+    redis.call('SET', seen, encoded, 'PXAT', valid_until)
+    stored = stored + 1
+  else
+    redis.call('DEL', seen)
+  end
+  if redis.pcall('GET', inflight) == fingerprint then
+    redis.call('DEL', inflight)
+  end
+end
+return stored
+"""
+
+#: KEYS[1] circuit hash; ARGV state, reason. ``since`` moves only when the state changes, so
+#: it says how long the circuit has been open, by the server's clock every replica shares.
+_SET_CIRCUIT: Final = """
+if redis.call('HGET', KEYS[1], 'state') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2])
+  return 0
+end
+local t = redis.call('TIME')
+local since = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'since', since)
+return 1
+"""
+
+#: KEYS[1] log zset, KEYS[2] pause; ARGV limit, span µs, unique token. Returns µs to wait
+#: (0 = granted and recorded). Scores are the server's clock in microseconds.
+_RATE_ACQUIRE: Final = """
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then
+  return paused * 1000
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local span = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - span))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  local score = string.format('%.0f', now)
+  redis.call('ZADD', KEYS[1], score, score .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + span - now)
+"""
+
+#: KEYS[1] pause; ARGV ms. Never shortens a longer pause another replica already set.
+#: Returns the pause now in force, in ms.
+_RATE_PAUSE: Final = """
+local wanted = tonumber(ARGV[1])
+local current = redis.call('PTTL', KEYS[1])
+if wanted > 0 and current < wanted then
+  redis.call('SET', KEYS[1], '429', 'PX', ARGV[1])
+  return wanted
+end
+return math.max(current, 0)
+"""
+
+#: KEYS[1] log zset; ARGV span µs. Grants still inside the window by the server's clock.
+_RATE_IN_WINDOW: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return redis.call('ZCOUNT', KEYS[1], string.format('(%.0f', now - tonumber(ARGV[1])), '+inf')
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Fetcher
+
+
+class FetcherLease:
+    """Keeps one fetcher active at a time, across pods and restarts.
+
+    The holder must ``renew`` well within ``ttl_s`` (every third of it, say) and stop fetching
+    as soon as ``renew`` answers False: the lease expired or someone else holds it now. The
+    lease is advisory; what keeps a late loser harmless is that the checkpoint only moves
+    forward and every publish is idempotent (DESIGN §4).
+    """
+
+    def __init__(self, client: RedisClient, *, owner: str, ttl_s: float = 30.0) -> None:
+        if not owner:
+            raise ValueError("owner must not be empty")
+        self.owner = owner
+        self.ttl_ms = _positive_ms(ttl_s, "ttl_s")
+        self.key = _fetcher_key("lease")
+        self._client = client
+        self._acquire = client.register_script(_LEASE_ACQUIRE)
+        self._renew = client.register_script(_LEASE_RENEW)
+        self._release = client.register_script(_LEASE_RELEASE)
+
+    async def acquire(self) -> bool:
+        """Take the lease if it is free (``SET NX PX``); True also when we already hold it."""
+        return bool(await _run(self._acquire, [self.key], [self.owner, self.ttl_ms], "acquire"))
+
+    async def renew(self) -> bool:
+        """Extend the lease to a full ``ttl_s``; False means it is lost: stop working."""
+        return bool(await _run(self._renew, [self.key], [self.owner, self.ttl_ms], "renew"))
+
+    async def release(self) -> bool:
+        """Give the lease up so the next fetcher need not wait for it to expire; a lease held
+        by someone else is left alone. Returns whether we released it."""
+        return bool(await _run(self._release, [self.key], [self.owner], "release"))
+
+    async def holder(self) -> str | None:
+        """Who holds the lease now, for ``status``."""
+        with _translated("lease holder"):
+            value = await self._client.get(self.key)
+        return None if value is None else _text(value)
+
+
+class FeedState:
+    """The fetcher's memory of the feed: the checkpoint, the last run's funnel, counters."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+        self.checkpoint_key = _fetcher_key("checkpoint")
+        self.last_run_key = _fetcher_key("last_run")
+        self.counters_key = _fetcher_key("counters")
+        self._advance = client.register_script(_CHECKPOINT_ADVANCE)
+        self._count = client.register_script(_COUNT)
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The saved checkpoint; ``None`` on a first run, or when the stored value is not one
+        we wrote (then the next sync starts from ``INITIAL_LOOKBACK``: slower, never lossy)."""
+        with _translated("checkpoint"):
+            raw = await self._client.hgetall(self.checkpoint_key)
+        fields = {_text(key): _text(value) for key, value in raw.items()}
+        try:
+            return Checkpoint(
+                last_updated=_from_ms(int(fields["last_updated"])),
+                saved_at=_from_ms(int(fields["saved_at"])),
+                run_id=fields["run_id"],
+            )
+        except (KeyError, ValueError, OverflowError):
+            if fields:
+                logger.warning("ignoring an unreadable checkpoint in %s", self.checkpoint_key)
+            return None
+
+    async def advance(
+        self, last_updated: datetime, run_id: str, *, now: datetime | None = None
+    ) -> bool:
+        """Move the checkpoint to ``last_updated`` (truncated to ms) if that is later than the
+        saved one; returns whether it moved. Call it only after the bus confirmed the page.
+        ``saved_at`` is ``now`` when given, else the Redis server's clock."""
+        saved_at = "" if now is None else str(_to_ms(now))
+        args: list[str | int] = [_to_ms(last_updated), saved_at, run_id]
+        return bool(await _run(self._advance, [self.checkpoint_key], args, "advance"))
+
+    async def record_run(self, summary: Mapping[str, object]) -> None:
+        """Keep the last sync's funnel (fetched, published, pages, …) for ``status``; values
+        must be JSON-serializable (datetimes are, as RFC 3339)."""
+        body = orjson.dumps(dict(summary), option=orjson.OPT_NON_STR_KEYS)
+        with _translated("record run"):
+            await self._client.set(self.last_run_key, body)
+
+    async def last_run(self) -> dict[str, Any] | None:
+        """The summary ``record_run`` stored, or ``None`` when there is none (or it is not a
+        JSON object)."""
+        with _translated("last run"):
+            raw = await self._client.get(self.last_run_key)
+        if raw is None:
+            return None
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def count(self, counts: Mapping[str, int]) -> None:
+        """Add to the fetcher's counters, all in one atomic round trip."""
+        await _count(self._count, self.counters_key, counts)
+
+    async def counters(self) -> dict[str, int]:
+        return await _counters(self._client, self.counters_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Destinations
+
+
+class DestinationState:
+    """One destination's seen cache, in-flight claims, counters and circuit (DESIGN §4).
+
+    Every per-indicator operation takes a batch and costs one round trip whatever its size.
+    """
+
+    def __init__(self, client: RedisClient, destination: str) -> None:
+        self.destination = destination
+        self.prefix = destination_prefix(destination)
+        self.counters_key = f"{self.prefix}counters"
+        self.circuit_key = f"{self.prefix}circuit"
+        self._client = client
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+        self._commit = client.register_script(_COMMIT)
+        self._count = client.register_script(_COUNT)
+        self._set_circuit = client.register_script(_SET_CIRCUIT)
+
+    def seen_key(self, stix_id: str) -> str:
+        return f"{self.prefix}seen:{stix_id}"
+
+    def inflight_key(self, stix_id: str) -> str:
+        return f"{self.prefix}inflight:{stix_id}"
+
+    async def seen(self, stix_ids: Sequence[str]) -> list[SeenEntry | None]:
+        """What was last uploaded for each id (one ``MGET``); unreadable values read as
+        ``None``, i.e. "not seen": one extra upload, never a lost indicator."""
+        if not stix_ids:
+            return []
+        with _translated("seen"):
+            values = await self._client.mget([self.seen_key(i) for i in stix_ids])
+        return [None if value is None else SeenEntry.decode(_bytes(value)) for value in values]
+
+    async def claim(
+        self, claims: Sequence[tuple[str, str]], *, ttl_s: float, redelivery: bool = False
+    ) -> list[bool]:
+        """Claim ``(stix_id, fingerprint)`` pairs before forwarding them; True = forward it.
+
+        - free: claimed (``SET … PX``), True;
+        - held with the same fingerprint: someone already queued this very version, False —
+          unless ``redelivery`` (this raw message was delivered before and its forward may
+          have failed), then it counts as ours and its TTL restarts, True;
+        - held with a different fingerprint: a newer version supersedes the queued one, which
+          the uploader will skip (``claims``); overwritten, True.
+
+        ``ttl_s`` should outlast the upload queue's worst backlog: an expired claim only lets a
+        later sync queue a duplicate (an idempotent re-upload), never loses anything. Pairs are
+        applied in order, so a repeated id in one batch sees the claim its predecessor made.
+        """
+        if not claims:
+            return []
+        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        args: list[str | int] = [_positive_ms(ttl_s, "ttl_s"), "1" if redelivery else "0"]
+        args.extend(fingerprint for _, fingerprint in claims)
+        return [bool(flag) for flag in await _run(self._claim, keys, args, "claim")]
+
+    async def release(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """Drop claims we made but will not forward (the forward failed, the message was
+        dead-lettered); a claim another version took over is left alone. Returns which were
+        released."""
+        if not claims:
+            return []
+        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        args = [fingerprint for _, fingerprint in claims]
+        return [bool(flag) for flag in await _run(self._release, keys, args, "release")]
+
+    async def claims(self, stix_ids: Sequence[str]) -> list[str | None]:
+        """The fingerprint each id's claim holds now (one ``MGET``): the uploader skips a
+        message whose fingerprint is no longer the claimed one, a newer version is queued."""
+        if not stix_ids:
+            return []
+        with _translated("claims"):
+            values = await self._client.mget([self.inflight_key(i) for i in stix_ids])
+        return [None if value is None else _text(value) for value in values]
+
+    async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
+        """Record uploads Sentinel accepted, atomically for the batch: each ``seen`` key is set
+        to the entry and expires at its ``valid_until`` (an entry already past ``now`` is
+        removed instead), and each claim still holding the entry's fingerprint is cleared.
+
+        Call it ONLY after Sentinel accepted these records (DESIGN §4; writing it earlier was
+        the vendor's v1.2.3 bug). Returns how many seen keys were written.
+        """
+        if not entries:
+            return 0
+        keys: list[str] = []
+        args: list[str | int | bytes] = [_to_ms(now)]
+        for stix_id, entry in entries:
+            keys += (self.seen_key(stix_id), self.inflight_key(stix_id))
+            args += (entry.encode(), _to_ms(entry.valid_until), entry.fingerprint)
+        return int(await _run(self._commit, keys, args, "commit"))
+
+    async def forget(self, stix_ids: Sequence[str]) -> int:
+        """Drop seen entries (tests, ops: force a re-upload); returns how many existed."""
+        if not stix_ids:
+            return 0
+        with _translated("forget"):
+            return int(await self._client.delete(*[self.seen_key(i) for i in stix_ids]))
+
+    async def count(self, counts: Mapping[str, int]) -> None:
+        """Add to the destination's counters by reason (dropped_low_confidence, forwarded,
+        uploaded, rejected, dead_lettered, …), all in one atomic round trip."""
+        await _count(self._count, self.counters_key, counts)
+
+    async def counters(self) -> dict[str, int]:
+        return await _counters(self._client, self.counters_key)
+
+    async def set_circuit(self, state: CircuitState, reason: str = "") -> bool:
+        """Set the circuit every replica of this destination obeys; returns whether the state
+        changed (``since`` then restarts, by the Redis server's clock)."""
+        args = [CircuitState(state).value, reason]
+        return bool(await _run(self._set_circuit, [self.circuit_key], args, "set circuit"))
+
+    async def circuit(self) -> tuple[CircuitState, str, datetime | None]:
+        """``(state, reason, since)``; closed when never set. An unreadable state reads as
+        closed: the next failure opens it again, while a stuck "open" would stop the
+        destination for good."""
+        with _translated("circuit"):
+            state, reason, since = await self._client.hmget(
+                self.circuit_key, ["state", "reason", "since"]
+            )
+        try:
+            parsed = CircuitState(_text(state)) if state is not None else CircuitState.CLOSED
+        except ValueError:
+            logger.warning("ignoring an unreadable circuit state in %s", self.circuit_key)
+            return CircuitState.CLOSED, "", None
+        try:
+            when = None if since is None else _from_ms(int(_text(since)))
+        except (ValueError, OverflowError):
+            when = None
+        return parsed, "" if reason is None else _text(reason), when
+
+
+class RateBudget:
+    """One request budget shared by every uploader replica of a destination.
+
+    A sliding-window log by the Redis server's clock: a grant is recorded only while fewer
+    than ``limit`` grants lie within ``window_s + margin_s``. The margin absorbs the delay
+    between our grant and the request's arrival, since Sentinel's window counts arrivals.
+    After a 429, ``pause`` makes every replica wait the time Sentinel asked for.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        destination: str,
+        *,
+        limit: int = 100,
+        window_s: float = 60.0,
+        margin_s: float = 1.0,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if margin_s < 0:
+            raise ValueError(f"margin_s must not be negative, got {margin_s}")
+        _positive_ms(window_s, "window_s")
+        self.limit = limit
+        self.span_us = round((window_s + margin_s) * 1_000_000)
+        prefix = destination_prefix(destination)
+        self.log_key = f"{prefix}rate:log"
+        self.pause_key = f"{prefix}rate:pause"
+        self._client = client
+        self._acquire = client.register_script(_RATE_ACQUIRE)
+        self._pause = client.register_script(_RATE_PAUSE)
+        self._in_window = client.register_script(_RATE_IN_WINDOW)
+
+    async def acquire(self) -> float:
+        """0.0 = one request granted (and recorded): send it now. Otherwise the seconds to
+        wait before asking again (the pause left, or until the oldest grant leaves the
+        window); nothing was recorded."""
+        keys = [self.log_key, self.pause_key]
+        args: list[str | int] = [self.limit, self.span_us, secrets.token_hex(8)]
+        return int(await _run(self._acquire, keys, args, "rate acquire")) / 1_000_000
+
+    async def pause(self, seconds: float) -> float:
+        """Make every replica wait ``seconds`` (after a 429); a longer pause already set is
+        kept. Returns the pause now in force, in seconds."""
+        ms = max(0, round(seconds * 1000))
+        return int(await _run(self._pause, [self.pause_key], [ms], "rate pause")) / 1000
+
+    async def paused_for(self) -> float:
+        """Seconds the shared pause still lasts (0.0 when none)."""
+        with _translated("rate paused_for"):
+            ms = int(await self._client.pttl(self.pause_key))
+        return max(ms, 0) / 1000
+
+    async def in_window(self) -> int:
+        """Grants within the window now, for status and metrics."""
+        args = [self.span_us]
+        return int(await _run(self._in_window, [self.log_key], args, "rate in_window"))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def destination_prefix(destination: str) -> str:
+    """``m2s:{<destination>}:``; raises ValueError on a name that could break the hash tag."""
+    if _DESTINATION.fullmatch(destination) is None:
+        raise ValueError(
+            f"destination must match {_DESTINATION.pattern} (lower-case letters, digits, '-'), "
+            f"got {destination!r}"
+        )
+    return f"{PREFIX}:{{{destination}}}:"
+
+
+def _fetcher_key(name: str) -> str:
+    return f"{PREFIX}:{{{FETCHER_TAG}}}:feed:{name}"
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into the pipeline's error tree (DESIGN §10)."""
+    try:
+        yield
+    except ResponseError as exc:
+        message = _message(operation, exc)
+        if isinstance(exc, _TRANSIENT_RESPONSES) or str(exc).startswith(_TRANSIENT_REPLIES):
+            raise StateUnavailable(message) from exc
+        raise StateRefused(message) from exc
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise StateUnavailable(_message(operation, exc)) from exc
+
+
+def _message(operation: str, exc: BaseException) -> str:
+    detail = str(exc)[:_MAX_MESSAGE_CHARS]
+    return f"redis {operation} failed: {type(exc).__name__}: {detail}"
+
+
+async def _run(
+    script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | bytes], operation: str
+) -> Any:
+    with _translated(operation):
+        return await script(keys=keys, args=args)
+
+
+async def _count(script: AsyncScript, key: str, counts: Mapping[str, int]) -> None:
+    args: list[str | int] = []
+    for name, amount in counts.items():
+        if amount:
+            args += (name, int(amount))
+    if args:
+        await _run(script, [key], args, "count")
+
+
+async def _counters(client: RedisClient, key: str) -> dict[str, int]:
+    with _translated("counters"):
+        raw = await client.hgetall(key)
+    counters: dict[str, int] = {}
+    for name, value in raw.items():
+        try:
+            counters[_text(name)] = int(value)
+        except ValueError:
+            continue
+    return counters
+
+
+def _to_ms(dt: datetime) -> int:
+    """Epoch milliseconds, floored like ``SeenEntry.encode``; naive datetimes are refused, a
+    guessed zone could move a checkpoint or an expiry by hours."""
+    if dt.utcoffset() is None:
+        raise ValueError("an aware datetime is required")
+    return (dt - _EPOCH) // _MILLISECOND
+
+
+def _from_ms(ms: int) -> datetime:
+    return _EPOCH + ms * _MILLISECOND
+
+
+def _positive_ms(seconds: float, name: str) -> int:
+    ms = round(seconds * 1000)
+    if ms < 1:
+        raise ValueError(f"{name} must be at least 1 ms, got {seconds}")
+    return ms
+
+
+def _text(value: bytes | str) -> str:
+    """Values arrive as bytes, or as str on a client made with ``decode_responses=True``."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
