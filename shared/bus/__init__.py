@@ -15,6 +15,7 @@ from shared.bus.base import (
     Target,
     Topic,
 )
+from shared.bus.redis_streams import RedisStreamsBus
 
 __all__ = [
     "MAX_DELIVERY_REASON",
@@ -26,6 +27,7 @@ __all__ = [
     "LockLost",
     "Message",
     "Queue",
+    "RedisStreamsBus",
     "Source",
     "Subscription",
     "Target",
