@@ -20,6 +20,28 @@ async credentials keep tokens in memory until shortly before expiry, so asking a
 would hand back the very token the peer just refused (revoked role assignment, rotated secret,
 clock skew…). Building a fresh credential from a factory gives an empty cache, hence a new token
 request, while staying entirely on azure-identity's code path.
+
+**Who retries a failed token request: not azure-core.** Its ``AsyncRetryPolicy`` would, by
+default, retry a token POST up to ten times, sleeping exponentially (up to two minutes a wait)
+and honouring any ``Retry-After`` Entra sends — all *inside* ``upload()``, while the uploader's
+message locks run out and without the shared pause that keeps every replica off a throttled
+identity. So the credential is built with ``retry_total=0``: one token request per
+``token()``/``refresh()``, and its failure comes back at once as a pipeline error. The uploader,
+which already owns back-off, the shared pause and lock renewal for Sentinel's own 429/5xx (see
+``shared.sentinel_client``), retries the batch — and with it the token request. Tokens live
+about an hour and are renewed ahead of expiry, so a failed renewal costs one retried batch.
+
+The token request's timeouts are the session's (``connection_timeout``/``read_timeout`` on the
+transport): azure-core would otherwise replace the session's bounds with its own 300 s ones.
+
+**Errors.** azure-identity raises ``ClientAuthenticationError`` for *any* token answer it cannot
+use — also a 429 or 5xx whose body has no OAuth ``error`` key, and then without the status. So
+the class alone says nothing; :meth:`TokenProvider._translate` decides from the HTTP status and
+the body: only a 400/401/403 carrying an OAuth error (``invalid_client``,
+``unauthorized_client``, AADSTS codes…) is Entra refusing us (``AuthenticationFailed``, fatal).
+Throttling is ``RateLimited`` when Entra said how long to wait; everything else that failed —
+429 without a wait, 5xx, empty or unreadable bodies, timeouts, resets — is
+``UpstreamUnavailable``. A refused TLS handshake is ``TlsVerificationFailed`` (fatal).
 """
 
 from __future__ import annotations
@@ -27,14 +49,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Final
 
 import aiohttp
+import orjson
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.core.pipeline.transport import AioHttpTransport
+from azure.identity import CredentialUnavailableError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
-from shared.errors import AuthenticationFailed, ConfigError, UpstreamUnavailable
+from shared.backoff import parse_retry_after
+from shared.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    RateLimited,
+    TlsVerificationFailed,
+    UpstreamUnavailable,
+)
 from shared.http import MAX_PEER_MESSAGE, redact
 from shared.secrets import Secret
 
@@ -42,6 +74,13 @@ from shared.secrets import Secret
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 
 CredentialFactory = Callable[[], AsyncTokenCredential]
+
+#: Statuses with which Entra refuses a client-credentials request (RFC 6749 §5.2, AADSTS).
+_REFUSAL_STATUSES: Final = frozenset({400, 401, 403})
+#: OAuth ``error`` values that mean "Entra is failing", not "Entra refuses you" (RFC 6749 §4.1.2.1).
+_TRANSIENT_OAUTH_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
+#: Used when the session sets no bound (aiohttp allows ``None``); azure-core's own is 300 s.
+_FALLBACK_TIMEOUT_S: Final = 30.0
 
 
 def credential_factory(
@@ -74,8 +113,20 @@ def credential_factory(
     if problems:
         raise ConfigError(problems)
 
+    # The session's bounds, passed on because azure-core's transport replaces them per request.
+    read_timeout = session.timeout.total or session.timeout.sock_read or _FALLBACK_TIMEOUT_S
+    connect_timeout = session.timeout.connect or session.timeout.sock_connect or read_timeout
+
     def transport() -> AioHttpTransport:
-        return AioHttpTransport(session=session, session_owner=False)
+        return AioHttpTransport(
+            session=session,
+            session_owner=False,
+            connection_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+
+    # One token request per call: the uploader owns retries (module docstring).
+    options: dict[str, Any] = {"authority": authority_host, "retry_total": 0}
 
     if federated_token_file is not None:
         token_file = str(federated_token_file)
@@ -85,8 +136,8 @@ def credential_factory(
                 tenant_id=tenant_id,
                 client_id=client_id,
                 token_file_path=token_file,
-                authority=authority_host,
                 transport=transport(),
+                **options,
             )
 
         return workload
@@ -100,8 +151,8 @@ def credential_factory(
             tenant_id,
             client_id,
             secret.reveal(),
-            authority=authority_host,
             transport=transport(),
+            **options,
         )
 
     return client_secret_credential
@@ -167,15 +218,67 @@ class TokenProvider:
             await credential.close()
 
     def _translate(self, exc: AzureError) -> Exception:
-        """Entra refusing us is fatal (``AuthenticationFailed``); Entra or the network failing
-        (429, 5xx, connection errors, all after azure-core's own retries) is transient."""
-        status = exc.status_code if isinstance(exc, HttpResponseError) else None
+        """The pipeline error an azure-core/azure-identity failure means (module docstring).
+
+        Fatal only when Entra itself refused the credential — a 400/401/403 whose body is an
+        OAuth error — or when TLS verification failed; every other failure is transient.
+        """
         detail = " ".join(str(exc.message or type(exc).__name__).split())[:MAX_PEER_MESSAGE]
         detail = redact(detail, *(s.reveal() for s in self._redact))
-        if isinstance(exc, ClientAuthenticationError) and (
-            status is None or not (status == 429 or status >= 500)
+        tls = _tls_refusal(exc)
+        if tls is not None:
+            return TlsVerificationFailed(
+                f"TLS verification of Entra ID failed ({type(tls).__name__}): {detail}"
+            )
+        if isinstance(exc, CredentialUnavailableError):  # it cannot even try: settings or file
+            return AuthenticationFailed(f"Entra ID credential unavailable: {detail}")
+        response = exc.response if isinstance(exc, HttpResponseError) else None
+        status = exc.status_code if isinstance(exc, HttpResponseError) else None
+        if (
+            isinstance(exc, ClientAuthenticationError)
+            and status in _REFUSAL_STATUSES
+            and _oauth_refusal(response)
         ):
             return AuthenticationFailed(
                 f"Entra ID refused the credential (status {status}): {detail}", status=status
             )
+        if status == 429:
+            headers = getattr(response, "headers", None) or {}
+            wait = parse_retry_after(headers.get("Retry-After"))
+            if wait is not None:
+                return RateLimited(f"Entra ID rate limit (HTTP 429): {detail}", retry_after_s=wait)
         return UpstreamUnavailable(f"Entra ID token request failed: {detail}", status=status)
+
+
+def _oauth_refusal(response: Any) -> bool:
+    """Whether an error answer's body is an OAuth error that refuses us (RFC 6749 §5.2).
+
+    azure-core has read the body by the time the error is raised; anything unreadable, or an
+    ``error`` such as ``temporarily_unavailable``, is not a refusal.
+    """
+    if response is None:
+        return False
+    try:
+        data = orjson.loads(response.body())
+    except Exception:  # unread, or not JSON: not a refusal we can prove
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    return isinstance(error, str) and bool(error) and error not in _TRANSIENT_OAUTH_ERRORS
+
+
+def _tls_refusal(exc: BaseException) -> BaseException | None:
+    """The TLS error inside ``exc`` when the handshake refused the peer, else ``None``.
+
+    azure-core wraps aiohttp's exception (``inner_exception`` / ``__cause__``). A handshake that
+    merely lost its connection arrives as a reset (``ClientConnectorError``), not as an SSL
+    error, so it stays transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientSSLError):
+            return current.os_error
+        inner = getattr(current, "inner_exception", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return None

@@ -14,7 +14,8 @@
     │   └── BatchRejected           Sentinel refused the whole request (400)
     └── FatalError                  stop taking work for this destination and alert
         ├── AuthenticationFailed    credentials refused even after a fresh token
-        └── DestinationNotFound     the workspace does not exist (404)
+        ├── DestinationNotFound     the workspace does not exist (404)
+        └── TlsVerificationFailed   the peer's certificate or TLS handshake was refused
 
 Adapters translate third-party exceptions (aiohttp, redis, azure) into these classes at the
 point where they meet them. Messages never carry a secret: adapters build them from status
@@ -98,3 +99,13 @@ class AuthenticationFailed(FatalError):
 
 class DestinationNotFound(FatalError):
     """Raised when Sentinel answers 404: usually a wrong workspace id."""
+
+
+class TlsVerificationFailed(FatalError):
+    """Raised when the TLS handshake with a peer fails verification (untrusted or expired
+    certificate, wrong host name, no common protocol).
+
+    Fatal, never retried: a certificate does not fix itself between attempts, and retrying
+    hides what is usually a missing CA (``SSL_CERT_FILE``), a TLS-intercepting proxy or a wrong
+    host — all things an operator must fix. Verification is never switched off instead.
+    """

@@ -7,7 +7,10 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
   the bearer is cached and renewed *before* it expires (5 min or 10 % of its lifetime, whichever
   is shorter), because the server hands back a cached token with its *remaining* lifetime and a
   token that dies mid-window costs a page. A 401/403 on an API call means the token was revoked
-  or expired early: fetch a new one and retry once; a second refusal is ``AuthenticationFailed``.
+  or expired early: fetch a new one and retry once; a refusal of that fresh token in the very
+  next answer is ``AuthenticationFailed``. The "once" is per run of consecutive refusals, not per
+  page: a 401 that follows a retried 5xx is a new token problem and re-authenticates again
+  (still bounded, because every 5xx retry counts against the back-off policy).
 - **Paging.** The first request carries the whole query; follow-ups carry ``next`` plus the
   ``include_*`` flags only (the cursor holds the query state but not those flags, §3.2). Paging
   ends on any of the forms the API uses: no ``next``, an empty page, HTTP 204 / an empty body.
@@ -18,7 +21,9 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
   and retry the *same* request. Attempts and total waiting are both bounded (``shared.backoff``);
   then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``. A 400 on a ``next``
   request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``, restart the window.
-  Any other 4xx is ``QueryRejected`` with the server's message.
+  Any other 4xx is ``QueryRejected`` with the server's message. A TLS handshake that refuses
+  the server (untrusted or expired certificate, wrong host) is ``TlsVerificationFailed`` at once:
+  no retry fixes a certificate, and retrying would hide a missing CA behind "MATI is down".
 - **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
   publishes no limit and ≈1 request/second is what survives (§8).
 
@@ -50,6 +55,7 @@ from shared.errors import (
     PagingInterrupted,
     QueryRejected,
     RateLimited,
+    TlsVerificationFailed,
     UpstreamUnavailable,
 )
 from shared.http import peer_message
@@ -240,10 +246,12 @@ class MatiClient:
 
     async def _page(self, params: dict[str, str], *, index: int, follow_up: bool) -> RawPage | None:
         url = f"{self._base}/v4/indicator"
-        reauthed = False
 
         async def attempt() -> RawPage | None:
-            nonlocal reauthed
+            # Per attempt, not per page: the loop continues only on a 401/403, so the flag
+            # covers one run of consecutive refusals. Any other outcome returns or raises, and
+            # a retried failure starts a fresh attempt that may re-authenticate again.
+            reauthed = False
             while True:
                 token = await self._bearer()
                 headers = {
@@ -368,6 +376,13 @@ class MatiClient:
             raise
         except TimeoutError as exc:
             raise _Retry("timed out") from exc
+        except aiohttp.ClientSSLError as exc:
+            # The handshake refused the server. A connection merely dropped mid-handshake is
+            # a plain ClientConnectorError (a reset) and is retried below.
+            raise TlsVerificationFailed(
+                f"TLS verification of MATI ({exc.host}) failed: {type(exc.os_error).__name__}"
+                f" ({_ssl_reason(exc.os_error)})"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise _Retry(f"connection failed ({type(exc).__name__})") from exc
 
@@ -432,6 +447,12 @@ def _exhausted(what: str, retry: _Retry, failures: int) -> Exception:
     if retry.kind == "malformed":
         return MalformedResponse(message)
     return UpstreamUnavailable(message, status=retry.status)
+
+
+def _ssl_reason(error: OSError) -> str:
+    """The short reason OpenSSL gave ("CERTIFICATE_VERIFY_FAILED…"), never a payload."""
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+    return str(reason or "no reason given")
 
 
 def _seconds(value: Any) -> float | None:

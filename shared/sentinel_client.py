@@ -21,7 +21,13 @@ open the circuit).
 Per-record outcomes: HTTP 200 means "at least one record was published"; records Sentinel refused
 are listed in ``errors[]`` by 0-based ``recordIndex`` with the messages under ``errorMessages``
 (the docs) or ``validationErrorMessages`` (the swagger) — both are read. An empty body means every
-record was accepted.
+record was accepted; a body that is JSON but not an object (``[]``, ``"x"``, ``null``) is
+``MalformedResponse``, because it might be a refusal we cannot attribute, and no record may pass
+on a guess.
+
+A TLS handshake that refuses Sentinel's certificate is ``TlsVerificationFailed`` (fatal, no
+retry): a certificate does not fix itself, and a retried "outage" would hide a missing CA or an
+intercepting proxy from the operator.
 
 Nothing secret (the bearer token) ever reaches an exception message or a log line.
 """
@@ -44,6 +50,7 @@ from shared.errors import (
     DestinationNotFound,
     MalformedResponse,
     RateLimited,
+    TlsVerificationFailed,
     UpstreamUnavailable,
 )
 from shared.http import peer_message
@@ -193,6 +200,15 @@ class SentinelClient:
             raise
         except TimeoutError as exc:
             raise UpstreamUnavailable("Sentinel upload timed out") from exc
+        except aiohttp.ClientSSLError as exc:
+            # The handshake refused the server. A connection merely dropped mid-handshake is
+            # a plain ClientConnectorError (a reset): transient, below.
+            error = exc.os_error
+            reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+            raise TlsVerificationFailed(
+                f"TLS verification of Sentinel ({exc.host}) failed: "
+                f"{type(error).__name__} ({reason or 'no reason given'})"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
                 f"Sentinel upload failed: connection problem ({type(exc).__name__})"
@@ -217,7 +233,8 @@ def _failure(status: int, payload: bytes, headers: Mapping[str, str], token: str
 
 
 def _result(count: int, payload: bytes) -> UploadResult:
-    """Accepted and rejected indexes from a 2xx answer; an empty body means all accepted."""
+    """Accepted and rejected indexes from a 2xx answer; an empty body means all accepted, and so
+    does an object without ``errors`` (Sentinel's documented success)."""
     if not payload.strip():
         return UploadResult(accepted=tuple(range(count)), rejected=())
     try:
@@ -226,7 +243,10 @@ def _result(count: int, payload: bytes) -> UploadResult:
         raise MalformedResponse(
             f"Sentinel answered 2xx with an undecodable body ({len(payload)} bytes)"
         ) from exc
-    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        # Not the documented shape: it may be a refusal, so no record may pass as accepted.
+        raise MalformedResponse(f"Sentinel answered 2xx with a JSON {type(data).__name__}")
+    errors = data.get("errors")
     if errors is None:
         return UploadResult(accepted=tuple(range(count)), rejected=())
     if not isinstance(errors, list):

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulators.faults import FaultKind
+from simulators.faults import FAULT_ANSWERS, Fault, FaultAnswers, FaultKind, retry_after_header
 from simulators.server import SimServer
 from simulators.tokens import TokenError, TokenMinter, TokenProblem
 
@@ -107,6 +107,7 @@ class EntraSimulator(SimServer):
         self._secrets: dict[str, str] = {}
         self._federated: dict[str, _FederatedClient] = {}
         super().__init__(ssl_context, host=host, port=port)
+        self.app[FAULT_ANSWERS] = _EntraFaultAnswers(self)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/{tenant}/oauth2/v2.0/token", self._token_v2, name="token")
@@ -389,7 +390,9 @@ class EntraSimulator(SimServer):
         self.tokens_issued.append(issued)
         return issued
 
-    def _error(self, request: web.Request, exc: _EntraError) -> web.Response:
+    def _error(
+        self, request: web.Request, exc: _EntraError, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
         trace_id = str(uuid.uuid4())
         correlation_id = (
             request.headers.get("client-request-id")
@@ -410,7 +413,46 @@ class EntraSimulator(SimServer):
             "correlation_id": correlation_id,
             "error_uri": f"{self.url}/error?code={exc.code}",
         }
-        return _json(body, status=exc.status)
+        response = _json(body, status=exc.status)
+        response.headers.update(headers or {})
+        return response
+
+
+class _EntraFaultAnswers(FaultAnswers):
+    """Entra's own wording of throttling and outages: OAuth error bodies with AADSTS codes.
+
+    Entra answers throttling and its own failures in the same envelope as a refusal, so a client
+    cannot tell them apart by the ``error`` key's presence: only the status and the ``error``
+    value (``temporarily_unavailable``) say "try later". The empty 500 and the gateway HTML page
+    stay the shared, non-OAuth defaults, because the load balancers in front of Entra answer
+    like that — and azure-identity then raises its error without any status.
+    """
+
+    def __init__(self, sim: EntraSimulator) -> None:
+        # The start of a real token answer, cut inside the access token.
+        super().__init__(
+            b'{"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, '
+            b'"access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1'
+        )
+        self._sim = sim
+
+    def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        error = _EntraError(
+            429,
+            "temporarily_unavailable",
+            90055,
+            "TenantThrottlingError - There are too many incoming requests. Please try again later.",
+        )
+        return self._sim._error(request, error, retry_after_header(fault))
+
+    def server_error(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        error = _EntraError(
+            fault.status,
+            "temporarily_unavailable",
+            90033,
+            "A transient error has occurred. Please try again.",
+        )
+        return self._sim._error(request, error)
 
 
 def _required(form: Mapping[str, str], name: str) -> str:

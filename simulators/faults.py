@@ -1,9 +1,17 @@
 """Faults the simulators inject on demand, and the record of what they received.
 
 A test (or `make demo`, over the ``/_sim/faults`` control route) queues faults; each request
-to a matching route consumes one. Generic faults (429, 5xx, empty 500, timeout, reset,
-malformed JSON) are applied by a middleware before the handler runs; faults that only make
-sense inside a handler (partial record errors, an expired token) are taken by the handler.
+to a matching route consumes one. Generic faults (429, 5xx, empty 500, a gateway's HTML error
+page, timeout, reset, malformed JSON) are applied by a middleware before the handler runs;
+faults that only make sense inside a handler (partial record errors, an expired token) are
+taken by the handler.
+
+The generic faults are worded the way each service words its own errors: a client is judged by
+how it reads *that* service's 429 or truncated body, and a MATI-shaped error from the Entra
+simulator would let a client pass that fails against the real Entra ID. A simulator installs its
+:class:`FaultAnswers` under :data:`FAULT_ANSWERS` in its application; without one, the APIM-style
+defaults below apply. The empty 500 and the gateway page are the same everywhere on purpose:
+they come from the load balancers in front of a service, which know nothing of its error format.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -25,6 +33,7 @@ class FaultKind(StrEnum):
     RATE_LIMIT = "rate_limit"
     SERVER_ERROR = "server_error"
     EMPTY_500 = "empty_500"
+    GATEWAY_ERROR = "gateway_error"
     TIMEOUT = "timeout"
     RESET = "reset"
     MALFORMED_JSON = "malformed_json"
@@ -38,6 +47,7 @@ GENERIC = frozenset(
         FaultKind.RATE_LIMIT,
         FaultKind.SERVER_ERROR,
         FaultKind.EMPTY_500,
+        FaultKind.GATEWAY_ERROR,
         FaultKind.TIMEOUT,
         FaultKind.RESET,
         FaultKind.MALFORMED_JSON,
@@ -52,8 +62,11 @@ class Fault:
     ``route`` names the simulator route it applies to (``None``: any route). ``times`` is
     how many requests it answers. ``retry_after_s`` sets a ``Retry-After`` header on a 429;
     ``message_retry_s`` puts "Try again in N seconds." in the body instead or as well.
+    ``status`` is the HTTP status of a server-error or gateway-error fault.
     ``delay_s`` is how long a timeout fault holds the request. ``record_indexes`` are the
-    records a partial-errors fault rejects.
+    records a partial-errors fault rejects. ``after`` lets that many matching requests (those
+    that reach this fault's check) pass untouched first, so a test can place a fault later in a
+    sequence — e.g. a 401, then a 500, then another 401.
     """
 
     kind: FaultKind
@@ -64,6 +77,7 @@ class Fault:
     message_retry_s: int | None = None
     delay_s: float = 30.0
     record_indexes: tuple[int, ...] = (0,)
+    after: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:
@@ -102,6 +116,9 @@ class FaultPlan:
         """Consume one use of the first queued fault of ``kinds`` that matches ``route``."""
         for fault in self._queue:
             if fault.kind in kinds and fault.route in (None, route):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.times -= 1
                 if fault.times <= 0:
                     self._queue.remove(fault)
@@ -155,32 +172,78 @@ def reset_connection(request: web.Request) -> None:
     transport.abort()
 
 
-async def answer_generic(request: web.Request, fault: Fault) -> web.StreamResponse:
-    """The answer of a generic fault, shaped like the real service's error answers."""
-    if fault.kind is FaultKind.RATE_LIMIT:
+class FaultAnswers:
+    """How one service answers the generic faults; subclass per service where its errors differ.
+
+    The defaults are the APIM-style bodies (``{"statusCode", "message"}``) Sentinel documents.
+    ``malformed_body`` is what MALFORMED_JSON answers with HTTP 200: the start of *this*
+    service's success body cut off mid-value, so it is invalid JSON that looks like the real
+    thing up to the cut.
+    """
+
+    def __init__(self, malformed_body: bytes = b'{"value": [{"id": "trunc') -> None:
+        self.malformed_body = malformed_body
+
+    def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         wait = fault.message_retry_s if fault.message_retry_s is not None else 60
-        headers = {}
-        if fault.retry_after_s is not None:
-            headers["Retry-After"] = f"{fault.retry_after_s:g}"
         body = {
             "statusCode": 429,
             "message": f"Rate limit is exceeded. Try again in {wait} seconds.",
         }
-        return web.json_response(body, status=429, headers=headers, dumps=_dumps)
-    if fault.kind is FaultKind.SERVER_ERROR:
+        return web.json_response(body, status=429, headers=retry_after_header(fault), dumps=_dumps)
+
+    def server_error(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         body = {"statusCode": fault.status, "message": "Internal server error"}
         return web.json_response(body, status=fault.status, dumps=_dumps)
+
+    def malformed(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        return web.Response(status=200, body=self.malformed_body, content_type="application/json")
+
+
+#: Where a simulator's application keeps its :class:`FaultAnswers`.
+FAULT_ANSWERS: Final = web.AppKey("sim.fault_answers", FaultAnswers)
+_DEFAULT_ANSWERS: Final = FaultAnswers()
+
+
+def retry_after_header(fault: Fault) -> dict[str, str]:
+    """The ``Retry-After`` header a rate-limit fault asks for (none unless ``retry_after_s``)."""
+    if fault.retry_after_s is None:
+        return {}
+    return {"Retry-After": f"{fault.retry_after_s:g}"}
+
+
+async def answer_generic(
+    request: web.Request, fault: Fault, answers: FaultAnswers = _DEFAULT_ANSWERS
+) -> web.StreamResponse:
+    """The answer of a generic fault, shaped like the real service's error answers."""
+    if fault.kind is FaultKind.RATE_LIMIT:
+        return answers.rate_limited(request, fault)
+    if fault.kind is FaultKind.SERVER_ERROR:
+        return answers.server_error(request, fault)
     if fault.kind is FaultKind.EMPTY_500:
+        # What load balancers and gateways send in front of any service: no body at all.
         return web.Response(status=500)
+    if fault.kind is FaultKind.GATEWAY_ERROR:
+        return web.Response(
+            status=fault.status, text=_gateway_page(fault.status), content_type="text/html"
+        )
     if fault.kind is FaultKind.TIMEOUT:
         await asyncio.sleep(fault.delay_s)
         return web.Response(status=504)
     if fault.kind is FaultKind.MALFORMED_JSON:
-        return web.Response(
-            status=200, body=b'{"indicators": [{"id": "trunc', content_type="application/json"
-        )
+        return answers.malformed(request, fault)
     reset_connection(request)
     raise ConnectionResetError("simulated reset")
+
+
+def _gateway_page(status: int) -> str:
+    """The HTML error page a reverse proxy (nginx here) answers with in front of any service."""
+    reasons = {429: "Too Many Requests", 502: "Bad Gateway", 503: "Service Temporarily Unavailable"}
+    title = f"{status} {reasons.get(status, 'Gateway Error')}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
 
 
 def _dumps(obj: Any) -> str:
@@ -198,7 +261,8 @@ def fault_middleware(plan: FaultPlan, recorder: Recorder) -> Any:
         status: int | None = None
         try:
             if fault is not None:
-                response = await answer_generic(request, fault)
+                answers = request.app.get(FAULT_ANSWERS, _DEFAULT_ANSWERS)
+                response = await answer_generic(request, fault, answers)
             else:
                 response = await handler(request)
             status = response.status

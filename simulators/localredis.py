@@ -1,7 +1,8 @@
 """A private redis-server process on loopback, for the tests, the demo and the benchmarks.
 
-It binds 127.0.0.1 only, on a free port, with AOF on (fsync always) in its own directory: the
-embedded bus relies on it so that a Redis restart loses nothing, and the tests kill it to prove that.
+It binds 127.0.0.1 only, on a free port, with AOF on (fsync always) in its own directory:
+the embedded bus relies on it so that a Redis restart loses nothing, and the tests kill it
+to prove that.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ outside it is a 400 ``BadArgumentError``, never a silently wrong answer. Support
 
 ``timespan`` (ISO 8601 duration such as ``P8D``, or ``start/end``, or ``start/duration``) bounds
 ``TimeGenerated`` as the real API does before the query runs.
+
+Faults: the generic ones answer in the API's own ``{"error": {"code", "message"}}`` envelope.
+``PARTIAL_ERRORS`` on the query route is the API's partial failure (§4.3): HTTP 200 with the
+``tables`` *and* a top-level ``"error"`` beside them, the rows at the fault's ``record_indexes``
+missing from the table — what a reconciliation that ignores ``error`` would silently lose.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from simulators.faults import FaultKind
+from simulators.faults import FAULT_ANSWERS, Fault, FaultAnswers, FaultKind, retry_after_header
 from simulators.sentinel import SentinelSimulator
 from simulators.server import SimServer
 from simulators.tokens import TokenError, TokenMinter, TokenProblem
@@ -123,6 +128,7 @@ class LogAnalyticsSimulator(SimServer):
         #: Wall clock the timespan is measured back from (replaceable in tests).
         self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
         super().__init__(ssl_context, host=host, port=port)
+        self.app[FAULT_ANSWERS] = _LogAnalyticsFaultAnswers()
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_route("*", "/v1/workspaces/{workspaceId}/query", self._query, name=QUERY_ROUTE)
@@ -151,6 +157,9 @@ class LogAnalyticsSimulator(SimServer):
                 "The request had some invalid properties",
                 inner={"code": exc.code, "message": str(exc)},
             )
+        partial = self.faults.take(QUERY_ROUTE, frozenset({FaultKind.PARTIAL_ERRORS}))
+        if partial is not None:
+            return _partial(table, partial)
         return _json({"tables": [_render(table)]})
 
     def _authorize(self, request: web.Request) -> web.Response | None:
@@ -625,6 +634,65 @@ def _render(table: Table) -> dict[str, Any]:
         "columns": [{"name": name, "type": kind} for name, kind in table.columns],
         "rows": [[cell(row.get(name), kind) for name, kind in table.columns] for row in table.rows],
     }
+
+
+def _partial(table: Table, fault: Fault) -> web.Response:
+    """HTTP 200, the rows the engine still returned, and the error that says some are missing.
+
+    Shaped like the API's answer when a query hits a server-side limit (what
+    ``azure-monitor-query`` turns into ``LogsQueryPartialResult``).
+    """
+    lost = set(fault.record_indexes)
+    kept = Table(table.columns, [row for i, row in enumerate(table.rows) if i not in lost])
+    error = {
+        "code": "PartialError",
+        "message": "There were some errors when processing your query.",
+        "details": [
+            {
+                "code": "EngineError",
+                "message": "Something went wrong processing your query on the server.",
+                "innererror": {
+                    "code": "-2133196797",
+                    "message": "Query result set has exceeded the internal data size limit "
+                    "8388608 bytes",
+                    "severity": 2,
+                    "severityName": "Error",
+                },
+            }
+        ],
+    }
+    return _json({"tables": [_render(kept)], "error": error})
+
+
+class _LogAnalyticsFaultAnswers(FaultAnswers):
+    """The query API's ``{"error": {"message", "code", "correlationId"}}`` for 429 and 5xx."""
+
+    _CODES: Final = {
+        500: "InternalServerError",
+        502: "BadGateway",
+        503: "ServiceUnavailableError",
+        504: "GatewayTimeout",
+    }
+
+    def __init__(self) -> None:
+        # The start of a real answer, cut inside the first column.
+        super().__init__(b'{"tables": [{"name": "PrimaryResult", "columns": [{"name": "TimeGen')
+
+    def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        response = _error(
+            429,
+            "ThrottledError",
+            "Your request was throttled: too many requests. Please try again later.",
+        )
+        response.headers.update(retry_after_header(fault))
+        return response
+
+    def server_error(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        return _error(
+            fault.status,
+            self._CODES.get(fault.status, "ServiceError"),
+            "An unexpected error occurred while processing the query. Please try again.",
+        )
 
 
 def _error(

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from simulators.faults import FaultKind
+from simulators.faults import FAULT_ANSWERS, FaultAnswers, FaultKind
 from simulators.feed import Feed
 from simulators.server import SimServer
 
@@ -192,6 +192,8 @@ class MatiSimulator(SimServer):
         self._current: str | None = None
         self._cursors: dict[str, _Cursor] = {}
         super().__init__(ssl_context, host=host, port=port)
+        # A page cut off inside its first record (the generic answers are otherwise APIM-style).
+        self.app[FAULT_ANSWERS] = FaultAnswers(b'{"indicators": [{"id": "indicator--trunc')
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/token", self._token, name="token")

@@ -41,7 +41,7 @@ from typing import Any, Final, Literal
 import orjson
 from aiohttp import web
 
-from simulators.faults import Fault, FaultKind, Handler
+from simulators.faults import FAULT_ANSWERS, Fault, FaultAnswers, FaultKind, Handler
 from simulators.server import SimServer
 from simulators.tokens import Claims, TokenError, TokenMinter, TokenProblem, decode_unverified
 
@@ -146,6 +146,11 @@ class SentinelSimulator(SimServer):
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
         self._last_generated: datetime | None = None
         super().__init__(ssl_context, host=host, port=port)
+        # 429/5xx keep the APIM-style bodies the docs show for both APIs (§1.5, §2.4); a
+        # malformed answer is a partial-success body cut off inside its first error entry.
+        self.app[FAULT_ANSWERS] = FaultAnswers(
+            b'{"errors": [{"recordIndex": 0, "errorMessages": ["Error for Property=pat'
+        )
         # Outermost, so requests that a generic fault answers are counted too: the quota a
         # client is judged by is what it sent, not what the server chose to serve.
         self.app.middlewares.insert(0, self._request_log_middleware())

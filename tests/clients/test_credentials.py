@@ -8,22 +8,31 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
-from azure.core.credentials import AccessToken
-from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from aiohttp import web
+from azure.core.exceptions import ClientAuthenticationError, ServiceResponseTimeoutError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
 from shared.credentials import TokenProvider, credential_factory
-from shared.errors import AuthenticationFailed, ConfigError, UpstreamUnavailable
+from shared.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    PipelineError,
+    RateLimited,
+    TlsVerificationFailed,
+    UpstreamUnavailable,
+)
 from shared.http import open_session
 from shared.secrets import Secret
+from shared.tls import client_context
 from simulators.entra import EntraSimulator
+from simulators.faults import FaultKind
 from simulators.tokens import TokenMinter
+from tests.clients.peers import hang_up_server, one_route
 
 TENANT = "00000000-0000-4000-8000-0000000000aa"
 CLIENT_ID = "00000000-0000-4000-8000-0000000000c1"
@@ -34,11 +43,11 @@ SCOPE = "https://management.azure.com/.default"
 
 @contextlib.asynccontextmanager
 async def entra_world(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, *, timeout_s: float = 10.0
 ) -> AsyncIterator[SimpleNamespace]:
     async with (
         EntraSimulator(server_ssl, minter=TokenMinter(), tenant_id=TENANT) as entra,
-        open_session(client_ssl) as session,
+        open_session(client_ssl, timeout_s=timeout_s) as session,
     ):
         entra.add_client(CLIENT_ID, CLIENT_SECRET)
         entra.add_federated_client(FEDERATED_CLIENT_ID)
@@ -211,81 +220,221 @@ async def test_an_unknown_tenant_is_authentication_failed(
         assert "AADSTS90002" in str(caught.value)
 
 
-class _Response:
-    """Just enough of an azure-core response for ``HttpResponseError``."""
+async def test_an_echoed_secret_is_redacted_from_the_error(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        # A misbehaving peer that quotes the form back, secret included, in an OAuth refusal.
+        secret = (await request.post()).get("client_secret")
+        assert isinstance(secret, str)
+        body = {
+            "error": "invalid_client",
+            "error_description": f"AADSTS7000215: Invalid client secret {secret}",
+            "error_codes": [7000215],
+        }
+        return web.json_response(body, status=401)
 
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
-        self.reason = "reason"
-        self.headers: dict[str, str] = {}
-
-    def text(self, encoding: str | None = None) -> str:
-        return ""
-
-    def body(self) -> bytes:
-        return b""
-
-
-class _FailingCredential:
-    """A credential whose ``get_token`` raises a prepared azure error."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.closed = False
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        raise self.error
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def __aenter__(self) -> _FailingCredential:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> None:
-        await self.close()
-
-
-def _provider(error: Exception) -> TokenProvider:
-    def factory() -> AsyncTokenCredential:
-        return _FailingCredential(error)
-
-    return TokenProvider(factory, redact=(Secret(CLIENT_SECRET),))
-
-
-async def test_an_echoed_secret_is_redacted_from_the_error() -> None:
-    provider = _provider(
-        ClientAuthenticationError(message=f"bad credential {CLIENT_SECRET} refused")
-    )
-    with pytest.raises(AuthenticationFailed) as caught:
-        await provider.token(SCOPE)
-    await provider.aclose()
+    async with (
+        one_route(server_ssl, "/{tenant}/oauth2/v2.0/token", echo) as url,
+        open_session(client_ssl) as session,
+    ):
+        factory = credential_factory(
+            session=session,
+            tenant_id=TENANT,
+            client_id=CLIENT_ID,
+            authority_host=url,
+            client_secret=Secret(CLIENT_SECRET),
+        )
+        provider = TokenProvider(factory, redact=(Secret(CLIENT_SECRET),))
+        try:
+            with pytest.raises(AuthenticationFailed) as caught:
+                await provider.token(SCOPE)
+        finally:
+            await provider.aclose()
+    assert caught.value.status == 401
     assert CLIENT_SECRET not in str(caught.value)
+    assert CLIENT_SECRET not in repr(caught.value)
     assert "********" in str(caught.value)
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
-async def test_entra_throttling_or_outage_is_upstream_unavailable(status: int) -> None:
-    error = ClientAuthenticationError(message="busy", response=_Response(status))  # type: ignore[arg-type]
-    provider = _provider(error)
-    with pytest.raises(UpstreamUnavailable) as caught:
-        await provider.token(SCOPE)
-    await provider.aclose()
-    assert caught.value.status == status
+# Through the real async ClientSecretCredential against the Entra simulator's faults. azure-core's
+# own retries are off by design (shared.credentials docstring), so each failure is exactly one
+# token request, answered at once as a pipeline error, and the next call starts afresh.
 
 
-async def test_a_network_failure_is_upstream_unavailable() -> None:
-    provider = _provider(ServiceRequestError("Cannot connect to host login.example"))
-    with pytest.raises(UpstreamUnavailable) as caught:
-        await provider.token(SCOPE)
-    await provider.aclose()
-    assert caught.value.status is None
-    assert isinstance(caught.value.__cause__, ServiceRequestError)
+async def _fails_once(w: SimpleNamespace, **fault: Any) -> PipelineError:
+    """Inject ``fault`` once on the token route; return the error, after checking recovery."""
+    w.entra.faults.inject(route="token", **fault)
+    provider = TokenProvider(secret_factory(w), redact=(Secret(CLIENT_SECRET),))
+    try:
+        with pytest.raises(PipelineError) as caught:
+            await provider.token(SCOPE)
+        assert w.entra.tokens_issued == []
+        token = await provider.token(SCOPE)  # the fault is spent: the same provider recovers
+    finally:
+        await provider.aclose()
+    assert [t.access_token for t in w.entra.tokens_issued] == [token]
+    assert CLIENT_SECRET not in str(caught.value)
+    return caught.value
+
+
+async def test_entra_throttling_with_retry_after_is_rate_limited(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.RATE_LIMIT, retry_after_s=7)
+        assert isinstance(error, RateLimited)
+        assert error.retry_after_s == 7.0
+        assert "AADSTS90055" in str(error)
+        assert [r.status for r in w.entra.recorder.of("token")] == [429, 200]
+
+
+async def test_entra_throttling_without_a_wait_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.RATE_LIMIT)
+        assert isinstance(error, UpstreamUnavailable)
+        assert error.status == 429
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_entra_outage_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.SERVER_ERROR, status=status)
+        assert isinstance(error, UpstreamUnavailable)
+        assert error.status == status
+        assert "temporarily_unavailable" in str(error)
+        assert [r.status for r in w.entra.recorder.of("token")] == [status, 200]
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+async def test_a_gateway_html_page_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
+) -> None:
+    # No OAuth "error" key: azure-identity raises ClientAuthenticationError *without* a status
+    # ("Unexpected response"), which once read as a refused credential and opened the circuit.
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.GATEWAY_ERROR, status=status)
+        assert isinstance(error, UpstreamUnavailable)
+        assert isinstance(error.__cause__, ClientAuthenticationError)
+        assert f"<title>{status} " in str(error)
+
+
+async def test_an_empty_500_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.EMPTY_500)
+        assert isinstance(error, UpstreamUnavailable)
+        assert error.status == 500
+
+
+async def test_a_malformed_token_answer_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.MALFORMED_JSON)
+        assert isinstance(error, UpstreamUnavailable)
+        assert [r.status for r in w.entra.recorder.of("token")] == [200, 200]
+
+
+async def test_a_connection_reset_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        error = await _fails_once(w, kind=FaultKind.RESET)
+        assert isinstance(error, UpstreamUnavailable)
+        assert error.status is None
+        assert [r.fault for r in w.entra.recorder.of("token")] == [FaultKind.RESET, None]
+
+
+async def test_a_timeout_honours_the_session_bound_and_is_upstream_unavailable(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    # azure-core would replace the session's bound with its own 300 s read timeout; the
+    # factory passes the session's on, so the short one here is what fires.
+    async with entra_world(server_ssl, client_ssl, timeout_s=0.5) as w:
+        w.entra.faults.inject(FaultKind.TIMEOUT, route="token", delay_s=1.0)
+        provider = TokenProvider(secret_factory(w))
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await provider.token(SCOPE)
+            await provider.token(SCOPE)
+        finally:
+            await provider.aclose()
+        assert isinstance(caught.value.__cause__, ServiceResponseTimeoutError)
+        assert len(w.entra.tokens_issued) == 1
+    # The held request is recorded once the simulator has shut down; nothing was retried.
+    assert sorted(str(r.fault) for r in w.entra.recorder.of("token")) == ["None", "timeout"]
+
+
+async def test_workload_identity_makes_one_token_request_per_call_too(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        token_file = tmp_path / "token"
+        assertion = w.entra.issue_federated_assertion(FEDERATED_CLIENT_ID)
+        await asyncio.to_thread(token_file.write_text, assertion)
+        factory = credential_factory(
+            session=w.session,
+            tenant_id=TENANT,
+            client_id=FEDERATED_CLIENT_ID,
+            authority_host=w.entra.url,
+            federated_token_file=token_file,
+        )
+        w.entra.faults.inject(FaultKind.SERVER_ERROR, route="token", status=503, times=5)
+        provider = TokenProvider(factory)
+        try:
+            with pytest.raises(UpstreamUnavailable):
+                await provider.token(SCOPE)
+        finally:
+            await provider.aclose()
+        assert len(w.entra.recorder.of("token")) == 1
+
+
+async def test_an_untrusted_certificate_is_tls_verification_failed(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with entra_world(server_ssl, client_ssl) as w:
+        async with open_session(client_context(None)) as untrusting:  # the system store only
+            factory = credential_factory(
+                session=untrusting,
+                tenant_id=TENANT,
+                client_id=CLIENT_ID,
+                authority_host=w.entra.url,
+                client_secret=Secret(CLIENT_SECRET),
+            )
+            provider = TokenProvider(factory, redact=(Secret(CLIENT_SECRET),))
+            try:
+                with pytest.raises(TlsVerificationFailed) as caught:
+                    await provider.token(SCOPE)
+            finally:
+                await provider.aclose()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+        assert CLIENT_SECRET not in str(caught.value)
+        assert w.entra.recorder.requests == []
+
+
+async def test_a_handshake_dropped_by_the_network_is_upstream_unavailable(
+    client_ssl: ssl.SSLContext,
+) -> None:
+    async with hang_up_server() as url, open_session(client_ssl) as session:
+        factory = credential_factory(
+            session=session,
+            tenant_id=TENANT,
+            client_id=CLIENT_ID,
+            authority_host=url,
+            client_secret=Secret(CLIENT_SECRET),
+        )
+        provider = TokenProvider(factory)
+        try:
+            with pytest.raises(UpstreamUnavailable):
+                await provider.token(SCOPE)
+        finally:
+            await provider.aclose()
 
 
 async def test_an_unreadable_federated_token_file_is_authentication_failed(

@@ -28,6 +28,7 @@ from shared.errors import (
     PagingInterrupted,
     QueryRejected,
     RateLimited,
+    TlsVerificationFailed,
     UpstreamUnavailable,
 )
 from shared.http import open_session
@@ -37,6 +38,7 @@ from shared.tls import client_context
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
+from tests.clients.peers import hang_up_server
 
 KEY = "sim-mati-key"
 SECRET = "sim-mati-secret"
@@ -339,6 +341,34 @@ async def test_wrong_api_key_is_authentication_failed_without_retries(
         assert_no_secret(caught.value, KEY, wrong)
 
 
+async def test_500_then_401_then_200_reauthenticates_once(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=500)
+        w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert statuses(w.sim)[:3] == [500, 401, 200]
+        assert w.sim.token_requests == 2
+        assert w.fake.sleeps == [first_jitter()]  # the 500's back-off; re-auth does not wait
+
+
+async def test_a_401_after_a_retried_5xx_reauthenticates_again(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    # 401 (re-auth), 500 (back off), 401 again: the second refusal is a new token problem, not
+    # the fresh token being refused in the very next answer, so it re-authenticates too.
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator", times=2)
+        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=500, after=1)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert statuses(w.sim)[:4] == [401, 500, 401, 200]
+        assert w.sim.token_requests == 3
+        assert w.fake.sleeps == [first_jitter()]
+
+
 # ---- rate limits and transient failures -----------------------------------------------------
 
 
@@ -503,6 +533,80 @@ async def test_token_endpoint_5xx_is_retried_too(
         assert w.fake.sleeps == [first_jitter()]
 
 
+async def test_token_endpoint_429_waits_what_the_header_says(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="token", retry_after_s=9)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [9.0]
+        assert statuses(w.sim, "token") == [429, 200]
+
+
+async def test_token_endpoint_persistent_429_is_rate_limited(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
+        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="token", retry_after_s=4, times=10)
+        with pytest.raises(RateLimited) as caught:
+            await collect(w.client)
+        assert caught.value.retry_after_s == 4.0
+        assert "POST /token" in str(caught.value)
+        assert w.fake.sleeps == [4.0, 4.0]
+        assert statuses(w.sim, "token") == [429, 429, 429]
+        assert w.sim.recorder.of("indicator") == []
+        assert_no_secret(caught.value, KEY, SECRET)
+
+
+async def test_token_endpoint_timeout_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, timeout_s=0.5) as w:
+        w.sim.faults.inject(FaultKind.TIMEOUT, route="token", delay_s=1.0)
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert w.sim.token_requests == 1  # only the retry reached the token handler
+    # The held request is recorded once the simulator has shut down.
+    assert sorted(str(r.fault) for r in w.sim.recorder.of("token")) == ["None", "timeout"]
+
+
+async def test_token_endpoint_reset_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        # One reset is enough: aiohttp never silently re-sends a POST.
+        w.sim.faults.inject(FaultKind.RESET, route="token")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert [r.fault for r in w.sim.recorder.of("token")] == [FaultKind.RESET, None]
+
+
+async def test_token_endpoint_malformed_json_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl) as w:
+        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="token")
+        pages = await collect(w.client)
+        assert len(ids(pages)) == COUNT
+        assert w.fake.sleeps == [first_jitter()]
+        assert [r.fault for r in w.sim.recorder.of("token")] == [FaultKind.MALFORMED_JSON, None]
+
+
+async def test_token_endpoint_persistent_malformed_json_is_malformed_response(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
+        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="token", times=10)
+        with pytest.raises(MalformedResponse):
+            await collect(w.client)
+        assert len(w.sim.recorder.of("token")) == 3
+        assert len(w.fake.sleeps) == 2
+        assert w.sim.recorder.of("indicator") == []
+
+
 # ---- cursors and bad requests ---------------------------------------------------------------
 
 
@@ -588,7 +692,9 @@ async def test_requests_per_second_ceiling_holds_for_every_request_including_ret
         assert min(gaps) >= 0.5 - 1e-9
 
 
-async def test_tls_verification_is_on(server_ssl: ssl.SSLContext) -> None:
+async def test_tls_verification_is_on_and_a_refused_certificate_is_fatal(
+    server_ssl: ssl.SSLContext,
+) -> None:
     fake = FakeTime()
     untrusting = client_context(None)  # the system store only: the simulator CA is unknown
     feed = Feed(seed=7, count=10, days=30, now=NOW)
@@ -602,16 +708,37 @@ async def test_tls_verification_is_on(server_ssl: ssl.SSLContext) -> None:
             api_key=Secret(KEY),
             api_secret=Secret(SECRET),
             requests_per_second=float("inf"),
+            max_attempts=5,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            rng=random.Random(SEED),
+        )
+        with pytest.raises(TlsVerificationFailed) as caught:
+            await collect(client)
+        assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
+        assert "SSLCertVerificationError" in str(caught.value)
+        assert fake.sleeps == []  # not retried: a certificate does not fix itself
+        assert mati.recorder.requests == []
+        assert_no_secret(caught.value, KEY, SECRET)
+
+
+async def test_a_handshake_dropped_by_the_network_is_retried(client_ssl: ssl.SSLContext) -> None:
+    fake = FakeTime()
+    async with hang_up_server() as url, open_session(client_ssl) as session:
+        client = MatiClient(
+            session,
+            base_url=url,
+            api_key=Secret(KEY),
+            api_secret=Secret(SECRET),
+            requests_per_second=float("inf"),
             max_attempts=2,
             sleep=fake.sleep,
             clock=fake.clock,
             rng=random.Random(SEED),
         )
-        with pytest.raises(UpstreamUnavailable) as caught:
+        with pytest.raises(UpstreamUnavailable):
             await collect(client)
-        assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
-        assert mati.recorder.requests == []
-        assert_no_secret(caught.value, KEY, SECRET)
+        assert fake.sleeps == [first_jitter()]
 
 
 def test_client_repr_shows_no_credentials() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -27,15 +28,18 @@ from shared.errors import (
     DestinationNotFound,
     MalformedResponse,
     RateLimited,
+    TlsVerificationFailed,
     UpstreamUnavailable,
 )
 from shared.http import open_session
 from shared.secrets import Secret
 from shared.sentinel_client import RecordError, SentinelApi, SentinelClient, UploadResult
+from shared.tls import client_context
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
 from simulators.sentinel import SentinelSimulator
 from simulators.tokens import TokenMinter
+from tests.clients.peers import hang_up_server, one_route
 
 TENANT = "00000000-0000-4000-8000-0000000000aa"
 CLIENT_ID = "00000000-0000-4000-8000-0000000000c1"
@@ -44,6 +48,7 @@ CLIENT_SECRET = "sim-client-secret-0123456789"
 WORKSPACE = "00000000-0000-4000-8000-0000000000b0"
 MISSING_PATTERN = "Error for Property=pattern: Required property is missing. Actual value: NULL."
 ROUTES = {SentinelApi.STIX_OBJECTS: "stix_upload", SentinelApi.UPLOAD_INDICATORS: "legacy_upload"}
+STIX_PATH = "/workspaces/{ws}/threat-intelligence-stix-objects:upload"
 
 
 def indicator(n: int, **overrides: Any) -> dict[str, Any]:
@@ -229,6 +234,21 @@ async def test_urls_per_api(client_ssl: ssl.SSLContext, api: SentinelApi, url: s
             )
 
 
+class FixedTokens:
+    """Hands out one made-up bearer token: for peers that do not check it."""
+
+    TOKEN = "eyJ.fixed-bearer-token.sig"
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self._token = token
+
+    async def token(self, scope: str) -> str:
+        return self._token
+
+    async def refresh(self, scope: str) -> str:
+        return self._token
+
+
 class _NoTokens:
     async def token(self, scope: str) -> str:
         raise AssertionError("unused")
@@ -361,15 +381,17 @@ async def test_429_with_retry_after_header(
         assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
 
 
+@pytest.mark.parametrize("api", list(SentinelApi))
 async def test_429_with_only_the_message_text(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
 ) -> None:
-    async with world(server_ssl, client_ssl, api=SentinelApi.UPLOAD_INDICATORS) as w:
-        w.sentinel.faults.inject(FaultKind.RATE_LIMIT, route="legacy_upload", message_retry_s=23)
+    async with world(server_ssl, client_ssl, api=api) as w:
+        w.sentinel.faults.inject(FaultKind.RATE_LIMIT, route=ROUTES[api], message_retry_s=23)
         with pytest.raises(RateLimited) as caught:
             await w.client.upload([indicator(0)])
         assert caught.value.retry_after_s == 23.0
         assert "Try again in 23 seconds" in str(caught.value)
+        assert len(uploads(w.sentinel, api)) == 1
 
 
 async def test_the_real_quota_is_rate_limited_with_the_servers_wait(
@@ -387,16 +409,17 @@ async def test_the_real_quota_is_rate_limited_with_the_servers_wait(
 # ---- transient failures ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("api", list(SentinelApi))
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 async def test_5xx_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int, api: SentinelApi
 ) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sentinel.faults.inject(FaultKind.SERVER_ERROR, route="stix_upload", status=status)
+    async with world(server_ssl, client_ssl, api=api) as w:
+        w.sentinel.faults.inject(FaultKind.SERVER_ERROR, route=ROUTES[api], status=status)
         with pytest.raises(UpstreamUnavailable) as caught:
             await w.client.upload([indicator(0)])
         assert caught.value.status == status
-        assert len(uploads(w.sentinel)) == 1
+        assert len(uploads(w.sentinel, api)) == 1
         assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
 
 
@@ -411,13 +434,14 @@ async def test_empty_500_is_upstream_unavailable(
         assert "no message" in str(caught.value)
 
 
+@pytest.mark.parametrize("api", list(SentinelApi))
 async def test_timeout_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
 ) -> None:
-    async with world(server_ssl, client_ssl, timeout_s=0.5) as w:
+    async with world(server_ssl, client_ssl, api=api, timeout_s=0.5) as w:
         # Warm the token first, so only the Sentinel request meets the short timeout.
         await w.tokens.token("https://management.azure.com/.default")
-        w.sentinel.faults.inject(FaultKind.TIMEOUT, route="stix_upload", delay_s=1.0)
+        w.sentinel.faults.inject(FaultKind.TIMEOUT, route=ROUTES[api], delay_s=1.0)
         with pytest.raises(UpstreamUnavailable) as caught:
             await w.client.upload([indicator(0)])
         assert caught.value.status is None
@@ -426,11 +450,12 @@ async def test_timeout_is_upstream_unavailable(
         assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
 
 
+@pytest.mark.parametrize("api", list(SentinelApi))
 async def test_connection_reset_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
 ) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sentinel.faults.inject(FaultKind.RESET, route="stix_upload")
+    async with world(server_ssl, client_ssl, api=api) as w:
+        w.sentinel.faults.inject(FaultKind.RESET, route=ROUTES[api])
         with pytest.raises(UpstreamUnavailable) as caught:
             await w.client.upload([indicator(0)])
         assert "connection" in str(caught.value)
@@ -456,28 +481,77 @@ async def test_a_peer_echoing_the_token_never_puts_it_in_the_error(
         body = {"error": {"code": "Bad", "message": f"got {request.headers['Authorization']}"}}
         return web.json_response(body, status=400)
 
-    class FixedTokens:
-        async def token(self, scope: str) -> str:
-            return token
-
-        async def refresh(self, scope: str) -> str:
-            return token
-
-    app = web.Application()
-    app.router.add_post("/workspaces/{ws}/threat-intelligence-stix-objects:upload", echo)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        async with open_session(client_ssl) as session:
-            client = SentinelClient(
-                session, FixedTokens(), base_url=f"https://127.0.0.1:{port}", workspace_id=WORKSPACE
-            )
-            with pytest.raises(BatchRejected) as caught:
-                await client.upload([indicator(0)])
-    finally:
-        await runner.cleanup()
+    async with (
+        one_route(server_ssl, STIX_PATH, echo) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(token), base_url=url, workspace_id=WORKSPACE)
+        with pytest.raises(BatchRejected) as caught:
+            await client.upload([indicator(0)])
     assert "got Bearer ********" in str(caught.value)
     assert_no_secret(caught.value, token)
+
+
+# ---- bodies the simulator never sends ---------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"1", b'[{"recordIndex": 0}]'])
+async def test_a_success_body_that_is_not_an_object_is_malformed_response(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, body: bytes
+) -> None:
+    # It might be a refusal in a shape we do not know: no record may pass as accepted.
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    async with (
+        one_route(server_ssl, STIX_PATH, answer) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
+        with pytest.raises(MalformedResponse):
+            await client.upload([indicator(0), indicator(1)])
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n", b"{}", b'{"errors": null}', b'{"errors": []}'])
+async def test_an_empty_or_error_free_success_body_accepts_every_record(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, body: bytes
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    async with (
+        one_route(server_ssl, STIX_PATH, answer) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
+        result = await client.upload([indicator(0), indicator(1)])
+    assert result == UploadResult(accepted=(0, 1), rejected=())
+
+
+# ---- TLS ------------------------------------------------------------------------------------
+
+
+async def test_a_refused_certificate_is_tls_verification_failed(
+    server_ssl: ssl.SSLContext,
+) -> None:
+    async with (
+        SentinelSimulator(server_ssl, minter=TokenMinter(), workspace_id=WORKSPACE) as sen,
+        open_session(client_context(None)) as untrusting,  # the system store only
+    ):
+        client = SentinelClient(untrusting, FixedTokens(), base_url=sen.url, workspace_id=WORKSPACE)
+        with pytest.raises(TlsVerificationFailed) as caught:
+            await client.upload([indicator(0)])
+        assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
+        assert "SSLCertVerificationError" in str(caught.value)
+        assert sen.recorder.requests == []
+        assert_no_secret(caught.value, FixedTokens.TOKEN)
+
+
+async def test_a_handshake_dropped_by_the_network_is_upstream_unavailable(
+    client_ssl: ssl.SSLContext,
+) -> None:
+    async with hang_up_server() as url, open_session(client_ssl) as session:
+        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await client.upload([indicator(0)])
+        assert "connection problem" in str(caught.value)

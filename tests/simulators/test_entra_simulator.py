@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import AioHttpTransport
@@ -258,15 +259,80 @@ async def test_v1_endpoint_takes_resource_and_answers_strings(
     assert claims.raw["ver"] == "1.0"
 
 
-async def test_generic_fault_on_the_token_route(
+async def _post_raw(
+    session: aiohttp.ClientSession, entra: EntraSimulator
+) -> tuple[int, str, dict[str, str], bytes]:
+    async with session.post(f"{entra.url}/{TENANT}/oauth2/v2.0/token", data=_form()) as resp:
+        return resp.status, resp.content_type, dict(resp.headers), await resp.read()
+
+
+def _assert_oauth_error(body: bytes, error: str, code: int) -> None:
+    """The envelope Entra uses for every error, refusals and outages alike."""
+    data = orjson.loads(body)
+    assert data["error"] == error
+    assert data["error_codes"] == [code]
+    assert data["error_description"].startswith(f"AADSTS{code}: ")
+    assert {"trace_id", "correlation_id", "timestamp"} <= data.keys()
+
+
+async def test_throttling_is_an_oauth_error_with_retry_after(
     entra: EntraSimulator, session: aiohttp.ClientSession
 ) -> None:
-    entra.faults.inject(FaultKind.SERVER_ERROR, route="token", status=503)
-    status, body = await _post_token(session, entra, _form())
-    assert status == 503
-    assert body["statusCode"] == 503
-    status, _ = await _post_token(session, entra, _form())
-    assert status == 200
+    entra.faults.inject(FaultKind.RATE_LIMIT, route="token", retry_after_s=12)
+    status, content_type, headers, body = await _post_raw(session, entra)
+    assert (status, content_type, headers["Retry-After"]) == (429, "application/json", "12")
+    _assert_oauth_error(body, "temporarily_unavailable", 90055)
+    entra.faults.inject(FaultKind.RATE_LIMIT, route="token")
+    status, _, headers, body = await _post_raw(session, entra)
+    assert status == 429
+    assert "Retry-After" not in headers
+    _assert_oauth_error(body, "temporarily_unavailable", 90055)
+
+
+@pytest.mark.parametrize("status", [500, 503, 504])
+async def test_an_outage_is_an_oauth_error(
+    entra: EntraSimulator, session: aiohttp.ClientSession, status: int
+) -> None:
+    entra.faults.inject(FaultKind.SERVER_ERROR, route="token", status=status)
+    got, content_type, _, body = await _post_raw(session, entra)
+    assert (got, content_type) == (status, "application/json")
+    _assert_oauth_error(body, "temporarily_unavailable", 90033)
+    assert (await _post_token(session, entra, _form()))[0] == 200  # one request per fault
+
+
+async def test_what_a_load_balancer_answers_is_not_oauth_shaped(
+    entra: EntraSimulator, session: aiohttp.ClientSession
+) -> None:
+    entra.faults.inject(FaultKind.EMPTY_500, route="token")
+    entra.faults.inject(FaultKind.GATEWAY_ERROR, route="token", status=502)
+    assert (await _post_raw(session, entra))[::3] == (500, b"")
+    status, content_type, _, body = await _post_raw(session, entra)
+    assert (status, content_type) == (502, "text/html")
+    assert b"<title>502 Bad Gateway</title>" in body
+
+
+async def test_malformed_json_is_a_truncated_token_answer(
+    entra: EntraSimulator, session: aiohttp.ClientSession
+) -> None:
+    entra.faults.inject(FaultKind.MALFORMED_JSON, route="token")
+    status, content_type, _, body = await _post_raw(session, entra)
+    assert (status, content_type) == (200, "application/json")
+    assert body.startswith(b'{"token_type": "Bearer"')
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    assert entra.tokens_issued == []
+
+
+async def test_timeout_and_reset_on_the_token_route(
+    entra: EntraSimulator, session: aiohttp.ClientSession
+) -> None:
+    entra.faults.inject(FaultKind.TIMEOUT, route="token", delay_s=0.05)
+    assert (await _post_raw(session, entra))[0] == 504  # held, then a gateway timeout
+    entra.faults.inject(FaultKind.RESET, route="token")
+    with pytest.raises(aiohttp.ClientConnectionError):  # a POST: aiohttp never re-sends it
+        await _post_raw(session, entra)
+    assert [r.fault for r in entra.recorder.of("token")] == [FaultKind.TIMEOUT, FaultKind.RESET]
+    assert entra.tokens_issued == []
 
 
 def test_minter_revocation_and_cut_off() -> None:

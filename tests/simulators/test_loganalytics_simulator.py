@@ -286,3 +286,80 @@ async def test_faults_on_the_query_route(
     assert (await query(session, logs, kql, token=token))[0] == 401
     assert (await query(session, logs, kql, token=token))[0] == 401
     assert (await query(session, logs, kql))[0] == 200
+
+
+async def raw_query(
+    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator, kql: str
+) -> tuple[int, str, dict[str, str], bytes]:
+    body = {"query": kql, "timespan": None, "workspaces": None}
+    headers = {"Authorization": f"Bearer {mint(logs.minter)}"}
+    url = f"{logs.url}/v1/workspaces/{logs.sentinel.workspace_id}/query"
+    async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+        return resp.status, resp.content_type, dict(resp.headers), await resp.read()
+
+
+async def test_a_partial_failure_adds_an_error_beside_the_tables(
+    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator, two_indicators: tuple[str, str]
+) -> None:
+    kql = "ThreatIntelIndicators | project Id, TimeGenerated | order by TimeGenerated asc"
+    status, full = await query(session, logs, kql)
+    assert status == 200
+    assert "error" not in full
+    logs.faults.inject(FaultKind.PARTIAL_ERRORS, route="query", record_indexes=(1,))
+    status, partial = await query(session, logs, kql)
+    assert status == 200  # a partial failure is still a 200: only "error" tells it apart
+    assert partial["error"]["code"] == "PartialError"
+    (detail,) = partial["error"]["details"]
+    assert detail["innererror"]["message"].startswith("Query result set has exceeded")
+    everything = records(full)
+    assert records(partial) == everything[:1] + everything[2:]  # the lost row is simply absent
+    assert "error" not in (await query(session, logs, kql))[1]  # one query per fault
+
+
+async def test_throttling_answers_in_the_apis_error_envelope(
+    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator
+) -> None:
+    logs.faults.inject(FaultKind.RATE_LIMIT, route="query", retry_after_s=30)
+    status, content_type, headers, body = await raw_query(session, logs, "ThreatIntelIndicators")
+    assert (status, content_type, headers["Retry-After"]) == (429, "application/json", "30")
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "ThrottledError"
+    assert {"message", "correlationId"} <= error.keys()
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(500, "InternalServerError"), (503, "ServiceUnavailableError"), (504, "GatewayTimeout")],
+)
+async def test_an_outage_answers_in_the_apis_error_envelope(
+    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator, status: int, code: str
+) -> None:
+    logs.faults.inject(FaultKind.SERVER_ERROR, route="query", status=status)
+    got, content_type, _, body = await raw_query(session, logs, "ThreatIntelIndicators")
+    assert (got, content_type) == (status, "application/json")
+    assert orjson.loads(body)["error"]["code"] == code
+
+
+async def test_transport_faults_and_bodies_on_the_query_route(
+    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator
+) -> None:
+    kql = "ThreatIntelIndicators | count"
+    logs.faults.inject(FaultKind.EMPTY_500, route="query")
+    logs.faults.inject(FaultKind.MALFORMED_JSON, route="query")
+    logs.faults.inject(FaultKind.TIMEOUT, route="query", delay_s=0.05)
+    assert (await raw_query(session, logs, kql))[::3] == (500, b"")
+    status, content_type, _, body = await raw_query(session, logs, kql)
+    assert (status, content_type) == (200, "application/json")
+    assert body.startswith(b'{"tables": [{"name": "PrimaryResult"')  # the API's own shape, cut
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    assert (await raw_query(session, logs, kql))[0] == 504
+    logs.faults.inject(FaultKind.RESET, route="query")
+    with pytest.raises(aiohttp.ClientConnectionError):  # a POST: aiohttp never re-sends it
+        await raw_query(session, logs, kql)
+    assert [r.fault for r in logs.recorder.of("query")] == [
+        FaultKind.EMPTY_500,
+        FaultKind.MALFORMED_JSON,
+        FaultKind.TIMEOUT,
+        FaultKind.RESET,
+    ]
