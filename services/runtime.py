@@ -1,0 +1,161 @@
+"""What every service does around its loop: settings, logs, connections, signals, exit codes.
+
+A service is a coroutine ``loop(runtime)`` that runs until ``runtime.stop`` is set. SIGTERM
+(Kubernetes stopping the pod) and SIGINT set it: the loop stops taking work, finishes or
+releases what it holds within ``DRAIN_TIMEOUT_SECONDS``, and returns. A second signal cancels
+the loop outright; whatever it held is then released by lock expiry, never lost.
+
+Exit codes: 0 after a clean stop, 2 for invalid settings (before anything connects), 1 when
+the loop crashed (the pod restarts; every effect is idempotent, so restarting is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from redis.asyncio import Redis
+
+from shared import logs
+from shared.bus import Bus
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.errors import ConfigError
+from shared.http import open_session
+from shared.secrets import Secret
+from shared.settings import Service, Settings, load_settings, url_password
+from shared.tls import client_context
+
+log = logs.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The connections a service loop works with, opened and closed around it."""
+
+    settings: Settings
+    service: Service
+    consumer: str
+    redis: Redis
+    bus: Bus
+    stop: asyncio.Event
+    http: aiohttp.ClientSession | None = None
+
+
+def load(service: Service) -> Settings:
+    """Load settings or exit 2 with one line per problem, before anything connects."""
+    try:
+        settings = load_settings(os.environ, service)
+    except ConfigError as exc:
+        print("mati2sentinel: invalid settings:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for line in settings.warnings:
+        print(f"mati2sentinel: warning: {line}", file=sys.stderr)
+    return settings
+
+
+def configure_logs(settings: Settings) -> None:
+    redis_password = url_password(settings.redis_url)
+    logs.configure(
+        level=settings.log_level,
+        fmt=settings.log_format,
+        secrets=[
+            settings.mati_api_key,
+            settings.mati_api_secret,
+            settings.azure_client_secret,
+            Secret(redis_password) if redis_password else None,
+        ],
+    )
+
+
+def consumer_name(service: Service) -> str:
+    """Unique per process, readable in ``XINFO`` and logs: ``uploader-<host>-<pid>``."""
+    return f"{service.value}-{socket.gethostname()}-{os.getpid()}"
+
+
+def open_bus(settings: Settings, redis: Redis, consumer: str) -> Bus:
+    if settings.bus == "redis":
+        return RedisStreamsBus(
+            redis,
+            consumer=consumer,
+            lock_duration_s=settings.bus_lock_duration_seconds,
+            max_delivery_count=settings.bus_max_delivery_count,
+        )
+    raise ConfigError([f"BUS={settings.bus!r} is not available in this build: use BUS=redis"])
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, service: Service, *, http: bool
+) -> AsyncIterator[Runtime]:
+    async with AsyncExitStack() as stack:
+        redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=30, health_check_interval=30
+        )
+        stack.push_async_callback(redis.aclose)
+        consumer = consumer_name(service)
+        bus = open_bus(settings, redis, consumer)
+        stack.push_async_callback(bus.aclose)
+        session = None
+        if http:
+            session = open_session(client_context(settings.ssl_cert_file))
+            stack.push_async_callback(session.close)
+        yield Runtime(
+            settings=settings,
+            service=service,
+            consumer=consumer,
+            redis=redis,
+            bus=bus,
+            stop=asyncio.Event(),
+            http=session,
+        )
+
+
+Loop = Callable[[Runtime], Awaitable[None]]
+
+
+async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool) -> int:
+    async with open_runtime(settings, service, http=http) as runtime:
+        task = asyncio.current_task()
+        signals = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if runtime.stop.is_set() and task is not None:
+                log.warning("service.forced_stop", service=service.value)
+                task.cancel()
+            runtime.stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signals.add_signal_handler(signum, on_signal)
+        with logs.bind(service=service.value, destination=settings.destination):
+            log.info("service.started", consumer=runtime.consumer, bus=settings.bus)
+            try:
+                await loop(runtime)
+            except asyncio.CancelledError:
+                log.warning("service.cancelled")
+                return 1
+            except Exception:
+                log.exception("service.crashed")
+                return 1
+            log.info("service.stopped")
+            return 0
+
+
+def run_service(service: Service, loop: Loop, *, http: bool) -> int:
+    """Run ``loop`` as ``service`` until a signal stops it; returns the exit code."""
+    settings = load(service)
+    configure_logs(settings)
+    try:
+        return asyncio.run(_serve(settings, service, loop, http=http))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"mati2sentinel: {line}", file=sys.stderr)
+        return 2
