@@ -51,6 +51,8 @@ class Service(StrEnum):
     FETCHER = "fetcher"
     FILTER = "filter"
     UPLOADER = "uploader"
+    #: ``status`` and ``dlq``: read state and queues, need no credential.
+    ADMIN = "admin"
     ALL = "all"
 
 

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.tls import client_context
-from simulators.localredis import LocalRedis
+from services.local.redis import LocalRedis
 from simulators.tls import SimulatorCA, mint_ca
 
 #: Variables a developer's shell may carry that would change what a test sees.

@@ -39,7 +39,7 @@ batch.
   entry was added: that is ``enqueued_at`` of a delivery and ``dead_lettered_at`` of a dead
   letter, so no field stores them twice and no client clock is trusted.
 - **Durability** is the server's: ``publish`` returns after the script's reply, which with
-  ``appendfsync always`` (``simulators.localredis``, and the demo) means the AOF holds the
+  ``appendfsync always`` (``services.local.redis``: the demo and `make run`) means the AOF holds the
   messages. With ``everysec`` a power loss can lose the last second; that is a deployment
   choice, not this module's.
 - **Blocking.** ``XREADGROUP BLOCK`` cannot run inside Lua, so ``receive`` alternates: reclaim

@@ -25,7 +25,7 @@ from shared.bus import (
     Subscription,
     Topic,
 )
-from simulators.localredis import LocalRedis
+from services.local.redis import LocalRedis
 from tests.bus.contract import BusContract, BusFactory, BusSettings, message
 
 pytestmark = pytest.mark.timeout(30)

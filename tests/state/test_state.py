@@ -46,7 +46,7 @@ from shared.state import (
     destination_prefix,
 )
 from shared.stix import stix_id
-from simulators.localredis import LocalRedis, free_port
+from services.local.redis import LocalRedis, free_port
 
 FP_A = "a" * 32
 FP_B = "b" * 32

@@ -1,4 +1,5 @@
-"""A private redis-server process on loopback, for the tests, the demo and the benchmarks.
+"""A private redis-server process on loopback: the embedded bus for `make run` and `make demo`,
+and the real Redis of the tests and benchmarks.
 
 It binds 127.0.0.1 only, on a free port, with AOF on (fsync always) in its own directory:
 the embedded bus relies on it so that a Redis restart loses nothing, and the tests kill it
