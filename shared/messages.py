@@ -79,7 +79,11 @@ class MalformedMessage(ValueError):
     """Raised when a message body is not the contract's shape (a poison message)."""
 
 
-def upload_message(request: UploadRequest, *, run_id: str) -> Message:
+def upload_message(request: UploadRequest, *, run_id: str, source_message_id: str) -> Message:
+    """``source_message_id`` is the raw message's id (MATI id and ``last_updated``): a raw
+    message forwarded twice (redelivered after a failed forward) yields the same upload id and
+    the bus drops the copy, while a later report of the indicator (a refresh, or a change and
+    back within the duplicate window) yields a new one and gets through."""
     body = orjson.dumps(
         {
             "record": request.record,
@@ -91,8 +95,7 @@ def upload_message(request: UploadRequest, *, run_id: str) -> Message:
     )
     return Message(
         body=body,
-        # One id per indicator version: a re-forwarded copy of the same version is a duplicate.
-        message_id=f"{request.stix_id}:{request.fingerprint}",
+        message_id=f"{request.stix_id}:{request.fingerprint[:16]}:{source_message_id}",
         properties={
             "schema": UPLOAD_SCHEMA,
             "indicator_id": _text_field(request.record, "id"),

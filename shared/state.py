@@ -220,19 +220,29 @@ return 1
 """
 
 #: KEYS inflight keys; ARGV[1] ttl ms, ARGV[2] '1' if redelivery, ARGV[2 + i] fingerprint i.
-#: Free, foreign or different-fingerprint claims become ours (a newer version supersedes the
-#: queued one); the same fingerprint is someone else's queued message, unless this is a
-#: redelivery of that very message, whose forward must then happen again.
+#: A first delivery takes a free claim, or one holding a different fingerprint (it is the
+#: newer version: it supersedes the queued one); the same fingerprint is someone else's
+#: queued message. A redelivery takes a free claim or its own fingerprint's (its forward may
+#: have failed and must happen again), never another's: a redelivered message may be older
+#: than the version that claimed since, and must not push it aside.
 _CLAIM: Final = """
 local redelivery = ARGV[2] == '1'
 local claimed = {}
 for i, key in ipairs(KEYS) do
   local fingerprint = ARGV[i + 2]
-  if redis.pcall('GET', key) == fingerprint and not redelivery then
-    claimed[i] = 0
+  local held = redis.pcall('GET', key)
+  local free = type(held) ~= 'string'
+  local take
+  if redelivery then
+    take = free or held == fingerprint
   else
+    take = free or held ~= fingerprint
+  end
+  if take then
     redis.call('SET', key, fingerprint, 'PX', ARGV[1])
     claimed[i] = 1
+  else
+    claimed[i] = 0
   end
 end
 return claimed
@@ -484,8 +494,10 @@ class DestinationState:
         - held with the same fingerprint: someone already queued this very version, False —
           unless ``redelivery`` (this raw message was delivered before and its forward may
           have failed), then it counts as ours and its TTL restarts, True;
-        - held with a different fingerprint: a newer version supersedes the queued one, which
-          the uploader will skip (``claims``); overwritten, True.
+        - held with a different fingerprint: on a first delivery this is the newer version,
+          which supersedes the queued one (the uploader will skip that one, see ``claims``):
+          overwritten, True. On a redelivery it is not: the redelivered message may be older
+          than the version that claimed since, so it must not push it aside, False.
 
         ``ttl_s`` should outlast the upload queue's worst backlog: an expired claim only lets a
         later sync queue a duplicate (an idempotent re-upload), never loses anything. Pairs are

@@ -31,6 +31,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from services.local.redis import LocalRedis, free_port
 from shared.errors import FatalError, TransientError
 from shared.fingerprint import SeenEntry
 from shared.state import (
@@ -46,7 +47,6 @@ from shared.state import (
     destination_prefix,
 )
 from shared.stix import stix_id
-from services.local.redis import LocalRedis, free_port
 
 FP_A = "a" * 32
 FP_B = "b" * 32
@@ -254,10 +254,18 @@ async def test_newer_fingerprint_supersedes_queued_claim(dest: DestinationState)
     await dest.claim([(a, FP_A), (b, FP_A)], ttl_s=60)
 
     assert await dest.claim([(a, FP_B)], ttl_s=60) == [True]
-    assert await dest.claim([(b, FP_B)], ttl_s=60, redelivery=True) == [True]
 
-    # The uploader holding the FP_A messages sees they are superseded.
-    assert await dest.claims([a, b]) == [FP_B, FP_B]
+    # The uploader holding the FP_A message sees it is superseded.
+    assert await dest.claims([a, b]) == [FP_B, FP_A]
+
+
+async def test_a_redelivery_never_pushes_another_version_aside(dest: DestinationState) -> None:
+    """A redelivered raw message may be older than the version that claimed since."""
+    a, b = ids(2)
+    await dest.claim([(a, FP_B)], ttl_s=60)
+
+    assert await dest.claim([(a, FP_A), (b, FP_A)], ttl_s=60, redelivery=True) == [False, True]
+    assert await dest.claims([a, b]) == [FP_B, FP_A]
 
 
 async def test_claim_applies_a_batch_in_order_and_overwrites_foreign_values(

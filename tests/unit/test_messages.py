@@ -76,13 +76,17 @@ def test_upload_message_round_trips() -> None:
         fingerprint="f" * 32,
         reason=ForwardReason.REFRESH,
     )
-    message = upload_message(request, run_id="run-2")
+    message = upload_message(request, run_id="run-2", source_message_id="raw-1")
     assert read_upload(message.body) == request
-    assert message.message_id == f"{request.stix_id}:{request.fingerprint}"
+    assert message.message_id == f"{request.stix_id}:{request.fingerprint[:16]}:raw-1"
+    again = upload_message(request, run_id="run-3", source_message_id="raw-1")
+    assert again.message_id == message.message_id
+    later = upload_message(request, run_id="run-3", source_message_id="raw-2")
+    assert later.message_id != message.message_id
     assert message.properties["schema"] == UPLOAD_SCHEMA
     assert message.properties["stix_id"] == request.stix_id
     plain = UploadRequest(RECORD, request.stix_id, None, "e" * 32, ForwardReason.NEW)
-    assert read_upload(upload_message(plain, run_id="r").body) == plain
+    assert read_upload(upload_message(plain, run_id="r", source_message_id="x").body) == plain
 
 
 @pytest.mark.parametrize(

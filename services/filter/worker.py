@@ -1,0 +1,398 @@
+"""The filter's work on one batch of raw MATI records (DESIGN.md §2 filter, §4, §5).
+
+A batch goes through four stages, and the Redis cost is per batch, never per message: one
+``seen`` (``MGET``), at most two ``claim`` scripts (first deliveries, redeliveries: the
+script takes one ``redelivery`` flag per call), one ``count``; the bus adds one publish, one
+complete (each chunked by 500) and one call per dead letter, which only bad input costs.
+
+1. **Judge** each record on its own: parse it, apply the destination's filters, and for each
+   observable it yields (an md5 with ``HASH_TYPE=all`` yields one per hash) compute the STIX
+   id, the fingerprint and what ``valid_until`` an upload now would get. A record that cannot
+   be parsed is dead-lettered with the reason; the rest of the batch goes on.
+2. **Decide** against the seen cache (``decide``: new, changed, refresh, or unchanged).
+3. **Claim** what is to be forwarded, so a second sync cannot queue the same version while the
+   first is still queued. A redelivered raw message (``delivery_count > 1``) may hold a claim
+   from its own earlier, possibly failed, forward: it takes its claim over instead of
+   dropping itself as "in flight", which could otherwise lose the indicator.
+4. **Forward** all claimed observables in one publish, and only after that returned settle
+   the raw messages. If the publish fails, the claims are released and the raw messages that
+   had forwards are abandoned, so they come back; nothing is completed that was not forwarded.
+
+Every outcome is counted in the destination's counters, per raw message (``received``,
+``rejected_<reason>``, ``dropped_<filter reason>``) or per observable (``dropped_unchanged``,
+``dropped_in_flight``, ``forwarded``, ``forwarded_<reason>``). Counts cover the messages this
+batch settled; a message that comes back is counted again when it is settled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from shared.backoff import Backoff
+from shared.bus import Bus, Delivery, Message
+from shared.bus.base import LockLost
+from shared.errors import TransientError
+from shared.filters import DropReason, FilterPolicy, evaluate
+from shared.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
+from shared.indicator import HashType
+from shared.logs import get_logger
+from shared.messages import UploadRequest, subscription, upload_message, upload_queue
+from shared.parsing import Rejection, parse_indicator, parse_json
+from shared.state import DestinationState
+from shared.stix import StixPolicy, content, stix_id
+
+log = get_logger(__name__)
+
+#: How long an in-flight claim lives. It must outlast a realistic upload-queue backlog (an
+#: initial 90-day backfill at Sentinel's 10 000 objects a minute drains in hours, a long 429
+#: pause or an open circuit adds more): a claim that expires while its message is still queued
+#: lets the next sync queue the same version again, a harmless but wasted upload. It must not
+#: be forever: a claim whose message was lost (dead-lettered by the uploader, an operator
+#: purging the queue) would then block that indicator until it changed.
+CLAIM_TTL_S: Final = 6 * 3600.0
+#: Longest wait for the first message of a batch; also bounds how long ``run`` takes to notice
+#: ``stop`` while the subscription is idle.
+RECEIVE_WAIT_S: Final = 1.0
+#: Dead-letter reasons: a record that is not a MATI indicator, or one the filter failed on.
+INVALID_RECORD: Final = "invalid_record"
+FILTER_ERROR: Final = "filter_error"
+#: Back-off while Redis or the bus is unavailable: short first (a failover takes seconds),
+#: capped so the filter notices recovery within half a minute.
+UNAVAILABLE_BACKOFF: Final = Backoff(base_s=0.5, cap_s=30.0)
+_MAX_ERROR_CHARS: Final = 200
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one batch came to: counts by outcome, the names used in the counters hash."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts[name]
+
+
+@dataclass(slots=True)
+class _Forward:
+    """One observable of an accepted record, before the seen cache had its say."""
+
+    record: Mapping[str, object]
+    stix_id: str
+    hash_type: HashType | None
+    fingerprint: str
+    valid_until: datetime
+    refresh_after: timedelta
+
+
+@dataclass(slots=True)
+class _Item:
+    """One raw delivery and what became of it."""
+
+    delivery: Delivery
+    indicator_id: str = ""
+    dead_letter: tuple[str, str] | None = None  # (reason, description)
+    observables: list[_Forward] = field(default_factory=list)
+    decided: list[UploadRequest] = field(default_factory=list)
+    claimed: list[UploadRequest] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    abandoned: bool = False
+
+
+class FilterWorker:
+    """Filters one destination's subscription into its upload queue; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        state: DestinationState,
+        filter_policy: FilterPolicy,
+        stix_policy: StixPolicy,
+        destination: str,
+        deduplication: bool = True,
+        refresh_ratio: float = 0.5,
+        batch_size: int = 500,
+        claim_ttl_s: float = CLAIM_TTL_S,
+        receive_wait_s: float = RECEIVE_WAIT_S,
+        clock: Callable[[], datetime] = _utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        if state.destination != destination:
+            raise ValueError(f"state is for destination {state.destination!r}, not {destination!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not claim_ttl_s > 0:
+            raise ValueError(f"claim_ttl_s must be positive, got {claim_ttl_s}")
+        if not 0.0 <= refresh_ratio <= 1.0:
+            raise ValueError(f"refresh_ratio must be within 0..1, got {refresh_ratio}")
+        self.destination = destination
+        self.source = subscription(destination)
+        self.target = upload_queue(destination)
+        self._bus = bus
+        self._state = state
+        self._filter_policy = filter_policy
+        self._stix_policy = stix_policy
+        self._deduplication = deduplication
+        self._refresh_ratio = refresh_ratio
+        self._batch_size = batch_size
+        self._claim_ttl_s = claim_ttl_s
+        self._receive_wait_s = receive_wait_s
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+
+    # ----------------------------------------------------------------------------------------
+    # The loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Receive, handle, repeat until ``stop``; a batch in hand is finished first.
+
+        An unavailable bus or Redis is waited out with a stop-aware back-off, never a crash:
+        the messages of a failed batch were not completed, so their locks expire and they come
+        back (abandoning them instead would burn their delivery count on every retry).
+        """
+        failures = 0
+        while not stop.is_set():
+            try:
+                deliveries = await self._bus.receive(
+                    self.source, max_messages=self._batch_size, max_wait_s=self._receive_wait_s
+                )
+                if deliveries:
+                    await self.handle(deliveries)
+                failures = 0
+            except TransientError as exc:
+                failures += 1
+                wait = UNAVAILABLE_BACKOFF.jittered(failures, self._rng)
+                log.warning(
+                    "filter.unavailable",
+                    error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
+                    failures=failures,
+                    retry_in_s=round(wait, 3),
+                )
+                await wait_or_stop(stop, wait)
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
+        """Filter and forward one batch, then settle it; see the module docstring.
+
+        Raises ``StateUnavailable`` when the batch could not be decided: then nothing of it
+        was settled, and it comes back when its locks expire. Raises the publish's error (after
+        settling the rest of the batch and counting it) when the forward failed: the messages
+        that had forwards were abandoned and their claims released. ``BusUnavailable`` while
+        settling leaves the unsettled rest to lock expiry; a redelivered message takes over
+        the claim its earlier forward left, so nothing is lost either way.
+        """
+        now = self._clock()
+        items = [self._judge(delivery, now) for delivery in deliveries]
+        await self._decide(items, now)
+        await self._claim(items)
+        publish_error = await self._forward(items)
+        outcome = BatchOutcome()
+        outcome.counts["received"] = len(items)
+        outcome.counts["lock_lost"] = await self._settle(items)
+        for item in items:
+            outcome.counts.update(item.counts)
+        counts = {name: amount for name, amount in outcome.counts.items() if amount}
+        outcome.counts = Counter(counts)
+        try:
+            await self._state.count(counts)
+        except TransientError as exc:
+            # Counters are telemetry: the batch itself is done, so this must not redo it.
+            log.warning("filter.count_failed", error=str(exc)[:_MAX_ERROR_CHARS])
+        log.info("filter.batch", **counts)
+        if publish_error is not None:
+            raise publish_error
+        return outcome
+
+    # ----------------------------------------------------------------------------------------
+    # Stages
+
+    def _judge(self, delivery: Delivery, now: datetime) -> _Item:
+        """Parse, filter and fingerprint one record; never raises (bad input is its verdict)."""
+        item = _Item(delivery, indicator_id=delivery.properties.get("indicator_id", ""))
+        try:
+            raw = parse_json(delivery.body)
+            indicator = raw if isinstance(raw, Rejection) else parse_indicator(raw)
+            if isinstance(indicator, Rejection):
+                item.indicator_id = indicator.indicator_id or item.indicator_id
+                item.dead_letter = (INVALID_RECORD, f"{indicator.reason}: {indicator.detail}")
+                item.counts[f"rejected_{indicator.reason}"] += 1
+                return item
+            if not isinstance(raw, dict):  # cannot happen: parse_indicator takes only objects
+                raise TypeError(f"parsed a record that is {type(raw).__name__}")
+            item.indicator_id = indicator.id
+            accepted = evaluate(indicator, self._filter_policy)
+            if isinstance(accepted, DropReason):
+                item.counts[f"dropped_{accepted}"] += 1
+                return item
+            for observable in accepted:
+                expiration = self._stix_policy.expiration_for(observable)
+                item.observables.append(
+                    _Forward(
+                        record=raw,
+                        stix_id=stix_id(indicator.id, observable.hash_type),
+                        hash_type=observable.hash_type,
+                        fingerprint=fingerprint(content(observable, self._stix_policy)),
+                        valid_until=now + expiration,
+                        refresh_after=refresh_after_for(expiration, self._refresh_ratio),
+                    )
+                )
+        except Exception as exc:
+            # A bug meeting one odd record must cost that record (set aside, replayable once
+            # fixed), not the whole subscription in a crash loop.
+            log.exception("filter.record_failed", indicator_id=item.indicator_id)
+            item.observables.clear()
+            item.dead_letter = (FILTER_ERROR, f"{type(exc).__name__}: {str(exc)[:150]}")
+            item.counts = Counter({"failed": 1})
+        return item
+
+    async def _decide(self, items: Sequence[_Item], now: datetime) -> None:
+        """New, changed, refresh, or unchanged (dropped); one ``MGET`` for the batch."""
+        pending = [forward for item in items for forward in item.observables]
+        if not pending:
+            return
+        seen: list[SeenEntry | None]
+        if self._deduplication:
+            seen = await self._state.seen([forward.stix_id for forward in pending])
+        else:
+            seen = [None] * len(pending)
+        decisions = iter(seen)
+        for item in items:
+            for forward in item.observables:
+                reason = decide(
+                    next(decisions),
+                    forward.fingerprint,
+                    now,
+                    forward.valid_until,
+                    forward.refresh_after,
+                )
+                if reason is None:
+                    item.counts["dropped_unchanged"] += 1
+                    continue
+                item.decided.append(
+                    UploadRequest(
+                        record=forward.record,
+                        stix_id=forward.stix_id,
+                        hash_type=forward.hash_type,
+                        fingerprint=forward.fingerprint,
+                        reason=reason,
+                    )
+                )
+
+    async def _claim(self, items: Sequence[_Item]) -> None:
+        """Claim every observable to forward: one script for first deliveries, one for
+        redeliveries (which take over the claim their earlier delivery may have left)."""
+        for redelivery in (False, True):
+            group = [
+                (item, request)
+                for item in items
+                if (item.delivery.delivery_count > 1) == redelivery
+                for request in item.decided
+            ]
+            if not group:
+                continue
+            granted = await self._state.claim(
+                [(request.stix_id, request.fingerprint) for _, request in group],
+                ttl_s=self._claim_ttl_s,
+                redelivery=redelivery,
+            )
+            for (item, request), ok in zip(group, granted, strict=True):
+                if ok:
+                    item.claimed.append(request)
+                else:
+                    item.counts["dropped_in_flight"] += 1
+
+    async def _forward(self, items: Sequence[_Item]) -> Exception | None:
+        """Publish every claimed observable in one call. On failure, release the claims and
+        mark their raw messages abandoned; the error is returned for ``handle`` to raise once
+        the rest of the batch is settled."""
+        forwarding = [item for item in items if item.claimed]
+        if not forwarding:
+            return None
+        messages: list[Message] = [
+            upload_message(
+                request,
+                run_id=item.delivery.properties.get("run_id", ""),
+                source_message_id=item.delivery.message_id,
+            )
+            for item in forwarding
+            for request in item.claimed
+        ]
+        try:
+            await self._bus.publish(self.target, messages)
+        except Exception as exc:
+            log.warning(
+                "filter.forward_failed",
+                messages=len(messages),
+                error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
+            )
+            await self._undo(forwarding)
+            return exc
+        for item in forwarding:
+            for request in item.claimed:
+                item.counts["forwarded"] += 1
+                item.counts[f"forwarded_{request.reason}"] += 1
+        return None
+
+    async def _undo(self, forwarding: Sequence[_Item]) -> None:
+        """Best effort after a failed publish: release our claims so the next delivery is not
+        held up, and abandon the raw messages so they come back now. Whatever fails here is
+        covered anyway: a redelivery takes its claim over, an expired lock redelivers."""
+        claims = [(r.stix_id, r.fingerprint) for item in forwarding for r in item.claimed]
+        try:
+            await self._state.release(claims)
+        except TransientError as exc:
+            log.warning("filter.release_failed", error=str(exc)[:_MAX_ERROR_CHARS])
+        for item in forwarding:
+            item.abandoned = True
+            item.counts = Counter({"abandoned": 1})
+        try:
+            await self._bus.abandon(self.source, [item.delivery for item in forwarding])
+        except TransientError as exc:
+            log.warning("filter.abandon_failed", error=str(exc)[:_MAX_ERROR_CHARS])
+
+    async def _settle(self, items: Sequence[_Item]) -> int:
+        """Dead-letter the bad records and complete the rest (not the abandoned); returns how
+        many locks were lost (another filter received those messages after our lock expired;
+        it owns them now, and what we forwarded is deduplicated by message id)."""
+        lost = 0
+        for item in items:
+            if item.dead_letter is None:
+                continue
+            reason, description = item.dead_letter
+            log.warning(
+                "filter.dead_lettered",
+                indicator_id=item.indicator_id,
+                message_id=item.delivery.message_id,
+                reason=reason,
+                description=description,
+            )
+            try:
+                await self._bus.dead_letter(
+                    self.source, item.delivery, reason=reason, description=description
+                )
+            except LockLost as exc:
+                lost += len(exc.message_ids)
+        done = [item.delivery for item in items if item.dead_letter is None and not item.abandoned]
+        try:
+            await self._bus.complete(self.source, done)
+        except LockLost as exc:
+            lost += len(exc.message_ids)
+        if lost:
+            log.warning("filter.lock_lost", messages=lost)
+        return lost
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))

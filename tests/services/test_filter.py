@@ -1,0 +1,587 @@
+"""The filter service against real parts: a real Redis, the real RedisStreamsBus and the real
+DestinationState. Records come from the simulators' feed, adjusted where a case needs a
+particular shape; the uploader's side (reading the upload queue, committing seen entries) is
+played by the test with the same adapters the uploader uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.filter.main import loop
+from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
+from services.runtime import Runtime
+from shared.bus import Delivery, Message
+from shared.bus.base import BusUnavailable, Target
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.filters import DropReason, FilterPolicy, HashSelection, evaluate
+from shared.fingerprint import ForwardReason, SeenEntry, fingerprint
+from shared.indicator import HashType
+from shared.messages import (
+    INDICATORS,
+    UploadRequest,
+    raw_message,
+    read_upload,
+    subscription,
+    upload_queue,
+)
+from shared.parsing import Rejection, parse_indicator
+from shared.settings import Service, load_settings
+from shared.state import DestinationState
+from shared.stix import StixPolicy, content, stix_id
+from simulators.feed import Feed
+
+DEST = "acme"
+SOURCE = subscription(DEST)
+QUEUE = upload_queue(DEST)
+FEED = Feed(seed=11, count=1200, days=10)
+STIX = StixPolicy()
+IPV4_DAYS = STIX.ipv4_expiration
+
+
+class Clock:
+    """The worker's clock, set by the test (near the real time: seen keys expire by Redis's
+    clock, at the valid_until the test commits)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Rig:
+    redis: Redis
+    bus: RedisStreamsBus
+    state: DestinationState
+    clock: Clock
+
+    def undeduplicated_bus(self) -> RedisStreamsBus:
+        """A bus without duplicate detection, for tests that jump the clock days ahead: the
+        window runs on wall time, so a refresh "days later" would fall inside it, which in
+        production (a 10-minute window, syncs hours apart) it does not."""
+        return RedisStreamsBus(self.redis, consumer="filter-1", duplicate_window_s=0)
+
+    def worker(self, bus: RedisStreamsBus | None = None, **options: Any) -> FilterWorker:
+        return FilterWorker(
+            bus=bus or self.bus,
+            state=self.state,
+            filter_policy=options.pop("filter_policy", FilterPolicy()),
+            stix_policy=STIX,
+            destination=DEST,
+            clock=self.clock,
+            rng=random.Random(1),
+            **options,
+        )
+
+
+@pytest.fixture
+async def rig(redis_client: Redis) -> Rig:
+    bus = RedisStreamsBus(redis_client, consumer="filter-1", lock_duration_s=5.0)
+    await bus.ensure(SOURCE)
+    await bus.ensure(QUEUE)
+    return Rig(redis_client, bus, DestinationState(redis_client, DEST), Clock())
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def of_type(kind: str, nth: int = 0) -> dict[str, Any]:
+    found = (FEED.record(i) for i in range(len(FEED)) if FEED.type_of(i) == kind)
+    for _ in range(nth):
+        next(found)
+    return copy.deepcopy(next(found))
+
+
+def passing(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` adjusted to pass the default filters: high scores, a non-OSINT categorized
+    source."""
+    record = copy.deepcopy(record)
+    record["mscore"] = 95
+    record["threat_rating"] = {**(record.get("threat_rating") or {}), "threat_score": 95}
+    for source in record["sources"]:
+        source["osint"] = False
+        source["category"] = source.get("category") or ["malware"]
+    return record
+
+
+def again(record: dict[str, Any], minutes: int = 1) -> dict[str, Any]:
+    """The same indicator as a later sync sees it: only ``last_updated`` moved (so the bus
+    does not drop it as a duplicate of the earlier publish)."""
+    record = copy.deepcopy(record)
+    moved = datetime.fromisoformat(record["last_updated"]) + timedelta(minutes=minutes)
+    record["last_updated"] = moved.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return record
+
+
+def expected(
+    record: dict[str, Any], hash_type: HashType | None = None, policy: FilterPolicy | None = None
+) -> tuple[str, str]:
+    """(stix id, fingerprint) the uploader should be handed for ``record``."""
+    indicator = parse_indicator(record)
+    assert not isinstance(indicator, Rejection)
+    accepted = evaluate(indicator, policy or FilterPolicy())
+    assert not isinstance(accepted, DropReason)
+    (observable,) = [o for o in accepted if o.hash_type == hash_type]
+    return stix_id(record["id"], hash_type), fingerprint(content(observable, STIX))
+
+
+# --- bus helpers ----------------------------------------------------------------------------
+
+
+async def publish(bus: RedisStreamsBus, *items: dict[str, Any] | object | Message) -> None:
+    messages = [i if isinstance(i, Message) else raw_message(i, run_id="r1") for i in items]
+    await bus.publish(INDICATORS, messages)
+
+
+async def take(bus: RedisStreamsBus, source: Any, want: int) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(10):
+        while len(got) < want:
+            got += await bus.receive(source, max_messages=1000, max_wait_s=0.2)
+    return got
+
+
+async def uploads(bus: RedisStreamsBus) -> list[UploadRequest]:
+    """Whatever the upload queue holds now (received and completed, as an uploader would)."""
+    got = await bus.receive(QUEUE, max_messages=1000, max_wait_s=0.05)
+    await bus.complete(QUEUE, got)
+    return [read_upload(d.body) for d in got]
+
+
+async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
+    await publish(rig.bus, *records)
+    return await worker.handle(await take(rig.bus, SOURCE, len(records)))
+
+
+async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:
+    """What the uploader does once Sentinel accepted the records."""
+    entries = [(r.stix_id, SeenEntry(r.fingerprint, valid_until)) for r in requests]
+    await rig.state.commit(entries, now=rig.clock.now)
+
+
+async def assert_settled(rig: Rig) -> None:
+    counts = await rig.bus.counts(SOURCE)
+    assert (counts.depth, counts.in_flight) == (0, 0)
+
+
+# --- filtering and forwarding ---------------------------------------------------------------
+
+
+async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig: Rig) -> None:
+    policy = FilterPolicy(
+        include_url=False, include_uncategorized=False, hash_selection=HashSelection.SHA256
+    )
+    ipv4, md5 = passing(of_type("ipv4")), passing(of_type("md5"))
+    osint = passing(of_type("ipv4", 2))
+    for source in osint["sources"]:
+        source["osint"] = True
+    uncategorized = passing(of_type("fqdn"))
+    uncategorized["category"] = []
+    for source in uncategorized["sources"]:
+        source["category"] = []
+    no_sha256 = passing(of_type("md5", 1))
+    no_sha256["associated_hashes"] = [h for h in md5["associated_hashes"] if h["type"] == "md5"]
+    records = [
+        passing(of_type("url")),
+        {**passing(of_type("ipv4", 1)), "mscore": 10},
+        {**passing(of_type("fqdn", 1)), "threat_rating": {"threat_score": 10}},
+        osint,
+        uncategorized,
+        no_sha256,
+        ipv4,
+        md5,
+    ]
+    outcome = await sync(rig, rig.worker(filter_policy=policy), *records)
+
+    drops = {f"dropped_{reason}": 1 for reason in DropReason}
+    want = {"received": 8, "forwarded": 2, "forwarded_new": 2, **drops}
+    assert dict(outcome.counts) == want
+    assert await rig.state.counters() == want
+    forwarded = await uploads(rig.bus)
+    assert {(r.stix_id, r.fingerprint, r.reason, r.hash_type) for r in forwarded} == {
+        (*expected(ipv4, None, policy), ForwardReason.NEW, None),
+        (*expected(md5, HashType.SHA256, policy), ForwardReason.NEW, HashType.SHA256),
+    }
+    assert {r.record["id"] for r in forwarded} == {ipv4["id"], md5["id"]}
+    assert await rig.state.claims([r.stix_id for r in forwarded]) == [
+        r.fingerprint for r in forwarded
+    ]
+    await assert_settled(rig)
+
+
+async def test_same_version_is_in_flight_while_queued_then_unchanged_once_uploaded(
+    rig: Rig,
+) -> None:
+    worker = rig.worker()
+    record = passing(of_type("ipv4"))
+    assert (await sync(rig, worker, record))["forwarded_new"] == 1
+    (request,) = await uploads(rig.bus)
+
+    second = await sync(rig, worker, again(record))
+    assert second["dropped_in_flight"] == 1
+    assert second["forwarded"] == 0
+    assert await uploads(rig.bus) == []
+
+    await commit(rig, [request], rig.clock.now + IPV4_DAYS)
+    third = await sync(rig, worker, again(record, 2))
+    assert third["dropped_unchanged"] == 1
+    assert third["forwarded"] == 0
+    assert await uploads(rig.bus) == []
+    counters = await rig.state.counters()
+    assert (counters["dropped_in_flight"], counters["dropped_unchanged"]) == (1, 1)
+    await assert_settled(rig)
+
+
+async def test_a_changed_record_is_forwarded_as_changed(rig: Rig) -> None:
+    worker = rig.worker()
+    record = passing(of_type("fqdn"))
+    await sync(rig, worker, record)
+    (first,) = await uploads(rig.bus)
+    await commit(rig, [first], rig.clock.now + IPV4_DAYS)
+
+    changed = {**again(record), "mscore": 99}
+    assert (await sync(rig, worker, changed))["forwarded_changed"] == 1
+    (second,) = await uploads(rig.bus)
+    assert second.stix_id == first.stix_id
+    assert (second.fingerprint, second.reason) == (expected(changed)[1], ForwardReason.CHANGED)
+    assert second.fingerprint != first.fingerprint
+
+
+async def test_refresh_rule_forwards_only_near_the_end_of_validity(rig: Rig) -> None:
+    """Ratio 0.5 of 7 days: re-upload once an upload now would add at least 3.5 days."""
+    worker = rig.worker(rig.undeduplicated_bus(), refresh_ratio=0.5)
+    record = passing(of_type("ipv4"))
+    await sync(rig, worker, record)
+    (request,) = await uploads(rig.bus)
+
+    await commit(rig, [request], rig.clock.now + timedelta(days=6))  # uploaded a day ago
+    assert (await sync(rig, worker, again(record)))["dropped_unchanged"] == 1
+    assert await uploads(rig.bus) == []
+
+    await commit(rig, [request], rig.clock.now + timedelta(days=3))  # four days ago
+    assert (await sync(rig, worker, again(record, 2)))["forwarded_refresh"] == 1
+    (refresh,) = await uploads(rig.bus)
+    assert (refresh.stix_id, refresh.fingerprint) == (request.stix_id, request.fingerprint)
+    assert refresh.reason is ForwardReason.REFRESH
+
+
+async def test_hash_type_all_forwards_one_indicator_per_hash(rig: Rig) -> None:
+    worker = rig.worker(filter_policy=FilterPolicy(hash_selection=HashSelection.ALL))
+    record = passing(of_type("md5"))
+    assert {h["type"] for h in record["associated_hashes"]} == {"md5", "sha1", "sha256"}
+
+    outcome = await sync(rig, worker, record)
+    assert (outcome["received"], outcome["forwarded"]) == (1, 3)
+    forwarded = await uploads(rig.bus)
+    assert {(r.stix_id, r.hash_type) for r in forwarded} == {
+        (stix_id(record["id"], hash_type), hash_type) for hash_type in HashType
+    }
+    await assert_settled(rig)
+
+    # Only the sha1 upload was committed: the other two are still queued, so the raw message
+    # of the next sync is settled with one unchanged and two in flight.
+    await commit(
+        rig,
+        [r for r in forwarded if r.hash_type is HashType.SHA1],
+        rig.clock.now + STIX.hash_expiration,
+    )
+    outcome = await sync(rig, worker, again(record))
+    assert (outcome["dropped_unchanged"], outcome["dropped_in_flight"]) == (1, 2)
+    await assert_settled(rig)
+
+
+async def test_deduplication_disabled_forwards_everything(rig: Rig) -> None:
+    worker = rig.worker(rig.undeduplicated_bus(), deduplication=False)
+    records = [passing(of_type("ipv4", n)) for n in range(3)]
+    assert (await sync(rig, worker, *records))["forwarded_new"] == 3
+    first = await uploads(rig.bus)
+    await commit(rig, first, rig.clock.now + IPV4_DAYS)
+
+    outcome = await sync(rig, worker, *(again(r) for r in records))
+    assert (outcome["forwarded_new"], outcome["dropped_unchanged"]) == (3, 0)
+    assert len(await uploads(rig.bus)) == 3
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+async def test_bad_bodies_are_dead_lettered_with_their_reason_and_the_batch_goes_on(
+    rig: Rig,
+) -> None:
+    good = passing(of_type("url"))
+    secret_payload = "x" * 5000
+    outcome = await sync(
+        rig,
+        rig.worker(),
+        Message(body=b'{"id": "ipv4--1", ' + secret_payload.encode(), message_id="broken-1"),
+        [1, 2, 3],
+        {"id": "ipv4--2", "type": "ipv4"},
+        {"id": "sha512--3", "type": "sha512", "value": "ab"},
+        good,
+    )
+    rejected = {
+        "rejected_invalid_json": 1,
+        "rejected_not_an_object": 1,
+        "rejected_missing_field": 1,
+        "rejected_unsupported_type": 1,
+    }
+    assert dict(outcome.counts) == {"received": 5, "forwarded": 1, "forwarded_new": 1, **rejected}
+    assert [r.record["id"] for r in await uploads(rig.bus)] == [good["id"]]
+
+    dead = await rig.bus.dead_letters(SOURCE)
+    assert {d.reason for d in dead} == {INVALID_RECORD}
+    assert sorted(d.description.split(":")[0] for d in dead) == sorted(
+        name.removeprefix("rejected_") for name in rejected
+    )
+    assert all(len(d.description) < 300 and secret_payload not in d.description for d in dead)
+    await assert_settled(rig)
+
+
+# --- delivery guarantees --------------------------------------------------------------------
+
+
+async def test_a_redelivered_message_takes_over_its_claim_and_is_forwarded(rig: Rig) -> None:
+    """A filter claimed this version and died before publishing; the raw message comes back
+    (delivery count 2) and must be forwarded, not dropped as "in flight" and lost. A fresh
+    message of the same version (a second sync) meanwhile is dropped as in flight."""
+    worker = rig.worker()
+    record = passing(of_type("ipv4"))
+    sid, fp = expected(record)
+    await publish(rig.bus, record)
+    (first,) = await take(rig.bus, SOURCE, 1)
+    assert await rig.state.claim([(sid, fp)], ttl_s=60) == [True]
+    await rig.bus.abandon(SOURCE, [first])
+
+    (redelivered,) = await take(rig.bus, SOURCE, 1)
+    assert redelivered.delivery_count == 2
+    assert (await worker.handle([redelivered]))["forwarded_new"] == 1
+    assert [(r.stix_id, r.fingerprint) for r in await uploads(rig.bus)] == [(sid, fp)]
+
+    assert (await sync(rig, worker, again(record)))["dropped_in_flight"] == 1
+    await assert_settled(rig)
+
+
+class PublishFails(RedisStreamsBus):
+    """The real bus whose publishes to the upload queue fail ``failures`` times.
+
+    A wrapper because no simulator fault reaches the bus, and stopping Redis would take the
+    seen/claim state down with it: the case here is the bus alone failing while the state
+    works (in production, Service Bus down while Azure Cache for Redis is fine)."""
+
+    failures = 0
+
+    async def publish(self, target: Target, messages: Sequence[Message]) -> None:
+        if target == QUEUE and self.failures > 0:
+            self.failures -= 1
+            raise BusUnavailable("publish failed: injected")
+        await super().publish(target, messages)
+
+
+async def test_a_failed_forward_releases_claims_and_gives_the_messages_back(
+    rig: Rig, redis_client: Redis
+) -> None:
+    bus = PublishFails(redis_client, consumer="filter-1", lock_duration_s=5.0)
+    bus.failures = 1
+    worker = rig.worker(bus)
+    accepted = [passing(of_type("ipv4", n)) for n in range(3)]
+    dropped = {**passing(of_type("fqdn")), "mscore": 1}
+    await publish(bus, *accepted, dropped)
+    batch = await take(bus, SOURCE, 4)
+
+    with pytest.raises(BusUnavailable):
+        await worker.handle(batch)
+    assert await uploads(rig.bus) == []
+    ids = [expected(r)[0] for r in accepted]
+    assert await rig.state.claims(ids) == [None, None, None]
+    assert await rig.state.counters() == {
+        "received": 4,
+        "abandoned": 3,
+        "dropped_low_confidence": 1,
+    }
+
+    # The abandoned messages come back at once (not after their lock), the dropped one is done.
+    again_batch = await take(bus, SOURCE, 3)
+    assert {d.delivery_count for d in again_batch} == {2}
+    assert (await worker.handle(again_batch))["forwarded_new"] == 3
+    assert sorted(r.stix_id for r in await uploads(rig.bus)) == sorted(ids)
+    await assert_settled(rig)
+
+
+async def test_a_lost_lock_is_counted_not_fatal(rig: Rig, redis_client: Redis) -> None:
+    """Our lock expired and another filter took the message over before we completed it."""
+    ours = RedisStreamsBus(redis_client, consumer="filter-1", lock_duration_s=0.2)
+    theirs = RedisStreamsBus(redis_client, consumer="filter-2", lock_duration_s=0.2)
+    record = passing(of_type("ipv4"))
+    await publish(ours, record)
+    batch = await take(ours, SOURCE, 1)
+    taken = await take(theirs, SOURCE, 1)
+    assert taken[0].delivery_count == 2
+
+    outcome = await rig.worker(ours).handle(batch)
+    assert (outcome["lock_lost"], outcome["forwarded"]) == (1, 1)
+    assert (await rig.state.counters())["lock_lost"] == 1
+
+
+# --- cost -----------------------------------------------------------------------------------
+
+
+async def calls(client: Redis) -> dict[str, int]:
+    """Top-level calls per command so far (``INFO commandstats``)."""
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+async def test_a_batch_costs_the_same_redis_commands_whatever_its_size(
+    rig: Rig, redis_client: Redis
+) -> None:
+    """The seen ``MGET``, the claim script, the publish, the complete and the count: five
+    calls for 50 records as for 500. Scripts inside the server (``evalsha``) run their own
+    commands, which ``INFO`` counts under those names but which cost no round trip, so only
+    ``mget`` and ``evalsha`` are compared. The first batch pays the one-time script loads."""
+    worker = rig.worker(batch_size=500)
+    start = 0
+    per_size: dict[int, dict[str, int]] = {}
+    for size in (5, 50, 500):
+        await publish(rig.bus, *(FEED.record(i) for i in range(start, start + size)))
+        batch = await take(rig.bus, SOURCE, size)
+        before = await calls(redis_client)
+        outcome = await worker.handle(batch)
+        after = await calls(redis_client)
+        assert outcome["forwarded"] > 0
+        assert outcome["received"] == size
+        per_size[size] = {c: after.get(c, 0) - before.get(c, 0) for c in ("mget", "evalsha")}
+        start += size
+    assert per_size[50] == per_size[500] == {"mget": 1, "evalsha": 4}
+    await assert_settled(rig)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+async def test_run_forwards_until_stopped_and_then_returns(rig: Rig) -> None:
+    worker = rig.worker(receive_wait_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    record = passing(of_type("ipv4"))
+    await publish(rig.bus, record)
+    got: list[UploadRequest] = []
+    async with asyncio.timeout(10):
+        while not got:
+            got = await uploads(rig.bus)
+    assert [r.record["id"] for r in got] == [record["id"]]
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    await assert_settled(rig)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Watcher(logging.Handler):
+    """Sets ``seen`` once ``event`` was logged ``times`` times."""
+
+    def __init__(self, event: str, *, times: int, seen: asyncio.Event) -> None:
+        super().__init__(logging.DEBUG)
+        self.event, self.left, self.seen = event, times, seen
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == self.event:
+            self.left -= 1
+            if self.left <= 0:
+                self.seen.set()
+
+
+async def test_unavailable_state_is_waited_out_without_completing_anything(rig: Rig) -> None:
+    """The seen cache's Redis is down (a real client on a closed port): the loop logs, backs
+    off and retries when the message's lock expired (short here); the raw message is neither
+    completed nor forwarded, and stop still works."""
+    bus = RedisStreamsBus(rig.redis, consumer="filter-1", lock_duration_s=0.3)
+    down: Redis = Redis.from_url(
+        f"redis://127.0.0.1:{closed_port()}", socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        worker = FilterWorker(
+            bus=bus,
+            state=DestinationState(down, DEST),
+            filter_policy=FilterPolicy(),
+            stix_policy=STIX,
+            destination=DEST,
+            receive_wait_s=0.1,
+            rng=random.Random(1),
+        )
+        await publish(rig.bus, passing(of_type("ipv4")))
+        stop, retried = asyncio.Event(), asyncio.Event()
+        watcher = Watcher("filter.unavailable", times=2, seen=retried)
+        logging.getLogger("services.filter.worker").addHandler(watcher)
+        try:
+            task = asyncio.create_task(worker.run(stop))
+            async with asyncio.timeout(15):
+                await retried.wait()
+        finally:
+            logging.getLogger("services.filter.worker").removeHandler(watcher)
+        assert not task.done()
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
+    finally:
+        await down.aclose()
+    counts = await rig.bus.counts(SOURCE)
+    assert (counts.depth + counts.in_flight, counts.dead_letter) == (1, 0)
+    assert await uploads(rig.bus) == []
+
+
+def test_the_worker_refuses_a_state_of_another_destination(rig: Rig) -> None:
+    with pytest.raises(ValueError, match="destination"):
+        FilterWorker(
+            bus=rig.bus,
+            state=DestinationState(rig.redis, "other"),
+            filter_policy=FilterPolicy(),
+            stix_policy=STIX,
+            destination=DEST,
+        )
+
+
+async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis) -> None:
+    """``main.loop`` as ``run_service`` calls it: it creates the subscription and the queue,
+    filters with the settings' policies (here: only fqdn), and returns once stopped."""
+    settings = load_settings(
+        {"REDIS_URL": "redis://127.0.0.1:1/0", "DESTINATION": DEST, "INCLUDE_IPV4": "false"},
+        Service.FILTER,
+    )
+    bus = RedisStreamsBus(redis_client, consumer="filter-main", lock_duration_s=5.0)
+    runtime = Runtime(settings, Service.FILTER, "filter-main", redis_client, bus, asyncio.Event())
+    task = asyncio.create_task(loop(runtime))
+    async with asyncio.timeout(10):
+        while True:  # the loop registers the subscription before it receives
+            if await redis_client.sismember(bus.subscriptions_key(INDICATORS.name), DEST):
+                break
+            await asyncio.sleep(0.01)
+        fqdn = passing(of_type("fqdn"))
+        await publish(bus, passing(of_type("ipv4")), fqdn)
+        got: list[UploadRequest] = []
+        while not got:
+            got = await uploads(bus)
+    assert [r.record["id"] for r in got] == [fqdn["id"]]
+    runtime.stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert (await DestinationState(redis_client, DEST).counters())["dropped_type_excluded"] == 1
