@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv redis lint typecheck unit test fmt simulate check-config clean
+.PHONY: help venv redis lint typecheck unit test fmt simulate check-config run demo clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
 	@echo "make demo      the whole pipeline on one machine against the simulators"
+	@echo "make run       the three services against the real APIs, settings from .env"
 	@echo "make simulate  run the MATI, Entra ID and Sentinel simulators in the foreground"
 	@echo "make fmt       format the code"
 
@@ -47,7 +48,18 @@ simulate: venv
 	$(BIN)/mati2sentinel simulate
 
 check-config: venv
-	$(BIN)/mati2sentinel check-config
+	@set -a; [ ! -f .env ] || . ./.env; set +a; $(BIN)/mati2sentinel check-config
+
+# The whole pipeline on this machine against the simulators: a private Redis, the simulated
+# MATI, Entra ID and Sentinel, the three services; two checked syncs; exit 0 only if both hold.
+demo: venv redis
+	$(BIN)/python -m simulators.demo
+
+# The three services on this machine against the real MATI and Sentinel, settings from .env
+# (see .env.example), on a private Redis that this target starts and stops.
+run: venv redis
+	@test -f .env || { echo "make run needs a .env: cp .env.example .env and fill it in"; exit 2; }
+	@set -a; . ./.env; set +a; $(BIN)/mati2sentinel run-local --state-dir .state
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

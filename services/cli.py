@@ -1,34 +1,25 @@
-"""``mati2sentinel``: one command for operators; each subcommand is a thin composition root."""
+"""``mati2sentinel``: one command for operators; each subcommand is a thin composition root.
+
+Service modules are imported only by the subcommand that runs them, so ``status`` never
+loads the uploader's code and no service imports another.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from shared.errors import ConfigError
-from shared.settings import Service, Settings, load_settings
-
-
-def _load(service: Service) -> Settings:
-    """Load settings or exit 2 with one line per problem, before anything connects."""
-    try:
-        settings = load_settings(os.environ, service)
-    except ConfigError as exc:
-        print("mati2sentinel: invalid settings:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None
-    for line in settings.warnings:
-        print(f"mati2sentinel: warning: {line}", file=sys.stderr)
-    return settings
+from services import runtime
+from shared.settings import Service
 
 
 def check_config(args: argparse.Namespace) -> int:
-    settings = _load(Service(args.service))
-    width = max(len(name) for name, _ in settings.effective())
-    for name, value in settings.effective():
+    settings = runtime.load(Service(args.service))
+    rows = settings.effective()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
     return 0
 
@@ -40,12 +31,123 @@ def simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def fetcher(args: argparse.Namespace) -> int:
+    from services.fetcher.main import main
+
+    return main()
+
+
+def filter_(args: argparse.Namespace) -> int:
+    from services.filter.main import main
+
+    return main()
+
+
+def uploader(args: argparse.Namespace) -> int:
+    from services.uploader.main import main
+
+    return main()
+
+
+def sync(args: argparse.Namespace) -> int:
+    from services.fetcher.main import sync_main
+
+    return sync_main()
+
+
+def run_local(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from services.local.supervisor import run_local as run
+
+    return asyncio.run(run(os.environ, Path(args.state_dir)))
+
+
+def _admin(work: Callable[[runtime.Runtime], object]) -> int:
+    """Run an operator command against the state and queues; it needs no credential."""
+    settings = runtime.load(Service.ADMIN)
+
+    async def go() -> int:
+        async with runtime.open_runtime(settings, Service.ADMIN, http=False) as rt:
+            result = work(rt)
+            if asyncio.iscoroutine(result):
+                await result
+        return 0
+
+    return asyncio.run(go())
+
+
+def status(args: argparse.Namespace) -> int:
+    from services import status as status_
+
+    async def show(rt: runtime.Runtime) -> None:
+        current = await status_.collect(rt)
+        if args.json:
+            sys.stdout.buffer.write(current.to_json() + b"\n")
+        else:
+            print(status_.render(current))
+
+    return _admin(show)
+
+
+def dlq(args: argparse.Namespace) -> int:
+    from services import dlq as dlq_
+
+    async def work(rt: runtime.Runtime) -> None:
+        if args.action == "replay":
+            replayed = await dlq_.replay(rt, args.queue, args.limit)
+            print(f"replayed {replayed} message(s) to {dlq_.source_of(rt, args.queue)}")
+            return
+        views = await dlq_.list_dead_letters(rt, args.queue, args.limit)
+        if args.json:
+            sys.stdout.buffer.write(dlq_.to_json(views) + b"\n")
+        else:
+            print(dlq_.render(views))
+
+    return _admin(work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mati2sentinel",
         description="Mandiant Advantage Threat Intelligence indicators into Microsoft Sentinel.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, handler, text in (
+        ("fetcher", fetcher, "run the fetcher: page MATI every SYNC_SCHEDULE hours"),
+        ("filter", filter_, "run the filter: apply the filters and the seen cache"),
+        ("uploader", uploader, "run the uploader: send accepted indicators to Sentinel"),
+    ):
+        commands.add_parser(name, help=text).set_defaults(handler=handler)
+
+    sync_ = commands.add_parser("sync", help="run one sync now and exit when it is published")
+    sync_.add_argument("--once", action="store_true", required=True, help="(required) one sync")
+    sync_.set_defaults(handler=sync)
+
+    stat = commands.add_parser("status", help="checkpoint, queues, counters by reason, circuit")
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(handler=status)
+
+    dead = commands.add_parser("dlq", help="list or replay dead-lettered messages")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument(
+        "--queue",
+        choices=["upload", "indicators"],
+        default="upload",
+        help="upload: records Sentinel rejected; indicators: MATI records the filter refused",
+    )
+    dead.add_argument("--limit", type=int, default=100, help="at most this many")
+    dead.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    dead.set_defaults(handler=dlq)
+
+    local = commands.add_parser(
+        "run-local",
+        help="a private Redis and the three services on this machine, until Ctrl-C",
+    )
+    local.add_argument("--state-dir", default=".state", help="where Redis keeps its AOF")
+    local.set_defaults(handler=run_local)
 
     check = commands.add_parser(
         "check-config", help="validate the settings and print them, secrets masked"

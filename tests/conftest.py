@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from shared.tls import client_context
 from services.local.redis import LocalRedis
+from shared.tls import client_context
 from simulators.tls import SimulatorCA, mint_ca
 
 #: Variables a developer's shell may carry that would change what a test sees.

@@ -13,6 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from services.local.redis import LocalRedis
 from shared.bus import (
     MAX_DELIVERY_REASON,
     Bus,
@@ -25,7 +26,6 @@ from shared.bus import (
     Subscription,
     Topic,
 )
-from services.local.redis import LocalRedis
 from tests.bus.contract import BusContract, BusFactory, BusSettings, message
 
 pytestmark = pytest.mark.timeout(30)

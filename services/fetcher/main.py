@@ -1,0 +1,144 @@
+"""The fetcher's composition root: a sync at start, then one every ``SYNC_SCHEDULE`` hours.
+
+``python -m services.fetcher`` (or ``mati2sentinel fetcher``) runs :func:`main`;
+``mati2sentinel sync --once`` runs :func:`sync_main`, which does one sync now and exits once
+its last page is published and checkpointed.
+
+A failed sync (MATI down, Redis unreachable, credentials refused) is retried sooner than the
+schedule, with doubling back-off capped at the schedule: a 4-hour gap after one bad minute
+would be a long hole in the feed, and an endless tight retry a crash loop in disguise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import timedelta
+from typing import Final
+
+from services.fetcher.sync import (
+    Clock,
+    Fetcher,
+    FetcherConfig,
+    Outcome,
+    SyncSummary,
+    new_run_id,
+    utc_now,
+)
+from services.runtime import Runtime, run_service
+from shared import logs
+from shared.errors import ConfigError
+from shared.mati_client import MatiClient
+from shared.settings import Service
+from shared.state import FeedState, FetcherLease
+
+log = logs.get_logger(__name__)
+
+#: First retry after a failed sync; doubles per failure in a row, capped at the schedule.
+FAILURE_RETRY: Final = timedelta(minutes=5)
+#: How long ``sync --once`` waits for a running sync (another fetcher's) to release the lease.
+LEASE_WAIT_S: Final = 120.0
+#: How often ``sync --once`` asks for the lease while it waits.
+LEASE_POLL_S: Final = 2.0
+
+
+def build(runtime: Runtime, *, clock: Clock = utc_now) -> Fetcher:
+    """The fetcher over the runtime's connections and settings."""
+    settings = runtime.settings
+    if runtime.http is None:
+        raise RuntimeError("the fetcher needs the runtime's HTTP session (http=True)")
+    if not settings.mati_api_key or not settings.mati_api_secret:
+        raise ConfigError(["MATI_API_KEY and MATI_API_SECRET are required by the fetcher"])
+    client = MatiClient(
+        runtime.http,
+        base_url=settings.mati_base_url,
+        api_key=settings.mati_api_key,
+        api_secret=settings.mati_api_secret,
+        requests_per_second=settings.mati_requests_per_second,
+    )
+    return Fetcher(
+        client=client,
+        bus=runtime.bus,
+        feed=FeedState(runtime.redis),
+        lease=FetcherLease(runtime.redis, owner=runtime.consumer),
+        config=FetcherConfig.from_settings(settings),
+        clock=clock,
+    )
+
+
+def next_delay_s(summary: SyncSummary, schedule_s: float, failures_in_a_row: int) -> float:
+    """Seconds from this sync's start to the next one's."""
+    if summary.outcome is Outcome.FAILED and failures_in_a_row > 0:
+        retry = FAILURE_RETRY.total_seconds() * 2.0 ** (failures_in_a_row - 1)
+        return min(schedule_s, retry)
+    return schedule_s
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    if seconds <= 0 or stop.is_set():
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return
+
+
+async def loop(runtime: Runtime) -> None:
+    """Sync now, then every ``SYNC_SCHEDULE`` hours, until ``runtime.stop`` is set."""
+    fetcher = build(runtime)
+    schedule_s = runtime.settings.sync_schedule * 3600
+    failures = 0
+    while not runtime.stop.is_set():
+        began = time.monotonic()
+        summary = await fetcher.sync(new_run_id(), runtime.stop)
+        failures = failures + 1 if summary.outcome is Outcome.FAILED else 0
+        delay = max(0.0, began + next_delay_s(summary, schedule_s, failures) - time.monotonic())
+        if not runtime.stop.is_set():
+            log.info("fetch.next_sync", in_s=round(delay, 1), after=summary.outcome.value)
+        await pause(runtime.stop, delay)
+
+
+async def sync_once(
+    runtime: Runtime, *, lease_wait_s: float = LEASE_WAIT_S, poll_s: float = LEASE_POLL_S
+) -> SyncSummary:
+    """One sync now; if another fetcher is syncing, wait up to ``lease_wait_s`` for it."""
+    fetcher = build(runtime)
+    run_id = new_run_id()
+    deadline = time.monotonic() + lease_wait_s
+    while True:
+        summary = await fetcher.sync(run_id, runtime.stop)
+        if (
+            summary.outcome is not Outcome.STANDBY
+            or runtime.stop.is_set()
+            or time.monotonic() + poll_s > deadline
+        ):
+            return summary
+        log.info("fetch.waiting_for_lease", wait_s=poll_s)
+        await pause(runtime.stop, poll_s)
+
+
+def main() -> int:
+    return run_service(Service.FETCHER, loop, http=True)
+
+
+def sync_main() -> int:
+    """``mati2sentinel sync --once``: 0 when the sync completed, 1 otherwise (also 2 for bad
+    settings, like every service)."""
+    done: list[SyncSummary] = []
+
+    async def once(runtime: Runtime) -> None:
+        done.append(await sync_once(runtime))
+
+    code = run_service(Service.FETCHER, once, http=True)
+    if code != 0 or not done:
+        return code or 1
+    summary = done[0]
+    print(
+        f"sync {summary.run_id}: {summary.outcome.value}, {summary.pages} pages, "
+        f"{summary.fetched} fetched, {summary.published} published"
+        + (f" ({summary.error})" if summary.error else ""),
+        file=sys.stdout,
+    )
+    return 0 if summary.outcome is Outcome.COMPLETED else 1

@@ -1,0 +1,456 @@
+"""One sync: page MATI over a ``last_updated`` window and publish every raw indicator.
+
+The order of effects is the whole point (DESIGN §2, §4): for each page, publish every record
+in ONE publish call, THEN advance the checkpoint to the newest ``last_updated`` of that page,
+THEN count it. A crash anywhere in between re-fetches the page on the next run, and the bus's
+duplicate detection (content-derived message ids) drops what was already published: nothing is
+checkpointed before the bus has it, and nothing is lost.
+
+Judging records is the filter's job: a page is published whole, bad records included, so the
+filter counts and dead-letters them with a reason instead of the fetcher silently skipping them.
+
+Every failure of MATI, the bus or Redis ends the sync with outcome ``failed``; it never crashes
+the process. The checkpoint then stays at the last confirmed page and the next run resumes
+there. Only a bug (an exception outside the pipeline's error tree) propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from enum import Enum, StrEnum
+from typing import Any, Final
+
+from shared import logs
+from shared.bus import Bus
+from shared.errors import FatalError, PagingInterrupted, PipelineError
+from shared.mati_client import MAX_LIMIT, IndicatorQuery, MatiClient, RawPage
+from shared.messages import INDICATORS, raw_message, subscription
+from shared.parsing import parse_timestamp
+from shared.settings import Settings
+from shared.state import FeedState, FetcherLease
+
+log = logs.get_logger(__name__)
+
+#: A later sync starts this far before the checkpoint. MATI's index is eventually consistent:
+#: an indicator can become visible a little after a later one with an older ``last_updated``,
+#: and many indicators share one ``last_updated`` (a bulk re-scoring stamps them all alike), so
+#: starting exactly at the checkpoint could skip the ones that arrived late or sat on the edge.
+#: The re-published overlap costs nothing: its message ids are the ones already published, so
+#: the bus drops them (within its duplicate window), and the filter's seen cache after that.
+OVERLAP: Final = timedelta(minutes=5)
+#: MATI serves indicators updated within the last 90 days and answers 400 to an older
+#: ``start_epoch`` (specs/mati-api-v4.md §3.1): a query never reaches further back.
+MATI_RETENTION: Final = timedelta(days=90)
+#: Kept inside the 90 days for clock skew between us and MATI, and for the time between
+#: computing a window and a later cursor restart re-sending it.
+RETENTION_MARGIN: Final = timedelta(hours=1)
+#: Restarts of the window after an expired cursor, in a row without a confirmed page. A cursor
+#: lives about ten minutes, so expiries are rare; one that keeps expiring before any progress
+#: is a problem for the next run (and an operator), not a reason to loop.
+MAX_RESTARTS: Final = 3
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``20250601T120000Z-1a2b3c``: sortable, readable in logs and message properties."""
+    moment = (now or utc_now()).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"  # the whole window is published and checkpointed
+    STOPPED = "stopped"  # ``stop`` was set; ended after the page in hand
+    LEASE_LOST = "lease_lost"  # another fetcher holds the lease now; it carries on
+    FAILED = "failed"  # MATI, the bus or Redis failed; the next run resumes
+    STANDBY = "standby"  # another fetcher holds the lease; nothing was done
+
+
+@dataclass(frozen=True, slots=True)
+class FetcherConfig:
+    """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default."""
+
+    destination: str
+    initial_lookback: timedelta
+    minimum_confidence: int
+    exclude_osint: bool
+    page_size: int = MAX_LIMIT
+    overlap: timedelta = OVERLAP
+    max_restarts: int = MAX_RESTARTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetcherConfig:
+        return cls(
+            destination=settings.destination,
+            initial_lookback=timedelta(days=settings.initial_lookback),
+            minimum_confidence=settings.minimum_confidence,
+            exclude_osint=settings.exclude_osint,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSummary:
+    """The funnel of one sync, as ``status`` shows it and ``fetch.sync_finished`` logs it."""
+
+    run_id: str
+    outcome: Outcome
+    window_start: datetime | None
+    window_end: datetime | None
+    pages: int
+    fetched: int
+    published: int
+    restarts: int
+    checkpoint: datetime | None
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+
+    def to_record(self) -> dict[str, object]:
+        """JSON-ready fields for ``FeedState.record_run`` and the log line."""
+        record: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["outcome"] = self.outcome.value
+        record["duration_s"] = round((self.finished_at - self.started_at).total_seconds(), 3)
+        return record
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one sync has done so far; only confirmed pages are counted."""
+
+    run_id: str
+    started_at: datetime
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    pages: int = 0
+    fetched: int = 0
+    published: int = 0
+    restarts: int = 0
+    checkpoint: datetime | None = None
+    lease_lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def summary(
+        self, outcome: Outcome, error: PipelineError | None, finished_at: datetime
+    ) -> SyncSummary:
+        return SyncSummary(
+            self.run_id, outcome, self.window_start, self.window_end, self.pages, self.fetched,
+            self.published, self.restarts, self.checkpoint, self.started_at, finished_at,
+            None if error is None else _describe(error),
+        )  # fmt: skip
+
+
+class Fetcher:
+    """Runs syncs with injected parts; one per process, reused for every sync."""
+
+    def __init__(
+        self,
+        *,
+        client: MatiClient,
+        bus: Bus,
+        feed: FeedState,
+        lease: FetcherLease,
+        config: FetcherConfig,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._client = client
+        self._bus = bus
+        self._feed = feed
+        self._lease = lease
+        self._config = config
+        self._clock = clock
+
+    async def sync(self, run_id: str, stop: asyncio.Event) -> SyncSummary:
+        """One sync of the window since the checkpoint; never raises for a pipeline error."""
+        progress = _Progress(run_id, self._clock())
+        with logs.bind(run_id=run_id):
+            try:
+                held = await self._lease.acquire()
+            except PipelineError as exc:
+                log.error("fetch.lease_unavailable", error=_describe(exc))
+                return await self._finish(progress, Outcome.FAILED, exc)
+            if not held:
+                await self._stand_by()
+                return progress.summary(Outcome.STANDBY, None, self._clock())
+            heartbeat = asyncio.create_task(self._keep_lease(progress.lease_lost))
+            try:
+                outcome, error = await self._run(stop, progress)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                await self._release()
+            return await self._finish(progress, outcome, error)
+
+    # ---- the window --------------------------------------------------------------------
+
+    async def _run(
+        self, stop: asyncio.Event, progress: _Progress
+    ) -> tuple[Outcome, PipelineError | None]:
+        if stop.is_set():
+            return Outcome.STOPPED, None
+        try:
+            # A topic publish reaches only subscriptions that exist: make ours exist first.
+            await self._bus.ensure(subscription(self._config.destination))
+            checkpoint = await self._feed.checkpoint()
+            end = self._clock()
+            if checkpoint is None:
+                start, origin = end - self._config.initial_lookback, "initial_lookback"
+            else:
+                start, origin = checkpoint.last_updated - self._config.overlap, "checkpoint"
+                progress.checkpoint = checkpoint.last_updated
+            start = self._clamped(start, end, origin)
+            progress.window_start, progress.window_end = start, end
+            log.info(
+                "fetch.sync_started",
+                window_start=start,
+                window_end=end,
+                origin=origin,
+                destination=self._config.destination,
+            )
+            return await self._window(start, end, stop, progress), None
+        except PipelineError as exc:
+            return Outcome.FAILED, exc
+
+    async def _window(
+        self, start: datetime, end: datetime, stop: asyncio.Event, progress: _Progress
+    ) -> Outcome:
+        """Page ``[start, end]``; after an expired cursor, restart from the checkpoint."""
+        in_a_row = 0
+        while True:
+            pages_before = progress.pages
+            try:
+                return await self._pages(self._query(start, end), stop, progress)
+            except PagingInterrupted as exc:
+                in_a_row = 0 if progress.pages > pages_before else in_a_row + 1
+                if in_a_row > self._config.max_restarts:
+                    raise
+                progress.restarts += 1
+                checkpoint = await self._feed.checkpoint()
+                if checkpoint is not None:
+                    start = max(start, checkpoint.last_updated - self._config.overlap)
+                start = self._clamped(start, end, "restart")
+                await self._feed.count({"cursor_restarts": 1})
+                log.warning(
+                    "fetch.window_restarted", reason=str(exc), window_start=start, in_a_row=in_a_row
+                )
+
+    def _query(self, start: datetime, end: datetime) -> IndicatorQuery:
+        config = self._config
+        return IndicatorQuery(
+            start_epoch=math.floor(start.timestamp()),
+            # Rounded up: a record stamped within the current second is inside the window.
+            end_epoch=math.ceil(end.timestamp()),
+            limit=config.page_size,
+            gte_mscore=config.minimum_confidence,
+            exclude_osint=config.exclude_osint,
+            include_threat_rating=True,
+            include_category=True,
+            include_campaigns=True,
+            include_misp=False,
+            include_reports=False,
+            sort_by="last_updated:asc",
+        )
+
+    def _clamped(self, start: datetime, end: datetime, origin: str) -> datetime:
+        """``start`` kept within what MATI serves (and not after ``end``)."""
+        oldest = self._clock() - MATI_RETENTION + RETENTION_MARGIN
+        if start < oldest:
+            # Only a checkpoint older than 90 days gets here (INITIAL_LOOKBACK is at most 90):
+            # what changed before ``oldest`` can no longer be fetched, so say so loudly.
+            log.warning("fetch.window_clamped", requested=start, start=oldest, origin=origin)
+            start = oldest
+        if start > end:
+            log.warning("fetch.checkpoint_ahead", checkpoint_start=start, now=end)
+            start = end
+        return start
+
+    # ---- pages -------------------------------------------------------------------------
+
+    async def _pages(
+        self, query: IndicatorQuery, stop: asyncio.Event, progress: _Progress
+    ) -> Outcome:
+        limit = datetime.fromtimestamp(query.end_epoch, UTC)
+        pages = self._client.pages(query)
+        async with _closing(pages):
+            while True:
+                page = await _next_page(pages, stop)
+                if page is _Signal.STOP:
+                    return Outcome.STOPPED
+                if page is None:
+                    return Outcome.COMPLETED
+                await self._publish(page, limit, progress)
+                if stop.is_set():
+                    return Outcome.STOPPED
+                if progress.lease_lost.is_set() or not await self._lease.renew():
+                    log.warning("fetch.lease_lost", owner=self._lease.owner)
+                    return Outcome.LEASE_LOST
+
+    async def _publish(self, page: RawPage, limit: datetime, progress: _Progress) -> None:
+        """Publish the page whole, THEN move the checkpoint, THEN count it."""
+        records, run_id = page.indicators, progress.run_id
+        await self._bus.publish(INDICATORS, [raw_message(r, run_id=run_id) for r in records])
+        newest, undated, ahead = _newest(records, limit)
+        if newest is not None:
+            await self._feed.advance(newest, run_id)
+            if progress.checkpoint is None or newest > progress.checkpoint:
+                progress.checkpoint = newest
+        progress.pages += 1
+        progress.fetched += len(records)
+        progress.published += len(records)
+        await self._feed.count(
+            {
+                "pages": 1,
+                "fetched": len(records),
+                "published": len(records),
+                "without_last_updated": undated,
+                "last_updated_after_window": ahead,
+            }
+        )
+        log.info(
+            "fetch.page",
+            page=page.index,
+            records=len(records),
+            bytes=page.size_bytes,
+            published=len(records),
+            without_last_updated=undated,
+            last_updated_after_window=ahead,
+            checkpoint=progress.checkpoint,
+        )
+
+    # ---- lease -------------------------------------------------------------------------
+
+    async def _keep_lease(self, lost: asyncio.Event) -> None:
+        """Renew every third of the lease's life, so a page waiting out MATI's back-off does
+        not lose it; ``lost`` tells the page loop to stop."""
+        interval = self._lease.ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self._lease.renew()
+            except PipelineError as exc:
+                log.warning("fetch.lease_renew_failed", error=_describe(exc))
+                continue
+            if not held:
+                lost.set()
+                return
+
+    async def _release(self) -> None:
+        """Let the next sync (ours on schedule, or ``sync --once``) start without waiting for
+        the lease to expire; if Redis is down the lease just expires."""
+        try:
+            await self._lease.release()
+        except PipelineError as exc:
+            log.warning("fetch.lease_release_failed", error=_describe(exc))
+
+    async def _stand_by(self) -> None:
+        holder: str | None = None
+        with contextlib.suppress(PipelineError):
+            holder = await self._lease.holder()
+        log.info("fetch.standby", holder=holder, owner=self._lease.owner)
+        with contextlib.suppress(PipelineError):
+            await self._feed.count({"sync_standby": 1})
+
+    # ---- the end -----------------------------------------------------------------------
+
+    async def _finish(
+        self, progress: _Progress, outcome: Outcome, error: PipelineError | None
+    ) -> SyncSummary:
+        summary = progress.summary(outcome, error, self._clock())
+        if error is not None:
+            fatal = isinstance(error, FatalError)  # an operator must act (credentials, TLS)
+            (log.error if fatal else log.warning)("fetch.sync_failed", error=summary.error)
+        try:
+            await self._feed.record_run(summary.to_record())
+            await self._feed.count({f"sync_{outcome.value}": 1})
+        except PipelineError as exc:
+            log.warning("fetch.record_run_failed", error=_describe(exc))
+        line = summary.to_record()
+        line.pop("run_id")  # bound on every line already
+        log.info("fetch.sync_finished", **line)
+        return summary
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+class _Signal(Enum):
+    STOP = "stop"
+
+
+@contextlib.asynccontextmanager
+async def _closing(pages: AsyncIterator[RawPage]) -> AsyncIterator[None]:
+    """Close the page generator when we leave it early (stop, lease lost, failure)."""
+    try:
+        yield
+    finally:
+        close = getattr(pages, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _next_or_none(pages: AsyncIterator[RawPage]) -> RawPage | None:
+    try:
+        return await anext(pages)
+    except StopAsyncIteration:
+        return None
+
+
+async def _next_page(
+    pages: AsyncIterator[RawPage], stop: asyncio.Event
+) -> RawPage | _Signal | None:
+    """The next page, ``None`` at the end, or ``_Signal.STOP`` if ``stop`` was set while waiting.
+
+    A page not yet received holds nothing (it is neither published nor checkpointed), so
+    abandoning it at once keeps a shutdown inside the drain timeout even while MATI is
+    being retried with back-off.
+    """
+    if stop.is_set():
+        return _Signal.STOP
+    fetch = asyncio.create_task(_next_or_none(pages))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if fetch.done():
+            return fetch.result()
+        return _Signal.STOP
+    finally:
+        for task in (fetch, stopped):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _newest(records: Sequence[Any], limit: datetime) -> tuple[datetime | None, int, int]:
+    """``(newest last_updated up to limit, records without one, records after limit)``;
+    ``limit`` is the query's ``end_epoch``.
+
+    A ``last_updated`` after the window's end is not trusted for the checkpoint: it cannot be
+    an answer to this query, and a checkpoint moved into the future would skip everything
+    until then, for good (the checkpoint never moves back).
+    """
+    newest: datetime | None = None
+    undated = ahead = 0
+    for record in records:
+        stamp = parse_timestamp(record.get("last_updated")) if isinstance(record, dict) else None
+        if stamp is None:
+            undated += 1
+        elif stamp > limit:
+            ahead += 1
+        elif newest is None or stamp > newest:
+            newest = stamp
+    return newest, undated, ahead
+
+
+def _describe(exc: BaseException) -> str:
+    """Class and message; adapters keep secrets out of their messages (shared.errors)."""
+    return f"{type(exc).__name__}: {exc}"[:500]

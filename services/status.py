@@ -1,0 +1,149 @@
+"""``mati2sentinel status``: what the pipeline is doing, from the state it keeps in Redis and
+the bus, without reading a log: how fresh the checkpoint is, what waits where, what was
+dropped and why, and whether the destination's circuit is open."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.runtime import Runtime
+from shared.bus import Bus, EntityCounts, Source, Subscription
+from shared.messages import subscription, upload_queue
+from shared.settings import Settings
+from shared.state import DestinationState, FeedState, RateBudget
+
+
+@dataclass(frozen=True)
+class EntityStatus:
+    entity: str
+    depth: int
+    in_flight: int
+    dead_letter: int
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True)
+class Status:
+    destination: str
+    checkpoint: str | None
+    checkpoint_age_s: float | None
+    last_run: dict[str, Any] | None
+    entities: list[EntityStatus]
+    feed_counters: dict[str, int]
+    counters: dict[str, int]
+    circuit: str
+    circuit_reason: str
+    circuit_since: str | None
+    rate_in_window: int
+    rate_limit: int
+    paused_for_s: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+
+def entity_name(source: Source) -> str:
+    if isinstance(source, Subscription):
+        return f"{source.topic}/{source.name}"
+    return source.name
+
+
+async def _entity(bus: Bus, source: Source) -> EntityStatus:
+    counts: EntityCounts = await bus.counts(source)
+    return EntityStatus(
+        entity=entity_name(source),
+        depth=counts.depth,
+        in_flight=counts.in_flight,
+        dead_letter=counts.dead_letter,
+        oldest_age_s=counts.oldest_age_s,
+    )
+
+
+async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
+    settings: Settings = runtime.settings
+    now = now or datetime.now(UTC)
+    feed = FeedState(runtime.redis)
+    destination = DestinationState(runtime.redis, settings.destination)
+    budget = RateBudget(
+        runtime.redis,
+        settings.destination,
+        limit=settings.sentinel_requests_per_minute,
+        window_s=settings.sentinel_rate_window_seconds,
+    )
+    checkpoint = await feed.checkpoint()
+    circuit, reason, since = await destination.circuit()
+    return Status(
+        destination=settings.destination,
+        checkpoint=checkpoint.last_updated.isoformat() if checkpoint else None,
+        checkpoint_age_s=(now - checkpoint.last_updated).total_seconds() if checkpoint else None,
+        last_run=await feed.last_run(),
+        entities=[
+            await _entity(runtime.bus, subscription(settings.destination)),
+            await _entity(runtime.bus, upload_queue(settings.destination)),
+        ],
+        feed_counters=await feed.counters(),
+        counters=await destination.counters(),
+        circuit=circuit.value,
+        circuit_reason=reason,
+        circuit_since=since.isoformat() if since else None,
+        rate_in_window=await budget.in_window(),
+        rate_limit=settings.sentinel_requests_per_minute,
+        paused_for_s=round(await budget.paused_for(), 3),
+    )
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def render(status: Status) -> str:
+    """The status as a person reads it in a terminal."""
+    lines = [f"destination  {status.destination}"]
+    lines.append(
+        f"checkpoint   {status.checkpoint or 'none (first sync not done)'}"
+        + (f"  (age {_age(status.checkpoint_age_s)})" if status.checkpoint else "")
+    )
+    if status.last_run:
+        run = status.last_run
+        funnel = ", ".join(
+            f"{key}={run[key]}"
+            for key in ("outcome", "pages", "fetched", "published")
+            if key in run
+        )
+        lines.append(f"last sync    {run.get('run_id', '?')}: {funnel}")
+    lines.append(
+        f"circuit      {status.circuit}"
+        + (f" ({status.circuit_reason})" if status.circuit_reason else "")
+    )
+    lines.append(
+        f"rate budget  {status.rate_in_window}/{status.rate_limit} in window"
+        + (f", paused {status.paused_for_s:g}s" if status.paused_for_s else "")
+    )
+    lines.append("")
+    lines.append(f"{'entity':<28}{'depth':>9}{'in_flight':>11}{'dead_letter':>13}{'oldest':>9}")
+    for e in status.entities:
+        lines.append(
+            f"{e.entity:<28}{e.depth:>9}{e.in_flight:>11}{e.dead_letter:>13}"
+            f"{_age(e.oldest_age_s):>9}"
+        )
+    for title, counters in (("fetcher", status.feed_counters), ("destination", status.counters)):
+        lines.append("")
+        lines.append(f"{title} counters")
+        if not counters:
+            lines.append("  (none yet)")
+        for name in sorted(counters):
+            lines.append(f"  {name:<32}{counters[name]:>12}")
+    return "\n".join(lines)

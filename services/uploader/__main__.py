@@ -1,0 +1,5 @@
+"""``python -m services.uploader``."""
+
+from services.uploader.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""Gathering a batch and deciding, per message, what it needs before anything is uploaded.
+
+Kept apart from the worker because it is the part a reader checks against DESIGN §4 line by
+line: a message that cannot become a STIX object is dead-lettered with its reason (never
+dropped, never retried forever); a message a newer version superseded, or one already uploaded
+(a redelivery after a crash between Sentinel's answer and ``complete``), is completed without a
+second upload; everything else is uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from shared import logs
+from shared.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
+from shared.filters import Observable, observable_for
+from shared.fingerprint import decide, refresh_after_for
+from shared.messages import MalformedMessage, UploadRequest, read_upload
+from shared.parsing import Rejection, parse_indicator, parse_timestamp
+from shared.state import DestinationState, StateUnavailable
+from shared.stix import StixPolicy, indicator_object, stix_id
+
+log = logs.get_logger(__name__)
+
+#: Dead-letter reasons of the uploader (each is also counted as ``dead_lettered_<reason>``).
+MALFORMED_MESSAGE: Final = "malformed_message"
+INVALID_RECORD: Final = "invalid_record"
+REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message that maps to one STIX indicator."""
+
+    delivery: Delivery
+    request: UploadRequest
+    observable: Observable
+
+    @property
+    def stix_id(self) -> str:
+        return self.request.stix_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.request.fingerprint
+
+    @property
+    def claim(self) -> tuple[str, str]:
+        return (self.request.stix_id, self.request.fingerprint)
+
+    def build(self, policy: StixPolicy, now: datetime) -> tuple[dict[str, object], datetime]:
+        """The object to upload at ``now`` and its ``valid_until`` read back from the object,
+        so the seen entry holds exactly what Sentinel stores (milliseconds, truncated)."""
+        obj = indicator_object(self.observable, policy, now)
+        valid_until = parse_timestamp(obj["valid_until"])
+        if valid_until is None:  # indicator_object always writes a STIX timestamp
+            raise ValueError("indicator_object produced an unreadable valid_until")
+        return obj, valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message that can never be uploaded: dead-letter it with ``reason``."""
+
+    delivery: Delivery
+    reason: str
+    description: str
+    claim: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A received batch sorted by what each message needs."""
+
+    upload: list[Item] = field(default_factory=list)
+    invalid: list[Invalid] = field(default_factory=list)
+    superseded: list[Item] = field(default_factory=list)
+    already_uploaded: list[Item] = field(default_factory=list)
+
+
+def decode(delivery: Delivery) -> Item | Invalid:
+    """The item a message stands for, or why it cannot be uploaded."""
+    try:
+        request = read_upload(delivery.body)
+    except MalformedMessage as exc:
+        return Invalid(delivery, MALFORMED_MESSAGE, str(exc))
+    claim = (request.stix_id, request.fingerprint)
+    indicator = parse_indicator(request.record)
+    if isinstance(indicator, Rejection):
+        return Invalid(delivery, INVALID_RECORD, f"{indicator.reason}: {indicator.detail}", claim)
+    observable = observable_for(indicator, request.hash_type)
+    if observable is None:
+        hash_type = request.hash_type.value if request.hash_type else "none"
+        detail = f"a {indicator.type} record has no observable for hash type {hash_type}"
+        return Invalid(delivery, INVALID_RECORD, detail, claim)
+    # The object's id comes from the record; the seen key from the message. They must agree,
+    # or the cache would describe an object Sentinel never received.
+    if stix_id(indicator.id, observable.hash_type) != request.stix_id:
+        return Invalid(delivery, INVALID_RECORD, "stix_id does not match the record", claim)
+    return Item(delivery, request, observable)
+
+
+async def prepare(
+    deliveries: Sequence[Delivery],
+    state: DestinationState,
+    policy: StixPolicy,
+    *,
+    now: datetime,
+    refresh_ratio: float,
+    skip_uploaded: bool = True,
+) -> Prepared:
+    """Sort ``deliveries``; two Redis round trips for the whole batch (claims, seen).
+
+    - superseded: the in-flight claim now holds another fingerprint, so a newer version of
+      this indicator is queued behind us and uploading ours would only be overwritten;
+    - already uploaded: the seen cache says this very version went up recently enough that
+      the filter would not forward it now (``decide`` is None): a redelivery after a crash
+      between Sentinel's answer and ``complete`` must not cost a second request.
+    """
+    prepared = Prepared()
+    items: list[Item] = []
+    for delivery in deliveries:
+        decoded = decode(delivery)
+        if isinstance(decoded, Invalid):
+            prepared.invalid.append(decoded)
+        else:
+            items.append(decoded)
+    if not items:
+        return prepared
+    ids = [item.stix_id for item in items]
+    claims = await state.claims(ids)
+    seen = await state.seen(ids) if skip_uploaded else [None] * len(items)
+    for item, claim, entry in zip(items, claims, seen, strict=True):
+        if claim is not None and claim != item.fingerprint:
+            prepared.superseded.append(item)
+            continue
+        if entry is not None:
+            expiration = policy.expiration_for(item.observable)
+            refresh_after = refresh_after_for(expiration, refresh_ratio)
+            if decide(entry, item.fingerprint, now, now + expiration, refresh_after) is None:
+                prepared.already_uploaded.append(item)
+                continue
+        prepared.upload.append(item)
+    return prepared
+
+
+async def receive_batch(
+    bus: Bus,
+    source: Source,
+    *,
+    max_messages: int,
+    first_wait_s: float,
+    linger_s: float,
+    stop: asyncio.Event,
+) -> list[Delivery]:
+    """Up to ``max_messages``: wait ``first_wait_s`` for the first, then keep taking more for at
+    most ``linger_s`` so a trickle still fills a request (the quota counts requests, not
+    records). A bus failure while lingering ends the batch with what it already holds."""
+    batch = await bus.receive(source, max_messages=max_messages, max_wait_s=first_wait_s)
+    if not batch:
+        return []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + linger_s
+    while len(batch) < max_messages and not stop.is_set():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            more = await bus.receive(
+                source, max_messages=max_messages - len(batch), max_wait_s=remaining
+            )
+        except BusUnavailable:
+            break
+        batch.extend(more)
+    return batch
+
+
+class HeldBatch:
+    """The deliveries of one batch not settled yet, and the settling of them.
+
+    What it still holds is what lock renewal covers and what a stop gives back. Counts go to
+    the worker's ``tally`` (flushed to the destination counters by the worker). A lock lost on
+    any settle means another replica owns that message now: it is counted and let go (the
+    other replica may upload it again, which is idempotent by STIX id).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        queue: Queue,
+        state: DestinationState,
+        deliveries: Sequence[Delivery],
+        tally: Counter[str],
+        now: float,
+    ) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._state = state
+        self._tally = tally
+        self._by_token = {d.lock_token: d for d in deliveries}
+        #: Loop time of the last renewal (or of receiving).
+        self.renewed_at = now
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return list(self._by_token.values())
+
+    def holds(self, delivery: Delivery) -> bool:
+        return delivery.lock_token in self._by_token
+
+    def _drop(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._by_token.pop(delivery.lock_token, None)
+
+    async def renew(self, now: float) -> None:
+        """Restart every held lock; a bus hiccup is only logged (the lock may still last)."""
+        self.renewed_at = now
+        deliveries = self.deliveries
+        if not deliveries:
+            return
+        try:
+            await self._bus.renew_locks(self._queue, deliveries)
+        except LockLost as exc:
+            self._lock_lost(exc, "renew")
+            lost = set(exc.message_ids)
+            self._drop([d for d in deliveries if d.message_id in lost])
+        except BusUnavailable as exc:
+            log.warning("upload.renew_failed", detail=str(exc))
+
+    async def complete(self, deliveries: Sequence[Delivery]) -> None:
+        self._drop(deliveries)
+        try:
+            await self._bus.complete(self._queue, deliveries)
+        except LockLost as exc:
+            self._lock_lost(exc, "complete")
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        description: str,
+        claim: tuple[str, str] | None,
+    ) -> None:
+        """Set the message aside with its reason, then drop its claim so the next sync may
+        queue the indicator again (a fixed record, say)."""
+        self._drop([delivery])
+        try:
+            await self._bus.dead_letter(
+                self._queue, delivery, reason=reason, description=description
+            )
+        except LockLost as exc:
+            self._lock_lost(exc, "dead_letter")
+            return
+        self._tally["dead_lettered"] += 1
+        self._tally[f"dead_lettered_{reason}"] += 1
+        log.warning(
+            "upload.dead_lettered",
+            reason=reason,
+            description=description,
+            message_id=delivery.message_id,
+        )
+        if claim is not None:
+            await self.release_claims([claim])
+
+    async def release_claims(self, claims: list[tuple[str, str]]) -> None:
+        """Best effort: a claim left behind only expires later (its TTL), delaying a re-queue
+        of that indicator, never losing it."""
+        try:
+            await self._state.release(claims)
+        except StateUnavailable as exc:
+            log.warning("upload.release_failed", count=len(claims), detail=str(exc))
+
+    async def abandon(self, why: str) -> None:
+        """Give back everything still held (best effort: an expired lock returns it too)."""
+        deliveries = self.deliveries
+        self._drop(deliveries)
+        if not deliveries:
+            return
+        self._tally["abandoned"] += len(deliveries)
+        log.info("upload.abandoned", count=len(deliveries), why=why)
+        try:
+            await self._bus.abandon(self._queue, deliveries)
+        except LockLost as exc:
+            self._lock_lost(exc, "abandon")
+        except BusUnavailable as exc:
+            log.warning("upload.abandon_failed", detail=str(exc))
+
+    def _lock_lost(self, exc: LockLost, action: str) -> None:
+        self._tally["lock_lost"] += len(exc.message_ids)
+        log.warning("upload.lock_lost", action=action, count=len(exc.message_ids))

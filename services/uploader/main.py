@@ -1,0 +1,93 @@
+"""The uploader's composition root: settings and connections in, one ``Uploader`` run.
+
+Nothing here decides anything; it builds the parts the worker takes (DESIGN §10), so the
+worker runs the same code against the simulators in tests and against Azure in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.runtime import Runtime, run_service
+from services.uploader.worker import Uploader
+from shared import logs
+from shared.backoff import Backoff
+from shared.bus import BusUnavailable
+from shared.credentials import TokenProvider, credential_factory
+from shared.sentinel_client import SentinelClient
+from shared.settings import Service
+from shared.state import DestinationState, RateBudget
+
+log = logs.get_logger(__name__)
+
+
+async def loop(runtime: Runtime) -> None:
+    """Upload until ``runtime.stop`` is set; the token provider is closed on the way out."""
+    settings = runtime.settings
+    if runtime.http is None:
+        raise RuntimeError("the uploader needs the HTTP session (run_service(http=True))")
+    factory = credential_factory(
+        session=runtime.http,
+        tenant_id=settings.azure_tenant_id or "",
+        client_id=settings.azure_client_id or "",
+        authority_host=settings.azure_authority_host,
+        client_secret=settings.azure_client_secret,
+        federated_token_file=settings.azure_federated_token_file,
+    )
+    secret = settings.azure_client_secret
+    tokens = TokenProvider(factory, redact=(secret,) if secret else ())
+    try:
+        client = SentinelClient(
+            runtime.http,
+            tokens,
+            api=settings.sentinel_api,
+            base_url=settings.sentinel_base_url,
+            workspace_id=settings.azure_workspace_id or "",
+            source_system=settings.sentinel_source_system,
+        )
+        destination = settings.destination
+        uploader = Uploader(
+            bus=runtime.bus,
+            state=DestinationState(runtime.redis, destination),
+            budget=RateBudget(
+                runtime.redis,
+                destination,
+                limit=settings.sentinel_requests_per_minute,
+                window_s=settings.sentinel_rate_window_seconds,
+            ),
+            client=client,
+            stix_policy=settings.stix_policy(),
+            destination=destination,
+            refresh_ratio=settings.validity_refresh_ratio,
+            linger_s=settings.upload_linger_seconds,
+            lock_duration_s=settings.bus_lock_duration_seconds,
+            drain_timeout_s=settings.drain_timeout_seconds,
+            skip_uploaded=settings.enable_deduplication,
+        )
+        if await _ensure_queue(runtime, uploader):
+            await uploader.run(runtime.stop)
+    finally:
+        await tokens.aclose()
+
+
+async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:
+    """Create the upload queue, waiting out a bus that is not up yet; False when stopped."""
+    backoff = Backoff(base_s=1.0, cap_s=30.0)
+    attempt = 0
+    while not runtime.stop.is_set():
+        try:
+            await runtime.bus.ensure(uploader.queue)
+            return True
+        except BusUnavailable as exc:
+            attempt += 1
+            wait = backoff.ceiling(attempt)
+            log.warning("upload.bus_unavailable", detail=str(exc), wait_s=wait)
+            try:
+                await asyncio.wait_for(runtime.stop.wait(), timeout=wait)
+            except TimeoutError:
+                continue
+    return False
+
+
+def main() -> int:
+    return run_service(Service.UPLOADER, loop, http=True)

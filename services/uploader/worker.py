@@ -1,0 +1,444 @@
+"""The uploader loop: batches from the upload queue to Sentinel, within one shared quota.
+
+Every outcome of DESIGN §4 is handled on the batch the uploader holds, under its locks:
+
+- accepted records: the seen key is written (``commit``, which also clears the claim) and
+  only then is the message completed; rejected records are dead-lettered with Sentinel's
+  message and their claim released;
+- 400 for the whole request: split in halves until the refused record stands alone;
+- 429: every replica pauses (``RateBudget.pause``), and the same batch goes again;
+- 5xx, timeouts, resets, unreadable answers: jittered exponential back-off, same batch;
+- 401/403/404 and refused TLS (after the client's one token refresh): the destination's
+  circuit opens, the batch is held and probed with a growing delay, nothing more is received,
+  so no message burns its delivery count on a problem only an operator can fix.
+
+Waiting never lets a lock run out: every wait is cut into slices of a third of the lock
+duration with a renewal between them. Every request, retries and split halves included, first
+takes a slot of the shared ``RateBudget``. Stopping abandons whatever still waits (the
+messages come straight back for another replica); a request already sent finishes and is
+settled, within the drain timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from services.uploader.batching import (
+    REJECTED_BY_SENTINEL,
+    HeldBatch,
+    Item,
+    Prepared,
+    prepare,
+    receive_batch,
+)
+from shared import logs
+from shared.backoff import Backoff
+from shared.bus import Bus, Delivery
+from shared.errors import (
+    AuthenticationFailed,
+    BatchRejected,
+    DestinationNotFound,
+    MalformedResponse,
+    RateLimited,
+    TlsVerificationFailed,
+    TransientError,
+    UpstreamUnavailable,
+)
+from shared.fingerprint import SeenEntry
+from shared.messages import upload_queue
+from shared.sentinel_client import UploadResult
+from shared.state import CircuitState, DestinationState, RateBudget, StateUnavailable
+from shared.stix import MAX_OBJECTS_PER_REQUEST, StixPolicy
+
+log = logs.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+_CIRCUIT_ERRORS = (AuthenticationFailed, DestinationNotFound, TlsVerificationFailed)
+_RETRIED_ERRORS = (UpstreamUnavailable, MalformedResponse)
+
+
+class Uploads(Protocol):
+    """What the worker needs from ``shared.sentinel_client.SentinelClient``."""
+
+    async def upload(self, objects: Sequence[Mapping[str, Any]]) -> UploadResult: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Uploader:
+    """One uploader replica of one destination, built from injected parts."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        state: DestinationState,
+        budget: RateBudget,
+        client: Uploads,
+        stix_policy: StixPolicy,
+        destination: str,
+        refresh_ratio: float = 0.5,
+        linger_s: float = 1.0,
+        lock_duration_s: float = 60.0,
+        drain_timeout_s: float = 25.0,
+        skip_uploaded: bool = True,
+        batch_size: int = MAX_OBJECTS_PER_REQUEST,
+        receive_wait_s: float = 1.0,
+        retry: Backoff | None = None,
+        probe: Backoff | None = None,
+        clock: Clock = _utcnow,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_OBJECTS_PER_REQUEST:
+            raise ValueError(f"batch_size must be within 1..{MAX_OBJECTS_PER_REQUEST}")
+        self.destination = destination
+        self.queue = upload_queue(destination)
+        self._bus = bus
+        self._state = state
+        self._budget = budget
+        self._client = client
+        self._policy = stix_policy
+        self._refresh_ratio = refresh_ratio
+        self._linger_s = linger_s
+        self._slice_s = lock_duration_s / 3
+        self._drain_timeout_s = drain_timeout_s
+        self._skip_uploaded = skip_uploaded
+        self._batch_size = batch_size
+        self._receive_wait_s = receive_wait_s
+        self._retry = retry or Backoff(base_s=1.0, cap_s=60.0)
+        self._probe = probe or Backoff(base_s=5.0, cap_s=300.0)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not secrecy
+        self._stop = asyncio.Event()
+        self._tally: Counter[str] = Counter()
+        self._probes = 0
+        self._circuit_open = False
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Receive and upload batches until ``stop`` is set; never crashes on a transient
+        failure of the bus, Redis or Sentinel."""
+        self._stop = stop
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not await self._circuit_allows():
+                    continue
+                batch = await receive_batch(
+                    self._bus,
+                    self.queue,
+                    max_messages=self._batch_size,
+                    first_wait_s=self._receive_wait_s,
+                    linger_s=self._linger_s,
+                    stop=stop,
+                )
+                if not batch:
+                    failures = 0
+                    continue
+                if stop.is_set():  # stopped while lingering: give it straight back
+                    held = HeldBatch(self._bus, self.queue, self._state, batch, self._tally, 0.0)
+                    await held.abandon("stopping")
+                    await self._flush()
+                    break
+                await self._drain(asyncio.ensure_future(self.process(batch)))
+                failures = 0
+            except TransientError as exc:
+                failures += 1
+                wait = self._retry.jittered(failures, self._rng)
+                log.warning(
+                    "upload.loop_failed",
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                    wait_s=round(wait, 3),
+                )
+                await self._nap(wait)
+        log.info("upload.stopped")
+
+    async def _drain(self, task: asyncio.Future[None]) -> None:
+        """Wait for a batch; once stop is set, give it at most the drain timeout."""
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=self._drain_timeout_s)
+            if not done:
+                # The batch's locks expire and bring its messages back: nothing is lost.
+                log.warning("upload.drain_timeout", timeout_s=self._drain_timeout_s)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+        await task
+
+    async def _circuit_allows(self) -> bool:
+        """While the circuit is open nothing is received, except one probe batch per growing
+        delay (another replica may have opened it and died; someone must find out when the
+        operator fixed the problem)."""
+        state, reason, _ = await self._state.circuit()
+        if state is CircuitState.CLOSED:
+            self._probes = 0
+            return True
+        self._circuit_open = True
+        self._probes += 1
+        wait = self._probe.ceiling(self._probes)
+        log.info("upload.circuit_wait", reason=reason, wait_s=wait)
+        return await self._nap(wait)
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    async def process(self, batch: Sequence[Delivery]) -> None:
+        """Upload one received batch and settle every message of it (module docstring)."""
+        loop = asyncio.get_running_loop()
+        held = HeldBatch(self._bus, self.queue, self._state, batch, self._tally, loop.time())
+        try:
+            prepared = await prepare(
+                batch,
+                self._state,
+                self._policy,
+                now=self._clock(),
+                refresh_ratio=self._refresh_ratio,
+                skip_uploaded=self._skip_uploaded,
+            )
+            await self._settle_prepared(prepared, held)
+            if prepared.upload:
+                await self._send(prepared.upload, held)
+        except BaseException:
+            await held.abandon("failed")
+            raise
+        finally:
+            await self._flush()
+
+    async def _settle_prepared(self, prepared: Prepared, held: HeldBatch) -> None:
+        for bad in prepared.invalid:
+            await held.dead_letter(bad.delivery, bad.reason, bad.description, bad.claim)
+        if prepared.superseded:
+            self._tally["superseded"] += len(prepared.superseded)
+            await held.complete([item.delivery for item in prepared.superseded])
+        if prepared.already_uploaded:
+            self._tally["already_uploaded"] += len(prepared.already_uploaded)
+            # A duplicate of what is already up: its claim (if it is still ours) is done too.
+            await held.release_claims([item.claim for item in prepared.already_uploaded])
+            await held.complete([item.delivery for item in prepared.already_uploaded])
+
+    async def _send(self, items: list[Item], held: HeldBatch) -> None:
+        """One request for ``items``, repeated until it has an answer every record can be
+        settled by, or the uploader stops (then everything still held is abandoned)."""
+        failures = 0
+        while True:
+            items = [item for item in items if held.holds(item.delivery)]
+            if not items:
+                return
+            waited = await self._acquire(held)
+            if waited is None:
+                await held.abandon("stopping")
+                return
+            now = self._clock()
+            built = [item.build(self._policy, now) for item in items]
+            self._tally["requests"] += 1
+            try:
+                result = await self._client.upload([obj for obj, _ in built])
+            except RateLimited as exc:
+                in_force = await self._budget.pause(exc.retry_after_s)
+                self._tally["throttled"] += 1
+                self._tally["throttle_wait_seconds"] += math.ceil(exc.retry_after_s)
+                self._log_request(items, "throttled", waited, retry_after_s=in_force)
+                continue
+            except _RETRIED_ERRORS as exc:
+                failures += 1
+                wait = self._retry.jittered(failures, self._rng)
+                self._tally["retried"] += 1
+                self._log_request(
+                    items,
+                    type(exc).__name__,
+                    waited,
+                    status=getattr(exc, "status", None),
+                    detail=str(exc),
+                    retry_in_s=round(wait, 3),
+                )
+                if not await self._wait(wait, held):
+                    await held.abandon("stopping")
+                    return
+                continue
+            except BatchRejected as exc:
+                self._log_request(items, "batch_rejected", waited, detail=str(exc))
+                await self._rejected_batch(items, held, str(exc))
+                return
+            except _CIRCUIT_ERRORS as exc:
+                self._log_request(
+                    items,
+                    type(exc).__name__,
+                    waited,
+                    status=getattr(exc, "status", None),
+                    detail=str(exc),
+                )
+                if not await self._hold_open(exc, held):
+                    await held.abandon("stopping")
+                    return
+                continue
+            self._log_request(
+                items, "ok", waited, accepted=len(result.accepted), rejected=len(result.rejected)
+            )
+            await self._settle(items, built, result, held)
+            await self._close_circuit()
+            return
+
+    async def _rejected_batch(self, items: list[Item], held: HeldBatch, message: str) -> None:
+        """A 400 for the whole request: halve it until the refused record stands alone."""
+        if len(items) == 1:
+            self._tally["rejected"] += 1
+            await held.dead_letter(items[0].delivery, REJECTED_BY_SENTINEL, message, items[0].claim)
+            return
+        middle = len(items) // 2
+        self._tally["split"] += 1
+        log.info("upload.batch_split", count=len(items), halves=[middle, len(items) - middle])
+        await self._send(items[:middle], held)
+        await self._send(items[middle:], held)
+
+    async def _settle(
+        self,
+        items: list[Item],
+        built: list[tuple[dict[str, object], datetime]],
+        result: UploadResult,
+        held: HeldBatch,
+    ) -> None:
+        """Seen keys first, then ``complete``: a crash in between costs a redelivery that the
+        seen check completes without uploading again, never a record marked done unsent."""
+        entries = [
+            (items[i].stix_id, SeenEntry(items[i].fingerprint, built[i][1]))
+            for i in result.accepted
+        ]
+        if entries:
+            await self._state.commit(entries, now=self._clock())
+            self._tally["uploaded"] += len(entries)
+            await held.complete([items[i].delivery for i in result.accepted])
+        for error in result.rejected:
+            item = items[error.index]
+            self._tally["rejected"] += 1
+            description = "; ".join(m.strip() for m in error.messages if m.strip()).strip()
+            await held.dead_letter(
+                item.delivery, REJECTED_BY_SENTINEL, description or "no message", item.claim
+            )
+
+    # -- circuit -------------------------------------------------------------------------------
+
+    async def _hold_open(self, exc: Exception, held: HeldBatch) -> bool:
+        """Open the circuit and wait the next probe delay, holding the batch."""
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            changed = await self._state.set_circuit(CircuitState.OPEN, reason)
+        except StateUnavailable as failure:
+            log.warning("upload.circuit_unrecorded", detail=str(failure))
+            changed = False
+        if changed:
+            self._tally["circuit_opened"] += 1
+            log.error("upload.circuit_opened", reason=reason)
+        self._circuit_open = True
+        self._probes += 1
+        return await self._wait(self._probe.ceiling(self._probes), held)
+
+    async def _close_circuit(self) -> None:
+        self._probes = 0
+        if not self._circuit_open:
+            return
+        try:
+            changed = await self._state.set_circuit(CircuitState.CLOSED, "")
+        except StateUnavailable as exc:
+            log.warning("upload.circuit_unrecorded", detail=str(exc))
+            return  # tried again after the next successful request
+        if changed:
+            log.info("upload.circuit_closed")
+        self._circuit_open = False
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def _acquire(self, held: HeldBatch) -> float | None:
+        """Take a slot of the shared budget, waiting (and renewing) as long as it says; the
+        seconds waited, or None when stopped first."""
+        waited = 0.0
+        while True:
+            if self._stop.is_set():
+                return None
+            try:
+                wait = await self._budget.acquire()
+            except StateUnavailable as exc:
+                log.warning("upload.budget_unavailable", detail=str(exc))
+                wait = 1.0
+            if wait <= 0:
+                if asyncio.get_running_loop().time() - held.renewed_at >= self._slice_s:
+                    await self._renew(held)
+                return waited
+            chunk = min(wait, self._slice_s)
+            if not await self._nap(chunk):
+                return None
+            waited += chunk
+            await self._renew(held)
+
+    async def _wait(self, seconds: float, held: HeldBatch) -> bool:
+        """Wait ``seconds`` in slices, renewing the batch's locks; False when stopped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return not self._stop.is_set()
+            if not await self._nap(min(remaining, self._slice_s)):
+                return False
+            await self._renew(held)
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep (the injected sleep) unless stop is set first; False when stopped."""
+        if self._stop.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        return not self._stop.is_set()
+
+    async def _renew(self, held: HeldBatch) -> None:
+        await held.renew(asyncio.get_running_loop().time())
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the counters gathered so far; kept for the next flush if Redis is away."""
+        if not self._tally:
+            return
+        counts = dict(self._tally)
+        self._tally.clear()
+        try:
+            await self._state.count(counts)
+        except StateUnavailable as exc:
+            self._tally.update(counts)
+            log.warning("upload.count_failed", detail=str(exc))
+
+    def _log_request(
+        self, items: list[Item], outcome: str, waited: float, **fields: object
+    ) -> None:
+        fields.setdefault("accepted", 0)
+        fields.setdefault("rejected", 0)
+        log.info(
+            "upload.request",
+            count=len(items),
+            outcome=outcome,
+            waited_s=round(waited, 3),
+            **fields,
+        )

@@ -1,0 +1,174 @@
+"""The whole product on one machine against the simulators: what `make demo` and the
+end-to-end tests both drive.
+
+A ``Pipeline`` owns a private Redis (the embedded bus), the simulators, and the services as
+real child processes started with the settings that point them at the simulators. It can
+answer what the simulated workspace *should* hold, computed from the simulated feed, so the
+demo and the tests check delivery against an expectation rather than against a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from redis.asyncio import Redis
+
+from services.local.redis import LocalRedis
+from services.local.supervisor import Child, ServiceProcesses
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.filters import evaluate
+from shared.fingerprint import fingerprint
+from shared.indicator import Indicator
+from shared.messages import subscription, upload_queue
+from shared.parsing import parse_indicator
+from shared.settings import Service, Settings, load_settings
+from shared.state import DestinationState, FeedState
+from shared.stix import content, stix_id
+from simulators.feed import Feed
+from simulators.harness import Simulators
+
+DESTINATION = "demo"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the workspace must hold: STIX id -> fingerprint of its content."""
+
+    objects: dict[str, str]
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Redis, simulators and service processes; ``settings`` is what every service runs with."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        feed: Feed,
+        env: Mapping[str, str] | None = None,
+        sentinel_requests_per_minute: int = 100,
+        sentinel_window_s: float = 60.0,
+    ) -> None:
+        self.state_dir = state_dir
+        self.feed = feed
+        self.redis_server = LocalRedis(state_dir / "redis")
+        self.sims = Simulators(
+            state_dir / "simulators",
+            feed=feed,
+            sentinel_requests_per_minute=sentinel_requests_per_minute,
+            sentinel_window_s=sentinel_window_s,
+        )
+        self._extra_env = dict(env or {})
+        self.env: dict[str, str] = {}
+        self.processes: ServiceProcesses | None = None
+        self.redis: Redis | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.redis_server.start)
+        await self.sims.start()
+        self.env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "DESTINATION": DESTINATION,
+            "LOG_FORMAT": "json",
+            "MATI_REQUESTS_PER_SECOND": "20",
+            **self.sims.environment(),
+            "REDIS_URL": self.redis_server.url,
+            **self._extra_env,
+        }
+        self.processes = ServiceProcesses(self.env, log_dir=self.state_dir / "logs")
+        self.redis = Redis.from_url(self.redis_server.url)
+
+    async def stop(self) -> None:
+        if self.processes is not None:
+            await self.processes.stop_all(grace_s=30)
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.sims.stop()
+        await asyncio.to_thread(self.redis_server.stop)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env, Service.ALL)
+
+    def _processes(self) -> ServiceProcesses:
+        if self.processes is None:
+            raise RuntimeError("pipeline is not started")
+        return self.processes
+
+    async def start_service(self, name: str, *, label: str | None = None) -> Child:
+        return await self._processes().start(name, label=label)
+
+    async def sync_once(self, *, timeout_s: float = 300) -> int:
+        """``mati2sentinel sync --once`` as its own process; returns its exit code."""
+        child = await self._processes().start("cli", "sync", "--once", label="sync")
+        return await self._processes().wait(child, timeout_s)
+
+    async def queues_empty(self) -> bool:
+        """Nothing waiting or locked on the destination's subscription and upload queue."""
+        if self.redis is None:
+            raise RuntimeError("pipeline is not started")
+        bus = RedisStreamsBus(self.redis, consumer="observer")
+        for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
+            counts = await bus.counts(source)
+            if counts.depth or counts.in_flight:
+                return False
+        return True
+
+    async def wait_drained(self, *, timeout_s: float = 300, settle_s: float = 1.0) -> None:
+        """Poll until both queues stay empty for ``settle_s``; raise ``TimeoutError`` if not."""
+        deadline = time.monotonic() + timeout_s
+        empty_since: float | None = None
+        while time.monotonic() < deadline:
+            if await self.queues_empty():
+                empty_since = empty_since or time.monotonic()
+                if time.monotonic() - empty_since >= settle_s:
+                    return
+            else:
+                empty_since = None
+            await asyncio.sleep(0.2)
+        raise TimeoutError("the pipeline did not drain in time")
+
+    async def counters(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(fetcher counters, destination counters) as ``status`` shows them."""
+        if self.redis is None:
+            raise RuntimeError("pipeline is not started")
+        feed = await FeedState(self.redis).counters()
+        destination = await DestinationState(self.redis, DESTINATION).counters()
+        return feed, destination
+
+    def expected(self, records: Iterable[Mapping[str, object]] | None = None) -> Expected:
+        """The objects the filters accept from ``records`` (default: the whole feed now)."""
+        settings = self.settings
+        policy, stix_policy = settings.filter_policy(), settings.stix_policy()
+        objects: dict[str, str] = {}
+        drops: Counter[str] = Counter()
+        source = records if records is not None else self.feed.records(range(len(self.feed)))
+        for record in source:
+            indicator = parse_indicator(record)
+            if not isinstance(indicator, Indicator):
+                drops[f"rejected_{indicator.reason}"] = (
+                    drops.get(f"rejected_{indicator.reason}", 0) + 1
+                )
+                continue
+            verdict = evaluate(indicator, policy)
+            if not isinstance(verdict, tuple):
+                drops[f"dropped_{verdict}"] += 1
+                continue
+            for observable in verdict:
+                key = stix_id(indicator.id, observable.hash_type)
+                objects[key] = fingerprint(content(observable, stix_policy))
+        return Expected(objects, dict(drops))
