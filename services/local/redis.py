@@ -44,7 +44,8 @@ class LocalRedis:
     """Start, stop, kill and restart one redis-server; ``url`` is its ``redis://`` URL."""
 
     def __init__(self, directory: Path, *, port: int | None = None) -> None:
-        self.directory = directory
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        self.directory = directory.resolve()
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
