@@ -1,0 +1,106 @@
+"""``status`` and ``dlq``: what an operator sees, read back from real Redis state and queues."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from redis.asyncio import Redis
+
+from services.local.redis import LocalRedis
+from services.runtime import Runtime
+from services.status import collect, render
+from shared.bus import Message
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.messages import INDICATORS, raw_message, subscription, upload_queue
+from shared.settings import Service, load_settings
+from shared.state import CircuitState, DestinationState, FeedState
+
+
+def runtime_for(redis: Redis, url: str) -> Runtime:
+    settings = load_settings({"REDIS_URL": url, "DESTINATION": "soc"}, Service.ADMIN)
+    bus = RedisStreamsBus(redis, consumer="status-test")
+    return Runtime(settings, Service.ADMIN, "status-test", redis, bus, asyncio.Event())
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": url, "DESTINATION": "soc"}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_status_shows_checkpoint_queues_counters_and_circuit(
+    redis_client: Redis, redis_server: LocalRedis
+) -> None:
+    rt = runtime_for(redis_client, redis_server.url)
+    now = datetime.now(UTC)
+    await FeedState(redis_client).advance(now - timedelta(minutes=10), "run-1")
+    await FeedState(redis_client).record_run({"run_id": "run-1", "outcome": "completed"})
+    await FeedState(redis_client).count({"fetched": 7})
+    state = DestinationState(redis_client, "soc")
+    await state.count({"dropped_low_confidence": 3, "uploaded": 4})
+    await state.set_circuit(CircuitState.OPEN, "AuthenticationFailed")
+    await rt.bus.ensure(upload_queue("soc"))
+    await rt.bus.publish(upload_queue("soc"), [Message(b"{}", "m1"), Message(b"{}", "m2")])
+    (held,) = await rt.bus.receive(upload_queue("soc"), max_messages=1, max_wait_s=1)
+    await rt.bus.dead_letter(upload_queue("soc"), held, reason="rejected_by_sentinel",
+                             description="Error for Property=pattern")  # fmt: skip
+
+    status = await collect(rt, now=now)
+    assert status.checkpoint_age_s is not None
+    assert 590 <= status.checkpoint_age_s <= 610
+    assert status.last_run == {"run_id": "run-1", "outcome": "completed"}
+    queue = next(e for e in status.entities if e.entity == "upload.soc")
+    assert (queue.depth, queue.in_flight, queue.dead_letter) == (1, 0, 1)
+    assert status.counters == {"dropped_low_confidence": 3, "uploaded": 4}
+    assert status.feed_counters == {"fetched": 7}
+    assert (status.circuit, status.circuit_reason) == ("open", "AuthenticationFailed")
+    text = render(status)
+    assert "circuit      open (AuthenticationFailed)" in text
+    assert "upload.soc" in text
+    assert "(age 10m)" in text
+
+    done = await asyncio.to_thread(cli, redis_server.url, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = orjson.loads(done.stdout)
+    assert shown["counters"] == {"dropped_low_confidence": 3, "uploaded": 4}
+    assert shown["circuit"] == "open"
+
+
+async def test_dlq_lists_and_replays_with_the_reason(
+    redis_client: Redis, redis_server: LocalRedis
+) -> None:
+    rt = runtime_for(redis_client, redis_server.url)
+    source = subscription("soc")
+    await rt.bus.ensure(source)
+    record = {"id": "ipv4--1", "type": "ipv4"}
+    await rt.bus.publish(INDICATORS, [raw_message(record, run_id="r")])
+    (held,) = await rt.bus.receive(source, max_messages=1, max_wait_s=1)
+    await rt.bus.dead_letter(source, held, reason="invalid_record",
+                             description="missing_field: value")  # fmt: skip
+
+    listed = await asyncio.to_thread(
+        cli, redis_server.url, "dlq", "list", "--queue", "indicators", "--json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    (letter,) = orjson.loads(listed.stdout)
+    assert (letter["indicator_id"], letter["reason"]) == ("ipv4--1", "invalid_record")
+    assert letter["description"] == "missing_field: value"
+
+    replayed = await asyncio.to_thread(
+        cli, redis_server.url, "dlq", "replay", "--queue", "indicators"
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 message(s)" in replayed.stdout
+    counts = await rt.bus.counts(source)
+    assert (counts.depth, counts.dead_letter) == (1, 0)
