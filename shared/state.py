@@ -73,8 +73,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -83,18 +83,10 @@ from typing import Any, Final, TypeAlias
 import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import (
-    ClusterDownError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
 
 from shared.errors import FatalError, TransientError
 from shared.fingerprint import SeenEntry
+from shared.redis_errors import translated
 
 logger = logging.getLogger(__name__)
 
@@ -108,21 +100,6 @@ FETCHER_TAG: Final = "fetcher"
 _DESTINATION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
-#: Error replies that mean "this server cannot serve right now", not "this can never work":
-#: redis-py's classes for them, and their codes for when a script relays them as plain errors.
-_TRANSIENT_RESPONSES: Final = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
-_TRANSIENT_REPLIES: Final = (
-    "LOADING",
-    "BUSY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "MASTERDOWN",
-    "READONLY",
-    "NOREPLICAS",
-    "MISCONF",
-    "OOM",
-)
-_MAX_MESSAGE_CHARS: Final = 200
 
 
 class StateUnavailable(TransientError):
@@ -664,23 +641,8 @@ def _fetcher_key(name: str) -> str:
     return f"{PREFIX}:{{{FETCHER_TAG}}}:feed:{name}"
 
 
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """Turn redis-py's exceptions into the pipeline's error tree (DESIGN §10)."""
-    try:
-        yield
-    except ResponseError as exc:
-        message = _message(operation, exc)
-        if isinstance(exc, _TRANSIENT_RESPONSES) or str(exc).startswith(_TRANSIENT_REPLIES):
-            raise StateUnavailable(message) from exc
-        raise StateRefused(message) from exc
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise StateUnavailable(_message(operation, exc)) from exc
-
-
-def _message(operation: str, exc: BaseException) -> str:
-    detail = str(exc)[:_MAX_MESSAGE_CHARS]
-    return f"redis {operation} failed: {type(exc).__name__}: {detail}"
+def _translated(operation: str) -> AbstractContextManager[None]:
+    return translated("redis", operation, unavailable=StateUnavailable, refused=StateRefused)
 
 
 async def _run(

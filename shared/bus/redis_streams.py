@@ -86,7 +86,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
@@ -95,7 +95,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from shared.bus.base import (
     MAX_DELIVERY_REASON,
@@ -112,6 +112,7 @@ from shared.bus.base import (
     Target,
 )
 from shared.errors import FatalError
+from shared.redis_errors import translated
 
 logger = logging.getLogger(__name__)
 
@@ -131,20 +132,6 @@ MIN_BLOCK_S: Final = 0.05
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,259}")
 _PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-#: Error replies that mean "this server cannot serve right now", not "this can never work".
-_TRANSIENT_REPLIES: Final = (
-    "LOADING",
-    "BUSY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "MASTERDOWN",
-    "READONLY",
-    "NOREPLICAS",
-    "MISCONF",
-    "OOM",
-)
-_MAX_MESSAGE_CHARS: Final = 200
-_URL_CREDENTIALS: Final = re.compile(r"(rediss?|unix)://[^@/\s]*@", re.IGNORECASE)
 
 
 class BusRefused(FatalError):
@@ -804,21 +791,5 @@ def _stream_entries(reply: Any) -> Iterator[tuple[Any, Mapping[Any, Any] | None]
                 )
 
 
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """Turn redis-py's exceptions into the pipeline's error tree (DESIGN §10). Messages keep
-    redis-py's text (host and port, never a password) with any URL credentials cut out."""
-    try:
-        yield
-    except ResponseError as exc:
-        message = _message(operation, exc)
-        if str(exc).startswith(_TRANSIENT_REPLIES):
-            raise BusUnavailable(message) from exc
-        raise BusRefused(message) from exc
-    except (RedisError, OSError) as exc:
-        raise BusUnavailable(_message(operation, exc)) from exc
-
-
-def _message(operation: str, exc: BaseException) -> str:
-    detail = _URL_CREDENTIALS.sub(r"\1://***@", str(exc))[:_MAX_MESSAGE_CHARS]
-    return f"redis bus {operation} failed: {type(exc).__name__}: {detail}"
+def _translated(operation: str) -> AbstractContextManager[None]:
+    return translated("redis bus", operation, unavailable=BusUnavailable, refused=BusRefused)
