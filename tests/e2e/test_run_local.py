@@ -1,0 +1,56 @@
+"""``make run``'s command: a private Redis and the three services under one supervisor.
+
+Pointed at the simulators instead of the real APIs, it must sync at start, deliver the accepted
+set, and on SIGTERM stop every service cleanly and its Redis with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulators.feed import Feed
+from simulators.pipeline import Pipeline
+
+
+def port_open(url: str) -> bool:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+@pytest.mark.timeout(90)
+async def test_run_local_syncs_at_start_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    async with Pipeline(tmp_path / "pipeline", feed=Feed(seed=3, count=800, days=29)) as p:
+        env = {k: v for k, v in p.env.items() if k != "REDIS_URL"}
+        state_dir = tmp_path / "local"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "run-local", "--state-dir", str(state_dir),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        assert first.startswith("redis: redis://127.0.0.1:")
+        redis_url = first.split()[1]
+        output = asyncio.ensure_future(process.stdout.read())
+
+        expected = set(p.expected().objects)
+        deadline = time.monotonic() + 60
+        while set(p.sims.sentinel.store) != expected:
+            assert time.monotonic() < deadline, "run-local did not deliver the accepted set"
+            assert process.returncode is None, (await output).decode()[-2000:]
+            await asyncio.sleep(0.2)
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0, (await output).decode()[-2000:]
+        logs = (await output).decode()
+        assert logs.count('"event":"service.stopped"') == 3
+        assert not port_open(redis_url)
+        assert (state_dir / "redis" / "appendonlydir").is_dir()
