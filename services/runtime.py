@@ -18,7 +18,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from redis.asyncio import Redis
@@ -27,6 +27,7 @@ from shared import logs
 from shared.bus import Bus
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.errors import ConfigError
+from shared.health import Health, HealthServer
 from shared.http import open_session
 from shared.secrets import Secret
 from shared.settings import Service, Settings, load_settings, url_password
@@ -46,6 +47,7 @@ class Runtime:
     bus: Bus
     stop: asyncio.Event
     http: aiohttp.ClientSession | None = None
+    health: Health = field(default_factory=Health)
 
 
 def load(service: Service) -> Settings:
@@ -108,6 +110,13 @@ async def open_runtime(
         if http:
             session = open_session(client_context(settings.ssl_cert_file))
             stack.push_async_callback(session.close)
+        health = Health()
+
+        async def redis_answers() -> None:
+            await redis.ping()
+
+        health.add_check("redis", redis_answers)
+        health.add_check("bus", bus.ping)
         yield Runtime(
             settings=settings,
             service=service,
@@ -115,6 +124,7 @@ async def open_runtime(
             redis=redis,
             bus=bus,
             stop=asyncio.Event(),
+            health=health,
             http=session,
         )
 
@@ -122,8 +132,24 @@ async def open_runtime(
 Loop = Callable[[Runtime], Awaitable[None]]
 
 
+#: How often the event loop proves it is alive; /livez fails after HEARTBEAT_STALE_S without.
+HEARTBEAT_S = 5.0
+
+
+async def _heartbeat(health: Health) -> None:
+    """Beats while the event loop runs. A loop blocked by a hung call stops beating, and the
+    kubelet restarts the pod; a service waiting hours for its next sync still beats."""
+    while True:
+        health.beat()
+        await asyncio.sleep(HEARTBEAT_S)
+
+
 async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool) -> int:
-    async with open_runtime(settings, service, http=http) as runtime:
+    async with (
+        open_runtime(settings, service, http=http) as runtime,
+        HealthServer(runtime.health, port=settings.health_port) as probes,
+    ):
+        beating = asyncio.create_task(_heartbeat(runtime.health))
         task = asyncio.current_task()
         signals = asyncio.get_running_loop()
 
@@ -136,7 +162,12 @@ async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool
         for signum in (signal.SIGTERM, signal.SIGINT):
             signals.add_signal_handler(signum, on_signal)
         with logs.bind(service=service.value, destination=settings.destination):
-            log.info("service.started", consumer=runtime.consumer, bus=settings.bus)
+            log.info(
+                "service.started",
+                consumer=runtime.consumer,
+                bus=settings.bus,
+                health_port=probes.port,
+            )
             try:
                 await loop(runtime)
             except asyncio.CancelledError:
@@ -145,6 +176,8 @@ async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool
             except Exception:
                 log.exception("service.crashed")
                 return 1
+            finally:
+                beating.cancel()
             log.info("service.stopped")
             return 0
 

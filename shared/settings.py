@@ -115,6 +115,7 @@ class Settings:
     filter_batch_size: int = 500
     upload_linger_seconds: float = 1.0
     drain_timeout_seconds: float = 25.0
+    health_port: int = 8080
     #: Lines to print once at start-up (removed settings that are still set).
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -423,6 +424,11 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     r.read("FILTER_BATCH_SIZE", _int_range(1, 5000), "a whole number from 1 to 5000")
     r.read("UPLOAD_LINGER_SECONDS", _float_range(0.0, 60.0), "seconds, 0 to 60")
     r.read("DRAIN_TIMEOUT_SECONDS", _float_range(1.0, 600.0), "seconds, 1 to 600")
+    r.read(
+        "HEALTH_PORT",
+        _int_range(0, 65535),
+        "a TCP port for /livez, /readyz and /metrics (0: any free port, logged at start)",
+    )
 
     values = r.values
     if "sentinel_base_url" not in values and "sentinel_api" in values:

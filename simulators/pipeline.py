@@ -78,6 +78,7 @@ class Pipeline:
             "DESTINATION": DESTINATION,
             "LOG_FORMAT": "json",
             "MATI_REQUESTS_PER_SECOND": "20",
+            "HEALTH_PORT": "0",
             **self.sims.environment(),
             "REDIS_URL": self.redis_server.url,
             **self._extra_env,

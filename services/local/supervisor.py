@@ -109,6 +109,8 @@ async def run_local(env: Mapping[str, str], state_dir: Path) -> int:
         await asyncio.to_thread(redis.start)
         environment["REDIS_URL"] = redis.url
         print(f"redis: {redis.url} (AOF in {state_dir / 'redis'})", flush=True)
+    # Three services on one host cannot share one probe port; they log the port they got.
+    environment.setdefault("HEALTH_PORT", "0")
     processes = ServiceProcesses(environment)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

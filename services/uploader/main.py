@@ -14,9 +14,10 @@ from shared import logs
 from shared.backoff import Backoff
 from shared.bus import BusUnavailable
 from shared.credentials import TokenProvider, credential_factory
+from shared.health import NotReady
 from shared.sentinel_client import SentinelClient
 from shared.settings import Service
-from shared.state import DestinationState, RateBudget
+from shared.state import CircuitState, DestinationState, RateBudget
 
 log = logs.get_logger(__name__)
 
@@ -46,9 +47,17 @@ async def loop(runtime: Runtime) -> None:
             source_system=settings.sentinel_source_system,
         )
         destination = settings.destination
+        state = DestinationState(runtime.redis, destination)
+
+        async def circuit_closed() -> None:
+            circuit, reason, _ = await state.circuit()
+            if circuit is not CircuitState.CLOSED:
+                raise NotReady(f"circuit {circuit.value}: {reason}")
+
+        runtime.health.add_check("circuit", circuit_closed)
         uploader = Uploader(
             bus=runtime.bus,
-            state=DestinationState(runtime.redis, destination),
+            state=state,
             budget=RateBudget(
                 runtime.redis,
                 destination,
