@@ -163,6 +163,7 @@ def test_secrets_are_wrapped() -> None:
         ("FILTER_BATCH_SIZE", "5001", "1 to 5000"),
         ("UPLOAD_LINGER_SECONDS", "-1", "0 to 60"),
         ("DRAIN_TIMEOUT_SECONDS", "0", "1 to 600"),
+        ("HEALTH_PORT", "65536", "TCP port"),
     ],
 )
 def test_each_invalid_value_gives_one_clear_line(name: str, value: str, allowed: str) -> None:
