@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv redis lint typecheck unit test fmt simulate check-config run demo clean
+.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
@@ -37,7 +37,11 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck redis
+# Helm chart and image checks: pinned helm, kubernetes-validate, KEDA schema, hadolint (.tools/).
+chart: venv
+	scripts/check-chart.sh
+
+test: lint typecheck redis chart
 	$(BIN)/pytest -q
 
 fmt: venv
