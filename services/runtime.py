@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from shared import logs
 from shared.bus import Bus
 from shared.bus.redis_streams import RedisStreamsBus
+from shared.bus.servicebus import ServiceBusBus
 from shared.errors import ConfigError
 from shared.health import Health, HealthServer
 from shared.http import open_session
@@ -73,6 +74,7 @@ def configure_logs(settings: Settings) -> None:
             settings.mati_api_key,
             settings.mati_api_secret,
             settings.azure_client_secret,
+            settings.servicebus_connection_string,
             Secret(redis_password) if redis_password else None,
         ],
     )
@@ -91,7 +93,20 @@ def open_bus(settings: Settings, redis: Redis, consumer: str) -> Bus:
             lock_duration_s=settings.bus_lock_duration_seconds,
             max_delivery_count=settings.bus_max_delivery_count,
         )
-    raise ConfigError([f"BUS={settings.bus!r} is not available in this build: use BUS=redis"])
+    if settings.bus == "servicebus":
+        # Lock duration and maximum delivery count are entity properties on Service Bus
+        # (docs/servicebus.md): BUS_LOCK_DURATION_SECONDS and BUS_MAX_DELIVERY_COUNT must match
+        # what the entities were created with.
+        if settings.servicebus_connection_string:
+            return ServiceBusBus.from_connection_string(
+                settings.servicebus_connection_string.reveal(), consumer=consumer
+            )
+        if settings.servicebus_namespace:
+            return ServiceBusBus.from_namespace(settings.servicebus_namespace, consumer=consumer)
+        raise ConfigError(
+            ["BUS=servicebus needs SERVICEBUS_NAMESPACE or SERVICEBUS_CONNECTION_STRING"]
+        )
+    raise ConfigError([f"BUS={settings.bus!r} is not available: use redis or servicebus"])
 
 
 @asynccontextmanager

@@ -106,6 +106,9 @@ class Settings:
     # Running
     redis_url: str = "redis://127.0.0.1:6379/0"
     bus: str = "redis"
+    #: BUS=servicebus: the namespace's host name (workload identity), or a SAS connection string.
+    servicebus_namespace: str | None = None
+    servicebus_connection_string: Secret | None = None
     destination: str = "default"
     log_format: str = "auto"
     log_level: str = "INFO"
@@ -299,6 +302,13 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _servicebus_namespace(text: str) -> str:
+    host = text.removeprefix("sb://").rstrip("/")
+    if not _DNS_NAME.match(host):
+        raise ValueError(text)
+    return host
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -332,6 +342,7 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     r.secret("MATI_API_KEY")
     r.secret("MATI_API_SECRET")
     r.secret("AZURE_CLIENT_SECRET")
+    r.secret("SERVICEBUS_CONNECTION_STRING")
     r.read("MATI_BASE_URL", _https_url, "an https:// URL")
     r.read(
         "MATI_REQUESTS_PER_SECOND",
@@ -408,6 +419,11 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     r.read("REDIS_URL", _redis_url, "a redis://, rediss:// or unix:// URL")
     r.read("BUS", _choice("redis", "servicebus"), "redis or servicebus")
     r.read(
+        "SERVICEBUS_NAMESPACE",
+        _servicebus_namespace,
+        "the namespace's fully qualified host name, e.g. contoso.servicebus.windows.net",
+    )
+    r.read(
         "DESTINATION",
         _pattern(_DESTINATION),
         "lower-case letters, digits and '-', at most 40, starting with a letter or digit",
@@ -433,13 +449,32 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     values = r.values
     if "sentinel_base_url" not in values and "sentinel_api" in values:
         values["sentinel_base_url"] = SENTINEL_DEFAULT_HOSTS[values["sentinel_api"]]
-    problems = r.problems + _missing(values, r.invalid, service)
+    problems = r.problems + _missing(values, r.invalid, service) + _bus_problems(values, r.invalid)
     if problems:
         raise ConfigError(problems)
     warnings = tuple(
         f"{name} is {why}" for name, why in REMOVED_SETTINGS.items() if r.raw(name) is not None
     )
     return Settings(**values, warnings=warnings)
+
+
+def _bus_problems(values: Mapping[str, Any], invalid: set[str]) -> list[str]:
+    """BUS=servicebus needs exactly one way to reach the namespace."""
+    if values.get("bus") != "servicebus" or "SERVICEBUS_NAMESPACE" in invalid:
+        return []
+    namespace = "servicebus_namespace" in values
+    connection_string = "servicebus_connection_string" in values
+    if namespace and connection_string:
+        return [
+            "SERVICEBUS_NAMESPACE and SERVICEBUS_CONNECTION_STRING are both set: set one "
+            "(the namespace for workload identity, or a connection string)"
+        ]
+    if not namespace and not connection_string:
+        return [
+            "BUS=servicebus needs SERVICEBUS_NAMESPACE (workload identity) or "
+            "SERVICEBUS_CONNECTION_STRING"
+        ]
+    return []
 
 
 def _missing(values: Mapping[str, Any], invalid: set[str], service: Service) -> list[str]:

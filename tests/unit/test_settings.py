@@ -327,3 +327,43 @@ def test_redis_password_is_masked_in_check_config_and_errors() -> None:
     assert bad.returncode == 2
     assert REDIS_PASSWORD not in bad.stderr
     assert f"REDIS_URL='http://:{MASK}@x' is not valid" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# BUS=servicebus
+
+
+def test_servicebus_by_namespace_or_connection_string() -> None:
+    s = load(BUS="servicebus", SERVICEBUS_NAMESPACE="sb://contoso.servicebus.windows.net/")
+    assert s.servicebus_namespace == "contoso.servicebus.windows.net"
+    assert s.servicebus_connection_string is None
+    conn = (
+        "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=abc="
+    )
+    s = load(BUS="servicebus", SERVICEBUS_CONNECTION_STRING=conn)
+    assert isinstance(s.servicebus_connection_string, Secret)
+    assert "abc=" not in repr(s)
+    assert "abc=" not in str(s.effective())
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, "BUS=servicebus needs SERVICEBUS_NAMESPACE"),
+        (
+            {
+                "SERVICEBUS_NAMESPACE": "a.servicebus.windows.net",
+                "SERVICEBUS_CONNECTION_STRING": "x",
+            },
+            "are both set",
+        ),
+        ({"SERVICEBUS_NAMESPACE": "not a host"}, "SERVICEBUS_NAMESPACE='not a host' is not valid"),
+    ],
+)
+def test_servicebus_settings_problems(extra: dict[str, str], expected: str) -> None:
+    [problem] = problems_of({**VALID, "BUS": "servicebus", **extra})
+    assert expected in problem
+
+
+def test_servicebus_settings_are_ignored_with_redis() -> None:
+    assert load(SERVICEBUS_NAMESPACE="a.servicebus.windows.net").bus == "redis"
