@@ -510,7 +510,10 @@ async def test_pages_with_broken_records_are_published_whole(
 async def test_a_checkpoint_older_than_mati_serves_is_clamped_not_rejected(
     server_ssl: Any, client_ssl: Any, redis_client: Redis
 ) -> None:
-    async with world(server_ssl, client_ssl, redis_client) as w:
+    # The simulator's 90-day guard must run on the fetcher's clock: the module's T0 was taken
+    # at import, minutes before this test may run in a full suite.
+    fetcher_now = (T0 + timedelta(minutes=1)).timestamp()
+    async with world(server_ssl, client_ssl, redis_client, sim_clock=lambda: fetcher_now) as w:
         await w.state.advance(w.clock.now - timedelta(days=120), "an-old-run")
         summary = await w.sync()
 
