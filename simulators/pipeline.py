@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from services.local.redis import LocalRedis
 from services.local.supervisor import Child, ServiceProcesses
+from shared.bus import Bus
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.filters import evaluate
 from shared.fingerprint import fingerprint
@@ -69,6 +70,7 @@ class Pipeline:
         self.env: dict[str, str] = {}
         self.processes: ServiceProcesses | None = None
         self.redis: Redis | None = None
+        self._observer: Bus | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.redis_server.start)
@@ -85,10 +87,23 @@ class Pipeline:
         }
         self.processes = ServiceProcesses(self.env, log_dir=self.state_dir / "logs")
         self.redis = Redis.from_url(self.redis_server.url)
+        self._observer = self._observer_bus(self.redis)
+
+    def _observer_bus(self, redis: Redis) -> Bus:
+        """A bus client of our own, to watch the queues the services work on."""
+        if self.env.get("BUS") == "servicebus":
+            from shared.bus.servicebus import ServiceBusBus
+
+            return ServiceBusBus.from_connection_string(
+                self.env["SERVICEBUS_CONNECTION_STRING"], consumer="observer"
+            )
+        return RedisStreamsBus(redis, consumer="observer")
 
     async def stop(self) -> None:
         if self.processes is not None:
             await self.processes.stop_all(grace_s=30)
+        if self._observer is not None:
+            await self._observer.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.sims.stop()
@@ -120,11 +135,10 @@ class Pipeline:
 
     async def queues_empty(self) -> bool:
         """Nothing waiting or locked on the destination's subscription and upload queue."""
-        if self.redis is None:
+        if self._observer is None:
             raise RuntimeError("pipeline is not started")
-        bus = RedisStreamsBus(self.redis, consumer="observer")
         for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
-            counts = await bus.counts(source)
+            counts = await self._observer.counts(source)
             if counts.depth or counts.in_flight:
                 return False
         return True
