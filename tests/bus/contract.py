@@ -153,6 +153,8 @@ class BusContract:
 
     #: A lock short enough to watch expire in a test.
     SHORT_LOCK_S: ClassVar[float] = 0.5
+    #: The lock of the test where another receiver takes an expired message over.
+    TAKEOVER_LOCK_S: ClassVar[float] = SHORT_LOCK_S
     #: A duplicate-detection window short enough to outlive in a test.
     SHORT_WINDOW_S: ClassVar[float] = 0.3
     #: The most one bus call may take before the test fails.
@@ -384,14 +386,14 @@ class BusContract:
     async def test_complete_settles_the_rest_and_names_only_lost_messages(
         self, make_bus: MakeBus, name: str
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.SHORT_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.SHORT_LOCK_S)
+        a = await make_bus("a", lock_duration_s=self.TAKEOVER_LOCK_S)
+        b = await make_bus("b", lock_duration_s=self.TAKEOVER_LOCK_S)
         queue = Queue(name)
         await a.ensure(queue)
         await a.publish(queue, [message(1)])
         [stale] = await a.receive(queue, max_wait_s=2.0)
         await a.publish(queue, [message(2)])
-        await asyncio.sleep(self.SHORT_LOCK_S * 1.5)  # m1's lock has run out
+        await asyncio.sleep(self.TAKEOVER_LOCK_S * 1.5)  # m1's lock has run out
         [taken] = await b.receive(queue, max_messages=1, max_wait_s=2.0)
         assert taken.message_id == "m1"  # expired locks are taken over before new messages
         [fresh] = await a.receive(queue, max_wait_s=2.0)
