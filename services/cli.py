@@ -108,6 +108,67 @@ def dlq(args: argparse.Namespace) -> int:
     return _admin(work)
 
 
+def explain(args: argparse.Namespace) -> int:
+    """Needs MATI's credentials (it asks MATI for the indicator as it is now), so it loads the
+    fetcher's settings; otherwise it reads state and queues like ``status``."""
+    from datetime import UTC, datetime
+
+    from services import explain as explain_
+    from shared.errors import FatalError, PermanentError, TransientError
+    from shared.mati_client import MatiClient
+    from shared.state import DestinationState, FeedState
+
+    try:
+        query = explain_.read_query(args.indicator)
+        if args.scan < 1:
+            raise ValueError(f"--scan must be at least 1, got {args.scan}")
+    except ValueError as exc:
+        print(f"mati2sentinel explain: {exc}", file=sys.stderr)
+        return 2
+    settings = runtime.load(Service.FETCHER)
+
+    async def go() -> int:
+        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
+            if rt.http is None or not settings.mati_api_key or not settings.mati_api_secret:
+                raise RuntimeError("explain needs an HTTP session and MATI credentials")
+            mati = MatiClient(
+                rt.http,
+                base_url=settings.mati_base_url,
+                api_key=settings.mati_api_key,
+                api_secret=settings.mati_api_secret,
+                requests_per_second=settings.mati_requests_per_second,
+                max_wait_s=30.0,
+            )
+            facts = await explain_.gather(
+                query,
+                settings=settings,
+                bus=rt.bus,
+                state=DestinationState(rt.redis, settings.destination),
+                feed=FeedState(rt.redis),
+                mati=mati,
+                now=datetime.now(UTC),
+                scan_limit=args.scan,
+            )
+        answer = explain_.judge(
+            query,
+            facts,
+            settings.filter_policy(),
+            settings.stix_policy(),
+            settings.validity_refresh_ratio,
+        )
+        if args.json:
+            sys.stdout.buffer.write(answer.to_json() + b"\n")
+        else:
+            print(explain_.render(answer))
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except (TransientError, PermanentError, FatalError) as exc:
+        print(f"mati2sentinel explain: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mati2sentinel",
@@ -141,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, help="at most this many")
     dead.add_argument("--json", action="store_true", help="machine-readable output (list)")
     dead.set_defaults(handler=dlq)
+
+    why = commands.add_parser(
+        "explain",
+        help="where one indicator is: dropped, queued, in flight, uploaded or rejected, and why",
+    )
+    why.add_argument("indicator", help="a MATI id (ipv4--<uuid>) or a value (ip, domain, url, md5)")
+    why.add_argument("--json", action="store_true", help="machine-readable output")
+    why.add_argument(
+        "--scan",
+        type=int,
+        default=1000,
+        help="read at most this many messages of each queue and dead-letter queue",
+    )
+    why.set_defaults(handler=explain)
 
     local = commands.add_parser(
         "run-local",

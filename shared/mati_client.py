@@ -43,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -302,6 +303,69 @@ class MatiClient:
                 size_bytes=len(answer.body),
             )
         raise self._failure(answer, token, follow_up=follow_up)
+
+    # ---- one indicator ------------------------------------------------------------------
+
+    async def lookup(
+        self,
+        *,
+        indicator_id: str | None = None,
+        indicator_type: str | None = None,
+        value: str | None = None,
+    ) -> dict[str, Any] | None:
+        """One indicator as MATI holds it now, by id (``GET /v4/indicator/{id}``) or by type
+        and value (``GET /v4/indicator/{type}/{value}``), spec §4; ``None`` when MATI does not
+        know it (404, or the 204 its look-ups use for "no match").
+
+        For an operator's question, not for paging: the same token, pacing, retries and
+        error tree as ``pages``, and the ``include_*`` flags the fetcher asks for, so the
+        record looks as the pipeline sees it.
+        """
+        if (indicator_id is None) == (value is None) or (value is None) != (indicator_type is None):
+            raise ValueError("give indicator_id, or indicator_type and value")
+        if indicator_id is not None:
+            path = quote(indicator_id, safe="")
+        else:
+            path = f"{quote(str(indicator_type), safe='')}/{quote(str(value), safe='')}"
+        url = f"{self._base}/v4/indicator/{path}"
+        params = IndicatorQuery(0, 0).include_params()
+
+        async def attempt() -> dict[str, Any] | None:
+            reauthed = False  # one re-authentication per run of refusals, as in ``_page``
+            while True:
+                token = await self._bearer()
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                    "X-App-Name": self._app_name,
+                }
+                answer = await self._exchange("GET", url, params=params, headers=headers)
+                if answer.status in _AUTH_STATUSES:
+                    if reauthed:
+                        raise AuthenticationFailed(
+                            f"MATI refused a fresh token (HTTP {answer.status}): "
+                            f"{self._message(answer, token)}",
+                            status=answer.status,
+                        )
+                    reauthed = True
+                    self._forget(token)
+                    continue
+                if (
+                    answer.status == 404
+                    or answer.status == 204
+                    or (answer.status == 200 and not answer.body.strip())
+                ):
+                    return None
+                if answer.status != 200:
+                    raise self._failure(answer, token, follow_up=False)
+                data = self._decode(answer)
+                if not isinstance(data, dict):
+                    raise MalformedResponse(
+                        f"MATI answered a JSON {type(data).__name__}, not an indicator object"
+                    )
+                return data
+
+        return await self._with_retries("GET /v4/indicator/{…}", attempt)
 
     # ---- token --------------------------------------------------------------------------
 

@@ -17,10 +17,18 @@ What it reproduces, and why each matters to a client:
 * Default order (no ``sort_by``) is newest first, as one connector reports (§3.3): a client
   must ask for ``last_updated:asc`` explicitly.
 
+* ``GET /v4/indicator/{id}`` and ``GET /v4/indicator/{type}/{value}`` (§4): one indicator,
+  no envelope, shaped by the same ``include_*`` flags, as the feed holds it now. An unknown
+  id or value answers 404 ``{"error": "not_found", "error_description": …}``: the real error
+  body is undocumented (§8), so this one follows the shape of the simulator's other errors.
+  Values match after the parser's normalisation (ipv4 and fqdn stripped, fqdn and md5
+  lower-cased, urls as they are).
+
 Faults: the generic ones (429, 5xx, timeout, reset, malformed JSON) come from the shared
 middleware; this module takes ``EXPIRED_TOKEN`` (answer as if the token had expired, and really
 revoke it) and ``PARTIAL_ERRORS`` (corrupt the records at ``record_indexes`` of the next page) on
-the route ``"indicator"``.
+the route ``"indicator"``; the look-ups are the routes ``"indicator_by_id"`` and
+``"indicator_by_value"`` (generic faults and ``EXPIRED_TOKEN``).
 
 It never imports the product (``shared/``): its parser must not share the product's bugs.
 """
@@ -191,6 +199,10 @@ class MatiSimulator(SimServer):
         self._revoked: set[str] = set()
         self._current: str | None = None
         self._cursors: dict[str, _Cursor] = {}
+        #: (type, normalised value) -> feed index, built lazily for value look-ups; values
+        #: never change with a mutation, so the map only grows with the feed.
+        self._by_value: dict[tuple[str, str], int] = {}
+        self._values_indexed = 0
         super().__init__(ssl_context, host=host, port=port)
         # A page cut off inside its first record (the generic answers are otherwise APIM-style).
         self.app[FAULT_ANSWERS] = FaultAnswers(b'{"indicators": [{"id": "indicator--trunc')
@@ -199,6 +211,12 @@ class MatiSimulator(SimServer):
         router.add_post("/token", self._token, name="token")
         router.add_get("/v4/indicator", self._indicator, name="indicator")
         router.add_get("/v4/entitlements", self._entitlements, name="entitlements")
+        router.add_get(
+            "/v4/indicator/{type:ipv4|fqdn|url|md5}/{value:.+}",
+            self._indicator_by_value,
+            name="indicator_by_value",
+        )
+        router.add_get("/v4/indicator/{id}", self._indicator_by_id, name="indicator_by_id")
 
     # ------------------------------------------------------------------ helpers for tests
 
@@ -305,6 +323,50 @@ class MatiSimulator(SimServer):
         if self.page_latency_s > 0:
             await asyncio.sleep(self.page_latency_s)
         return self._page(scroll, include, state)
+
+    async def _indicator_by_id(self, request: web.Request) -> web.Response:
+        denied = self._lookup_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            index: int | None = self.feed.index_of(request.match_info["id"])
+        except KeyError:
+            index = None
+        return self._one(request, index)
+
+    async def _indicator_by_value(self, request: web.Request) -> web.Response:
+        denied = self._lookup_denied(request)
+        if denied is not None:
+            return denied
+        kind = request.match_info["type"]
+        key = (kind, _lookup_key(kind, request.match_info["value"]))
+        if key not in self._by_value:
+            for i in range(self._values_indexed, len(self.feed)):
+                found = self.feed.type_of(i)
+                value = _lookup_key(found, str(self.feed.record(i)["value"]))
+                self._by_value.setdefault((found, value), i)
+            self._values_indexed = len(self.feed)
+        return self._one(request, self._by_value.get(key))
+
+    def _lookup_denied(self, request: web.Request) -> web.Response | None:
+        denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        route = request.match_info.route.name
+        if self.faults.take(route, frozenset({FaultKind.EXPIRED_TOKEN})) is not None:
+            self.expire_tokens()
+            return _auth_error(self.expired_auth_status, "invalid_token", "The token has expired.")
+        return None
+
+    def _one(self, request: web.Request, index: int | None) -> web.Response:
+        """One indicator, no envelope (§4), or the 404 of an unknown one."""
+        try:
+            include = _include_flags(request.query, only_present=False)
+        except _BadRequest as exc:
+            return _error(400, exc.error, str(exc))
+        if index is None:
+            return _error(404, "not_found", "Indicator not found.")
+        return _json(_shape(self.feed.record(index), include, DEFAULT_REPORT_LIMIT))
 
     def _resolve(self, query: Mapping[str, str]) -> tuple[_Scroll, dict[str, Any]]:
         """The scroll and the cursor state (page size, page number) this request asks for."""
@@ -532,6 +594,13 @@ def _descending(query: Mapping[str, str]) -> bool:
     if order.lower() not in ("asc", "desc"):
         raise _BadRequest(f"Unsupported sort order {order!r}.")
     return order.lower() == "desc"
+
+
+def _lookup_key(kind: str, value: str) -> str:
+    """A value as look-ups compare it: what MATI treats as the same indicator."""
+    if kind == "url":
+        return value
+    return value.strip() if kind == "ipv4" else value.strip().lower()
 
 
 def _shape(record: dict[str, Any], include: dict[str, bool], report_limit: int) -> dict[str, Any]:

@@ -100,6 +100,18 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class Peeked:
+    """A message seen where it waits, without taking it: no lock, no delivery counted.
+    ``locked`` says a receiver holds it right now (it is being worked on)."""
+
+    body: bytes
+    message_id: str
+    properties: Mapping[str, str]
+    enqueued_at: datetime
+    locked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class EntityCounts:
     """What ``status`` shows for one entity: waiting, locked by a receiver, set aside."""
 
@@ -136,6 +148,11 @@ class Bus(Protocol):
     async def counts(self, source: Source) -> EntityCounts: ...
 
     async def dead_letters(self, source: Source, *, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def peek(self, source: Source, *, limit: int = 100) -> list[Peeked]:
+        """The oldest ``limit`` messages of ``source`` (locked ones included), oldest first,
+        without locking, settling or counting a delivery: for operators asking what waits
+        where. Bounded by ``limit``: a longer backlog is cut, never read whole."""
 
     async def replay(self, source: Source, dead_letters: Sequence[DeadLetter]) -> int:
         """Send dead letters back to ``source`` (as new deliveries) and drop them from the

@@ -106,6 +106,7 @@ from shared.bus.base import (
     EntityCounts,
     LockLost,
     Message,
+    Peeked,
     Queue,
     Source,
     Subscription,
@@ -296,6 +297,22 @@ local t = redis.call('TIME')
 return {length, pending, redis.call('XLEN', dlq), oldest, t[1], t[2]}
 """
 
+#: KEYS[1] stream; ARGV group, count. The oldest ``count`` entries and, among them, the
+#: pending ones ({id, consumer, idle ms, times delivered}): one consistent snapshot.
+_PEEK: Final = """
+local stream = KEYS[1]
+if redis.call('EXISTS', stream) == 0 then
+  return {{}, {}}
+end
+local entries = redis.call('XRANGE', stream, '-', '+', 'COUNT', ARGV[2])
+local pending = {}
+if #entries > 0 then
+  local p = redis.pcall('XPENDING', stream, ARGV[1], '-', entries[#entries][1], ARGV[2])
+  if type(p) == 'table' and p.err == nil then pending = p end
+end
+return {entries, pending}
+"""
+
 
 # --------------------------------------------------------------------------------------------
 
@@ -368,6 +385,7 @@ class RedisStreamsBus:
         self._settle = client.register_script(_SETTLE)
         self._replay = client.register_script(_REPLAY)
         self._counts = client.register_script(_COUNTS)
+        self._peek = client.register_script(_PEEK)
 
     @classmethod
     def from_url(
@@ -559,6 +577,30 @@ class RedisStreamsBus:
                 )
             )
         return letters
+
+    async def peek(self, source: Source, *, limit: int = 100) -> list[Peeked]:
+        """``XRANGE`` of the oldest ``limit`` entries; ``locked`` = pending with a lock that
+        has not expired (an abandoned or expired entry waits to be taken over, unlocked)."""
+        if limit < 1:
+            return []
+        keys = self.keys(source)
+        with _translated("peek"):
+            entries, pending = await self._peek(keys=[keys.stream], args=[GROUP, limit])
+        locked = {_text(entry[0]) for entry in pending or [] if int(entry[2]) < self._lock_ms}
+        peeked: list[Peeked] = []
+        for raw_id, fields in entries or []:
+            entry_id = _text(raw_id)
+            f = {_text(k): v for k, v in _pairs(fields or []).items()}
+            peeked.append(
+                Peeked(
+                    body=_bytes(f.get("body")),
+                    message_id=_text(f.get("message_id", entry_id)),
+                    properties=_properties(f.get("properties")),
+                    enqueued_at=_from_ms(_id_ms(entry_id)),
+                    locked=entry_id in locked,
+                )
+            )
+        return peeked
 
     async def replay(self, source: Source, dead_letters: Sequence[DeadLetter]) -> int:
         """Back into ``source`` as new entries (duplicate detection bypassed), removed from the

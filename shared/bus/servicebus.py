@@ -85,6 +85,7 @@ from shared.bus.base import (
     EntityCounts,
     LockLost,
     Message,
+    Peeked,
     Queue,
     Source,
     Subscription,
@@ -309,6 +310,24 @@ class ServiceBusBus:
             return []
         peeked = await self._peek_all(source, dead_letter=True, limit=limit)
         return [_dead_letter(message) for message in peeked]
+
+    async def peek(self, source: Source, *, limit: int = 100) -> list[Peeked]:
+        """Peeked (``$management`` peek, the Data Receiver role allows it): nothing is locked
+        and no delivery counted. ``locked`` = ``locked_until`` lies ahead, as in ``counts``."""
+        if limit < 1:
+            return []
+        peeked = await self._peek_all(source, dead_letter=False, limit=limit)
+        now = datetime.now(UTC)
+        return [
+            Peeked(
+                body=_body(message),
+                message_id=_original_id(message),
+                properties=_properties(message.application_properties),
+                enqueued_at=message.enqueued_time_utc or now,
+                locked=bool(message.locked_until_utc and message.locked_until_utc > now),
+            )
+            for message in peeked
+        ]
 
     async def replay(self, source: Source, dead_letters: Sequence[DeadLetter]) -> int:
         """Re-send each letter to ``source`` only (module docstring), then remove it from the
@@ -631,7 +650,11 @@ def _replayed(message: ServiceBusReceivedMessage, source: Source) -> ServiceBusM
 
 
 def _wire_properties(properties: Mapping[str, str]) -> dict[str | bytes, _Primitive]:
-    return {key: value for key, value in properties.items()}
+    # Keys as bytes, the SDK's own spelling: with Azure SDK tracing on, the SDK adds its
+    # ``traceparent`` only if absent (``setdefault`` on bytes keys), so the trace context the
+    # message carries (shared.tracing) is kept. A str key would not match, and the SDK's
+    # value, encoded after ours under the same AMQP string key, would win on receive.
+    return {key.encode(): value for key, value in properties.items()}
 
 
 def _delivery(message: ServiceBusReceivedMessage) -> Delivery:

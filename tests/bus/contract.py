@@ -38,6 +38,7 @@ from shared.bus import (
     Target,
     Topic,
 )
+from shared.bus.base import Peeked
 
 T = TypeVar("T")
 
@@ -114,6 +115,9 @@ class BoundedBus:
 
     async def replay(self, source: Source, dead_letters: Sequence[DeadLetter]) -> int:
         return await self._bounded(self.inner.replay(source, dead_letters), "replay")
+
+    async def peek(self, source: Source, *, limit: int = 100) -> list[Peeked]:
+        return await self._bounded(self.inner.peek(source, limit=limit), "peek")
 
     async def ping(self) -> None:
         await self._bounded(self.inner.ping(), "ping")
@@ -555,6 +559,30 @@ class BusContract:
         [third] = await bus.receive(entity.source, max_wait_s=2.0)
         await bus.complete(entity.source, [third])
         assert await bus.counts(entity.source) == EntityCounts(0, 0, 1, None)
+
+    async def test_peek_shows_what_waits_without_taking_it(
+        self, bus: BoundedBus, entity: Entity
+    ) -> None:
+        await bus.ensure(entity.source)
+        assert await bus.peek(entity.source) == []
+        sent = [message(n) for n in range(3)]
+        await bus.publish(entity.target, sent)
+        [held] = await bus.receive(entity.source, max_messages=1, max_wait_s=2.0)
+
+        peeked = await bus.peek(entity.source, limit=10)
+        assert [p.message_id for p in peeked] == ["m0", "m1", "m2"]
+        assert [p.body for p in peeked] == [m.body for m in sent]
+        assert [dict(p.properties) for p in peeked] == [dict(m.properties) for m in sent]
+        assert [p.locked for p in peeked] == [True, False, False]
+        assert all(p.enqueued_at.tzinfo is not None for p in peeked)
+        assert [p.message_id for p in await bus.peek(entity.source, limit=2)] == ["m0", "m1"]
+
+        # Peeking took nothing: the rest comes as first deliveries, the held lock still settles.
+        rest = await drain(bus, entity.source, want=2)
+        assert ids(rest) == ["m1", "m2"]
+        assert [d.delivery_count for d in rest] == [1, 1]
+        await bus.complete(entity.source, [held, *rest])
+        assert await bus.peek(entity.source) == []
 
     # -- receive ----------------------------------------------------------------------------
 

@@ -1,0 +1,458 @@
+"""The pure half of ``mati2sentinel explain``: from the facts about one indicator to a
+verdict, with no I/O (DESIGN §10: the core is tested without any server).
+
+``judge`` applies the destination's filters to the record MATI holds now and, for each STIX id
+the indicator has (or may have had, under another ``HASH_TYPE``), says where it is, the most
+current place first: held or queued for upload, claimed, waiting for the filter, in Sentinel
+(up to date, refresh due, or stale), dead-lettered, or nowhere, and why. ``services.explain``
+reads the facts (``gather``) and prints the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+import orjson
+
+from shared.bus import Source, Subscription
+from shared.filters import DropReason, FilterPolicy, Observable, evaluate
+from shared.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
+from shared.indicator import HashType, Indicator, IndicatorType
+from shared.messages import subscription, upload_queue
+from shared.parsing import Rejection, format_timestamp, parse_indicator
+from shared.stix import StixPolicy, content, stix_id
+
+#: How many messages of each queue and dead-letter queue one ``explain`` reads at most.
+DEFAULT_SCAN_LIMIT: Final = 1000
+#: ``<type>--<uuid>``, the shape of every MATI indicator id.
+MATI_ID: Final = re.compile(
+    r"(ipv4|fqdn|url|md5)--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
+)
+_IPV4: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_MD5: Final = re.compile(r"[0-9a-fA-F]{32}")
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: Dead-letter reasons the services use (their own constants; no service imports another).
+REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
+
+
+class Verdict(StrEnum):
+    """Where an indicator (or one of its STIX ids) is; the first word of the answer."""
+
+    UNKNOWN = "unknown"  # MATI does not know it
+    REFUSED = "refused"  # the parser refused the record
+    DROPPED = "dropped"  # a filter drops it
+    WAITING_FOR_FILTER = "waiting_for_filter"  # raw message in the subscription
+    QUEUED = "queued"  # in the upload queue, nobody holds it yet
+    IN_FLIGHT = "in_flight"  # an uploader holds it, or it is claimed for upload
+    UPLOADED = "uploaded"  # seen entry, up to date
+    STALE = "stale"  # seen entry, but MATI's current version differs
+    REJECTED = "rejected"  # in the upload dead-letter queue
+    NOT_UPLOADED = "not_uploaded"  # accepted, and nothing anywhere
+
+
+#: When several STIX ids disagree (``HASH_TYPE=all``), the one that needs attention leads.
+_URGENCY: Final = (
+    Verdict.REJECTED,
+    Verdict.REFUSED,
+    Verdict.STALE,
+    Verdict.NOT_UPLOADED,
+    Verdict.WAITING_FOR_FILTER,
+    Verdict.QUEUED,
+    Verdict.IN_FLIGHT,
+    Verdict.UPLOADED,
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the operator typed, read as a MATI id or as a typed value."""
+
+    text: str
+    indicator_id: str | None = None
+    indicator_type: IndicatorType | None = None
+    value: str | None = None
+
+
+def read_query(text: str) -> Query:
+    """A MATI id (``<type>--<uuid>``), else a value typed by its shape: ipv4, md5 (32 hex),
+    url (has a scheme), fqdn (anything else)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("give an indicator value or a MATI id")
+    if MATI_ID.fullmatch(text):
+        return Query(text, indicator_id=text.lower())
+    if _IPV4.fullmatch(text):
+        kind = IndicatorType.IPV4
+    elif _MD5.fullmatch(text):
+        kind = IndicatorType.MD5
+    elif _SCHEME.match(text):
+        kind = IndicatorType.URL
+    else:
+        kind = IndicatorType.FQDN
+    return Query(text, indicator_type=kind, value=text)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A message of this indicator in a queue (``locked``: a receiver holds it) or in a
+    dead-letter queue (``reason``, ``description``)."""
+
+    entity: str
+    message_id: str
+    at: str
+    stix_id: str | None = None
+    fingerprint: str | None = None
+    forward_reason: str | None = None
+    locked: bool = False
+    reason: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Scan:
+    entity: str
+    scanned: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything ``judge`` needs, read by ``gather`` (or built by a test)."""
+
+    now: datetime
+    destination: str
+    record: Mapping[str, Any] | None
+    seen: Mapping[str, SeenEntry | None] = field(default_factory=dict)
+    claims: Mapping[str, str | None] = field(default_factory=dict)
+    waiting: Sequence[Found] = ()  # raw messages in the subscription
+    queued: Sequence[Found] = ()  # upload messages
+    refused: Sequence[Found] = ()  # subscription dead letters
+    rejected: Sequence[Found] = ()  # upload dead letters
+    scans: Sequence[Scan] = ()
+    checkpoint: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Story:
+    """One STIX id: its verdict, one line saying why, and what was found for it."""
+
+    stix_id: str
+    hash_type: str | None
+    verdict: Verdict
+    summary: str
+    accepted: bool
+    fingerprint: str | None = None
+    uploaded_fingerprint: str | None = None
+    uploaded_at_approx: str | None = None
+    valid_until: str | None = None
+    claim: str | None = None
+    found: list[Found] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    query: str
+    destination: str
+    checked_at: str
+    verdict: Verdict
+    headline: str
+    indicator: dict[str, Any] | None
+    filter_reason: str | None
+    filter_detail: str
+    stories: list[Story]
+    notes: list[str]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+
+# ---- the decision (pure) -------------------------------------------------------------------
+
+
+def judge(
+    query: Query,
+    facts: Facts,
+    policy: FilterPolicy,
+    stix_policy: StixPolicy,
+    refresh_ratio: float,
+) -> Explanation:
+    """The verdict on ``facts``: what the filters say now, then per STIX id where it is."""
+    notes = [
+        f"{s.entity}: only the first {s.scanned} were scanned" for s in facts.scans if s.truncated
+    ]
+    indicator_id = query.indicator_id
+    parsed: Indicator | Rejection | None = None
+    if facts.record is not None:
+        parsed = parse_indicator(facts.record)
+        indicator_id = str(facts.record.get("id") or indicator_id or "")
+    ids = candidates(indicator_id, parsed)
+
+    def result(
+        verdict: Verdict,
+        headline: str,
+        stories: list[Story],
+        reason: str | None = None,
+        detail: str = "",
+    ) -> Explanation:
+        return Explanation(
+            query=query.text,
+            destination=facts.destination,
+            checked_at=format_timestamp(facts.now),
+            verdict=verdict,
+            headline=headline,
+            indicator=_describe(parsed, facts.record),
+            filter_reason=reason,
+            filter_detail=detail,
+            stories=stories,
+            notes=notes,
+        )
+
+    if parsed is None or isinstance(parsed, Rejection):
+        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        if parsed is None:
+            return result(Verdict.UNKNOWN, f"unknown to MATI: no indicator {query.text}", stories)
+        detail = f"{parsed.reason}: {parsed.detail}"
+        return result(Verdict.REFUSED, f"refused by the parser: {detail}", stories, detail=detail)
+    verdict = evaluate(parsed, policy)
+    if isinstance(verdict, DropReason):
+        detail = drop_detail(verdict, parsed, policy)
+        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        headline = f"dropped by {verdict}: {detail}"
+        return result(Verdict.DROPPED, headline, stories, reason=str(verdict), detail=detail)
+    stories = [
+        _story(
+            stix_id(parsed.id, o.hash_type),
+            o.hash_type,
+            o,
+            parsed,
+            facts,
+            stix_policy,
+            refresh_ratio,
+        )
+        for o in verdict
+    ]
+    lead = min(stories, key=lambda s: _URGENCY.index(s.verdict))
+    detail = f"accepted as {len(stories)} STIX indicator(s)"
+    return result(lead.verdict, lead.summary, stories, detail=detail)
+
+
+def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) -> str:
+    """Why ``reason`` fired, with the numbers and the setting that decided it."""
+    if reason is DropReason.TYPE_EXCLUDED:
+        kind = "hash" if indicator.type is IndicatorType.MD5 else indicator.type.value
+        text = f"type {indicator.type} is excluded (INCLUDE_{kind.upper()}=false)"
+    elif reason is DropReason.LOW_CONFIDENCE:
+        minimum = policy.minimum_confidence
+        text = (
+            f"mscore {indicator.mscore} < MINIMUM_CONFIDENCE {minimum}"
+            if indicator.mscore is not None
+            else f"no mscore, and MINIMUM_CONFIDENCE {minimum} needs one"
+        )
+    elif reason is DropReason.LOW_THREAT_SCORE:
+        minimum = policy.minimum_threat_score
+        text = (
+            f"threat_score {indicator.threat_score} < MINIMUM_THREAT_SCORE {minimum}"
+            if indicator.threat_score is not None
+            else f"no threat_rating.threat_score, and MINIMUM_THREAT_SCORE {minimum} needs one"
+        )
+    elif reason is DropReason.OSINT:
+        names = ", ".join(s.name for s in indicator.sources)
+        text = f"every source is OSINT ({names}) and EXCLUDE_OSINT=true"
+    elif reason is DropReason.UNCATEGORIZED:
+        text = "no category, and INCLUDE_UNCATEGORIZED=false"
+    else:
+        wanted = policy.hash_selection.value
+        text = f"no {wanted} hash in associated_hashes (HASH_TYPE={wanted})"
+    server_side = _server_side(indicator, policy)
+    if server_side:
+        text += f"; MATI leaves it out server-side ({server_side}), so it is never fetched"
+    return text
+
+
+def _server_side(indicator: Indicator, policy: FilterPolicy) -> str | None:
+    """The fetcher's query asks MATI to drop these (``gte_mscore``, ``exclude_osint``): such
+    an indicator never reaches the filter, whichever filter is named first."""
+    mscore = indicator.mscore
+    if policy.minimum_confidence and (mscore is None or mscore < policy.minimum_confidence):
+        return f"gte_mscore={policy.minimum_confidence}"
+    if policy.exclude_osint and indicator.is_osint:
+        return "exclude_osint=true"
+    return None
+
+
+def _leftovers(
+    ids: Sequence[tuple[str, HashType | None]],
+    facts: Facts,
+    stix_policy: StixPolicy,
+    refresh_ratio: float,
+    notes: list[str],
+) -> list[Story]:
+    """What is left of an indicator the filters do not take (or MATI does not know): its
+    STIX ids that are still somewhere, and its raw messages, said once in ``notes``."""
+    raw = subscription(facts.destination)
+    notes += [
+        f"a raw message waits for the filter in {entity_name(raw)} since {f.at}"
+        for f in facts.waiting
+    ]
+    notes += [f"refused by the parser earlier: {f.description} ({f.at})" for f in facts.refused]
+    alone = replace(facts, waiting=(), refused=())
+    stories = [_story(sid, ht, None, None, alone, stix_policy, refresh_ratio) for sid, ht in ids]
+    return [s for s in stories if s.verdict is not Verdict.NOT_UPLOADED]
+
+
+def candidates(
+    indicator_id: str | None, parsed: Indicator | Rejection | None
+) -> list[tuple[str, HashType | None]]:
+    """Every STIX id this indicator can have had, whatever ``HASH_TYPE`` was then."""
+    if not indicator_id:
+        return []
+    md5 = indicator_id.lower().startswith("md5--") or (
+        isinstance(parsed, Indicator) and parsed.type is IndicatorType.MD5
+    )
+    hash_types: list[HashType | None] = list(HashType) if md5 else [None]
+    return [(stix_id(indicator_id, ht), ht) for ht in hash_types]
+
+
+def _story(
+    sid: str,
+    hash_type: HashType | None,
+    observable: Observable | None,
+    indicator: Indicator | None,
+    facts: Facts,
+    stix_policy: StixPolicy,
+    refresh_ratio: float,
+) -> Story:
+    """Where one STIX id is, most current place first: held or queued for upload, claimed,
+    waiting for the filter, in Sentinel, dead-lettered, nowhere."""
+    now = facts.now
+    current = fingerprint(content(observable, stix_policy)) if observable else None
+    seen = facts.seen.get(sid)
+    seen = seen if seen is not None and seen.valid_until > now else None
+    claim = facts.claims.get(sid)
+    queued = [f for f in facts.queued if f.stix_id == sid]
+    rejected = [f for f in facts.rejected if f.stix_id == sid]
+    found = [*queued, *rejected, *facts.waiting, *facts.refused]
+    expiration = _expiration(stix_policy, hash_type, indicator)
+    uploaded = ""
+    extra: dict[str, Any] = {}
+    if seen is not None:
+        at = format_timestamp(seen.valid_until - expiration)
+        until = format_timestamp(seen.valid_until)
+        uploaded = f"uploaded ≈{at}, valid until {until}"
+        extra = {
+            "uploaded_fingerprint": seen.fingerprint,
+            "uploaded_at_approx": at,
+            "valid_until": until,
+        }
+
+    def story(verdict: Verdict, summary: str) -> Story:
+        return Story(
+            sid, hash_type and hash_type.value, verdict, summary, observable is not None,
+            fingerprint=current, claim=claim, found=found, **extra,
+        )  # fmt: skip
+
+    queue = upload_queue(facts.destination).name
+    if any(f.locked for f in queued):
+        held = next(f for f in queued if f.locked)
+        return story(
+            Verdict.IN_FLIGHT, f"in flight: an uploader holds it ({queue}, queued {held.at})"
+        )
+    if queued:
+        first = queued[0]
+        why = f", {first.forward_reason}" if first.forward_reason else ""
+        return story(Verdict.QUEUED, f"queued for upload in {queue} since {first.at}{why}")
+    if claim is not None:
+        return story(
+            Verdict.IN_FLIGHT,
+            f"in flight: claimed for upload (fingerprint {claim[:12]}…), its message not among "
+            f"the messages scanned in {queue}",
+        )
+    if facts.waiting and observable is not None:
+        name = entity_name(subscription(facts.destination))
+        return story(
+            Verdict.WAITING_FOR_FILTER,
+            f"waiting for the filter in {name} since {facts.waiting[0].at}",
+        )
+    if seen is not None:
+        if current is None:
+            return story(Verdict.UPLOADED, f"still in Sentinel from an earlier upload: {uploaded}")
+        if seen.fingerprint == current:
+            due = decide(
+                seen, current, now, now + expiration, refresh_after_for(expiration, refresh_ratio)
+            )
+            refresh = "; a refresh is due (the next sync re-uploads it)" if due else ""
+            return story(Verdict.UPLOADED, f"{uploaded}; up to date{refresh}")
+        newer = [f for f in rejected if f.fingerprint == current]
+        if newer:
+            return story(Verdict.REJECTED, f"{_rejection(newer[0])} (the version {uploaded} stays)")
+        return story(
+            Verdict.STALE,
+            f"{uploaded}, but MATI's current version differs (fingerprint {current[:12]}… ≠ "
+            f"{seen.fingerprint[:12]}…): the next sync that reports it uploads it",
+        )
+    if rejected:
+        return story(Verdict.REJECTED, _rejection(rejected[-1]))
+    if facts.refused:
+        letter = facts.refused[-1]
+        return story(Verdict.REFUSED, f"refused by the parser: {letter.description} ({letter.at})")
+    return story(Verdict.NOT_UPLOADED, _nowhere(indicator, facts.checkpoint))
+
+
+def _rejection(letter: Found) -> str:
+    if letter.reason == REJECTED_BY_SENTINEL:
+        return f"rejected by Sentinel: {letter.description} ({letter.at})"
+    return f"dead-lettered by the uploader ({letter.reason}): {letter.description} ({letter.at})"
+
+
+def _nowhere(indicator: Indicator | None, checkpoint: datetime | None) -> str:
+    text = "not in Sentinel and not on its way"
+    updated = indicator.last_updated if indicator else None
+    if updated is None or checkpoint is None:
+        return f"{text}: the next sync that fetches it uploads it"
+    when = format_timestamp(updated)
+    if updated > checkpoint:
+        return f"{text}: MATI updated it at {when}, after the checkpoint, so the next sync does"
+    return (
+        f"{text}: MATI last updated it at {when}, before the checkpoint "
+        f"{format_timestamp(checkpoint)}, so no sync fetches it until MATI reports it again"
+    )
+
+
+def _expiration(
+    policy: StixPolicy, hash_type: HashType | None, indicator: Indicator | None
+) -> timedelta:
+    """The type's expiration now; "uploaded at" = valid_until minus it, hence "≈"."""
+    if hash_type is not None:
+        return policy.hash_expiration
+    kind = indicator.type if indicator else None
+    return {
+        IndicatorType.IPV4: policy.ipv4_expiration,
+        IndicatorType.FQDN: policy.fqdn_expiration,
+        IndicatorType.URL: policy.url_expiration,
+    }.get(kind or IndicatorType.IPV4, policy.ipv4_expiration)
+
+
+def _describe(parsed: Indicator | Rejection | None, record: Mapping[str, Any] | None) -> Any:
+    if record is None:
+        return None
+    if not isinstance(parsed, Indicator):
+        return {key: record.get(key) for key in ("id", "type", "value")}
+    return {
+        "id": parsed.id,
+        "type": parsed.type.value,
+        "value": parsed.value,
+        "mscore": parsed.mscore,
+        "threat_score": parsed.threat_score,
+        "osint": parsed.is_osint,
+        "categories": list(parsed.categories),
+        "last_updated": format_timestamp(parsed.last_updated) if parsed.last_updated else None,
+    }
+
+
+def entity_name(source: Source) -> str:
+    return f"{source.topic}/{source.name}" if isinstance(source, Subscription) else source.name
