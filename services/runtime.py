@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from redis.asyncio import Redis
 
-from shared import logs
+from shared import logs, metrics, tracing
 from shared.bus import Bus
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.bus.servicebus import ServiceBusBus
@@ -162,6 +162,10 @@ async def _heartbeat(health: Health) -> None:
 async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool) -> int:
     async with (
         open_runtime(settings, service, http=http) as runtime,
+        # Counters, gauges and upload latency; /metrics on the probes' port (shared.metrics).
+        metrics.serving(
+            service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
+        ),
         HealthServer(runtime.health, port=settings.health_port) as probes,
     ):
         beating = asyncio.create_task(_heartbeat(runtime.health))
@@ -202,7 +206,9 @@ def run_service(service: Service, loop: Loop, *, http: bool) -> int:
     settings = load(service)
     configure_logs(settings)
     try:
-        return asyncio.run(_serve(settings, service, loop, http=http))
+        # Traces: exporters from OTEL_TRACES_EXPORTER; what is buffered is flushed at exit.
+        with tracing.configured(service.value, os.environ):
+            return asyncio.run(_serve(settings, service, loop, http=http))
     except ConfigError as exc:
         for line in exc.problems:
             print(f"mati2sentinel: {line}", file=sys.stderr)

@@ -7,6 +7,10 @@
   and error classes of what failed, never their messages (they could carry hosts or worse).
 
 Checks run with a short timeout each, concurrently, so a probe never hangs on a dead peer.
+
+- ``/metrics``: the service's metrics in the Prometheus text format (shared.metrics), on the
+  same port as the probes, so the one port the chart exposes is the one Prometheus or KEDA
+  scrapes; 404 until metrics are attached with ``Health.serve_metrics``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import orjson
 from aiohttp import web
 
 Check = Callable[[], Awaitable[None]]
+#: Renders the metrics for one scrape: ``(body, content type)``.
+Scrape = Callable[[], Awaitable[tuple[bytes, str]]]
 
 CHECK_TIMEOUT_S: Final = 2.0
 
@@ -38,6 +44,11 @@ class Health:
         self._stale_after_s = stale_after_s
         self._last_beat = clock()
         self._checks: dict[str, Check] = {}
+        self.scrape: Scrape | None = None
+
+    def serve_metrics(self, scrape: Scrape | None) -> None:
+        """What ``/metrics`` answers with (``None``: 404 again)."""
+        self.scrape = scrape
 
     def beat(self) -> None:
         self._last_beat = self._clock()
@@ -81,6 +92,7 @@ class HealthServer:
         self.app = web.Application()
         self.app.router.add_get("/livez", self._livez)
         self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/metrics", self._metrics)
 
     @property
     def port(self) -> int:
@@ -114,6 +126,13 @@ class HealthServer:
         checks = await self.health.ready()
         ready = all(result == "ok" for result in checks.values())
         return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        scrape = self.health.scrape
+        if scrape is None:
+            return web.Response(status=404, text="no metrics in this process\n")
+        body, content_type = await scrape()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _json(body: object, status: int) -> web.Response:

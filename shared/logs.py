@@ -2,8 +2,9 @@
 
 Events are namespaced snake case (``fetch.page``, ``upload.rejected``) with their data in fields,
 never interpolated into the text, so a log pipeline can count and filter them. Context that
-belongs to a unit of work (destination, run id, later the trace ids) is bound once with
-``bind()`` and rides on every line logged inside it.
+belongs to a unit of work (destination, run id) is bound once with ``bind()`` and rides on
+every line logged inside it; the current span's ``trace_id`` and ``span_id`` (shared.tracing)
+are added to every line logged within a span, so a line leads to its trace.
 
 Secrets are kept out twice: nothing logs them on purpose, and a last filter masks the configured
 secret values wherever they might still appear (an exception text from a third party, say).
@@ -21,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
+from opentelemetry import trace
 
 from shared.secrets import MASK, Secret
 
@@ -29,6 +31,7 @@ _context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
     "mati2sentinel_log_context", default=MappingProxyType({})
 )
 _FIELDS: Final = "m2s_fields"
+_TRACE: Final = "m2s_trace"
 
 
 class Log:
@@ -56,7 +59,20 @@ class Log:
         self, level: int, event: str, fields: dict[str, object], exc_info: bool = False
     ) -> None:
         if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={_FIELDS: fields}, exc_info=exc_info)
+            extra: dict[str, object] = {_FIELDS: fields}
+            # Taken now: a handler may format the line later, outside the span.
+            ids = _trace_ids()
+            if ids is not None:
+                extra[_TRACE] = ids
+            self._logger.log(level, event, extra=extra, exc_info=exc_info)
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of the current span (shared.tracing), None outside one."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return trace.format_trace_id(span.trace_id), trace.format_span_id(span.span_id)
 
 
 def get_logger(name: str) -> Log:
@@ -82,6 +98,10 @@ def _event_fields(record: logging.LogRecord) -> dict[str, object]:
     }
     fields.update(_context.get())
     fields.update(getattr(record, _FIELDS, {}))
+    # The span the line was logged in, so a line leads to its trace.
+    ids = getattr(record, _TRACE, None) or _trace_ids()
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
     if record.exc_info and record.exc_info[1] is not None:
         error = record.exc_info[1]
         fields["error"] = type(error).__name__

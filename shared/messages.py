@@ -5,6 +5,9 @@
 - filter → queue ``upload.<destination>``: the raw record again plus what the filter decided
   (which hash, the fingerprint, why it is forwarded), so the uploader needs no second look-up.
 
+Every message carries the W3C trace context of the span it was built in (or of ``context``)
+in its application properties (``shared.tracing``), so one indicator's path is one trace.
+
 ``message_id`` is derived from content, never random: the same indicator version published
 twice (a page re-fetched after a crash, an overlapping window) gets the same id, and the bus's
 duplicate detection drops the copy.
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import orjson
+from opentelemetry.context import Context
 
+from shared import tracing
 from shared.bus import Message, Queue, Subscription, Topic
 from shared.fingerprint import ForwardReason
 from shared.indicator import HashType
@@ -45,7 +50,7 @@ def _text_field(record: object, key: str) -> str:
     return ""
 
 
-def raw_message(record: object, *, run_id: str) -> Message:
+def raw_message(record: object, *, run_id: str, context: Context | None = None) -> Message:
     """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
     judging records is the filter's job (a bad one is dead-lettered there, with its reason)."""
     body = orjson.dumps(record)
@@ -55,12 +60,15 @@ def raw_message(record: object, *, run_id: str) -> Message:
     return Message(
         body=body,
         message_id=hashlib.blake2b(seed, digest_size=16).hexdigest(),
-        properties={
-            "schema": RAW_SCHEMA,
-            "indicator_id": indicator_id,
-            "indicator_type": _text_field(record, "type"),
-            "run_id": run_id,
-        },
+        properties=tracing.inject(
+            {
+                "schema": RAW_SCHEMA,
+                "indicator_id": indicator_id,
+                "indicator_type": _text_field(record, "type"),
+                "run_id": run_id,
+            },
+            context,
+        ),
     )
 
 
@@ -79,7 +87,13 @@ class MalformedMessage(ValueError):
     """Raised when a message body is not the contract's shape (a poison message)."""
 
 
-def upload_message(request: UploadRequest, *, run_id: str, source_message_id: str) -> Message:
+def upload_message(
+    request: UploadRequest,
+    *,
+    run_id: str,
+    source_message_id: str,
+    context: Context | None = None,
+) -> Message:
     """``source_message_id`` is the raw message's id (MATI id and ``last_updated``): a raw
     message forwarded twice (redelivered after a failed forward) yields the same upload id and
     the bus drops the copy, while a later report of the indicator (a refresh, or a change and
@@ -96,13 +110,16 @@ def upload_message(request: UploadRequest, *, run_id: str, source_message_id: st
     return Message(
         body=body,
         message_id=f"{request.stix_id}:{request.fingerprint[:16]}:{source_message_id}",
-        properties={
-            "schema": UPLOAD_SCHEMA,
-            "indicator_id": _text_field(request.record, "id"),
-            "indicator_type": _text_field(request.record, "type"),
-            "stix_id": request.stix_id,
-            "run_id": run_id,
-        },
+        properties=tracing.inject(
+            {
+                "schema": UPLOAD_SCHEMA,
+                "indicator_id": _text_field(request.record, "id"),
+                "indicator_type": _text_field(request.record, "type"),
+                "stix_id": request.stix_id,
+                "run_id": run_id,
+            },
+            context,
+        ),
     )
 
 

@@ -35,9 +35,10 @@ Nothing secret (the bearer token) ever reaches an exception message or a log lin
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import quote
 
 import aiohttp
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_SCOPE",
     "MAX_OBJECTS",
     "RecordError",
+    "RequestObserver",
     "SentinelApi",
     "SentinelClient",
     "UploadResult",
@@ -81,6 +83,58 @@ DEFAULT_BASE_URLS: Final = {
     SentinelApi.STIX_OBJECTS: "https://api.ti.sentinel.azure.com",
     SentinelApi.UPLOAD_INDICATORS: "https://sentinelus.azure-api.net",
 }
+
+
+#: Told of every ``upload`` call: ``(seconds it took, outcome)``; the outcome is one of
+#: ``accepted``, ``partial``, ``rate_limited``, ``unavailable``, ``malformed``, ``rejected``,
+#: ``auth``, ``not_found``, ``tls``, ``cancelled``, ``error``. It feeds the upload-latency
+#: histogram (shared.metrics).
+RequestObserver: TypeAlias = Callable[[float, str], None]
+_request_observers: list[RequestObserver] = []
+
+
+def observe_requests(observer: RequestObserver) -> Callable[[], None]:
+    """Call ``observer`` after every ``SentinelClient.upload`` in this process (the uploader
+    builds its client itself, so the hook is process-wide); returns the function that stops
+    it."""
+    _request_observers.append(observer)
+
+    def remove() -> None:
+        if observer in _request_observers:
+            _request_observers.remove(observer)
+
+    return remove
+
+
+_OUTCOMES: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (RateLimited, "rate_limited"),
+    (UpstreamUnavailable, "unavailable"),
+    (MalformedResponse, "malformed"),
+    (BatchRejected, "rejected"),
+    (AuthenticationFailed, "auth"),
+    (DestinationNotFound, "not_found"),
+    (TlsVerificationFailed, "tls"),
+)
+
+
+def _outcome(result: UploadResult | None, error: BaseException | None) -> str:
+    if result is not None:
+        return "partial" if result.rejected else "accepted"
+    if not isinstance(error, Exception):
+        return "cancelled"  # the uploader stopped while the request was out
+    for kind, name in _OUTCOMES:
+        if isinstance(error, kind):
+            return name
+    return "error"
+
+
+def _observed(seconds: float, outcome: str, extra: RequestObserver | None) -> None:
+    """Observers are telemetry: one that fails must never fail the upload it was told of."""
+    for observer in [*_request_observers, *([extra] if extra else [])]:
+        try:
+            observer(seconds, outcome)
+        except Exception:  # telemetry must not break the pipeline
+            logger.exception("a request observer failed")
 
 
 class Tokens(Protocol):
@@ -120,8 +174,10 @@ class SentinelClient:
         workspace_id: str,
         source_system: str = DEFAULT_SOURCE_SYSTEM,
         scope: str = DEFAULT_SCOPE,
+        on_request: RequestObserver | None = None,
     ) -> None:
         self._api = SentinelApi(api)
+        self._on_request = on_request
         base = (base_url or DEFAULT_BASE_URLS[self._api]).rstrip("/")
         if not base.startswith("https://"):
             raise ValueError("base_url must be an https:// URL")
@@ -170,7 +226,21 @@ class SentinelClient:
         ``BatchRejected`` (the request itself is refused: split or dead-letter),
         ``AuthenticationFailed`` / ``DestinationNotFound`` (stop and alert),
         ``MalformedResponse`` (an answer we cannot attribute to records).
+        Every call, whatever its end, is timed for the request observers.
         """
+        started = time.monotonic()
+        result: UploadResult | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._upload(objects)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _observed(time.monotonic() - started, _outcome(result, error), self._on_request)
+        return result
+
+    async def _upload(self, objects: Sequence[Mapping[str, Any]]) -> UploadResult:
         body = self.body(objects)
         token = await self._tokens.token(self._scope)
         status, payload, headers = await self._post(body, token)

@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,6 +100,34 @@ FETCHER_TAG: Final = "fetcher"
 _DESTINATION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
+
+
+#: Told of every count Redis has taken: ``(destination, counts)``, with ``""`` as the destination
+#: for the fetcher's feed counters. Metrics mirror the counters through it (shared.metrics), so
+#: no service needs to know metrics exist and Redis and /metrics can never disagree on a name.
+CountObserver: TypeAlias = Callable[[str, Mapping[str, int]], None]
+_count_observers: list[CountObserver] = []
+
+
+def observe_counts(observer: CountObserver) -> Callable[[], None]:
+    """Call ``observer`` after every successful ``count`` of any ``FeedState`` or
+    ``DestinationState`` in this process; returns the function that stops it."""
+    _count_observers.append(observer)
+
+    def remove() -> None:
+        if observer in _count_observers:
+            _count_observers.remove(observer)
+
+    return remove
+
+
+def _counted(destination: str, counts: Mapping[str, int]) -> None:
+    """Observers are telemetry: one that fails must never fail the count it was told of."""
+    for observer in list(_count_observers):
+        try:
+            observer(destination, counts)
+        except Exception:  # telemetry must not break the pipeline
+            logger.exception("a count observer failed")
 
 
 class StateUnavailable(TransientError):
@@ -420,6 +448,7 @@ class FeedState:
     async def count(self, counts: Mapping[str, int]) -> None:
         """Add to the fetcher's counters, all in one atomic round trip."""
         await _count(self._count, self.counters_key, counts)
+        _counted("", counts)
 
     async def counters(self) -> dict[str, int]:
         return await _counters(self._client, self.counters_key)
@@ -534,6 +563,7 @@ class DestinationState:
         """Add to the destination's counters by reason (dropped_low_confidence, forwarded,
         uploaded, rejected, dead_lettered, …), all in one atomic round trip."""
         await _count(self._count, self.counters_key, counts)
+        _counted(self.destination, counts)
 
     async def counters(self) -> dict[str, int]:
         return await _counters(self._client, self.counters_key)

@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Final
 
-from shared import logs
+from shared import logs, tracing
 from shared.bus import Bus
 from shared.errors import FatalError, PagingInterrupted, PipelineError
 from shared.mati_client import MAX_LIMIT, IndicatorQuery, MatiClient, RawPage
@@ -167,6 +168,7 @@ class Fetcher:
         self._lease = lease
         self._config = config
         self._clock = clock
+        self._system = tracing.messaging_system(bus)
 
     async def sync(self, run_id: str, stop: asyncio.Event) -> SyncSummary:
         """One sync of the window since the checkpoint; never raises for a pipeline error."""
@@ -282,12 +284,27 @@ class Fetcher:
         pages = self._client.pages(query)
         async with _closing(pages):
             while True:
+                asked = time.time_ns()
                 page = await _next_page(pages, stop)
                 if page is _Signal.STOP:
                     return Outcome.STOPPED
                 if page is None:
                     return Outcome.COMPLETED
-                await self._publish(page, limit, progress)
+                # One trace per page: its records' paths through filter and uploader hang
+                # under this span (each message carries its context).
+                with tracing.span(
+                    "fetch page",
+                    {
+                        "mati.page.index": page.index,
+                        "mati.page.records": len(page.indicators),
+                        "mati.page.bytes": page.size_bytes,
+                        "mati2sentinel.run_id": progress.run_id,
+                        "mati2sentinel.destination": self._config.destination,
+                    },
+                    root=True,
+                    start_time=asked,
+                ):
+                    await self._publish(page, limit, progress)
                 if stop.is_set():
                     return Outcome.STOPPED
                 if progress.lease_lost.is_set() or not await self._lease.renew():
@@ -297,7 +314,9 @@ class Fetcher:
     async def _publish(self, page: RawPage, limit: datetime, progress: _Progress) -> None:
         """Publish the page whole, THEN move the checkpoint, THEN count it."""
         records, run_id = page.indicators, progress.run_id
-        await self._bus.publish(INDICATORS, [raw_message(r, run_id=run_id) for r in records])
+        messages = [raw_message(r, run_id=run_id) for r in records]  # carry the page's context
+        with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
+            await self._bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)
         if newest is not None:
             await self._feed.advance(newest, run_id)

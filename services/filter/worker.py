@@ -18,6 +18,10 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
    the raw messages. If the publish fails, the claims are released and the raw messages that
    had forwards are abandoned, so they come back; nothing is completed that was not forwarded.
 
+Each batch is a ``filter batch`` span linking its messages, and each raw message gets a
+``filter indicator`` span whose parent is the context the message carried (the fetcher's page):
+its context rides on what it forwards, so one indicator's path stays one trace.
+
 Every outcome is counted in the destination's counters, per raw message (``received``,
 ``rejected_<reason>``, ``dropped_<filter reason>``) or per observable (``dropped_unchanged``,
 ``dropped_in_flight``, ``forwarded``, ``forwarded_<reason>``). Counts cover the messages this
@@ -35,6 +39,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from shared import tracing
 from shared.backoff import Backoff
 from shared.bus import Bus, Delivery, Message
 from shared.bus.base import LockLost
@@ -43,7 +50,7 @@ from shared.filters import DropReason, FilterPolicy, evaluate
 from shared.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
 from shared.indicator import HashType
 from shared.logs import get_logger
-from shared.messages import UploadRequest, subscription, upload_message, upload_queue
+from shared.messages import INDICATORS, UploadRequest, subscription, upload_message, upload_queue
 from shared.parsing import Rejection, parse_indicator, parse_json
 from shared.state import DestinationState
 from shared.stix import StixPolicy, content, stix_id
@@ -107,6 +114,21 @@ class _Item:
     claimed: list[UploadRequest] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     abandoned: bool = False
+    settled: bool = False
+    span: Span = INVALID_SPAN
+
+    def outcome(self) -> str:
+        """What became of the message, for its span."""
+        if self.abandoned:
+            return "abandoned"
+        if not self.settled:  # the batch failed before settling: it comes back on lock expiry
+            return "unsettled"
+        if self.dead_letter is not None:
+            return f"dead_lettered_{self.dead_letter[0]}"
+        if self.claimed:
+            return "forwarded"
+        dropped = sorted(name for name in self.counts if name.startswith("dropped_"))
+        return dropped[0] if dropped else "dropped"
 
 
 class FilterWorker:
@@ -150,6 +172,7 @@ class FilterWorker:
         self._receive_wait_s = receive_wait_s
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._system = tracing.messaging_system(bus)
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -191,14 +214,40 @@ class FilterWorker:
         settling leaves the unsettled rest to lock expiry; a redelivered message takes over
         the claim its earlier forward left, so nothing is lost either way.
         """
-        now = self._clock()
-        items = [self._judge(delivery, now) for delivery in deliveries]
+        attributes = tracing.destination_attributes(
+            self._system, INDICATORS.name, "process", subscription=self.destination
+        )
+        links = tracing.links_to((d.properties, d.message_id) for d in deliveries)
+        with tracing.batch_span("filter batch", attributes, links=links) as batch:
+            now = self._clock()
+            items: list[_Item] = []
+            for delivery in deliveries:
+                span = tracing.consumer_span(
+                    "filter indicator",
+                    delivery.properties,
+                    delivery.message_id,
+                    {**attributes, "messaging.message.delivery_count": delivery.delivery_count},
+                    links=[tracing.link_span(batch)],
+                )
+                with tracing.within(span):
+                    item = self._judge(delivery, now)
+                item.span = span
+                items.append(item)
+            try:
+                return await self._handle(items, now)
+            finally:
+                for item in items:
+                    tracing.finish(item.span, item.outcome())
+
+    async def _handle(self, items: list[_Item], now: datetime) -> BatchOutcome:
         await self._decide(items, now)
         await self._claim(items)
         publish_error = await self._forward(items)
         outcome = BatchOutcome()
         outcome.counts["received"] = len(items)
         outcome.counts["lock_lost"] = await self._settle(items)
+        for item in items:
+            item.settled = True
         for item in items:
             outcome.counts.update(item.counts)
         counts = {name: amount for name, amount in outcome.counts.items() if amount}
@@ -323,12 +372,14 @@ class FilterWorker:
                 request,
                 run_id=item.delivery.properties.get("run_id", ""),
                 source_message_id=item.delivery.message_id,
+                context=tracing.context_of(item.span),  # the indicator's trace goes on
             )
             for item in forwarding
             for request in item.claimed
         ]
         try:
-            await self._bus.publish(self.target, messages)
+            with tracing.producer_span(self._system, self.target.name, len(messages)):
+                await self._bus.publish(self.target, messages)
         except Exception as exc:
             log.warning(
                 "filter.forward_failed",
@@ -369,13 +420,14 @@ class FilterWorker:
             if item.dead_letter is None:
                 continue
             reason, description = item.dead_letter
-            log.warning(
-                "filter.dead_lettered",
-                indicator_id=item.indicator_id,
-                message_id=item.delivery.message_id,
-                reason=reason,
-                description=description,
-            )
+            with tracing.within(item.span):
+                log.warning(
+                    "filter.dead_lettered",
+                    indicator_id=item.indicator_id,
+                    message_id=item.delivery.message_id,
+                    reason=reason,
+                    description=description,
+                )
             try:
                 await self._bus.dead_letter(
                     self.source, item.delivery, reason=reason, description=description

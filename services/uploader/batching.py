@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from shared import logs
+from opentelemetry.trace import Span
+
+from shared import logs, tracing
 from shared.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
 from shared.filters import Observable, observable_for
 from shared.fingerprint import decide, refresh_after_for
@@ -187,6 +189,10 @@ class HeldBatch:
     the worker's ``tally`` (flushed to the destination counters by the worker). A lock lost on
     any settle means another replica owns that message now: it is counted and let go (the
     other replica may upload it again, which is idempotent by STIX id).
+
+    Each held message has an ``upload indicator`` span, child of the context the message
+    carried (the filter's span for that indicator), ended with its outcome when the message is
+    let go, whichever way that happens.
     """
 
     def __init__(
@@ -205,6 +211,19 @@ class HeldBatch:
         self._by_token = {d.lock_token: d for d in deliveries}
         #: Loop time of the last renewal (or of receiving).
         self.renewed_at = now
+        attributes = tracing.destination_attributes(
+            tracing.messaging_system(bus), queue.name, "process"
+        )
+        self._spans: dict[str, Span] = {
+            d.lock_token: tracing.consumer_span(
+                "upload indicator",
+                d.properties,
+                d.message_id,
+                {**attributes, "messaging.message.delivery_count": d.delivery_count},
+            )
+            for d in deliveries
+        }
+        self._attempts: Counter[str] = Counter()
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -213,9 +232,24 @@ class HeldBatch:
     def holds(self, delivery: Delivery) -> bool:
         return delivery.lock_token in self._by_token
 
-    def _drop(self, deliveries: Sequence[Delivery]) -> None:
+    def _drop(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         for delivery in deliveries:
             self._by_token.pop(delivery.lock_token, None)
+            span = self._spans.pop(delivery.lock_token, None)
+            if span is not None:
+                tracing.finish(span, outcome)
+
+    def record_request(self, deliveries: Sequence[Delivery], request: Span, outcome: str) -> None:
+        """Note on each message's span one upload request that carried it, linked to that
+        request's span: a retried message shows several, and ``upload.attempts`` above 1."""
+        link = request.get_span_context()
+        for delivery in deliveries:
+            span = self._spans.get(delivery.lock_token)
+            if span is not None:
+                self._attempts[delivery.lock_token] += 1
+                span.add_link(link)
+                span.add_event("upload.request", {"outcome": outcome})
+                span.set_attribute("upload.attempts", self._attempts[delivery.lock_token])
 
     async def renew(self, now: float) -> None:
         """Restart every held lock; a bus hiccup is only logged (the lock may still last)."""
@@ -228,12 +262,13 @@ class HeldBatch:
         except LockLost as exc:
             self._lock_lost(exc, "renew")
             lost = set(exc.message_ids)
-            self._drop([d for d in deliveries if d.message_id in lost])
+            self._drop([d for d in deliveries if d.message_id in lost], "lock_lost")
         except BusUnavailable as exc:
             log.warning("upload.renew_failed", detail=str(exc))
 
-    async def complete(self, deliveries: Sequence[Delivery]) -> None:
-        self._drop(deliveries)
+    async def complete(self, deliveries: Sequence[Delivery], outcome: str) -> None:
+        """``outcome`` (accepted, superseded, already_uploaded) goes on the messages' spans."""
+        self._drop(deliveries, outcome)
         try:
             await self._bus.complete(self._queue, deliveries)
         except LockLost as exc:
@@ -248,7 +283,9 @@ class HeldBatch:
     ) -> None:
         """Set the message aside with its reason, then drop its claim so the next sync may
         queue the indicator again (a fixed record, say)."""
-        self._drop([delivery])
+        span = self._spans.get(delivery.lock_token)
+        rejected = reason == REJECTED_BY_SENTINEL
+        self._drop([delivery], "rejected" if rejected else f"dead_lettered_{reason}")
         try:
             await self._bus.dead_letter(
                 self._queue, delivery, reason=reason, description=description
@@ -258,12 +295,13 @@ class HeldBatch:
             return
         self._tally["dead_lettered"] += 1
         self._tally[f"dead_lettered_{reason}"] += 1
-        log.warning(
-            "upload.dead_lettered",
-            reason=reason,
-            description=description,
-            message_id=delivery.message_id,
-        )
+        with tracing.within(span or tracing.INVALID_SPAN):
+            log.warning(
+                "upload.dead_lettered",
+                reason=reason,
+                description=description,
+                message_id=delivery.message_id,
+            )
         if claim is not None:
             await self.release_claims([claim])
 
@@ -278,7 +316,7 @@ class HeldBatch:
     async def abandon(self, why: str) -> None:
         """Give back everything still held (best effort: an expired lock returns it too)."""
         deliveries = self.deliveries
-        self._drop(deliveries)
+        self._drop(deliveries, "abandoned")
         if not deliveries:
             return
         self._tally["abandoned"] += len(deliveries)

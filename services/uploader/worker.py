@@ -17,6 +17,10 @@ duration with a renewal between them. Every request, retries and split halves in
 takes a slot of the shared ``RateBudget``. Stopping abandons whatever still waits (the
 messages come straight back for another replica); a request already sent finishes and is
 settled, within the drain timeout.
+
+Traces: every request is an ``upload request`` span linking each message it carried; each
+message's own ``upload indicator`` span (``HeldBatch``) continues that indicator's trace and
+records every request it rode in and its outcome (accepted, rejected, superseded, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -37,7 +42,7 @@ from services.uploader.batching import (
     prepare,
     receive_batch,
 )
-from shared import logs
+from shared import logs, tracing
 from shared.backoff import Backoff
 from shared.bus import Bus, Delivery
 from shared.errors import (
@@ -125,6 +130,10 @@ class Uploader:
         self._tally: Counter[str] = Counter()
         self._probes = 0
         self._circuit_open = False
+        self._request_attributes: dict[str, str | int] = {
+            "mati2sentinel.destination": destination,
+            "messaging.destination.name": self.queue.name,
+        }
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -228,12 +237,14 @@ class Uploader:
             await held.dead_letter(bad.delivery, bad.reason, bad.description, bad.claim)
         if prepared.superseded:
             self._tally["superseded"] += len(prepared.superseded)
-            await held.complete([item.delivery for item in prepared.superseded])
+            await held.complete([item.delivery for item in prepared.superseded], "superseded")
         if prepared.already_uploaded:
             self._tally["already_uploaded"] += len(prepared.already_uploaded)
             # A duplicate of what is already up: its claim (if it is still ours) is done too.
             await held.release_claims([item.claim for item in prepared.already_uploaded])
-            await held.complete([item.delivery for item in prepared.already_uploaded])
+            await held.complete(
+                [item.delivery for item in prepared.already_uploaded], "already_uploaded"
+            )
 
     async def _send(self, items: list[Item], held: HeldBatch) -> None:
         """One request for ``items``, repeated until it has an answer every record can be
@@ -251,7 +262,8 @@ class Uploader:
             built = [item.build(self._policy, now) for item in items]
             self._tally["requests"] += 1
             try:
-                result = await self._client.upload([obj for obj, _ in built])
+                with self._request_span(items, held):
+                    result = await self._client.upload([obj for obj, _ in built])
             except RateLimited as exc:
                 in_force = await self._budget.pause(exc.retry_after_s)
                 self._tally["throttled"] += 1
@@ -297,6 +309,29 @@ class Uploader:
             await self._close_circuit()
             return
 
+    @contextmanager
+    def _request_span(self, items: list[Item], held: HeldBatch) -> Iterator[None]:
+        """The span of one request to Sentinel, linking every message it carries; its outcome
+        (``ok`` or the error's type) also goes on each message's span."""
+        links = tracing.links_to(
+            (item.delivery.properties, item.delivery.message_id) for item in items
+        )
+        with tracing.batch_span(
+            "upload request",
+            {**self._request_attributes, "upload.objects": len(items)},
+            kind=tracing.SpanKind.CLIENT,
+            links=links,
+        ) as request:
+            try:
+                yield
+            except Exception as exc:
+                outcome = type(exc).__name__
+                request.set_attribute("mati2sentinel.outcome", outcome)
+                held.record_request([item.delivery for item in items], request, outcome)
+                raise
+            request.set_attribute("mati2sentinel.outcome", "ok")
+            held.record_request([item.delivery for item in items], request, "ok")
+
     async def _rejected_batch(self, items: list[Item], held: HeldBatch, message: str) -> None:
         """A 400 for the whole request: halve it until the refused record stands alone."""
         if len(items) == 1:
@@ -325,7 +360,7 @@ class Uploader:
         if entries:
             await self._state.commit(entries, now=self._clock())
             self._tally["uploaded"] += len(entries)
-            await held.complete([items[i].delivery for i in result.accepted])
+            await held.complete([items[i].delivery for i in result.accepted], "accepted")
         for error in result.rejected:
             item = items[error.index]
             self._tally["rejected"] += 1
