@@ -279,12 +279,18 @@ class ServiceBusBus:
         )
 
     async def renew_locks(self, source: Source, deliveries: Sequence[Delivery]) -> None:
+        """One renewal at a time: renewals go over the receiver's ``$management`` link, and the
+        SDK opens that link inside the first call; concurrent first calls race to open it and
+        leave the receiver broken ("'NoneType' object has no attribute
+        'create_receiver_link'"). A lock lasts a minute and is renewed every third of it, so
+        a hundred sequential round trips fit easily."""
         await self._settle_all(
             "renew lock",
             source,
             deliveries,
             lambda r, m: r.renew_message_lock(m, timeout=self.operation_timeout_s),
             forget=False,
+            concurrency=1,
         )
 
     async def counts(self, source: Source) -> EntityCounts:
@@ -483,12 +489,13 @@ class ServiceBusBus:
         operation: Callable[[ServiceBusReceiver, ServiceBusReceivedMessage], Awaitable[Any]],
         *,
         forget: bool,
+        concurrency: int = SETTLE_CONCURRENCY,
     ) -> None:
         if not deliveries:
             return
         lost: list[str] = []
         failures: list[BaseException] = []
-        semaphore = asyncio.Semaphore(SETTLE_CONCURRENCY)
+        semaphore = asyncio.Semaphore(concurrency)
 
         async def one(delivery: Delivery) -> None:
             _check_token(delivery.lock_token)

@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,10 +24,12 @@ import pytest
 from redis.exceptions import RedisError
 
 from shared.bus.redis_streams import RedisStreamsBus
-from shared.messages import subscription, upload_queue
+from shared.bus.servicebus import REPLAY_TO
+from shared.messages import INDICATORS, subscription, upload_queue
 from shared.state import FetcherLease
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Expected, Pipeline
+from tests.servicebus_peer import FakeServiceBus, ReplayRule
 
 FINGERPRINT = "x_mati2sentinel_fingerprint"
 
@@ -246,3 +248,20 @@ def log_events(pipeline: Pipeline, label: str) -> list[dict[str, Any]]:
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+@pytest.fixture(params=["redis", "servicebus"])
+def bus_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The same pipeline on the embedded bus, and on Service Bus through the real SDK against
+    the fake AMQP peer, with the entities an operator creates (docs/servicebus.md)."""
+    if request.param == "redis":
+        yield {"BUS": "redis"}
+        return
+    with FakeServiceBus() as namespace:
+        namespace.create_topic(INDICATORS.name)
+        namespace.create_subscription(
+            INDICATORS.name, DESTINATION, rule=ReplayRule(REPLAY_TO, DESTINATION)
+        )
+        namespace.create_queue(upload_queue(DESTINATION).name)
+        yield {"BUS": "servicebus", "SERVICEBUS_CONNECTION_STRING": namespace.connection_string}
+        assert namespace.failure is None, f"the fake Service Bus failed: {namespace.failure!r}"

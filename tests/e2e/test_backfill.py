@@ -9,24 +9,20 @@ must upload exactly those, and not the re-reported indicators that are still val
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from shared.bus.servicebus import REPLAY_TO
 from shared.filters import Observable, evaluate
 from shared.fingerprint import SeenEntry, fingerprint
 from shared.indicator import Indicator
-from shared.messages import INDICATORS, upload_queue
 from shared.parsing import parse_indicator, parse_timestamp
 from shared.state import DestinationState
 from shared.stix import StixPolicy, content, pattern, stix_id
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Pipeline
-from tests.servicebus_peer import FakeServiceBus, ReplayRule
 
 FINGERPRINT = "x_mati2sentinel_fingerprint"
 
@@ -67,23 +63,6 @@ def assert_workspace_holds_exactly(pipeline: Pipeline, uploads_each: int = 1) ->
         assert {k: pipeline.sims.sentinel.uploads_for(k) for k in expected} == dict.fromkeys(
             expected, uploads_each
         )
-
-
-@pytest.fixture(params=["redis", "servicebus"])
-def bus_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """The same pipeline on the embedded bus, and on Service Bus through the real SDK against
-    the fake AMQP peer, with the entities an operator creates (docs/servicebus.md)."""
-    if request.param == "redis":
-        yield {"BUS": "redis"}
-        return
-    with FakeServiceBus() as namespace:
-        namespace.create_topic(INDICATORS.name)
-        namespace.create_subscription(
-            INDICATORS.name, DESTINATION, rule=ReplayRule(REPLAY_TO, DESTINATION)
-        )
-        namespace.create_queue(upload_queue(DESTINATION).name)
-        yield {"BUS": "servicebus", "SERVICEBUS_CONNECTION_STRING": namespace.connection_string}
-        assert namespace.failure is None, f"the fake Service Bus failed: {namespace.failure!r}"
 
 
 @pytest.mark.timeout(150)

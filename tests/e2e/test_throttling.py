@@ -7,10 +7,15 @@ throttled and faulted ones included, by arrival time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from shared.bus.servicebus import REPLAY_TO
+from shared.messages import INDICATORS, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed
+from simulators.pipeline import DESTINATION, Pipeline
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import (
     ACCEPT_ALL,
@@ -19,6 +24,7 @@ from tests.e2e.conftest import (
     log_events,
     upload_histogram,
 )
+from tests.servicebus_peer import FakeServiceBus, ReplayRule
 
 LIMIT = 10
 WINDOW_S = 3.0
@@ -82,3 +88,33 @@ async def test_429_storm_and_5xx_two_uploaders_stay_within_quota(
     for label in ("uploader-1", "uploader-2"):
         requests = [e for e in log_events(pipeline, label) if e.get("event") == "upload.request"]
         assert requests, f"{label} sent no request"
+
+
+@pytest.mark.timeout(120)
+async def test_service_bus_locks_are_renewed_while_an_upload_waits_out_faults(
+    tmp_path: Path,
+) -> None:
+    """On Service Bus the uploader renews the batch's locks while it backs off from a 5xx and
+    waits out a 429 (DESIGN §4): the batch must come through, each record once."""
+    with FakeServiceBus() as namespace:
+        namespace.create_topic(INDICATORS.name)
+        namespace.create_subscription(
+            INDICATORS.name, DESTINATION, rule=ReplayRule(REPLAY_TO, DESTINATION)
+        )
+        namespace.create_queue(upload_queue(DESTINATION).name)
+        env = {"BUS": "servicebus", "SERVICEBUS_CONNECTION_STRING": namespace.connection_string}
+        async with Pipeline(tmp_path, feed=Feed(seed=3, count=500, days=29), env=env) as p:
+            faults = p.sims.sentinel.faults
+            faults.inject(FaultKind.SERVER_ERROR, route="stix_upload", times=1)
+            faults.inject(FaultKind.RATE_LIMIT, route="stix_upload", times=1, retry_after_s=2)
+            await p.start_service("filter")
+            await p.start_service("uploader")
+            assert await p.sync_once() == 0
+            await p.wait_drained(timeout_s=60)
+            expected = p.expected().objects
+            assert set(p.sims.sentinel.store) == set(expected)
+            assert all(p.sims.sentinel.uploads_for(key) == 1 for key in expected)
+            _, counters = await p.counters()
+            assert counters["retried"] >= 1
+            assert counters["throttled"] >= 1
+        assert namespace.failure is None

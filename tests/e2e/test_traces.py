@@ -33,7 +33,6 @@ from simulators.feed import Feed
 from simulators.pipeline import Pipeline
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import ACCEPT_ALL, BASE_ENV, log_events, wait_for
-from tests.e2e.test_backfill import bus_env  # noqa: F401 - the redis / servicebus fixture
 
 SERVICE = "service.name"
 
@@ -148,7 +147,7 @@ def _secrets(pipeline: Pipeline) -> list[str]:
 @pytest.mark.timeout(60)
 async def test_one_trace_per_indicator_from_page_to_upload(
     tmp_path: Path,
-    bus_env: dict[str, str],  # noqa: F811 - the fixture imported above
+    bus_env: dict[str, str],
     sink: OtlpSink,
 ) -> None:
     env = {
