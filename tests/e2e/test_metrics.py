@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Pipeline
 from tests.e2e.conftest import PipelineFactory, log_events, wait_for
+from tests.unit.test_dashboard import referenced_metrics
 
 UPLOADERS = ("uploader-1", "uploader-2")
 SUBSCRIPTION, UPLOAD = f"indicators/{DESTINATION}", f"upload.{DESTINATION}"
@@ -218,6 +219,14 @@ async def test_metrics_after_a_demo_sync_match_the_workspace(
     sync_age = fetcher.value("mati2sentinel_last_sync_age_seconds")
     assert sync_age is not None
     assert 0 <= sync_age < 120
+
+    # Every metric the dashboard and the alert rules use is in these scrapes.
+    scraped = {name for scrape in scrapes.values() for name, _ in scrape.samples}
+    scraped |= {name.removesuffix(suffix) for name in scraped for suffix in ("_bucket", "_count")}
+    missing = sorted(referenced_metrics() - scraped)
+    assert not missing, (
+        f"the dashboard or the alert rules use metrics no service exports: {missing}"
+    )
 
     # Nothing secret anywhere in any scrape, labels included.
     secrets = [pipeline.env[name] for name in ("MATI_API_KEY", "MATI_API_SECRET")]
