@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from shared import logs, metrics, tracing
 from shared.bus import Bus
@@ -114,8 +116,15 @@ async def open_runtime(
     settings: Settings, service: Service, *, http: bool
 ) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
+        # A few quick retries on a dropped connection: after a Redis restart or failover the
+        # pooled connections are dead, and the first command on each would fail otherwise.
+        # Every write the services make is idempotent or deduplicated (counters aside).
         redis: Redis = Redis.from_url(
-            settings.redis_url, socket_timeout=30, health_check_interval=30
+            settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            health_check_interval=30,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
         )
         stack.push_async_callback(redis.aclose)
         consumer = consumer_name(service)

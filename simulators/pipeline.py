@@ -99,6 +99,12 @@ class Pipeline:
             )
         return RedisStreamsBus(redis, consumer="observer")
 
+    async def redis_server_stop(self) -> None:
+        await asyncio.to_thread(self.redis_server.stop)
+
+    async def redis_server_start(self) -> None:
+        await asyncio.to_thread(self.redis_server.start)
+
     async def stop(self) -> None:
         if self.processes is not None:
             await self.processes.stop_all(grace_s=30)
