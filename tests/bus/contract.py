@@ -157,7 +157,8 @@ class BusContract:
 
     #: A lock short enough to watch expire in a test.
     SHORT_LOCK_S: ClassVar[float] = 0.5
-    #: The lock of the test where another receiver takes an expired message over.
+    #: The lock of the tests where another receiver takes an expired message over and the
+    #: delivery count is checked.
     TAKEOVER_LOCK_S: ClassVar[float] = SHORT_LOCK_S
     #: A duplicate-detection window short enough to outlive in a test.
     SHORT_WINDOW_S: ClassVar[float] = 0.3
@@ -346,14 +347,14 @@ class BusContract:
     async def test_locked_message_is_invisible_until_lock_expires(
         self, make_bus: MakeBus, entity: Entity
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.SHORT_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.SHORT_LOCK_S)
+        a = await make_bus("a", lock_duration_s=self.TAKEOVER_LOCK_S)
+        b = await make_bus("b", lock_duration_s=self.TAKEOVER_LOCK_S)
         await a.ensure(entity.source)
         await a.publish(entity.target, [message(1)])
         [first] = await a.receive(entity.source, max_wait_s=2.0)
 
         assert await b.receive(entity.source, max_wait_s=0.1) == []
-        [again] = await b.receive(entity.source, max_wait_s=self.SHORT_LOCK_S + 3.0)
+        [again] = await b.receive(entity.source, max_wait_s=self.TAKEOVER_LOCK_S + 3.0)
 
         assert again.message_id == first.message_id
         assert again.body == first.body
