@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo clean
+.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo bench clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
 	@echo "make demo      the whole pipeline on one machine against the simulators"
+	@echo "make bench     the performance figures on this machine (table + bench-results.json)"
 	@echo "make run       the three services against the real APIs, settings from .env"
 	@echo "make simulate  run the MATI, Entra ID and Sentinel simulators in the foreground"
 	@echo "make fmt       format the code"
@@ -58,6 +59,12 @@ check-config: venv
 # MATI, Entra ID and Sentinel, the three services; two checked syncs; exit 0 only if both hold.
 demo: venv redis
 	$(BIN)/python -m simulators.demo
+
+# The performance figures on this machine against a private Redis and the simulators: a table
+# on stdout and bench-results.json (ignored by git). About 12 minutes; installs py-spy into the
+# venv for the process profiles. BENCH_ARGS=--quick checks the bench itself in about a minute.
+bench: venv redis
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The three services on this machine against the real MATI and Sentinel, settings from .env
 # (see .env.example), on a private Redis that this target starts and stops.

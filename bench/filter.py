@@ -1,0 +1,194 @@
+"""Figure 1: the filter in steady state, every indicator already seen.
+
+The real ``FilterWorker`` runs in this process on the real ``RedisStreamsBus`` and
+``DestinationState`` over a private redis-server. A first pass fills the seen cache through
+the real code path (the filter claims and forwards, then every forward is committed as the
+uploader commits an accepted upload); the second pass republishes the same records and is
+timed: every one of them must end ``dropped_unchanged``. Round trips are counted at the socket
+(``CountingConnection``): one packed write is one round trip, scripts and pipelines included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
+from services.filter.worker import BatchOutcome, FilterWorker
+from shared.bus import Message
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.filters import observable_for
+from shared.fingerprint import SeenEntry
+from shared.messages import INDICATORS, raw_message, read_upload, subscription, upload_queue
+from shared.parsing import parse_indicator
+from shared.settings import Service, load_settings
+from shared.state import DestinationState
+from shared.stix import StixPolicy
+from simulators.feed import Feed
+
+DESTINATION = "bench"
+TARGET_RATE = 20_000.0
+TARGET_ROUND_TRIPS = 0.05
+#: The optional blocks the fetcher does not ask MATI for (services/fetcher/sync.py ``_query``).
+_NOT_REQUESTED = ("misp", "reports")
+
+
+def fetched_records(feed: Feed) -> list[dict[str, Any]]:
+    """The feed's records shaped as the fetcher's query gets them from MATI."""
+    records = []
+    for record in feed.records(range(len(feed))):
+        for key in _NOT_REQUESTED:
+            record.pop(key, None)
+        records.append(record)
+    return records
+
+
+async def publish(bus: RedisStreamsBus, records: Sequence[dict[str, Any]], run_id: str) -> None:
+    """Publish as the fetcher does, one publish per page of 1000."""
+    for start in range(0, len(records), 1000):
+        messages: list[Message] = [
+            raw_message(r, run_id=run_id) for r in records[start : start + 1000]
+        ]
+        await bus.publish(INDICATORS, messages)
+
+
+async def drain(worker: FilterWorker, bus: RedisStreamsBus, batch_size: int) -> BatchOutcome:
+    """Receive and handle batches until the subscription is empty; the summed outcome."""
+    total = BatchOutcome()
+    source = subscription(DESTINATION)
+    while True:
+        deliveries = await bus.receive(source, max_messages=batch_size, max_wait_s=0.05)
+        if not deliveries:
+            return total
+        outcome = await worker.handle(deliveries)
+        total.counts.update(outcome.counts)
+
+
+async def commit_uploads(
+    bus: RedisStreamsBus, state: DestinationState, policy: StixPolicy, now: datetime
+) -> int:
+    """What the uploader does after Sentinel accepted: ``commit`` the seen entry, then
+    complete the message. The seen entry's ``valid_until`` is the one the upload would get."""
+    queue = upload_queue(DESTINATION)
+    committed = 0
+    while True:
+        deliveries = await bus.receive(queue, max_messages=500, max_wait_s=0.05)
+        if not deliveries:
+            return committed
+        entries = []
+        for delivery in deliveries:
+            request = read_upload(delivery.body)
+            indicator = parse_indicator(dict(request.record))
+            expiration = _expiration(indicator, request.hash_type, policy)
+            entries.append((request.stix_id, SeenEntry(request.fingerprint, now + expiration)))
+        committed += await state.commit(entries, now=now)
+        await bus.complete(queue, deliveries)
+
+
+def _expiration(indicator: Any, hash_type: Any, policy: StixPolicy) -> timedelta:
+    observable = observable_for(indicator, hash_type)
+    if observable is None:
+        raise ValueError("a forwarded record without its observable")
+    return policy.expiration_for(observable)
+
+
+async def run(
+    count: int = 30_000, *, profile: bool = True, dump: str | None = None
+) -> tuple[Figure, str]:
+    """Figure 1 and, when ``profile``, a cProfile of one more steady-state pass (its stats
+    dumped to ``dump`` when given)."""
+    settings = load_settings(
+        {**ACCEPT_ALL, "DESTINATION": DESTINATION, "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        Service.FILTER,
+    )
+    records = fetched_records(Feed(seed=11, count=count, days=29))
+    async with private_redis() as server:
+        client = counting_client(server.url)
+        # The filter's own bus is the product's; the bench's publisher skips duplicate
+        # detection so the second pass can republish the very same records.
+        bus = RedisStreamsBus(client, consumer="bench-filter", lock_duration_s=60)
+        publisher = RedisStreamsBus(client, consumer="bench-fetcher", duplicate_window_s=0)
+        state = DestinationState(client, DESTINATION)
+        worker = FilterWorker(
+            bus=bus,
+            state=state,
+            filter_policy=settings.filter_policy(),
+            stix_policy=settings.stix_policy(),
+            destination=DESTINATION,
+            deduplication=settings.enable_deduplication,
+            refresh_ratio=settings.validity_refresh_ratio,
+            batch_size=settings.filter_batch_size,
+        )
+        await bus.ensure(subscription(DESTINATION))
+        await bus.ensure(upload_queue(DESTINATION))
+        try:
+            # First pass: everything is new; forward, then commit as the uploader would.
+            await publish(publisher, records, "bench-first")
+            first = await drain(worker, bus, settings.filter_batch_size)
+            seen = await commit_uploads(bus, state, settings.stix_policy(), datetime.now(UTC))
+
+            # Second pass, timed: everything is already seen.
+            await publish(publisher, records, "bench-second")
+            CountingConnection.round_trips = 0
+            started = time.perf_counter()
+            second = await drain(worker, bus, settings.filter_batch_size)
+            elapsed = time.perf_counter() - started
+            trips = CountingConnection.round_trips
+
+            profile_text = ""
+            if profile:
+                await publish(publisher, records, "bench-profile")
+                profile_text = await _profiled(worker, bus, settings.filter_batch_size, dump)
+        finally:
+            await client.aclose()
+    received = second.counts["received"]
+    unchanged = second.counts["dropped_unchanged"]
+    rate = received / elapsed
+    per_indicator = trips / received
+    figure = Figure(
+        key="filter_steady_state",
+        title="1. Filter, steady state (all seen), one process",
+        ratio=round(rate / TARGET_RATE, 2),
+        target=f">= 1.0 x {TARGET_RATE:,.0f}/s; <= {TARGET_ROUND_TRIPS} RT/indicator",
+        passed=rate >= TARGET_RATE and per_indicator <= TARGET_ROUND_TRIPS,
+        absolute={
+            "indicators": received,
+            "indicators_per_s": round(rate),
+            "seconds": round(elapsed, 3),
+            "redis_round_trips": trips,
+            "round_trips_per_indicator": round(per_indicator, 4),
+            "batch_size": settings.filter_batch_size,
+            "dropped_unchanged": unchanged,
+            "first_pass_forwarded": first.counts["forwarded"],
+            "seen_entries_committed": seen,
+        },
+        note="" if unchanged == received else f"only {unchanged}/{received} were unchanged",
+    )
+    return figure, profile_text
+
+
+async def _profiled(
+    worker: FilterWorker, bus: RedisStreamsBus, batch_size: int, dump: str | None
+) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await drain(worker, bus, batch_size)
+    profiler.disable()
+    if dump is not None:
+        profiler.dump_stats(dump)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats(pstats.SortKey.TIME).print_stats(25)
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    result, text = asyncio.run(run())
+    print(result.to_json())
+    print(text)

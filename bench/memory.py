@@ -1,0 +1,193 @@
+"""Figure 5 (and figure 2's run): memory at growing backlogs, throughput end to end.
+
+For each backlog (10k, 100k, 300k indicators) the whole product runs as processes (fetcher
+service, filter, one uploader) against a simulated Sentinel without a quota and the product's
+rate budget opened as wide as its settings allow. While it runs, each service's peak resident
+set (``VmHWM``) is sampled; once everything is stored, Redis's ``used_memory`` is read, the
+seen keys are deleted, and the difference per deleted key is what one remembered indicator
+costs. The same run gives figure 2: indicators from the first page served to the last object
+stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.common import Figure, mib
+from bench.runs import NO_QUOTA, Run, first_page, pipeline_run
+from shared.bus.redis_streams import RedisStreamsBus
+from shared.messages import subscription, upload_queue
+from shared.state import FeedState, destination_prefix
+from simulators.pipeline import DESTINATION
+
+#: The widest budget the settings allow (SENTINEL_REQUESTS_PER_MINUTE ≤ 100, window ≥ 1 s).
+WIDE_OPEN = {"SENTINEL_REQUESTS_PER_MINUTE": "100", "SENTINEL_RATE_WINDOW_SECONDS": "1"}
+SENTINEL_QUOTA_PER_S = 100 * 100 / 60
+TARGET_MULTIPLE = 30.0
+TARGET_GROWTH = 0.10
+TARGET_BYTES = 200
+
+
+async def _until_done(run: Run, *, timeout_s: float) -> float:
+    """Poll until the sync finished and both queues are empty and the workspace stopped
+    growing; returns the monotonic time the last object was stored. Samples RSS meanwhile."""
+    pipeline = run.pipeline
+    assert pipeline.redis is not None
+    feed = FeedState(pipeline.redis)
+    store = pipeline.sims.sentinel.store
+    deadline = time.monotonic() + timeout_s
+    size, changed_at, next_rss = len(store), time.monotonic(), 0.0
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if len(store) != size:
+            size, changed_at = len(store), now
+        if now >= next_rss:
+            run.sample_rss()
+            next_rss = now + 0.5
+            last = await feed.last_run()
+            if last is not None and now - changed_at > 1.0 and await pipeline.queues_empty():
+                return changed_at
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the pipeline did not finish in time")
+
+
+async def _seen_bytes(run: Run) -> dict[str, Any]:
+    """Redis memory now, and what deleting every seen key gives back, per key."""
+    redis = run.pipeline.redis
+    assert redis is not None
+    before = int((await redis.info("memory"))["used_memory"])
+    pattern = f"{destination_prefix(DESTINATION)}seen:*"
+    keys: list[bytes] = []
+    sample: list[int] = []
+    async for key in redis.scan_iter(match=pattern, count=5000):
+        keys.append(key)
+        if len(sample) < 200:
+            sample.append(int(await redis.memory_usage(key) or 0))
+    for start in range(0, len(keys), 5000):
+        await redis.delete(*keys[start : start + 5000])
+    after = int((await redis.info("memory"))["used_memory"])
+    return {
+        "seen_keys": len(keys),
+        "used_memory_bytes": before,
+        "freed_by_deleting_seen_keys": before - after,
+        "bytes_per_seen_key": round((before - after) / len(keys), 1) if keys else None,
+        "memory_usage_sample_avg": round(sum(sample) / len(sample), 1) if sample else None,
+    }
+
+
+async def measure(count: int) -> dict[str, Any]:
+    async with pipeline_run(
+        count=count, env=WIDE_OPEN, sentinel_requests_per_minute=NO_QUOTA, fetcher_service=True
+    ) as run:
+        pipeline = run.pipeline
+        assert pipeline.redis is not None
+        baseline = int((await pipeline.redis.info("memory"))["used_memory"])
+        started = await first_page(pipeline, timeout_s=120)
+        await run.mark_cpu()
+        finished = await _until_done(run, timeout_s=max(120.0, count / 300))
+        cpu = run.cpu_used()
+        run.sample_rss()
+        stored = len(pipeline.sims.sentinel.store)
+        _, counters = await pipeline.counters()
+        observer = RedisStreamsBus(pipeline.redis, consumer="bench-observer")
+        dead = 0
+        for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
+            dead += (await observer.counts(source)).dead_letter
+        memory = await _seen_bytes(run)
+    seconds = finished - started
+    return {
+        "backlog": count,
+        "stored": stored,
+        "uploaded_counter": counters.get("uploaded", 0),
+        "dead_lettered": dead,
+        "seconds": round(seconds, 2),
+        "indicators_per_s": round(stored / seconds),
+        "cpu_seconds": cpu,
+        "peak_rss_mib": {label: mib(value) for label, value in sorted(run.peak_rss.items())},
+        "peak_rss_bytes": dict(sorted(run.peak_rss.items())),
+        "redis_used_memory_growth_per_indicator": round(
+            (memory["used_memory_bytes"] - baseline) / max(1, stored), 1
+        ),
+        **memory,
+    }
+
+
+async def run(backlogs: tuple[int, ...] = (10_000, 100_000, 300_000)) -> list[dict[str, Any]]:
+    return [await measure(n) for n in backlogs]
+
+
+def figures(results: list[dict[str, Any]], *, e2e_backlog: int = 100_000) -> list[Figure]:
+    """Figure 2 from the ``e2e_backlog`` run (or the largest), figure 5 from all of them."""
+    chosen = next((r for r in results if r["backlog"] == e2e_backlog), results[-1])
+    rate = chosen["indicators_per_s"]
+    multiple = rate / SENTINEL_QUOTA_PER_S
+    budget_cap = 100 / (1 + 1) * 100  # limit / (window + the budget's 1 s margin) × objects
+    e2e = Figure(
+        key="end_to_end_unthrottled",
+        title="2. End to end, unthrottled (fetcher, filter, 1 uploader)",
+        ratio=round(multiple, 1),
+        target=f">= {TARGET_MULTIPLE:.0f}x quota ({SENTINEL_QUOTA_PER_S:.0f}/s)",
+        passed=multiple >= TARGET_MULTIPLE,
+        absolute={
+            "indicators": chosen["stored"],
+            "seconds": chosen["seconds"],
+            "indicators_per_s": rate,
+            "sentinel_quota_per_s": round(SENTINEL_QUOTA_PER_S, 1),
+            "product_budget_cap_per_s": budget_cap,
+            "share_of_product_budget_cap": round(rate / budget_cap, 3),
+            "cpu_seconds": chosen["cpu_seconds"],
+        },
+    )
+    small, large = results[0], results[-1]
+    growth = {
+        label: round(large["peak_rss_bytes"][label] / small["peak_rss_bytes"][label] - 1, 3)
+        for label in small["peak_rss_bytes"]
+        if label in large["peak_rss_bytes"]
+    }
+    per_key = [r["bytes_per_seen_key"] for r in results if r["bytes_per_seen_key"] is not None]
+    worst_growth = max(growth.values()) if growth else None
+    worst_bytes = max(per_key) if per_key else None
+    memory = Figure(
+        key="memory",
+        title=f"5. Memory, backlog {small['backlog']:,} -> {large['backlog']:,}",
+        ratio=worst_growth,
+        target=f"RSS growth <= {TARGET_GROWTH:.0%}; Redis <= {TARGET_BYTES} B/indicator",
+        passed=(
+            worst_growth is not None
+            and worst_growth <= TARGET_GROWTH
+            and worst_bytes is not None
+            and worst_bytes <= TARGET_BYTES
+        ),
+        absolute={
+            "rss_growth_by_service": growth,
+            "redis_bytes_per_seen_key_worst": worst_bytes,
+            "by_backlog": [
+                {
+                    key: r[key]
+                    for key in (
+                        "backlog",
+                        "stored",
+                        "seconds",
+                        "indicators_per_s",
+                        "peak_rss_mib",
+                        "seen_keys",
+                        "bytes_per_seen_key",
+                        "memory_usage_sample_avg",
+                        "redis_used_memory_growth_per_indicator",
+                        "dead_lettered",
+                    )
+                }
+                for r in results
+            ],
+        },
+        note="ratio = worst RSS growth (fraction) across services",
+    )
+    return [e2e, memory]
+
+
+if __name__ == "__main__":
+    out = asyncio.run(run((10_000, 30_000)))
+    for figure in figures(out, e2e_backlog=30_000):
+        print(figure.to_json())
