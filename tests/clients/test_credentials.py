@@ -17,7 +17,7 @@ from aiohttp import web
 from azure.core.exceptions import ClientAuthenticationError, ServiceResponseTimeoutError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
-from shared.credentials import TokenProvider, credential_factory
+from shared.credentials import CredentialFactory, TokenProvider, credential_factory
 from shared.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -67,6 +67,23 @@ def secret_factory(w: SimpleNamespace, secret: str = CLIENT_SECRET) -> Any:
 # ---- building the credential ----------------------------------------------------------------
 
 
+async def workload_identity(
+    w: Any, tmp_path: Path, *, client_secret: Secret | None = None
+) -> CredentialFactory:
+    """A factory for the federated client, with the assertion file AKS would mount."""
+    token_file = tmp_path / "token"
+    assertion = w.entra.issue_federated_assertion(FEDERATED_CLIENT_ID)
+    await asyncio.to_thread(token_file.write_text, assertion)
+    return credential_factory(
+        session=w.session,
+        tenant_id=TENANT,
+        client_id=FEDERATED_CLIENT_ID,
+        authority_host=w.entra.url,
+        client_secret=client_secret,
+        federated_token_file=token_file,
+    )
+
+
 async def test_client_secret_builds_the_async_client_secret_credential(
     server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
 ) -> None:
@@ -82,17 +99,7 @@ async def test_a_federated_token_file_selects_workload_identity(
     server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
 ) -> None:
     async with entra_world(server_ssl, client_ssl) as w:
-        token_file = tmp_path / "token"
-        assertion = w.entra.issue_federated_assertion(FEDERATED_CLIENT_ID)
-        await asyncio.to_thread(token_file.write_text, assertion)
-        factory = credential_factory(
-            session=w.session,
-            tenant_id=TENANT,
-            client_id=FEDERATED_CLIENT_ID,
-            authority_host=w.entra.url,
-            client_secret=Secret("ignored-when-federated"),
-            federated_token_file=token_file,
-        )
+        factory = await workload_identity(w, tmp_path, client_secret=Secret("ignored"))
         provider = TokenProvider(factory)
         try:
             assert isinstance(provider._credential, WorkloadIdentityCredential)
@@ -375,16 +382,7 @@ async def test_workload_identity_makes_one_token_request_per_call_too(
     server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
 ) -> None:
     async with entra_world(server_ssl, client_ssl) as w:
-        token_file = tmp_path / "token"
-        assertion = w.entra.issue_federated_assertion(FEDERATED_CLIENT_ID)
-        await asyncio.to_thread(token_file.write_text, assertion)
-        factory = credential_factory(
-            session=w.session,
-            tenant_id=TENANT,
-            client_id=FEDERATED_CLIENT_ID,
-            authority_host=w.entra.url,
-            federated_token_file=token_file,
-        )
+        factory = await workload_identity(w, tmp_path)
         w.entra.faults.inject(FaultKind.SERVER_ERROR, route="token", status=503, times=5)
         provider = TokenProvider(factory)
         try:

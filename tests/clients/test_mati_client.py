@@ -572,27 +572,17 @@ async def test_token_endpoint_timeout_backs_off_and_retries(
     assert sorted(str(r.fault) for r in w.sim.recorder.of("token")) == ["None", "timeout"]
 
 
-async def test_token_endpoint_reset_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+# One reset is enough: aiohttp never silently re-sends a POST.
+@pytest.mark.parametrize("kind", [FaultKind.RESET, FaultKind.MALFORMED_JSON])
+async def test_token_endpoint_reset_or_malformed_json_backs_off_and_retries(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, kind: FaultKind
 ) -> None:
     async with world(server_ssl, client_ssl) as w:
-        # One reset is enough: aiohttp never silently re-sends a POST.
-        w.sim.faults.inject(FaultKind.RESET, route="token")
+        w.sim.faults.inject(kind, route="token")
         pages = await collect(w.client)
         assert len(ids(pages)) == COUNT
         assert w.fake.sleeps == [first_jitter()]
-        assert [r.fault for r in w.sim.recorder.of("token")] == [FaultKind.RESET, None]
-
-
-async def test_token_endpoint_malformed_json_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="token")
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert [r.fault for r in w.sim.recorder.of("token")] == [FaultKind.MALFORMED_JSON, None]
+        assert [r.fault for r in w.sim.recorder.of("token")] == [kind, None]
 
 
 async def test_token_endpoint_persistent_malformed_json_is_malformed_response(

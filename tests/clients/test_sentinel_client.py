@@ -495,11 +495,11 @@ async def test_a_peer_echoing_the_token_never_puts_it_in_the_error(
 # ---- bodies the simulator never sends ---------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"1", b'[{"recordIndex": 0}]'])
-async def test_a_success_body_that_is_not_an_object_is_malformed_response(
+async def upload_two_answered_with(
     server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, body: bytes
-) -> None:
-    # It might be a refusal in a shape we do not know: no record may pass as accepted.
+) -> UploadResult:
+    """Upload two records to a one-route server that answers 200 with ``body``."""
+
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=200, body=body, content_type="application/json")
 
@@ -508,23 +508,23 @@ async def test_a_success_body_that_is_not_an_object_is_malformed_response(
         open_session(client_ssl) as session,
     ):
         client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
-        with pytest.raises(MalformedResponse):
-            await client.upload([indicator(0), indicator(1)])
+        return await client.upload([indicator(0), indicator(1)])
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"1", b'[{"recordIndex": 0}]'])
+async def test_a_success_body_that_is_not_an_object_is_malformed_response(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, body: bytes
+) -> None:
+    # It might be a refusal in a shape we do not know: no record may pass as accepted.
+    with pytest.raises(MalformedResponse):
+        await upload_two_answered_with(server_ssl, client_ssl, body)
 
 
 @pytest.mark.parametrize("body", [b"", b"  \n", b"{}", b'{"errors": null}', b'{"errors": []}'])
 async def test_an_empty_or_error_free_success_body_accepts_every_record(
     server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, body: bytes
 ) -> None:
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(status=200, body=body, content_type="application/json")
-
-    async with (
-        one_route(server_ssl, STIX_PATH, answer) as url,
-        open_session(client_ssl) as session,
-    ):
-        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
-        result = await client.upload([indicator(0), indicator(1)])
+    result = await upload_two_answered_with(server_ssl, client_ssl, body)
     assert result == UploadResult(accepted=(0, 1), rejected=())
 
 
