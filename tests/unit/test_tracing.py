@@ -31,7 +31,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
     the SDK refuses a second one, so an SDK provider already installed is reused)."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        provider = tracing.configure_tracing("unit", {})
+        provider = tracing.configure_tracing(
+            "unit", {}, processors=[SimpleSpanProcessor(_EXPORTER)]
+        )
+        _ADDED.append(provider)
     if provider not in _ADDED:
         provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         _ADDED.append(provider)
@@ -169,3 +172,21 @@ def test_the_bus_backend_names_the_messaging_system() -> None:
     assert tracing.messaging_system(object.__new__(RedisStreamsBus)) == "redis_streams"
     assert tracing.messaging_system(object.__new__(Wrapped)) == "redis_streams"
     assert tracing.messaging_system(object.__new__(ServiceBusBus)) == "servicebus"
+
+
+def test_without_an_exporter_spans_keep_their_ids_but_record_nothing() -> None:
+    provider = tracing.configure_tracing("filter", {}, install=False)
+    try:
+        parent = provider.get_tracer("unit").start_span("fetch page")
+        child = provider.get_tracer("unit").start_span(
+            "filter indicator", context=trace.set_span_in_context(parent)
+        )
+        assert not parent.is_recording() and not child.is_recording()
+        assert child.get_span_context().is_valid, "ids still travel on messages and logs"
+        assert child.get_span_context().trace_id == parent.get_span_context().trace_id
+    finally:
+        tracing.shutdown(provider)
+
+
+def test_recording_follows_the_installed_provider(spans: InMemorySpanExporter) -> None:
+    assert tracing.recording(), "the fixture's provider collects spans"
