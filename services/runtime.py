@@ -32,6 +32,7 @@ from shared.bus.servicebus import ServiceBusBus
 from shared.errors import ConfigError
 from shared.health import Health, HealthServer
 from shared.http import open_session
+from shared.redis_connect import connect
 from shared.secrets import Secret
 from shared.settings import Service, Settings, load_settings, url_password
 from shared.tls import client_context
@@ -119,7 +120,7 @@ async def open_runtime(
         # A few quick retries on a dropped connection: after a Redis restart or failover the
         # pooled connections are dead, and the first command on each would fail otherwise.
         # Every write the services make is idempotent or deduplicated (counters aside).
-        redis: Redis = Redis.from_url(
+        redis: Redis = connect(
             settings.redis_url,
             socket_timeout=30,
             socket_connect_timeout=10,

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.local.redis import LocalRedis
+from shared.redis_connect import connect
 from shared.tls import client_context
 from simulators.tls import SimulatorCA, mint_ca
 
@@ -66,8 +67,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
 
 @pytest.fixture
 async def redis_client(redis_server: LocalRedis) -> AsyncIterator[Redis]:
-    """A client on a Redis emptied for this test."""
-    client: Redis = Redis.from_url(redis_server.url)
+    """A client on a Redis emptied for this test, opened as the services open theirs."""
+    client: Redis = connect(redis_server.url)
     await client.flushall()
     yield client
     await client.aclose()

@@ -113,6 +113,7 @@ from shared.bus.base import (
     Target,
 )
 from shared.errors import FatalError
+from shared.redis_connect import connect
 from shared.redis_errors import translated
 
 logger = logging.getLogger(__name__)
@@ -402,7 +403,7 @@ class RedisStreamsBus:
         exceed ``MAX_BLOCK_S``. ``options`` are the constructor's keyword arguments."""
         if socket_timeout_s <= MAX_BLOCK_S:
             raise ValueError(f"socket_timeout_s must exceed {MAX_BLOCK_S}, got {socket_timeout_s}")
-        client: Redis = Redis.from_url(
+        client: Redis = connect(
             url,
             decode_responses=False,
             socket_timeout=socket_timeout_s,
