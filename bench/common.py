@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 
 from services.local.redis import LocalRedis
+from shared.redis_connect import CPackedConnection
 
 #: Filters that let every record through, so a feed of N indicators is N uploads: the worst
 #: case for throughput (nothing is dropped early), and the figures stay per indicator.
@@ -64,7 +64,7 @@ class Figure:
         }
 
 
-class CountingConnection(Connection):
+class CountingConnection(CPackedConnection):
     """A Redis connection that counts what it writes to the socket: one packed write is one
     round trip (a single command, or a whole pipeline), whatever the command is."""
 

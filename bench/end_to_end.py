@@ -17,6 +17,7 @@ import asyncio
 
 from bench.common import Figure
 from bench.runs import first_page, pipeline_run, stored_at_least, sync_in_background
+from shared.state import default_rate_margin_s
 
 #: Sentinel's quota: 100 requests of 100 objects a minute.
 SENTINEL_QUOTA_PER_S = 100 * 100 / 60
@@ -40,8 +41,8 @@ async def run(count: int = 60_000, *, uploaders: int = 1) -> Figure:
     seconds = finished - started
     rate = expected / seconds
     multiple = rate / SENTINEL_QUOTA_PER_S
-    # What the product's budget allows at its widest: limit / (window + 1 s margin).
-    budget_cap = 100 / (1 + 1) * 100
+    # What the product's budget allows at its widest: limit / (window + margin) × objects.
+    budget_cap = 100 / (1 + default_rate_margin_s(1)) * 100
     return Figure(
         key="end_to_end_unthrottled",
         title=f"2. End to end, unthrottled ({uploaders} uploader)",

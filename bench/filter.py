@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
 from services.filter.worker import BatchOutcome, FilterWorker
-from shared.bus import Message
+from shared.bus import Delivery, Message
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.filters import observable_for
 from shared.fingerprint import SeenEntry
@@ -58,16 +58,35 @@ async def publish(bus: RedisStreamsBus, records: Sequence[dict[str, Any]], run_i
         await bus.publish(INDICATORS, messages)
 
 
-async def drain(worker: FilterWorker, bus: RedisStreamsBus, batch_size: int) -> BatchOutcome:
-    """Receive and handle batches until the subscription is empty; the summed outcome."""
-    total = BatchOutcome()
-    source = subscription(DESTINATION)
-    while True:
-        deliveries = await bus.receive(source, max_messages=batch_size, max_wait_s=0.05)
-        if not deliveries:
-            return total
-        outcome = await worker.handle(deliveries)
-        total.counts.update(outcome.counts)
+class TallyingWorker(FilterWorker):
+    """The product's worker, summing the outcomes of the batches it handles."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.total = BatchOutcome()
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
+        outcome = await super().handle(deliveries)
+        self.total.counts.update(outcome.counts)
+        return outcome
+
+
+async def drain(worker: TallyingWorker, count: int) -> BatchOutcome:
+    """Run the worker's own loop (prefetch included) until it handled ``count`` more
+    messages; the summed outcome of those."""
+    start = worker.total.counts.copy()
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        while worker.total["received"] - start["received"] < count:
+            if task.done():
+                task.result()
+                raise RuntimeError("the filter stopped before it handled every message")
+            await asyncio.sleep(0.002)
+    finally:
+        stop.set()
+        await task
+    return BatchOutcome(worker.total.counts - start)
 
 
 async def commit_uploads(
@@ -86,7 +105,12 @@ async def commit_uploads(
             request = read_upload(delivery.body)
             indicator = parse_indicator(dict(request.record))
             expiration = _expiration(indicator, request.hash_type, policy)
-            entries.append((request.stix_id, SeenEntry(request.fingerprint, now + expiration)))
+            entries.append(
+                (
+                    request.stix_id,
+                    SeenEntry(request.fingerprint, now + expiration, request.source_tag),
+                )
+            )
         committed += await state.commit(entries, now=now)
         await bus.complete(queue, deliveries)
 
@@ -115,7 +139,7 @@ async def run(
         bus = RedisStreamsBus(client, consumer="bench-filter", lock_duration_s=60)
         publisher = RedisStreamsBus(client, consumer="bench-fetcher", duplicate_window_s=0)
         state = DestinationState(client, DESTINATION)
-        worker = FilterWorker(
+        worker = TallyingWorker(
             bus=bus,
             state=state,
             filter_policy=settings.filter_policy(),
@@ -124,27 +148,29 @@ async def run(
             deduplication=settings.enable_deduplication,
             refresh_ratio=settings.validity_refresh_ratio,
             batch_size=settings.filter_batch_size,
+            receive_wait_s=0.05,
+            prefetch=True,  # as services/filter/main.py runs it on Redis
         )
         await bus.ensure(subscription(DESTINATION))
         await bus.ensure(upload_queue(DESTINATION))
         try:
             # First pass: everything is new; forward, then commit as the uploader would.
             await publish(publisher, records, "bench-first")
-            first = await drain(worker, bus, settings.filter_batch_size)
+            first = await drain(worker, len(records))
             seen = await commit_uploads(bus, state, settings.stix_policy(), datetime.now(UTC))
 
             # Second pass, timed: everything is already seen.
             await publish(publisher, records, "bench-second")
             CountingConnection.round_trips = 0
             started = time.perf_counter()
-            second = await drain(worker, bus, settings.filter_batch_size)
+            second = await drain(worker, len(records))
             elapsed = time.perf_counter() - started
             trips = CountingConnection.round_trips
 
             profile_text = ""
             if profile:
                 await publish(publisher, records, "bench-profile")
-                profile_text = await _profiled(worker, bus, settings.filter_batch_size, dump)
+                profile_text = await _profiled(worker, len(records), dump)
         finally:
             await client.aclose()
     received = second.counts["received"]
@@ -173,12 +199,10 @@ async def run(
     return figure, profile_text
 
 
-async def _profiled(
-    worker: FilterWorker, bus: RedisStreamsBus, batch_size: int, dump: str | None
-) -> str:
+async def _profiled(worker: TallyingWorker, count: int, dump: str | None) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    await drain(worker, bus, batch_size)
+    await drain(worker, count)
     profiler.disable()
     if dump is not None:
         profiler.dump_stats(dump)

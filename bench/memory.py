@@ -19,7 +19,7 @@ from bench.common import Figure, mib
 from bench.runs import NO_QUOTA, Run, first_page, pipeline_run
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.messages import subscription, upload_queue
-from shared.state import FeedState, destination_prefix
+from shared.state import FeedState, default_rate_margin_s, destination_prefix
 from simulators.pipeline import DESTINATION
 
 #: The widest budget the settings allow (SENTINEL_REQUESTS_PER_MINUTE ≤ 100, window ≥ 1 s).
@@ -123,7 +123,8 @@ def figures(results: list[dict[str, Any]], *, e2e_backlog: int = 100_000) -> lis
     chosen = next((r for r in results if r["backlog"] == e2e_backlog), results[-1])
     rate = chosen["indicators_per_s"]
     multiple = rate / SENTINEL_QUOTA_PER_S
-    budget_cap = 100 / (1 + 1) * 100  # limit / (window + the budget's 1 s margin) × objects
+    # limit / (window + margin) × objects
+    budget_cap = 100 / (1 + default_rate_margin_s(1)) * 100
     e2e = Figure(
         key="end_to_end_unthrottled",
         title="2. End to end, unthrottled (fetcher, filter, 1 uploader)",

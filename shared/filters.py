@@ -104,6 +104,11 @@ class Observable:
             raise ValueError(f"hash_type must be set exactly for hash observables: {self.kind}")
 
 
+def kind_of(indicator_type: IndicatorType) -> ObservableKind:
+    """What an indicator type's observables match on."""
+    return _KIND_OF[indicator_type]
+
+
 def evaluate(indicator: Indicator, policy: FilterPolicy) -> tuple[Observable, ...] | DropReason:
     """Accept ``indicator`` as observables, or give the first failing check in module order.
     An accepted indicator always yields at least one observable."""

@@ -9,8 +9,10 @@ cache can be rebuilt from the workspace.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +30,15 @@ VOLATILE_PROPERTIES: Final = frozenset(
 #: 128 bits: collisions are out of reach for any feed size, and a Redis value stays small.
 _DIGEST_BYTES: Final = 16
 _FINGERPRINT: Final = re.compile(rf"[0-9a-f]{{{2 * _DIGEST_BYTES}}}")
-_ENCODED: Final = re.compile(rb"([0-9a-f]{%d}):(-?[0-9]{1,15})" % (2 * _DIGEST_BYTES))
+#: A source tag (``shared.source_tag``): 64 bits tell versions of one record apart.
+SOURCE_TAG_BYTES: Final = 8
+#: The stored entry: a format letter, then fingerprint, source tag and ``valid_until`` in epoch
+#: ms in base64url. 44 ASCII bytes: Redis keeps it inside the value's object (an "embstr", up
+#: to 44 bytes), and clients that decode responses as text still read it.
+_LAYOUT: Final = struct.Struct(f">{_DIGEST_BYTES}s{SOURCE_TAG_BYTES}sq")
+_FORMAT: Final = b"1"
+_ENCODED: Final = re.compile(rb"1[A-Za-z0-9_-]{43}")
+_NO_TAG: Final = bytes(SOURCE_TAG_BYTES)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 
@@ -54,11 +64,14 @@ def fingerprint(content: Mapping[str, object]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SeenEntry:
-    """What the seen cache keeps per STIX id: the fingerprint uploaded and the ``valid_until``
-    it was uploaded with (millisecond precision once encoded, like STIX timestamps)."""
+    """What the seen cache keeps per STIX id: the fingerprint uploaded, the ``valid_until``
+    it was uploaded with (millisecond precision once encoded, like STIX timestamps), and the
+    source tag of the raw record it was decided from (empty when unknown), which lets the
+    filter recognise a record it already judged without parsing it again."""
 
     fingerprint: str
     valid_until: datetime
+    source: bytes = b""
 
     def __post_init__(self) -> None:
         # Checked here so that every entry that can be built can also be decoded again.
@@ -66,25 +79,29 @@ class SeenEntry:
             raise ValueError("fingerprint must be 32 lower-case hex digits")
         if self.valid_until.utcoffset() is None:
             raise ValueError("valid_until must be an aware datetime")
+        if len(self.source) not in (0, SOURCE_TAG_BYTES):
+            raise ValueError(f"source must be empty or {SOURCE_TAG_BYTES} bytes")
 
     def encode(self) -> bytes:
-        """``<fingerprint>:<valid_until in epoch milliseconds>``, 46 bytes today."""
+        """The 44-byte layout above. An unknown source is stored as zeros, which decode as
+        unknown again: such an entry never matches a tag (the filter's full path runs)."""
         millis = (self.valid_until - _EPOCH) // _MILLISECOND
-        return b"%s:%d" % (self.fingerprint.encode("ascii"), millis)
+        packed = _LAYOUT.pack(bytes.fromhex(self.fingerprint), self.source or _NO_TAG, millis)
+        return _FORMAT + base64.urlsafe_b64encode(packed).rstrip(b"=")
 
     @classmethod
     def decode(cls, data: bytes) -> SeenEntry | None:
         """The entry ``encode`` wrote, or ``None`` for anything else: a garbled or foreign
         value then reads as "not seen", which costs one re-upload, never a lost indicator."""
-        match = _ENCODED.fullmatch(data)
-        if match is None:
+        if _ENCODED.fullmatch(data) is None:
             return None
-        digest, millis = match.groups()
+        packed = base64.urlsafe_b64decode(data[1:] + b"=")
+        digest, source, millis = _LAYOUT.unpack(packed)
         try:
-            valid_until = _EPOCH + int(millis) * _MILLISECOND
+            valid_until = _EPOCH + millis * _MILLISECOND
         except OverflowError:
             return None
-        return cls(digest.decode("ascii"), valid_until)
+        return cls(digest.hex(), valid_until, b"" if source == _NO_TAG else source)
 
 
 def decide(

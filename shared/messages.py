@@ -16,6 +16,7 @@ duplicate detection drops the copy.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -25,12 +26,13 @@ from opentelemetry.context import Context
 
 from shared import tracing
 from shared.bus import Message, Queue, Subscription, Topic
-from shared.fingerprint import ForwardReason
+from shared.fingerprint import SOURCE_TAG_BYTES, ForwardReason
 from shared.indicator import HashType
 
 RAW_SCHEMA: Final = "mati.indicator/1"
 UPLOAD_SCHEMA: Final = "upload.indicator/1"
 INDICATORS: Final = Topic("indicators")
+_SOURCE_TAG: Final = re.compile(f"[0-9a-f]{{{2 * SOURCE_TAG_BYTES}}}")
 
 
 def subscription(destination: str) -> Subscription:
@@ -81,6 +83,9 @@ class UploadRequest:
     hash_type: HashType | None
     fingerprint: str
     reason: ForwardReason
+    #: The raw record's source tag (``shared.source_tag``), stored with the seen entry once
+    #: Sentinel accepted the upload; empty for messages queued before tags existed.
+    source_tag: bytes = b""
 
 
 class MalformedMessage(ValueError):
@@ -105,6 +110,7 @@ def upload_message(
             "hash_type": request.hash_type.value if request.hash_type else None,
             "fingerprint": request.fingerprint,
             "reason": request.reason.value,
+            "source_tag": request.source_tag.hex(),
         }
     )
     return Message(
@@ -143,4 +149,11 @@ def read_upload(body: bytes) -> UploadRequest:
         reason = ForwardReason(str(data.get("reason")))
     except ValueError as exc:
         raise MalformedMessage("upload message has an unknown hash type or reason") from exc
-    return UploadRequest(record, stix_id, hash_type, fingerprint, reason)
+    return UploadRequest(record, stix_id, hash_type, fingerprint, reason, _source_tag(data))
+
+
+def _source_tag(data: Mapping[str, object]) -> bytes:
+    text = data.get("source_tag") or ""
+    if not isinstance(text, str) or (text and _SOURCE_TAG.fullmatch(text) is None):
+        raise MalformedMessage("upload message has a malformed source tag")
+    return bytes.fromhex(text)

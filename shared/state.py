@@ -24,11 +24,12 @@ Each entry: key, type and value; TTL; who writes; who reads (D = the destination
 ``m2s:{fetcher}:feed:counters``
     hash, name -> count (fetched, pages, published, …). No TTL. Written by the fetcher; read
     by ``status`` and metrics.
-``m2s:{D}:seen:<stix_id>``
-    string, ``SeenEntry.encode()`` = ``<fingerprint>:<valid_until ms>``. Expires AT that
-    ``valid_until`` (``PXAT``). Written by the uploader (``commit``, after Sentinel accepted
-    the record); read by the filter (``seen``).
-``m2s:{D}:inflight:<stix_id>``
+``m2s:{D}:seen:<id>``
+    ``<id>`` is the STIX id's UUID in 22 base64url characters (``compact_id``). String,
+    ``SeenEntry.encode()``: 33 bytes, the fingerprint, the source tag and ``valid_until``.
+    Expires AT that ``valid_until`` (``PXAT``). Written by the uploader (``commit``, after
+    Sentinel accepted the record); read by the filter (``seen``).
+``m2s:{D}:inflight:<id>``
     string, the fingerprint of the version queued for upload. TTL: the filter's claim TTL.
     Written by the filter (``claim``, ``release``) and cleared by the uploader (``commit``);
     read by the uploader (``claims``: is my message superseded?).
@@ -40,7 +41,8 @@ Each entry: key, type and value; TTL; who writes; who reads (D = the destination
     No TTL. Written by the uploader; read by every uploader replica, readiness and ``status``.
 ``m2s:{D}:rate:log``
     sorted set, one member per granted request, scored by the server's time in µs. TTL
-    window + margin (+1 s), renewed per grant; older members are trimmed on each acquire.
+    window + margin (+1 s; see ``RateBudget``), renewed per grant; older members are trimmed
+    on each acquire.
     Written and read by the uploader replicas (``RateBudget``); read by metrics.
 ``m2s:{D}:rate:pause``
     string; its TTL (``PX``) is the shared 429 pause. Written by the uploader that met the 429;
@@ -62,14 +64,17 @@ Why these shapes
   (one needless re-upload, never a lost indicator), and a garbled claim is overwritten. The
   singleton keys (lease, checkpoint, counters, circuit) are ours alone; a wrong type there is
   ``StateRefused``, for an operator.
-- **Memory.** One destination's keys share a slot, so they live on one shard: about 150 bytes
-  per indicator seen, about 150 MB for a million indicators.
+- **Memory.** One destination's keys share a slot, so they live on one shard. A seen entry
+  is the bulk: its key is kept short (the compact id) and its value fits Redis's embedded
+  string (at most 44 bytes), so it costs about 170 bytes with the key's expiry, about
+  170 MB for a million indicators (``make bench`` measures it).
 
 Requires Redis ≥ 6.2 (``PXAT``, effects replication of scripts that read ``TIME``).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import secrets
@@ -457,6 +462,19 @@ class FeedState:
 # --------------------------------------------------------------------------------------------
 # Destinations
 
+_STIX_ID: Final = re.compile(
+    r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+
+
+def compact_id(stix_id: str) -> str:
+    """``indicator--<uuid>`` as its 16 bytes in 22 base64url characters: a key 25 bytes
+    shorter per remembered indicator. Anything else (``stix_id`` never makes it) is kept."""
+    if _STIX_ID.fullmatch(stix_id) is None:
+        return stix_id
+    raw = bytes.fromhex(stix_id[11:].replace("-", ""))
+    return base64.urlsafe_b64encode(raw)[:22].decode("ascii")
+
 
 class DestinationState:
     """One destination's seen cache, in-flight claims, counters and circuit (DESIGN §4).
@@ -477,10 +495,10 @@ class DestinationState:
         self._set_circuit = client.register_script(_SET_CIRCUIT)
 
     def seen_key(self, stix_id: str) -> str:
-        return f"{self.prefix}seen:{stix_id}"
+        return f"{self.prefix}seen:{compact_id(stix_id)}"
 
     def inflight_key(self, stix_id: str) -> str:
-        return f"{self.prefix}inflight:{stix_id}"
+        return f"{self.prefix}inflight:{compact_id(stix_id)}"
 
     async def seen(self, stix_ids: Sequence[str]) -> list[SeenEntry | None]:
         """What was last uploaded for each id (one ``MGET``); unreadable values read as
@@ -594,13 +612,25 @@ class DestinationState:
         return parsed, "" if reason is None else _text(reason), when
 
 
+#: ``RateBudget``'s default margin: this share of the window, at most ``MAX_RATE_MARGIN_S``.
+RATE_MARGIN_SHARE: Final = 0.1
+MAX_RATE_MARGIN_S: Final = 1.0
+
+
+def default_rate_margin_s(window_s: float) -> float:
+    return min(MAX_RATE_MARGIN_S, window_s * RATE_MARGIN_SHARE)
+
+
 class RateBudget:
     """One request budget shared by every uploader replica of a destination.
 
     A sliding-window log by the Redis server's clock: a grant is recorded only while fewer
     than ``limit`` grants lie within ``window_s + margin_s``. The margin absorbs the delay
     between our grant and the request's arrival, since Sentinel's window counts arrivals.
-    After a 429, ``pause`` makes every replica wait the time Sentinel asked for.
+    By default it is a tenth of the window, at most a second: Sentinel's minute loses 1.6 %
+    of its quota to it, and a shortened window (tests, benchmarks) keeps its throughput
+    (a fixed second would halve a one-second window's). After a 429, ``pause`` makes every
+    replica wait the time Sentinel asked for.
     """
 
     def __init__(
@@ -610,10 +640,12 @@ class RateBudget:
         *,
         limit: int = 100,
         window_s: float = 60.0,
-        margin_s: float = 1.0,
+        margin_s: float | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if margin_s is None:
+            margin_s = default_rate_margin_s(window_s)
         if margin_s < 0:
             raise ValueError(f"margin_s must not be negative, got {margin_s}")
         _positive_ms(window_s, "window_s")

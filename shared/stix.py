@@ -89,13 +89,13 @@ class StixPolicy:
         for kind in ObservableKind:
             # STIX timestamps carry milliseconds; anything shorter would make valid_until equal
             # valid_from, which Sentinel and STIX refuse.
-            if self._expiration(kind) < timedelta(milliseconds=1):
+            if self.expiration_of(kind) < timedelta(milliseconds=1):
                 raise ValueError(f"{kind} expiration must be at least 1 ms")
 
     def expiration_for(self, observable: Observable) -> timedelta:
-        return self._expiration(observable.kind)
+        return self.expiration_of(observable.kind)
 
-    def _expiration(self, kind: ObservableKind) -> timedelta:
+    def expiration_of(self, kind: ObservableKind) -> timedelta:
         return {
             ObservableKind.IPV4: self.ipv4_expiration,
             ObservableKind.FQDN: self.fqdn_expiration,

@@ -31,6 +31,9 @@ def build_worker(runtime: Runtime) -> FilterWorker:
         deduplication=settings.enable_deduplication,
         refresh_ratio=settings.validity_refresh_ratio,
         batch_size=settings.filter_batch_size,
+        # Redis Streams only: one receive ahead overlaps Redis's work with ours. A Service
+        # Bus receiver is not meant for a receive racing the batch's settlements on its link.
+        prefetch=settings.bus == "redis",
     )
 
 

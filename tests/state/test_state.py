@@ -9,9 +9,11 @@ than its limit in any window across replicas, and the one-round-trip-per-batch c
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +46,7 @@ from shared.state import (
     StateRefused,
     StateUnavailable,
     _translated,
+    compact_id,
     destination_prefix,
 )
 from shared.stix import stix_id
@@ -691,3 +694,24 @@ def test_redis_errors_are_translated_by_what_the_caller_must_do(
     with pytest.raises(expected) as caught, _translated("test"):
         raise raised
     assert caught.value.__cause__ is raised
+
+
+def test_seen_keys_use_the_compact_id() -> None:
+    (a,) = ids(1)
+    compact = compact_id(a)
+    assert len(compact) == 22
+    assert "indicator" not in compact
+    assert base64.urlsafe_b64decode(compact + "==") == uuid.UUID(a[len("indicator--") :]).bytes
+    assert len({compact_id(i) for i in ids(1000)}) == 1000
+    for other in ("indicator--1", "indicator--045A6B10-A73F-51AC-8C22-538654BBA368", "x"):
+        assert compact_id(other) == other, "ids stix_id never makes are kept as they are"
+
+
+@pytest.mark.parametrize(
+    ("window_s", "span_s"), [(1.0, 1.1), (3.0, 3.3), (30.0, 31.0), (60.0, 61.0)]
+)
+def test_the_default_margin_is_a_tenth_of_the_window_at_most_a_second(
+    redis_client: Redis, window_s: float, span_s: float
+) -> None:
+    budget = RateBudget(redis_client, "acme", limit=100, window_s=window_s)
+    assert budget.span_us == round(span_s * 1_000_000)

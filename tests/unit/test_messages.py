@@ -75,6 +75,7 @@ def test_upload_message_round_trips() -> None:
         hash_type=HashType.SHA256,
         fingerprint="f" * 32,
         reason=ForwardReason.REFRESH,
+        source_tag=bytes.fromhex("00ff00ff00ff00ff"),
     )
     message = upload_message(request, run_id="run-2", source_message_id="raw-1")
     assert read_upload(message.body) == request
@@ -106,8 +107,28 @@ def test_upload_message_round_trips() -> None:
             b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "whim"}',
             "unknown hash type or reason",
         ),
+        (
+            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
+            b' "source_tag": "00FF00FF00FF00FF"}',
+            "malformed source tag",
+        ),
+        (
+            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
+            b' "source_tag": " 0ff00ff00ff00ff"}',
+            "malformed source tag",
+        ),
+        (
+            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
+            b' "source_tag": 7}',
+            "malformed source tag",
+        ),
     ],
 )
 def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str) -> None:
     with pytest.raises(MalformedMessage, match=why):
         read_upload(body)
+
+
+def test_an_upload_queued_before_source_tags_reads_without_one() -> None:
+    body = b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new"}'
+    assert read_upload(body).source_tag == b""

@@ -181,7 +181,8 @@ def test_without_an_exporter_spans_keep_their_ids_but_record_nothing() -> None:
         child = provider.get_tracer("unit").start_span(
             "filter indicator", context=trace.set_span_in_context(parent)
         )
-        assert not parent.is_recording() and not child.is_recording()
+        assert not parent.is_recording()
+        assert not child.is_recording()
         assert child.get_span_context().is_valid, "ids still travel on messages and logs"
         assert child.get_span_context().trace_id == parent.get_span_context().trace_id
     finally:
