@@ -8,7 +8,7 @@ most one value is held per hash type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -78,6 +78,15 @@ class Indicator:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
 
+    # Derived views (categories, actors, malware), computed together on first use and kept:
+    # the filter and the STIX mapping read them several times per indicator. Not part of
+    # equality, hash or repr, and not a constructor argument, so an ``Indicator`` compares and
+    # prints exactly as its fields say. One field, not three: each field costs every
+    # construction a write, used or not.
+    _views: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     @property
     def is_osint(self) -> bool:
         """True iff every source is OSINT (DESIGN §5).
@@ -86,28 +95,45 @@ class Indicator:
         and MATI's own ``exclude_osint`` already ran server-side, so excluding it here would
         silently lose Mandiant's data on a missing optional field.
         """
-        return bool(self.sources) and all(source.osint for source in self.sources)
+        return bool(self.sources) and all([source.osint for source in self.sources])
 
     @property
     def categories(self) -> tuple[str, ...]:
         """Union of per-source and top-level categories, lower-cased, sorted for stable labels."""
-        found = {name.strip().lower() for name in self.category}
-        for source in self.sources:
-            found.update(name.strip().lower() for name in source.categories)
-        found.discard("")
-        return tuple(sorted(found))
+        views = self._views
+        return (views if views is not None else self._derive_views())[0]
 
     def hash_value(self, hash_type: HashType) -> str | None:
-        return next((value for kind, value in self.hashes if kind == hash_type), None)
+        for kind, value in self.hashes:
+            if kind == hash_type:
+                return value
+        return None
 
     @property
     def actors(self) -> tuple[str, ...]:
-        return self._names(THREAT_ACTOR)
+        views = self._views
+        return (views if views is not None else self._derive_views())[1]
 
     @property
     def malware(self) -> tuple[str, ...]:
-        return self._names(MALWARE)
+        views = self._views
+        return (views if views is not None else self._derive_views())[2]
 
-    def _names(self, kind: str) -> tuple[str, ...]:
+    def _derive_views(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        names = list(self.category)
+        for source in self.sources:
+            names += source.categories
+        found = {name.strip().lower() for name in names}
+        found.discard("")
+        actors: list[str] = []
+        malware: list[str] = []
+        for association in self.associations:
+            if association.kind == THREAT_ACTOR:
+                actors.append(association.name)
+            elif association.kind == MALWARE:
+                malware.append(association.name)
         # dict.fromkeys de-duplicates while keeping MATI's order.
-        return tuple(dict.fromkeys(a.name for a in self.associations if a.kind == kind))
+        views = (tuple(sorted(found)), tuple(dict.fromkeys(actors)), tuple(dict.fromkeys(malware)))
+        # The one sanctioned write to a frozen instance: filling its own cache, once.
+        object.__setattr__(self, "_views", views)
+        return views
