@@ -98,11 +98,15 @@ def upload_message(
     run_id: str,
     source_message_id: str,
     context: Context | None = None,
+    carried: Mapping[str, str] | None = None,
 ) -> Message:
     """``source_message_id`` is the raw message's id (MATI id and ``last_updated``): a raw
     message forwarded twice (redelivered after a failed forward) yields the same upload id and
     the bus drops the copy, while a later report of the indicator (a refresh, or a change and
-    back within the duplicate window) yields a new one and gets through."""
+    back within the duplicate window) yields a new one and gets through.
+
+    The message carries the trace of ``context``, or, given ``carried`` (the raw message's
+    properties, when the filter made no span for it), the raw message's own trace context."""
     body = orjson.dumps(
         {
             "record": request.record,
@@ -113,18 +117,20 @@ def upload_message(
             "source_tag": request.source_tag.hex(),
         }
     )
+    properties = {
+        "schema": UPLOAD_SCHEMA,
+        "indicator_id": _text_field(request.record, "id"),
+        "indicator_type": _text_field(request.record, "type"),
+        "stix_id": request.stix_id,
+        "run_id": run_id,
+    }
     return Message(
         body=body,
         message_id=f"{request.stix_id}:{request.fingerprint[:16]}:{source_message_id}",
-        properties=tracing.inject(
-            {
-                "schema": UPLOAD_SCHEMA,
-                "indicator_id": _text_field(request.record, "id"),
-                "indicator_type": _text_field(request.record, "type"),
-                "stix_id": request.stix_id,
-                "run_id": run_id,
-            },
-            context,
+        properties=(
+            tracing.carry(properties, carried)
+            if carried is not None
+            else tracing.inject(properties, context)
         ),
     )
 

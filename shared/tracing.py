@@ -183,6 +183,22 @@ def extract(properties: Mapping[str, str]) -> Context:
     return _PROPAGATOR.extract(carrier, context=Context())
 
 
+def carry(properties: dict[str, str], carried: Mapping[str, str]) -> dict[str, str]:
+    """Copy the trace context ``carried`` (a received message's properties) onto
+    ``properties``, unparsed: how a message made without a span of its own (nothing is
+    recorded) continues the trace of the message it came from. Returns ``properties``."""
+    for key in TRACE_PROPERTIES:
+        if key in carried:
+            properties[key] = carried[key]
+    return properties
+
+
+def remote(properties: Mapping[str, str]) -> Span:
+    """A non-recording span standing for the context a message carried: log lines written
+    within it name that trace when no span of ours was made for the message."""
+    return trace.get_current_span(extract(properties))
+
+
 def link_to(properties: Mapping[str, str], **attributes: str) -> Link | None:
     """A link to the span a message was made in, or None when it carried no context."""
     span_context = trace.get_current_span(extract(properties)).get_span_context()

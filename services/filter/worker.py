@@ -24,8 +24,9 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
 Each batch is a ``filter batch`` span linking its messages, and each raw message gets a
 ``filter indicator`` span whose parent is the context the message carried (the fetcher's page):
 its context rides on what it forwards, so one indicator's path stays one trace. When nothing
-records spans (no exporter), recognised records get no span and the batch no links: they
-forward nothing, and their spans would be half of a steady-state sync's cost.
+records spans (no exporter), messages get no span and the batch no links (they were half of
+a steady-state batch's cost): what a message forwards carries the raw message's own trace
+context, and its dead-letter log line names that trace.
 
 Every outcome is counted in the destination's counters, per raw message (``received``,
 ``rejected_<reason>``, ``dropped_<filter reason>``) or per observable (``dropped_unchanged``,
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from shared import tracing
@@ -221,7 +222,7 @@ class FilterWorker:
                         item.span = self._span(delivery, attributes, batch)
                     items.append(item)
                     continue
-                span = self._span(delivery, attributes, batch)
+                span = self._span(delivery, attributes, batch) if recording else INVALID_SPAN
                 with tracing.within(span):
                     item = judge(
                         delivery,
@@ -354,7 +355,10 @@ class FilterWorker:
                 request,
                 run_id=item.delivery.properties.get("run_id", ""),
                 source_message_id=item.delivery.message_id,
-                context=tracing.context_of(item.span),  # the indicator's trace goes on
+                # The indicator's trace goes on: from our span, or, when nothing records
+                # spans, straight from the raw message's context.
+                context=tracing.context_of(item.span),
+                carried=None if item.span.is_recording() else item.delivery.properties,
             )
             for item in forwarding
             for request in item.claimed
@@ -402,7 +406,10 @@ class FilterWorker:
             if item.dead_letter is None:
                 continue
             reason, description = item.dead_letter
-            with tracing.within(item.span):
+            span = (
+                item.span if item.span.is_recording() else tracing.remote(item.delivery.properties)
+            )
+            with tracing.within(span):
                 log.warning(
                     "filter.dead_lettered",
                     indicator_id=item.indicator_id,

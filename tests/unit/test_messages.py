@@ -132,3 +132,11 @@ def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str)
 def test_an_upload_queued_before_source_tags_reads_without_one() -> None:
     body = b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new"}'
     assert read_upload(body).source_tag == b""
+
+
+def test_an_upload_message_can_carry_the_raw_messages_trace_as_is() -> None:
+    request = UploadRequest(RECORD, "indicator--1", None, "f" * 32, ForwardReason.NEW)
+    carried = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-00", "schema": "raw"}
+    message = upload_message(request, run_id="r", source_message_id="m", carried=carried)
+    assert message.properties["traceparent"] == carried["traceparent"]
+    assert message.properties["schema"] == UPLOAD_SCHEMA

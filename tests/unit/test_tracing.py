@@ -191,3 +191,16 @@ def test_without_an_exporter_spans_keep_their_ids_but_record_nothing() -> None:
 
 def test_recording_follows_the_installed_provider(spans: InMemorySpanExporter) -> None:
     assert tracing.recording(), "the fixture's provider collects spans"
+
+
+def test_a_message_made_without_a_span_carries_its_source_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    with tracing.span("fetch page", {}, root=True) as page:
+        raw = raw_message(RECORD, run_id="r")
+    properties = tracing.carry({"schema": "x"}, raw.properties)
+    assert properties["traceparent"] == raw.properties["traceparent"]
+    assert tracing.carry({}, {"schema": "x"}) == {}, "nothing to carry, nothing added"
+    remote = tracing.remote(raw.properties)
+    assert not remote.is_recording()
+    assert remote.get_span_context().span_id == page.get_span_context().span_id
