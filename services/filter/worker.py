@@ -214,12 +214,18 @@ class FilterWorker:
             ]
             known = await self._seen(predicted_ids(predictions), {})
             items: list[Item] = []
+            # Recognised records, when nothing records spans, are only completed and counted.
+            recognised: list[Delivery] = []
+            unchanged = 0
             for delivery, tag, prediction in zip(deliveries, tags, predictions, strict=True):
                 if prediction is not None and self._shortcut.unchanged(prediction, tag, known, now):
+                    if not recording:
+                        recognised.append(delivery)
+                        unchanged += len(prediction.stix_ids)
+                        continue
                     item = Item(delivery, indicator_id=delivery.properties.get("indicator_id", ""))
                     item.counts["dropped_unchanged"] = len(prediction.stix_ids)
-                    if recording:
-                        item.span = self._span(delivery, attributes, batch)
+                    item.span = self._span(delivery, attributes, batch)
                     items.append(item)
                     continue
                 span = self._span(delivery, attributes, batch) if recording else INVALID_SPAN
@@ -235,7 +241,7 @@ class FilterWorker:
                 item.span = span
                 items.append(item)
             try:
-                return await self._handle(items, known, now)
+                return await self._handle(items, recognised, unchanged, known, now)
             finally:
                 for item in items:
                     tracing.finish(item.span, item.outcome())
@@ -251,14 +257,20 @@ class FilterWorker:
         )
 
     async def _handle(
-        self, items: list[Item], known: dict[str, SeenEntry | None], now: datetime
+        self,
+        items: list[Item],
+        recognised: list[Delivery],
+        unchanged: int,
+        known: dict[str, SeenEntry | None],
+        now: datetime,
     ) -> BatchOutcome:
         await self._decide(items, known, now)
         await self._claim(items)
         publish_error = await self._forward(items)
         outcome = BatchOutcome()
-        outcome.counts["received"] = len(items)
-        outcome.counts["lock_lost"] = await self._settle(items)
+        outcome.counts["received"] = len(items) + len(recognised)
+        outcome.counts["dropped_unchanged"] = unchanged
+        outcome.counts["lock_lost"] = await self._settle(items, recognised)
         for item in items:
             item.settled = True
         for item in items:
@@ -357,7 +369,7 @@ class FilterWorker:
                 source_message_id=item.delivery.message_id,
                 # The indicator's trace goes on: from our span, or, when nothing records
                 # spans, straight from the raw message's context.
-                context=tracing.context_of(item.span),
+                context=tracing.context_of(item.span) if item.span.is_recording() else None,
                 carried=None if item.span.is_recording() else item.delivery.properties,
             )
             for item in forwarding
@@ -397,7 +409,7 @@ class FilterWorker:
         except TransientError as exc:
             log.warning("filter.abandon_failed", error=str(exc)[:_MAX_ERROR_CHARS])
 
-    async def _settle(self, items: Sequence[Item]) -> int:
+    async def _settle(self, items: Sequence[Item], recognised: Sequence[Delivery]) -> int:
         """Dead-letter the bad records and complete the rest (not the abandoned); returns how
         many locks were lost (another filter received those messages after our lock expired;
         it owns them now, and what we forwarded is deduplicated by message id)."""
@@ -424,6 +436,7 @@ class FilterWorker:
             except LockLost as exc:
                 lost += len(exc.message_ids)
         done = [item.delivery for item in items if item.dead_letter is None and not item.abandoned]
+        done += recognised
         try:
             await self._bus.complete(self.source, done)
         except LockLost as exc:

@@ -773,6 +773,8 @@ def _from_ms(ms: int) -> datetime:
 
 
 def _text(value: Any) -> str:
+    if type(value) is bytes:  # what hiredis hands back, so tested first
+        return value.decode("utf-8", "replace")
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
@@ -803,6 +805,8 @@ def _properties(raw: Any) -> dict[str, str]:
         return {}
     if not isinstance(decoded, dict):
         return {}
+    if all(type(v) is str for v in decoded.values()):  # ours always are (JSON keys are str)
+        return decoded
     return {str(k): v if isinstance(v, str) else str(v) for k, v in decoded.items()}
 
 
