@@ -7,10 +7,11 @@ the same content (so its fingerprint only moves when something Sentinel stores m
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from shared.parsing import format_timestamp
 #: next sync would upload each one again under a new id, next to the old one, in every
 #: workspace. Never change it.
 NAMESPACE: Final = uuid.UUID("1d560667-65d4-4cea-95f3-a08aad09ffae")
+_NAMESPACE_BYTES: Final = NAMESPACE.bytes
 
 #: Sentinel's limits per upload request and on ``sourcesystem`` (sentinel-and-entra §2.2, §2.3).
 MAX_OBJECTS_PER_REQUEST: Final = 100
@@ -108,7 +110,13 @@ def stix_id(mati_id: str, hash_type: HashType | None) -> str:
     """``indicator--uuid5(NAMESPACE, mati_id[:hash_type])``: stable across runs, replicas and
     workspaces, and distinct per hash of one md5 indicator (``HASH_TYPE=all``)."""
     name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
-    return f"indicator--{uuid.uuid5(NAMESPACE, name)}"
+    # ``uuid.uuid5`` byte for byte (tests pin it), without building a UUID object: the
+    # uploader checks one id per record, and the UUID class's checks cost most of that.
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
+    version = ((digest[6] & 0x0F) | 0x50).to_bytes()  # version 5
+    variant = ((digest[8] & 0x3F) | 0x80).to_bytes()  # RFC 4122 variant
+    h = (digest[:6] + version + digest[7:8] + variant + digest[9:16]).hex()
+    return f"indicator--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def escape(value: str) -> str:
@@ -148,14 +156,17 @@ def labels(observable: Observable, policy: StixPolicy) -> list[str]:
     return sorted(found)
 
 
-def content(observable: Observable, policy: StixPolicy) -> dict[str, object]:
+def content(
+    observable: Observable, policy: StixPolicy, *, object_id: str | None = None
+) -> dict[str, object]:
     """The STIX indicator without the timestamps each upload moves; what the fingerprint
-    covers."""
+    covers. ``object_id`` is the observable's ``stix_id`` when the caller already has it
+    (and checked it against the record): the uuid5 is then not derived a second time."""
     indicator = observable.indicator
     body: dict[str, object] = {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": stix_id(indicator.id, observable.hash_type),
+        "id": object_id or stix_id(indicator.id, observable.hash_type),
         "name": _name(observable),
         "description": _description(observable),
         "indicator_types": ["malicious-activity"],
@@ -189,16 +200,73 @@ def indicator_object(
     from MATI's first sighting so it stays put across uploads of one id, and is clamped to
     ``modified`` so clock skew cannot make the object invalid.
     """
-    modified = format_timestamp(now)
-    body = content(observable, policy)
-    return {
-        **body,
-        "created": format_timestamp(min(_first_known(observable.indicator) or now, now)),
-        "modified": modified,
-        "valid_from": modified,
-        "valid_until": format_timestamp(now + policy.expiration_for(observable)),
-        FINGERPRINT_PROPERTY: fingerprint(body),
-    }
+    return Draft.of(observable, policy).at(UploadTime(now))[0]
+
+
+class UploadTime:
+    """One upload instant and its STIX timestamps, formatted once: every object of a request
+    shares ``modified``/``valid_from``, and every object of one expiration its ``valid_until``
+    (an uploader builds 100 objects per request, and again on each retry)."""
+
+    __slots__ = ("_until", "now", "text")
+
+    def __init__(self, now: datetime) -> None:
+        self.text = format_timestamp(now)  # ValueError for a naive ``now``
+        self.now = now
+        self._until: dict[timedelta, tuple[str, datetime]] = {}
+
+    def valid_until(self, expiration: timedelta) -> tuple[str, datetime]:
+        """``now + expiration`` as the STIX timestamp and as the instant that timestamp reads
+        back as (milliseconds, truncated): what Sentinel stores, so what the seen cache keeps,
+        without parsing our own text back."""
+        found = self._until.get(expiration)
+        if found is None:
+            moment = (self.now + expiration).astimezone(UTC)
+            truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+            found = self._until[expiration] = (format_timestamp(moment), truncated)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """Everything of one observable's STIX object that does not depend on the upload time:
+    made once per indicator, stamped (``at``) once per request that carries it."""
+
+    body: dict[str, object]
+    fingerprint: str
+    expiration: timedelta
+    first_known: datetime | None
+    created: str | None
+
+    @classmethod
+    def of(
+        cls, observable: Observable, policy: StixPolicy, *, object_id: str | None = None
+    ) -> Draft:
+        body = content(observable, policy, object_id=object_id)
+        first_known = _first_known(observable.indicator)
+        return cls(
+            body=body,
+            fingerprint=fingerprint(body),
+            expiration=policy.expiration_for(observable),
+            first_known=first_known,
+            created=None if first_known is None else format_timestamp(first_known),
+        )
+
+    def at(self, time: UploadTime) -> tuple[dict[str, object], datetime]:
+        """The object to upload at ``time`` (``indicator_object``) and its ``valid_until`` as
+        Sentinel will store it."""
+        until_text, until = time.valid_until(self.expiration)
+        first = self.first_known
+        # created = min(first sighting, now): a first sighting "in the future" is clock skew.
+        created = self.created if first is not None and first < time.now else time.text
+        return {
+            **self.body,
+            "created": created,
+            "modified": time.text,
+            "valid_from": time.text,
+            "valid_until": until_text,
+            FINGERPRINT_PROPERTY: self.fingerprint,
+        }, until
 
 
 def check_source_system(name: str) -> str | None:
@@ -224,7 +292,9 @@ def upload_body(
         raise ValueError(
             f"an upload holds 1..{MAX_OBJECTS_PER_REQUEST} objects, got {len(objects)}"
         )
-    return {"sourcesystem": source_system, _BODY_KEYS[api]: [dict(obj) for obj in objects]}
+    # Plain dicts go as they are (no copy per object); other mappings become dicts for orjson.
+    listed = [obj if type(obj) is dict else dict(obj) for obj in objects]
+    return {"sourcesystem": source_system, _BODY_KEYS[api]: listed}
 
 
 def _first_known(indicator: Indicator) -> datetime | None:

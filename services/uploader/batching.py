@@ -23,9 +23,9 @@ from shared.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
 from shared.filters import Observable, observable_for
 from shared.fingerprint import decide, refresh_after_for
 from shared.messages import MalformedMessage, UploadRequest, read_upload
-from shared.parsing import Rejection, parse_indicator, parse_timestamp
+from shared.parsing import Rejection, parse_indicator
 from shared.state import DestinationState, StateUnavailable
-from shared.stix import StixPolicy, indicator_object, stix_id
+from shared.stix import Draft, StixPolicy, UploadTime, stix_id
 
 log = logs.get_logger(__name__)
 
@@ -35,13 +35,16 @@ INVALID_RECORD: Final = "invalid_record"
 REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
-    """One message that maps to one STIX indicator."""
+    """One message that maps to one STIX indicator. The record is parsed once (``decode``),
+    and its time-independent STIX part made once, on the first request that carries it: a
+    retry or a split half only stamps new timestamps on it."""
 
     delivery: Delivery
     request: UploadRequest
     observable: Observable
+    _draft: Draft | None = field(default=None, repr=False, compare=False)
 
     @property
     def stix_id(self) -> str:
@@ -55,14 +58,14 @@ class Item:
     def claim(self) -> tuple[str, str]:
         return (self.request.stix_id, self.request.fingerprint)
 
-    def build(self, policy: StixPolicy, now: datetime) -> tuple[dict[str, object], datetime]:
-        """The object to upload at ``now`` and its ``valid_until`` read back from the object,
-        so the seen entry holds exactly what Sentinel stores (milliseconds, truncated)."""
-        obj = indicator_object(self.observable, policy, now)
-        valid_until = parse_timestamp(obj["valid_until"])
-        if valid_until is None:  # indicator_object always writes a STIX timestamp
-            raise ValueError("indicator_object produced an unreadable valid_until")
-        return obj, valid_until
+    def build(self, policy: StixPolicy, time: UploadTime) -> tuple[dict[str, object], datetime]:
+        """The object to upload at ``time`` and its ``valid_until`` as Sentinel stores it
+        (milliseconds, truncated), which is what the seen entry must hold."""
+        draft = self._draft
+        if draft is None:
+            # decode checked that the message's stix_id is the record's: no second uuid5.
+            draft = self._draft = Draft.of(self.observable, policy, object_id=self.stix_id)
+        return draft.at(time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,19 +214,31 @@ class HeldBatch:
         self._by_token = {d.lock_token: d for d in deliveries}
         #: Loop time of the last renewal (or of receiving).
         self.renewed_at = now
-        attributes = tracing.destination_attributes(
+        self._attributes = tracing.destination_attributes(
             tracing.messaging_system(bus), queue.name, "process"
         )
-        self._spans: dict[str, Span] = {
-            d.lock_token: tracing.consumer_span(
-                "upload indicator",
-                d.properties,
-                d.message_id,
-                {**attributes, "messaging.message.delivery_count": d.delivery_count},
-            )
-            for d in deliveries
-        }
+        #: One attribute set per delivery count (nearly always just 1), not one per message.
+        self._per_count: dict[int, dict[str, str | int]] = {}
+        #: Whether spans are recorded at all; when not, no per-message span is made (a
+        #: dead-letter still makes one, so its log line carries the message's trace).
+        self.recording = tracing.recording()
+        self._spans: dict[str, Span] = (
+            {d.lock_token: self._span(d) for d in deliveries} if self.recording else {}
+        )
         self._attempts: Counter[str] = Counter()
+
+    def _span(self, delivery: Delivery) -> Span:
+        """The ``upload indicator`` span of one message, child of the context it carried."""
+        count = delivery.delivery_count
+        attributes = self._per_count.get(count)
+        if attributes is None:
+            attributes = self._per_count[count] = {
+                **self._attributes,
+                "messaging.message.delivery_count": count,
+            }
+        return tracing.consumer_span(
+            "upload indicator", delivery.properties, delivery.message_id, attributes
+        )
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -242,6 +257,8 @@ class HeldBatch:
     def record_request(self, deliveries: Sequence[Delivery], request: Span, outcome: str) -> None:
         """Note on each message's span one upload request that carried it, linked to that
         request's span: a retried message shows several, and ``upload.attempts`` above 1."""
+        if not self._spans:
+            return
         link = request.get_span_context()
         for delivery in deliveries:
             span = self._spans.get(delivery.lock_token)
@@ -284,6 +301,8 @@ class HeldBatch:
         """Set the message aside with its reason, then drop its claim so the next sync may
         queue the indicator again (a fixed record, say)."""
         span = self._spans.get(delivery.lock_token)
+        if span is None and not self.recording and self.holds(delivery):
+            span = self._span(delivery)  # not recorded: only for the log line's trace ids
         rejected = reason == REJECTED_BY_SENTINEL
         self._drop([delivery], "rejected" if rejected else f"dead_lettered_{reason}")
         try:

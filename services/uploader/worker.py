@@ -9,8 +9,9 @@ Every outcome of DESIGN §4 is handled on the batch the uploader holds, under it
 - 429: every replica pauses (``RateBudget.pause``), and the same batch goes again;
 - 5xx, timeouts, resets, unreadable answers: jittered exponential back-off, same batch;
 - 401/403/404 and refused TLS (after the client's one token refresh): the destination's
-  circuit opens, the batch is held and probed with a growing delay, nothing more is received,
-  so no message burns its delivery count on a problem only an operator can fix.
+  circuit opens (``services.uploader.circuit``), the batch is held and probed with a growing
+  delay, nothing more is received, so no message burns its delivery count on a problem only
+  an operator can fix.
 
 Waiting never lets a lock run out: every wait is cut into slices of a third of the lock
 duration with a renewal between them. Every request, retries and split halves included, first
@@ -18,9 +19,16 @@ takes a slot of the shared ``RateBudget``. Stopping abandons whatever still wait
 messages come straight back for another replica); a request already sent finishes and is
 settled, within the drain timeout.
 
+Lanes: one replica may hold ``lanes`` batches at once, each uploaded and settled by its own
+loop exactly as a replica of its own would (every guarantee above holds per batch), so one
+batch's Redis work overlaps another's request to Sentinel. Lanes receive one at a time, so
+each batch still fills (or lingers) before the next starts: a trickle is not split into more,
+smaller requests, which the quota counts.
+
 Traces: every request is an ``upload request`` span linking each message it carried; each
 message's own ``upload indicator`` span (``HeldBatch``) continues that indicator's trace and
-records every request it rode in and its outcome (accepted, rejected, superseded, ...).
+records every request it rode in and its outcome (accepted, rejected, superseded, ...). When
+nothing records spans (no exporter), neither the per-message spans nor the links are made.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from services.uploader.batching import (
     prepare,
     receive_batch,
 )
+from services.uploader.circuit import Circuit
 from shared import logs, tracing
 from shared.backoff import Backoff
 from shared.bus import Bus, Delivery
@@ -58,8 +67,8 @@ from shared.errors import (
 from shared.fingerprint import SeenEntry
 from shared.messages import upload_queue
 from shared.sentinel_client import UploadResult
-from shared.state import CircuitState, DestinationState, RateBudget, StateUnavailable
-from shared.stix import MAX_OBJECTS_PER_REQUEST, StixPolicy
+from shared.state import DestinationState, RateBudget, StateUnavailable
+from shared.stix import MAX_OBJECTS_PER_REQUEST, StixPolicy, UploadTime
 
 log = logs.get_logger(__name__)
 
@@ -99,6 +108,7 @@ class Uploader:
         skip_uploaded: bool = True,
         batch_size: int = MAX_OBJECTS_PER_REQUEST,
         receive_wait_s: float = 1.0,
+        lanes: int = 1,
         retry: Backoff | None = None,
         probe: Backoff | None = None,
         clock: Clock = _utcnow,
@@ -107,6 +117,8 @@ class Uploader:
     ) -> None:
         if not 1 <= batch_size <= MAX_OBJECTS_PER_REQUEST:
             raise ValueError(f"batch_size must be within 1..{MAX_OBJECTS_PER_REQUEST}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         self.destination = destination
         self.queue = upload_queue(destination)
         self._bus = bus
@@ -121,15 +133,15 @@ class Uploader:
         self._skip_uploaded = skip_uploaded
         self._batch_size = batch_size
         self._receive_wait_s = receive_wait_s
+        self._lanes = lanes
+        self._receiving = asyncio.Lock()
         self._retry = retry or Backoff(base_s=1.0, cap_s=60.0)
-        self._probe = probe or Backoff(base_s=5.0, cap_s=300.0)
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not secrecy
         self._stop = asyncio.Event()
         self._tally: Counter[str] = Counter()
-        self._probes = 0
-        self._circuit_open = False
+        self._circuit = Circuit(state, probe or Backoff(base_s=5.0, cap_s=300.0), self._tally)
         self._request_attributes: dict[str, str | int] = {
             "mati2sentinel.destination": destination,
             "messaging.destination.name": self.queue.name,
@@ -138,22 +150,36 @@ class Uploader:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Receive and upload batches until ``stop`` is set; never crashes on a transient
-        failure of the bus, Redis or Sentinel."""
+        """Receive and upload batches until ``stop`` is set, ``lanes`` of them at a time (each
+        lane settles its own batch exactly like a replica of its own); never crashes on a
+        transient failure of the bus, Redis or Sentinel."""
         self._stop = stop
+        lanes = [asyncio.ensure_future(self._lane(stop, probes=n == 0)) for n in range(self._lanes)]
+        try:
+            await asyncio.gather(*lanes)
+        finally:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+        log.info("upload.stopped")
+
+    async def _lane(self, stop: asyncio.Event, *, probes: bool) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                if not await self._circuit_allows():
+                if not await self._circuit_allows(probes):
                     continue
-                batch = await receive_batch(
-                    self._bus,
-                    self.queue,
-                    max_messages=self._batch_size,
-                    first_wait_s=self._receive_wait_s,
-                    linger_s=self._linger_s,
-                    stop=stop,
-                )
+                async with self._receiving:  # lanes fill batches one after the other
+                    if stop.is_set():  # stopped while another lane was receiving
+                        break
+                    batch = await receive_batch(
+                        self._bus,
+                        self.queue,
+                        max_messages=self._batch_size,
+                        first_wait_s=self._receive_wait_s,
+                        linger_s=self._linger_s,
+                        stop=stop,
+                    )
                 if not batch:
                     failures = 0
                     continue
@@ -174,7 +200,6 @@ class Uploader:
                     wait_s=round(wait, 3),
                 )
                 await self._nap(wait)
-        log.info("upload.stopped")
 
     async def _drain(self, task: asyncio.Future[None]) -> None:
         """Wait for a batch; once stop is set, give it at most the drain timeout."""
@@ -194,19 +219,10 @@ class Uploader:
                 return
         await task
 
-    async def _circuit_allows(self) -> bool:
-        """While the circuit is open nothing is received, except one probe batch per growing
-        delay (another replica may have opened it and died; someone must find out when the
-        operator fixed the problem)."""
-        state, reason, _ = await self._state.circuit()
-        if state is CircuitState.CLOSED:
-            self._probes = 0
-            return True
-        self._circuit_open = True
-        self._probes += 1
-        wait = self._probe.ceiling(self._probes)
-        log.info("upload.circuit_wait", reason=reason, wait_s=wait)
-        return await self._nap(wait)
+    async def _circuit_allows(self, probes: bool) -> bool:
+        """Whether to receive now (``services.uploader.circuit``); waits first when open."""
+        wait = await self._circuit.receive_delay(probing=probes)
+        return wait is None or (await self._nap(wait) and probes)
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -258,8 +274,8 @@ class Uploader:
             if waited is None:
                 await held.abandon("stopping")
                 return
-            now = self._clock()
-            built = [item.build(self._policy, now) for item in items]
+            stamp = UploadTime(self._clock())
+            built = [item.build(self._policy, stamp) for item in items]
             self._tally["requests"] += 1
             try:
                 with self._request_span(items, held):
@@ -298,7 +314,7 @@ class Uploader:
                     status=getattr(exc, "status", None),
                     detail=str(exc),
                 )
-                if not await self._hold_open(exc, held):
+                if not await self._wait(await self._circuit.trip(exc), held):
                     await held.abandon("stopping")
                     return
                 continue
@@ -306,15 +322,17 @@ class Uploader:
                 items, "ok", waited, accepted=len(result.accepted), rejected=len(result.rejected)
             )
             await self._settle(items, built, result, held)
-            await self._close_circuit()
+            await self._circuit.close()
             return
 
     @contextmanager
     def _request_span(self, items: list[Item], held: HeldBatch) -> Iterator[None]:
         """The span of one request to Sentinel, linking every message it carries; its outcome
         (``ok`` or the error's type) also goes on each message's span."""
-        links = tracing.links_to(
-            (item.delivery.properties, item.delivery.message_id) for item in items
+        links = (
+            tracing.links_to((item.delivery.properties, item.delivery.message_id) for item in items)
+            if held.recording
+            else []
         )
         with tracing.batch_span(
             "upload request",
@@ -354,7 +372,10 @@ class Uploader:
         """Seen keys first, then ``complete``: a crash in between costs a redelivery that the
         seen check completes without uploading again, never a record marked done unsent."""
         entries = [
-            (items[i].stix_id, SeenEntry(items[i].fingerprint, built[i][1]))
+            (
+                items[i].stix_id,
+                SeenEntry(items[i].fingerprint, built[i][1], items[i].request.source_tag),
+            )
             for i in result.accepted
         ]
         if entries:
@@ -368,36 +389,6 @@ class Uploader:
             await held.dead_letter(
                 item.delivery, REJECTED_BY_SENTINEL, description or "no message", item.claim
             )
-
-    # -- circuit -------------------------------------------------------------------------------
-
-    async def _hold_open(self, exc: Exception, held: HeldBatch) -> bool:
-        """Open the circuit and wait the next probe delay, holding the batch."""
-        reason = f"{type(exc).__name__}: {exc}"[:500]
-        try:
-            changed = await self._state.set_circuit(CircuitState.OPEN, reason)
-        except StateUnavailable as failure:
-            log.warning("upload.circuit_unrecorded", detail=str(failure))
-            changed = False
-        if changed:
-            self._tally["circuit_opened"] += 1
-            log.error("upload.circuit_opened", reason=reason)
-        self._circuit_open = True
-        self._probes += 1
-        return await self._wait(self._probe.ceiling(self._probes), held)
-
-    async def _close_circuit(self) -> None:
-        self._probes = 0
-        if not self._circuit_open:
-            return
-        try:
-            changed = await self._state.set_circuit(CircuitState.CLOSED, "")
-        except StateUnavailable as exc:
-            log.warning("upload.circuit_unrecorded", detail=str(exc))
-            return  # tried again after the next successful request
-        if changed:
-            log.info("upload.circuit_closed")
-        self._circuit_open = False
 
     # -- waiting -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -401,6 +401,49 @@ async def test_two_replicas_share_one_budget_and_lose_nothing(
         assert (await w.state.counters())["uploaded"] == 20
 
 
+async def test_lanes_overlap_requests_and_settle_each_batch_on_its_own(w: World) -> None:
+    """No simulator fault holds a request until another one has arrived, so a thin wrapper
+    around the real client holds the first request until a second is out: only an uploader
+    with a second lane ever sends it (one lane would time out here). The requests are real."""
+    items = await w.forward(range(6))
+    second_out = asyncio.Event()
+    calls = 0
+
+    class HoldFirst:
+        def __init__(self, real: SentinelClient) -> None:
+            self.real = real
+
+        async def upload(self, objects: Sequence[Mapping[str, Any]]) -> UploadResult:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.wait_for(second_out.wait(), timeout=10)
+            else:
+                second_out.set()
+            return await self.real.upload(objects)
+
+    await run_until([w.uploader(wrap=HoldFirst, lanes=2, batch_size=3)], w.drained)
+
+    assert_stored_once(w, items)
+    await assert_committed(w, items)
+    counters = await w.state.counters()
+    assert (counters["requests"], counters["uploaded"]) == (2, 6)
+
+
+async def test_the_seen_entry_keeps_the_source_tag_the_message_carried(w: World) -> None:
+    """The filter recognises a record it already judged by the tag stored with the entry."""
+    q = queued(0)
+    tagged = replace(q.request, source_tag=bytes(range(1, 9)))
+    assert await w.state.claim([(q.stix_id, q.request.fingerprint)], ttl_s=600) == [True]
+    await w.bus.publish(QUEUE, [upload_message(tagged, run_id="r", source_message_id="raw-0")])
+
+    await run_until([w.uploader()], w.drained)
+
+    [entry] = await w.state.seen([q.stix_id])
+    assert entry is not None
+    assert (entry.fingerprint, entry.source) == (q.request.fingerprint, tagged.source_tag)
+
+
 # ---- credentials and the circuit ----------------------------------------------------------------
 
 
@@ -448,6 +491,33 @@ async def test_refused_credentials_open_the_circuit_until_they_are_fixed(w: Worl
 
 
 # ---- skips and bad input ----------------------------------------------------------------------
+
+
+async def test_with_lanes_an_open_circuit_is_probed_and_closed_once(w: World) -> None:
+    items = await w.forward(range(6))
+    w.entra.add_client(CLIENT_ID, "a-rotated-secret-the-uploader-lacks")
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.uploader(lanes=3, batch_size=2).run(stop))
+    try:
+
+        async def opened() -> bool:
+            return (await w.state.circuit())[0] is CircuitState.OPEN
+
+        await poll(opened)
+        assert (await w.bus.counts(QUEUE)).dead_letter == 0
+        assert w.sentinel.store == {}
+        w.entra.add_client(CLIENT_ID, CLIENT_SECRET)
+        await poll(w.drained)
+    finally:
+        stop.set()
+        await task
+
+    assert (await w.state.circuit())[0] is CircuitState.CLOSED
+    assert_stored_once(w, items)
+    await assert_committed(w, items)
+    counters = await w.state.counters()
+    assert counters["circuit_opened"] == 1
+    assert "abandoned" not in counters
 
 
 async def test_superseded_uploaded_and_bad_messages_never_reach_sentinel(w: World) -> None:

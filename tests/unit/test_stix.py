@@ -19,6 +19,7 @@ import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 import pytest
 import stix2
@@ -30,12 +31,14 @@ from stix2patterns.validator import run_validator
 from shared.filters import Observable, ObservableKind
 from shared.fingerprint import FINGERPRINT_PROPERTY, fingerprint
 from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
-from shared.parsing import parse_timestamp
+from shared.parsing import format_timestamp, parse_timestamp
 from shared.stix import (
     MAX_OBJECTS_PER_REQUEST,
     NAMESPACE,
+    Draft,
     SentinelApi,
     StixPolicy,
+    UploadTime,
     check_source_system,
     content,
     escape,
@@ -113,6 +116,14 @@ def test_each_hash_of_one_indicator_has_its_own_id() -> None:
     assert (
         stix_id(mati_id, HashType.SHA1) == f"indicator--{uuid.uuid5(NAMESPACE, mati_id + ':sha1')}"
     )
+
+
+@PROPERTY
+@given(st.text(), st.sampled_from([None, *HashType]))
+def test_stix_ids_are_exactly_uuid5_for_any_id(mati_id: str, hash_type: HashType | None) -> None:
+    # stix_id builds the uuid5 text itself (no UUID object): it must never drift from uuid5.
+    name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
+    assert stix_id(mati_id, hash_type) == f"indicator--{uuid.uuid5(NAMESPACE, name)}"
 
 
 def test_ids_are_deterministic_across_calls_and_objects() -> None:
@@ -433,6 +444,53 @@ def test_the_reference_url_quotes_an_odd_mati_id() -> None:
 def test_a_naive_upload_time_is_refused() -> None:
     with pytest.raises(ValueError, match="aware"):
         indicator_object(observable(), StixPolicy(), datetime(2025, 3, 9))
+    with pytest.raises(ValueError, match="aware"):
+        UploadTime(datetime(2025, 3, 9))
+
+
+def reference_object(obs: Observable, policy: StixPolicy, now: datetime) -> dict[str, object]:
+    """The object as first written, straight from its definition: every timestamp formatted
+    afresh, ``created`` clamped to ``now``."""
+    body = content(obs, policy)
+    indicator = obs.indicator
+    sightings = [s.first_seen for s in indicator.sources if s.first_seen is not None]
+    first = indicator.first_seen or (min(sightings) if sightings else indicator.last_updated)
+    return {
+        **body,
+        "created": format_timestamp(min(first or now, now)),
+        "modified": format_timestamp(now),
+        "valid_from": format_timestamp(now),
+        "valid_until": format_timestamp(now + policy.expiration_for(obs)),
+        FINGERPRINT_PROPERTY: fingerprint(body),
+    }
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(observables(), text_observables()), min_size=1, max_size=4),
+    stix_policies,
+    st.lists(utc_datetimes, min_size=1, max_size=3),
+)
+def test_drafts_stamped_at_shared_upload_times_are_the_objects_of_their_definition(
+    batch: list[Observable], policy: StixPolicy, times: list[datetime]
+) -> None:
+    """The uploader makes each object's draft once and stamps it per request (a retry, a split
+    half: new times) with one ``UploadTime`` shared by the whole request."""
+    drafts = [Draft.of(obs, policy) for obs in batch]
+    for now in times:
+        stamp = UploadTime(now)
+        for obs, draft in zip(batch, drafts, strict=True):
+            obj, valid_until = draft.at(stamp)
+            assert obj == reference_object(obs, policy, now) == indicator_object(obs, policy, now)
+            # What the seen cache keeps is what Sentinel stores: the text, read back.
+            assert valid_until == parse_timestamp(obj["valid_until"])
+
+
+def test_a_draft_takes_a_checked_id_instead_of_deriving_it() -> None:
+    obs = observable()
+    derived = Draft.of(obs, StixPolicy())
+    given_id = Draft.of(obs, StixPolicy(), object_id=str(derived.body["id"]))
+    assert given_id == derived
 
 
 # --- policy -----------------------------------------------------------------------------------
@@ -490,6 +548,15 @@ def test_an_upload_holds_1_to_100_objects(count: int) -> None:
     objects = [{"type": "indicator"}] * count
     with pytest.raises(ValueError, match="objects"):
         upload_body(SentinelApi.STIX_OBJECTS, "Mandiant", objects)
+
+
+def test_any_mapping_goes_into_a_body_as_a_dict() -> None:
+    obj = indicator_object(observable(), StixPolicy(), NOW)
+    body = upload_body(SentinelApi.STIX_OBJECTS, "Mandiant", [MappingProxyType(obj), obj])
+    listed = body["stixobjects"]
+    assert listed == [obj, obj]
+    assert isinstance(listed, list)
+    assert all(type(o) is dict for o in listed)
 
 
 def test_a_full_batch_is_accepted() -> None:
