@@ -33,6 +33,7 @@ RAW_SCHEMA: Final = "mati.indicator/1"
 UPLOAD_SCHEMA: Final = "upload.indicator/1"
 INDICATORS: Final = Topic("indicators")
 _SOURCE_TAG: Final = re.compile(f"[0-9a-f]{{{2 * SOURCE_TAG_BYTES}}}")
+_FINGERPRINT: Final = re.compile("[0-9a-f]{32}")
 
 
 def subscription(destination: str) -> Subscription:
@@ -150,6 +151,9 @@ def read_upload(body: bytes) -> UploadRequest:
         raise MalformedMessage("upload message has no STIX indicator id")
     if not isinstance(fingerprint, str) or not fingerprint:
         raise MalformedMessage("upload message has no fingerprint")
+    if _FINGERPRINT.fullmatch(fingerprint) is None:
+        # Caught here, not when the accepted upload is committed: a seen entry cannot hold it.
+        raise MalformedMessage("upload message has a malformed fingerprint")
     try:
         hash_type = HashType(data["hash_type"]) if data.get("hash_type") else None
         reason = ForwardReason(str(data.get("reason")))

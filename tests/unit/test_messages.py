@@ -90,38 +90,32 @@ def test_upload_message_round_trips() -> None:
     assert read_upload(upload_message(plain, run_id="r", source_message_id="x").body) == plain
 
 
+def _body(**fields: object) -> bytes:
+    """A well-formed upload body without a source tag, with ``fields`` replaced (None drops)."""
+    body: dict[str, object] = {
+        "record": {},
+        "stix_id": "indicator--1",
+        "fingerprint": "f" * 32,
+        "reason": "new",
+        **fields,
+    }
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
         (b"{", "not JSON"),
         (b"[]", "not a JSON object"),
-        (b'{"stix_id": "indicator--1", "fingerprint": "f"}', "no record"),
-        (b'{"record": {}, "stix_id": "x", "fingerprint": "f"}', "no STIX indicator id"),
-        (b'{"record": {}, "stix_id": "indicator--1"}', "no fingerprint"),
-        (
-            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
-            b' "hash_type": "sha512"}',
-            "unknown hash type",
-        ),
-        (
-            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "whim"}',
-            "unknown hash type or reason",
-        ),
-        (
-            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
-            b' "source_tag": "00FF00FF00FF00FF"}',
-            "malformed source tag",
-        ),
-        (
-            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
-            b' "source_tag": " 0ff00ff00ff00ff"}',
-            "malformed source tag",
-        ),
-        (
-            b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new",'
-            b' "source_tag": 7}',
-            "malformed source tag",
-        ),
+        (_body(record=None), "no record"),
+        (_body(stix_id="x"), "no STIX indicator id"),
+        (_body(fingerprint=None), "no fingerprint"),
+        (_body(fingerprint="F00D"), "malformed fingerprint"),
+        (_body(hash_type="sha512"), "unknown hash type"),
+        (_body(reason="whim"), "unknown hash type or reason"),
+        (_body(source_tag="00FF00FF00FF00FF"), "malformed source tag"),
+        (_body(source_tag=" 0ff00ff00ff00ff"), "malformed source tag"),
+        (_body(source_tag=7), "malformed source tag"),
     ],
 )
 def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str) -> None:
@@ -130,8 +124,7 @@ def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str)
 
 
 def test_an_upload_queued_before_source_tags_reads_without_one() -> None:
-    body = b'{"record": {}, "stix_id": "indicator--1", "fingerprint": "f", "reason": "new"}'
-    assert read_upload(body).source_tag == b""
+    assert read_upload(_body()).source_tag == b""
 
 
 def test_an_upload_message_can_carry_the_raw_messages_trace_as_is() -> None:
