@@ -77,6 +77,9 @@ _INCLUDE_KEYS = {
     "include_reports": "reports",
 }
 
+#: Every optional block: what a look-up that only needs ``value`` leaves out.
+_OPTIONAL_KEYS = frozenset(_INCLUDE_KEYS.values())
+
 _TRUE = frozenset({"true", "1", "yes", "t", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "f", "n", "off"})
 
@@ -343,7 +346,8 @@ class MatiSimulator(SimServer):
         if key not in self._by_value:
             for i in range(self._values_indexed, len(self.feed)):
                 found = self.feed.type_of(i)
-                value = _lookup_key(found, str(self.feed.record(i)["value"]))
+                record = self.feed.record(i, omit=_OPTIONAL_KEYS)
+                value = _lookup_key(found, str(record["value"]))
                 self._by_value.setdefault((found, value), i)
             self._values_indexed = len(self.feed)
         return self._one(request, self._by_value.get(key))
@@ -366,7 +370,8 @@ class MatiSimulator(SimServer):
             return _error(400, exc.error, str(exc))
         if index is None:
             return _error(404, "not_found", "Indicator not found.")
-        return _json(_shape(self.feed.record(index), include, DEFAULT_REPORT_LIMIT))
+        record = self.feed.record(index, omit=_omitted(include))
+        return _json(_shape(record, include, DEFAULT_REPORT_LIMIT))
 
     def _resolve(self, query: Mapping[str, str]) -> tuple[_Scroll, dict[str, Any]]:
         """The scroll and the cursor state (page size, page number) this request asks for."""
@@ -474,8 +479,7 @@ class MatiSimulator(SimServer):
         self.pages_served += 1
         if hi == lo and self.end_of_paging == "204":
             return web.Response(status=204, headers=_EDGE_HEADERS)
-        parts = self._render(scroll, include, page, scroll.indexes[lo:hi])
-        body = b'{"indicators":[' + b",".join(parts) + b"]"
+        body = b'{"indicators":' + self._render(scroll, include, page, scroll.indexes[lo:hi])
         if has_next:
             cursor = self._issue_cursor(scroll, {**state, "next_page_index": page + 1})
             body += b',"next":' + orjson.dumps(cursor)
@@ -497,19 +501,31 @@ class MatiSimulator(SimServer):
 
     def _render(
         self, scroll: _Scroll, include: dict[str, bool], page: int, indexes: array[int]
-    ) -> list[bytes]:
+    ) -> bytes:
+        """The page's ``indicators`` array, serialized.
+
+        Blocks the query leaves out are never built (``Feed.record(omit=...)``), and the
+        array is one ``orjson.dumps``: rendering the page is most of the simulator's work
+        while a sync runs. Only a page with bad records is assembled record by record.
+        """
         generation = scroll.generation
-        records = [
-            _shape(self.feed.record(i, generation=generation), include, scroll.report_limit)
-            for i in indexes
-        ]
+        omit = _omitted(include)
+        record = self.feed.record
+        records = [record(i, generation=generation, omit=omit) for i in indexes]
+        report_limit = scroll.report_limit
+        if "reports" not in omit:
+            for r in records:
+                _cap_reports(r, report_limit)
+        positions = self._bad_positions(len(records))
+        if not positions:
+            return orjson.dumps(records)
         parts = [orjson.dumps(r) for r in records]
-        for n, position in enumerate(self._bad_positions(len(records))):
+        for n, position in enumerate(positions):
             kind = BAD_RECORD_KINDS[n % len(BAD_RECORD_KINDS)]
             original_id = str(records[position]["id"])
             parts[position] = _corrupt(records[position], kind)
             self.bad_records.append(BadRecord(page, position, original_id, kind))
-        return parts
+        return b"[" + b",".join(parts) + b"]"
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -603,14 +619,24 @@ def _lookup_key(kind: str, value: str) -> str:
     return value.strip() if kind == "ipv4" else value.strip().lower()
 
 
-def _shape(record: dict[str, Any], include: dict[str, bool], report_limit: int) -> dict[str, Any]:
-    """Drop the optional blocks the query did not ask for; cap embedded reports."""
-    for flag, key in _INCLUDE_KEYS.items():
-        if not include.get(flag, INCLUDE_DEFAULTS[flag]):
-            record.pop(key, None)
+def _omitted(include: Mapping[str, bool]) -> frozenset[str]:
+    """The record keys of the optional blocks the query did not ask for."""
+    return frozenset(
+        key for flag, key in _INCLUDE_KEYS.items() if not include.get(flag, INCLUDE_DEFAULTS[flag])
+    )
+
+
+def _cap_reports(record: dict[str, Any], report_limit: int) -> None:
     reports = record.get("reports")
     if isinstance(reports, list) and len(reports) > report_limit:
         record["reports"] = reports[:report_limit]
+
+
+def _shape(record: dict[str, Any], include: dict[str, bool], report_limit: int) -> dict[str, Any]:
+    """Drop the optional blocks the query did not ask for; cap embedded reports."""
+    for key in _omitted(include):
+        record.pop(key, None)
+    _cap_reports(record, report_limit)
     return record
 
 

@@ -7,6 +7,7 @@ the fake more lenient than Sentinel fails here first.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 import uuid
@@ -21,9 +22,16 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import HttpRequest
 from azure.identity.aio import ClientSecretCredential
 
+from simulators import sentinel as sentinel_module
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
-from simulators.sentinel import DEFAULT_WORKSPACE_ID, SentinelSimulator, split_observable
+from simulators.sentinel import (
+    DEFAULT_WORKSPACE_ID,
+    ObjectStore,
+    SentinelSimulator,
+    split_observable,
+    validate_object,
+)
 from simulators.tokens import TokenMinter
 
 CLIENT = "11111111-1111-1111-1111-111111111111"
@@ -200,6 +208,86 @@ def test_observables_are_split_from_single_comparisons_only() -> None:
 
 
 # -- validation --------------------------------------------------------------------------------
+
+
+#: Values each property is tried with by the validator-agreement test: absent, empty, the
+#: wrong type, the wrong shape, and valid ones that still break an ordering rule.
+_TRIALS: dict[str, list[Any]] = {
+    "type": [None, "", 7, "attack-pattern", "Indicator", ["indicator"]],
+    "id": [
+        None,
+        "",
+        5,
+        "indicator--not-a-uuid",
+        "attack-pattern--0f6f2d8e-6a3e-4c69-9a57-6d1a8f0c7e11",
+        "indicator--0F6F2D8E-6A3E-4C69-9A57-6D1A8F0C7E11",
+        "indicator--0f6f2d8e-6a3e-4c69-9a57-6d1a8f0c7e11\n",
+        "-indicator--0f6f2d8e-6a3e-4c69-9a57-6d1a8f0c7e11",
+    ],
+    "spec_version": [None, "2.0", "2.2", 2.1],
+    "created": [None, "", "2024-05-01", "2024-13-01T00:00:00Z", "2024-05-02T00:00:00.5Z", 0],
+    "modified": [None, "", "2024-04-30T23:59:59.999Z", "2024-05-01T10:00:00+00:00", True],
+    "pattern": [None, "", 42, ["[x]"]],
+    "pattern_type": [None, "", 1, "sigma"],
+    "valid_from": [None, "", "soon", "2099-01-01T00:00:00Z", 3],
+    "valid_until": [None, "", "never", "2024-05-01T10:00:00Z", "2024-04-01T00:00:00Z", {}],
+    "confidence": [None, -1, 101, 100, 0, True, 50.0, "80"],
+    "revoked": [None, True, "yes", 0],
+    "labels": [None, [], "tag", ["a", 1], [None], ("a",)],
+}
+
+
+def test_the_quick_acceptance_check_never_disagrees_with_the_full_checks() -> None:
+    """Every uploaded object first meets a one-pass check that only says "accepted"; the
+    full checks (which word the messages) must give the same answer for every object."""
+    base = indicator(id="indicator--0f6f2d8e-6a3e-4c69-9a57-6d1a8f0c7e11")
+    stix_20 = {k: v for k, v in base.items() if k != "pattern_type"} | {"spec_version": "2.0"}
+    other = {
+        "type": "attack-pattern",
+        "id": "attack-pattern--0f6f2d8e-6a3e-4c69-9a57-6d1a8f0c7e11",
+        "created": "2024-05-01T10:00:00Z",
+        "modified": "2024-05-01T10:00:00Z",
+        "name": "Spearphishing",
+    }
+    variants: list[Any] = [[base], "indicator", None]
+    for start in (base, stix_20, other):
+        variants.append(start)
+        for key, values in _TRIALS.items():
+            for value in values:
+                variant = {**start, key: value}
+                variants.append({k: v for k, v in variant.items() if v is not None})
+    for (k1, v1s), (k2, v2s) in itertools.combinations(_TRIALS.items(), 2):
+        for v1, v2 in itertools.product(v1s[:3], v2s[:3]):
+            pair = {**base, k1: v1, k2: v2}
+            variants.append({k: v for k, v in pair.items() if v is not None})
+    accepted = 0
+    for obj in variants:
+        for legacy in (False, True):
+            full = sentinel_module._problems(obj, legacy=legacy)
+            assert validate_object(obj, legacy=legacy) == full, obj
+            accepted += not full
+    assert accepted > 20  # the trials include objects that are fine, not only broken ones
+
+
+def test_the_store_reads_like_a_dict_of_what_was_uploaded() -> None:
+    store = ObjectStore()
+    first, second = indicator(), indicator(value="198.51.100.9")
+    store[first["id"]] = first
+    store[second["id"]] = second
+    store[first["id"]] = dict(first, revoked=True)
+    assert store == {first["id"]: dict(first, revoked=True), second["id"]: second}
+    assert len(store) == 2
+    assert first["id"] in store
+    assert "indicator--x" not in store
+    assert store.keys() - {second["id"]} == {first["id"]}
+    copy = store[second["id"]]
+    copy["confidence"] = 1
+    assert store[second["id"]] == second  # a read is a copy
+    del store[second["id"]]
+    assert list(store) == [first["id"]]
+    store.clear()
+    assert store == {}
+    assert not store
 
 
 @pytest.mark.parametrize("error_key", ["errorMessages", "validationErrorMessages"])
