@@ -259,6 +259,42 @@ end
 return lost
 """
 
+#: KEYS[1] stream; ARGV group, consumer, lowest id, highest id, then (id, delivery count)
+#: pairs. ``_SETTLE``'s "complete" for a whole chunk in five calls instead of three per entry
+#: (the per-entry calls were most of Redis's time in a steady-state filter batch): the
+#: consumer's pending entries between the lowest and the highest id are read once, and the
+#: entries still ours, at the delivery we hold, are acknowledged and deleted together.
+#: Returns the 0-based positions whose lock was lost.
+_COMPLETE: Final = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local lost, done, held = {}, {}, {}
+if redis.call('EXISTS', stream) == 1 then
+  local mine = 0
+  for _, c in ipairs(redis.call('XPENDING', stream, group)[4] or {}) do
+    if c[1] == consumer then mine = tonumber(c[2]) end
+  end
+  if mine > 0 then
+    for _, p in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], mine, consumer)) do
+      held[p[1]] = p[4]
+    end
+  end
+end
+for i = 5, #ARGV, 2 do
+  local id = ARGV[i]
+  if held[id] ~= nil and held[id] == tonumber(ARGV[i + 1]) then
+    done[#done + 1] = id
+    held[id] = nil
+  else
+    lost[#lost + 1] = (i - 5) / 2
+  end
+end
+if #done > 0 then
+  redis.call('XACK', stream, group, unpack(done))
+  redis.call('XDEL', stream, unpack(done))
+end
+return lost
+"""
+
 #: KEYS[1] stream, KEYS[2] dlq; ARGV group, then dead-letter entry ids. Moves each one that is
 #: still there back as a fresh entry (delivery count starts again) and deletes it from the
 #: dead-letter stream, in one step, so a replay can never both keep and resend a message.
@@ -384,6 +420,7 @@ class RedisStreamsBus:
         self._publish = client.register_script(_PUBLISH)
         self._reclaim = client.register_script(_RECLAIM)
         self._settle = client.register_script(_SETTLE)
+        self._complete = client.register_script(_COMPLETE)
         self._replay = client.register_script(_REPLAY)
         self._counts = client.register_script(_COUNTS)
         self._peek = client.register_script(_PEEK)
@@ -693,10 +730,16 @@ class RedisStreamsBus:
                 reason,
                 description,
             ]
-            for delivery in chunk:
-                args += _parse_token(delivery.lock_token)
+            tokens = [_parse_token(delivery.lock_token) for delivery in chunk]
+            for token in tokens:
+                args += token
             with _translated(action.replace("_", " ")):
-                positions = await self._settle(keys=[keys.stream, keys.dead_letter], args=args)
+                if action == "complete":
+                    ids = sorted((_id_key(entry_id) for entry_id, _ in tokens))
+                    args[2:6] = [_id_text(ids[0]), _id_text(ids[-1])]
+                    positions = await self._complete(keys=[keys.stream], args=args)
+                else:
+                    positions = await self._settle(keys=[keys.stream, keys.dead_letter], args=args)
             lost += (chunk[int(position)].message_id for position in positions)
         if lost:
             raise LockLost(
@@ -762,6 +805,16 @@ def _entry_id(value: str) -> str:
     if not (sep and ms.isdigit() and seq.isdigit()):
         raise ValueError(f"not a stream entry id: {value!r}")
     return value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as Redis orders them (milliseconds, then sequence)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+def _id_text(key: tuple[int, int]) -> str:
+    return f"{key[0]}-{key[1]}"
 
 
 def _id_ms(entry_id: str) -> int:

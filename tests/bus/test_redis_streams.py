@@ -124,6 +124,30 @@ async def test_sigkill_after_publish_loses_nothing(own_redis: LocalRedis) -> Non
         await client.aclose()
 
 
+async def test_completing_a_batch_leaves_the_consumers_other_batches_alone(
+    redis_client: Redis,
+) -> None:
+    """``complete`` checks a batch's locks in one read of the consumer's pending range: a
+    batch received ahead (ids inside or after that range) stays held, and a delivery named
+    twice is completed once and reported lost the second time."""
+    bus = RedisStreamsBus(redis_client, consumer="a", duplicate_window_s=0, lock_duration_s=30)
+    queue = Queue("upload.prod")
+    async with asyncio.timeout(20):
+        await bus.ensure(queue)
+        await bus.publish(queue, [message(n) for n in range(30)])
+        first = await receive_all(bus, queue, want=10)
+        ahead = await receive_all(bus, queue, want=20)
+        chosen = first[::2] + ahead[5:7]
+        await bus.complete(queue, chosen)
+        assert (await bus.counts(queue)).in_flight == 30 - len(chosen)
+        with pytest.raises(LockLost) as lost:
+            await bus.complete(queue, [first[1], first[1]])
+        assert list(lost.value.message_ids) == [first[1].message_id]
+        await bus.complete(queue, [d for d in first + ahead if d not in chosen and d != first[1]])
+        counts = await bus.counts(queue)
+        assert (counts.depth, counts.in_flight) == (0, 0)
+
+
 # ------------------------------------------------------------------------------------------
 # Memory and keys
 
