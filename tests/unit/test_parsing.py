@@ -422,6 +422,12 @@ def test_is_hash_wants_lower_case_hex_of_the_right_length(
 # --- timestamps -------------------------------------------------------------------------------
 
 
+def assert_utc(parsed: datetime | None, expected: datetime) -> None:
+    assert parsed == expected
+    assert parsed is not None
+    assert parsed.tzinfo is UTC
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -438,10 +444,7 @@ def test_is_hash_wants_lower_case_hex_of_the_right_length(
     ],
 )
 def test_timestamps_in_every_mati_shape_become_aware_utc(text: str, expected: datetime) -> None:
-    parsed = parse_timestamp(text)
-    assert parsed == expected
-    assert parsed is not None
-    assert parsed.tzinfo is UTC
+    assert_utc(parse_timestamp(text), expected)
 
 
 @pytest.mark.parametrize(
@@ -748,10 +751,7 @@ def test_every_fraction_length_and_offset_reads_as_the_instant_it_names(
     text = base + (f".{fraction}" if digits else "") + zone
     micros = int(fraction[:6].ljust(6, "0")) if digits else 0
     expected = (local.replace(microsecond=micros) - offset).replace(tzinfo=UTC)
-    parsed = parse_timestamp(text)
-    assert parsed == expected
-    assert parsed is not None
-    assert parsed.tzinfo is UTC
+    assert_utc(parse_timestamp(text), expected)
 
 
 @pytest.mark.parametrize(
@@ -789,10 +789,7 @@ def test_what_fromisoformat_alone_would_misread_is_decided_by_the_definition(tex
     ],
 )
 def test_edge_instants_read_as_written(text: str, expected: datetime) -> None:
-    parsed = parse_timestamp(text)
-    assert parsed == expected
-    assert parsed is not None
-    assert parsed.tzinfo is UTC
+    assert_utc(parse_timestamp(text), expected)
 
 
 @PROPERTY
