@@ -473,8 +473,11 @@ async def test_a_batch_costs_the_same_redis_commands_whatever_its_size(
 # --- the loop -------------------------------------------------------------------------------
 
 
-async def test_run_forwards_until_stopped_and_then_returns(rig: Rig) -> None:
-    worker = rig.worker(receive_wait_s=0.2)
+@pytest.mark.parametrize("prefetch", [False, True])
+async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, prefetch: bool) -> None:
+    """With ``prefetch`` a batch is received while the last is handled: once stopped, the
+    batch received ahead is handled too, so nothing is left locked."""
+    worker = rig.worker(receive_wait_s=0.2, prefetch=prefetch)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     record = passing(of_type("ipv4"))
