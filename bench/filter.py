@@ -3,9 +3,10 @@
 The real ``FilterWorker`` runs in this process on the real ``RedisStreamsBus`` and
 ``DestinationState`` over a private redis-server. A first pass fills the seen cache through
 the real code path (the filter claims and forwards, then every forward is committed as the
-uploader commits an accepted upload); the second pass republishes the same records and is
-timed: every one of them must end ``dropped_unchanged``. Round trips are counted at the socket
-(``CountingConnection``): one packed write is one round trip, scripts and pipelines included.
+uploader commits an accepted upload); three more passes republish the same records and are
+timed, the median pass is the figure: every record must end ``dropped_unchanged``. Round
+trips are counted at the socket (``CountingConnection``): one packed write is one round trip,
+scripts and pipelines included.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from simulators.feed import Feed
 DESTINATION = "bench"
 TARGET_RATE = 20_000.0
 TARGET_ROUND_TRIPS = 0.05
+TIMED_PASSES = 3
 #: The optional blocks the fetcher does not ask MATI for (services/fetcher/sync.py ``_query``).
 _NOT_REQUESTED = ("misp", "reports")
 
@@ -159,13 +161,18 @@ async def run(
             first = await drain(worker, len(records))
             seen = await commit_uploads(bus, state, settings.stix_policy(), datetime.now(UTC))
 
-            # Second pass, timed: everything is already seen.
-            await publish(publisher, records, "bench-second")
-            CountingConnection.round_trips = 0
-            started = time.perf_counter()
-            second = await drain(worker, len(records))
-            elapsed = time.perf_counter() - started
-            trips = CountingConnection.round_trips
+            # Timed passes: everything is already seen. A pass lasts about a second, so one
+            # hiccup of this shared machine can halve it: the median of three is the figure.
+            passes: list[tuple[float, int, BatchOutcome]] = []
+            for n in range(TIMED_PASSES):
+                await publish(publisher, records, f"bench-steady-{n}")
+                CountingConnection.round_trips = 0
+                started = time.perf_counter()
+                outcome = await drain(worker, len(records))
+                passes.append(
+                    (time.perf_counter() - started, CountingConnection.round_trips, outcome)
+                )
+            elapsed, trips, second = sorted(passes, key=lambda p: p[0])[len(passes) // 2]
 
             profile_text = ""
             if profile:
@@ -187,6 +194,7 @@ async def run(
             "indicators": received,
             "indicators_per_s": round(rate),
             "seconds": round(elapsed, 3),
+            "indicators_per_s_each_pass": [round(received / p[0]) for p in passes],
             "redis_round_trips": trips,
             "round_trips_per_indicator": round(per_indicator, 4),
             "batch_size": settings.filter_batch_size,
