@@ -290,16 +290,8 @@ class Uploader:
                 failures += 1
                 wait = self._retry.jittered(failures, self._rng)
                 self._tally["retried"] += 1
-                self._log_request(
-                    items,
-                    type(exc).__name__,
-                    waited,
-                    status=getattr(exc, "status", None),
-                    detail=str(exc),
-                    retry_in_s=round(wait, 3),
-                )
-                if not await self._wait(wait, held):
-                    await held.abandon("stopping")
+                self._log_failure(items, exc, waited, retry_in_s=round(wait, 3))
+                if not await self._wait_or_release(wait, held):
                     return
                 continue
             except BatchRejected as exc:
@@ -307,15 +299,8 @@ class Uploader:
                 await self._rejected_batch(items, held, str(exc))
                 return
             except _CIRCUIT_ERRORS as exc:
-                self._log_request(
-                    items,
-                    type(exc).__name__,
-                    waited,
-                    status=getattr(exc, "status", None),
-                    detail=str(exc),
-                )
-                if not await self._wait(await self._circuit.trip(exc), held):
-                    await held.abandon("stopping")
+                self._log_failure(items, exc, waited)
+                if not await self._wait_or_release(await self._circuit.trip(exc), held):
                     return
                 continue
             self._log_request(
@@ -414,6 +399,13 @@ class Uploader:
             waited += chunk
             await self._renew(held)
 
+    async def _wait_or_release(self, seconds: float, held: HeldBatch) -> bool:
+        """``_wait``; when stopped meanwhile, the batch is given back (abandoned) first."""
+        if await self._wait(seconds, held):
+            return True
+        await held.abandon("stopping")
+        return False
+
     async def _wait(self, seconds: float, held: HeldBatch) -> bool:
         """Wait ``seconds`` in slices, renewing the batch's locks; False when stopped."""
         loop = asyncio.get_running_loop()
@@ -455,6 +447,15 @@ class Uploader:
         except StateUnavailable as exc:
             self._tally.update(counts)
             log.warning("upload.count_failed", detail=str(exc))
+
+    def _log_failure(
+        self, items: list[Item], exc: Exception, waited: float, **fields: object
+    ) -> None:
+        """A failed request's line: the error's type, its HTTP status if any, its text."""
+        status = getattr(exc, "status", None)
+        self._log_request(
+            items, type(exc).__name__, waited, status=status, detail=str(exc), **fields
+        )
 
     def _log_request(
         self, items: list[Item], outcome: str, waited: float, **fields: object
