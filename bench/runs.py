@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.common import PIPELINE_ENV, cpu_seconds, poll_until, vm_hwm_bytes
 from services.local.supervisor import Child
+from shared.mati_client import IndicatorQuery
 from simulators.feed import Feed
 from simulators.pipeline import Pipeline
 
@@ -82,6 +83,8 @@ async def pipeline_run(
             sentinel_window_s=sentinel_window_s,
         )
         await pipeline.start()
+        # Built before the clock starts: the real MATI's CPU is not on this machine.
+        pipeline.sims.mati.prerender(IndicatorQuery(0, 0).include_params())
         run = Run(pipeline)
         if pipeline.redis is not None:
             run.redis_pid = int((await pipeline.redis.info("server"))["process_id"])

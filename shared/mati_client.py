@@ -78,7 +78,10 @@ _AUTH_STATUSES: Final = frozenset({401, 403})
 
 @dataclass(frozen=True, slots=True)
 class IndicatorQuery:
-    """One ``/v4/indicator`` window (spec §3.1). Epochs are Unix seconds on ``last_updated``."""
+    """One ``/v4/indicator`` window (spec §3.1). Epochs are Unix seconds on ``last_updated``.
+
+    The ``include_*`` defaults are the blocks the pipeline reads (threat rating, category,
+    campaigns): the fetcher and ``lookup`` ask for exactly these."""
 
     start_epoch: int
     end_epoch: int

@@ -485,6 +485,13 @@ class Feed:
                 return rev
         return None
 
+    def version_of(self, i: int, generation: int | None = None) -> int:
+        """Which revision of ``i`` is current (or was at ``generation``): -1 for the original.
+        A record is a function of its index, this and the blocks left out, so rendered bytes
+        can be kept until it changes."""
+        rev = self._rev(i, generation)
+        return -1 if rev is None else rev.gen
+
     def ts_ms(self, i: int, generation: int | None = None) -> int:
         """Current (or as-of-``generation``) ``last_updated`` of ``i`` in epoch milliseconds."""
         rev = self._rev(i, generation)

@@ -254,11 +254,6 @@ class Fetcher:
             limit=config.page_size,
             gte_mscore=config.minimum_confidence,
             exclude_osint=config.exclude_osint,
-            include_threat_rating=True,
-            include_category=True,
-            include_campaigns=True,
-            include_misp=False,
-            include_reports=False,
             sort_by="last_updated:asc",
         )
 

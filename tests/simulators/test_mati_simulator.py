@@ -323,6 +323,40 @@ async def test_paging_is_stable_while_the_feed_changes(
     assert {r["id"] for r in fresh[-len(changed) - 10 :]} >= set(changed)
 
 
+async def test_prerendered_pages_match_built_ones_and_follow_changes(
+    http: aiohttp.ClientSession, make_sim: MakeSim
+) -> None:
+    """``prerender`` only saves work: the same bytes for the query it was given, a changed
+    record rendered again, a pinned scroll still served as of its generation, and a query with
+    other flags (or a page with bad records) built as before."""
+    fetcher_flags = {"include_misp": "false", "include_reports": "false"}
+    params: dict[str, str | int] = {
+        "start_epoch": START,
+        "end_epoch": int(NOW.timestamp()) + 3,
+        "limit": 100,
+        "sort_by": "last_updated:asc",
+        **fetcher_flags,
+    }
+    plain, kept = await make_sim(), await make_sim()
+    assert kept.prerender(fetcher_flags) == 230
+    first = {}
+    for sim in (plain, kept):  # a scroll pinned before the change, read after it
+        _, first[sim] = await _get(http, sim, params)
+        sim.feed.mutate(0.5, seed=3, now=NOW + timedelta(seconds=1))
+    pinned = {}
+    for sim, body in first.items():
+        pinned[sim] = list(body["indicators"])
+        while "next" in body:
+            _, body = await _get(http, sim, {"next": body["next"]})
+            pinned[sim].extend(body["indicators"])
+    assert pinned[plain] == pinned[kept]
+    for query in (params, {**params, "include_misp": "true"}):
+        assert (await _page_all(http, plain, query))[0] == (await _page_all(http, kept, query))[0]
+    kept.faults.inject(FaultKind.PARTIAL_ERRORS, route="indicator", record_indexes=(1,))
+    _, page = await _get(http, kept, params)
+    assert "id" not in page["indicators"][1]  # the first bad kind: no id
+
+
 async def test_default_order_is_newest_first_and_desc_honoured(
     http: aiohttp.ClientSession, sim: MatiSimulator
 ) -> None:
