@@ -555,7 +555,6 @@ class MatiSimulator(SimServer):
             self.bad_records.append(BadRecord(page, position, original_id, kind))
         return b"[" + b",".join(parts) + b"]"
 
-
     def _join(
         self,
         rendered: dict[int, tuple[int, bytes]],
