@@ -17,20 +17,17 @@ import io
 import pstats
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
 from services.filter.worker import BatchOutcome, FilterWorker
 from shared.bus import Delivery, Message
 from shared.bus.redis_streams import RedisStreamsBus
-from shared.filters import observable_for
 from shared.fingerprint import SeenEntry
 from shared.messages import INDICATORS, raw_message, read_upload, subscription, upload_queue
-from shared.parsing import parse_indicator
 from shared.settings import Service, load_settings
 from shared.state import DestinationState
-from shared.stix import StixPolicy
 from simulators.feed import Feed
 
 DESTINATION = "bench"
@@ -92,7 +89,7 @@ async def drain(worker: TallyingWorker, count: int) -> BatchOutcome:
 
 
 async def commit_uploads(
-    bus: RedisStreamsBus, state: DestinationState, policy: StixPolicy, now: datetime
+    bus: RedisStreamsBus, state: DestinationState, now: datetime
 ) -> int:
     """What the uploader does after Sentinel accepted: ``commit`` the seen entry, then
     complete the message. The seen entry's ``valid_until`` is the one the upload would get."""
@@ -105,23 +102,12 @@ async def commit_uploads(
         entries = []
         for delivery in deliveries:
             request = read_upload(delivery.body)
-            indicator = parse_indicator(dict(request.record))
-            expiration = _expiration(indicator, request.hash_type, policy)
+            valid_until = now + request.draft.expiration
             entries.append(
-                (
-                    request.stix_id,
-                    SeenEntry(request.fingerprint, now + expiration, request.source_tag),
-                )
+                (request.stix_id, SeenEntry(request.fingerprint, valid_until, request.source_tag))
             )
         committed += await state.commit(entries, now=now)
         await bus.complete(queue, deliveries)
-
-
-def _expiration(indicator: Any, hash_type: Any, policy: StixPolicy) -> timedelta:
-    observable = observable_for(indicator, hash_type)
-    if observable is None:
-        raise ValueError("a forwarded record without its observable")
-    return policy.expiration_for(observable)
 
 
 async def run(
@@ -159,7 +145,7 @@ async def run(
             # First pass: everything is new; forward, then commit as the uploader would.
             await publish(publisher, records, "bench-first")
             first = await drain(worker, len(records))
-            seen = await commit_uploads(bus, state, settings.stix_policy(), datetime.now(UTC))
+            seen = await commit_uploads(bus, state, datetime.now(UTC))
 
             # Timed passes: everything is already seen. A pass lasts about a second, so one
             # hiccup of this shared machine can halve it: the median of three is the figure.

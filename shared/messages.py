@@ -2,8 +2,11 @@
 
 - fetcher → topic ``indicators``: the raw MATI record, byte for byte as decoded, so the filter
   (and a replay months later) sees exactly what Mandiant sent.
-- filter → queue ``upload.<destination>``: the raw record again plus what the filter decided
-  (which hash, the fingerprint, why it is forwarded), so the uploader needs no second look-up.
+- filter → queue ``upload.<destination>``: the accepted indicator as the filter mapped and
+  fingerprinted it (the STIX object without its upload timestamps, ``shared.stix.Draft``) plus
+  why it is forwarded. The uploader stamps and sends it: it never parses or maps a record, so
+  the object Sentinel stores is the one the seen entry's fingerprint describes, even while a
+  rolling upgrade runs filter and uploader of different versions.
 
 Every message carries the W3C trace context of the span it was built in (or of ``context``)
 in its application properties (``shared.tracing``), so one indicator's path is one trace.
@@ -19,6 +22,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 import orjson
@@ -27,13 +31,15 @@ from opentelemetry.context import Context
 from shared import tracing
 from shared.bus import Message, Queue, Subscription, Topic
 from shared.fingerprint import SOURCE_TAG_BYTES, ForwardReason
-from shared.indicator import HashType
+from shared.stix import Draft
 
 RAW_SCHEMA: Final = "mati.indicator/1"
-UPLOAD_SCHEMA: Final = "upload.indicator/1"
+#: Version 2 carries the mapped object; version 1 (the raw record) is refused as malformed.
+UPLOAD_SCHEMA: Final = "upload.indicator/2"
 INDICATORS: Final = Topic("indicators")
 _SOURCE_TAG: Final = re.compile(f"[0-9a-f]{{{2 * SOURCE_TAG_BYTES}}}")
 _FINGERPRINT: Final = re.compile("[0-9a-f]{32}")
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def subscription(destination: str) -> Subscription:
@@ -77,16 +83,28 @@ def raw_message(record: object, *, run_id: str, context: Context | None = None) 
 
 @dataclass(frozen=True, slots=True)
 class UploadRequest:
-    """One STIX indicator to upload: the raw record, the hash it stands for, and the decision."""
+    """One STIX indicator to upload: the filter's draft of it and why it is forwarded."""
 
-    record: Mapping[str, object]
-    stix_id: str
-    hash_type: HashType | None
-    fingerprint: str
+    draft: Draft
     reason: ForwardReason
     #: The raw record's source tag (``shared.source_tag``), stored with the seen entry once
-    #: Sentinel accepted the upload; empty for messages queued before tags existed.
+    #: Sentinel accepted the upload; empty when the filter had none.
     source_tag: bytes = b""
+    #: MATI's type of the record (``ipv4``, ``md5``...), for the message's properties.
+    indicator_type: str = ""
+
+    @property
+    def stix_id(self) -> str:
+        return self.draft.stix_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.draft.fingerprint
+
+    @property
+    def indicator_id(self) -> str:
+        """MATI's id of the record, as the object names it."""
+        return _text_field(self.draft.body, "x_mati_id")
 
 
 class MalformedMessage(ValueError):
@@ -108,20 +126,22 @@ def upload_message(
 
     The message carries the trace of ``context``, or, given ``carried`` (the raw message's
     properties, when the filter made no span for it), the raw message's own trace context."""
+    draft = request.draft
     body = orjson.dumps(
         {
-            "record": request.record,
-            "stix_id": request.stix_id,
-            "hash_type": request.hash_type.value if request.hash_type else None,
-            "fingerprint": request.fingerprint,
+            "object": draft.body,
+            "fingerprint": draft.fingerprint,
+            "expiration_us": draft.expiration // _MICROSECOND,
+            "first_known": None if draft.first_known is None else draft.first_known.isoformat(),
             "reason": request.reason.value,
             "source_tag": request.source_tag.hex(),
+            "indicator_type": request.indicator_type,
         }
     )
     properties = {
         "schema": UPLOAD_SCHEMA,
-        "indicator_id": _text_field(request.record, "id"),
-        "indicator_type": _text_field(request.record, "type"),
+        "indicator_id": request.indicator_id,
+        "indicator_type": request.indicator_type[:200],
         "stix_id": request.stix_id,
         "run_id": run_id,
     }
@@ -137,16 +157,22 @@ def upload_message(
 
 
 def read_upload(body: bytes) -> UploadRequest:
-    """Decode an upload message, or raise ``MalformedMessage`` saying what is wrong."""
+    """Decode an upload message, or raise ``MalformedMessage`` saying what is wrong.
+
+    The object itself is checked only as far as the seen cache depends on it (its STIX id);
+    whatever else is wrong with it, Sentinel says per record, and the uploader dead-letters
+    that record with Sentinel's message."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedMessage("upload message is not JSON") from exc
     if not isinstance(data, dict):
         raise MalformedMessage("upload message is not a JSON object")
-    record, stix_id, fingerprint = data.get("record"), data.get("stix_id"), data.get("fingerprint")
-    if not isinstance(record, dict):
-        raise MalformedMessage("upload message has no record object")
+    obj, fingerprint = data.get("object"), data.get("fingerprint")
+    if not isinstance(obj, dict):
+        detail = " (upload.indicator/1, queued by an older filter)" if "record" in data else ""
+        raise MalformedMessage(f"upload message has no STIX object{detail}")
+    stix_id = obj.get("id")
     if not isinstance(stix_id, str) or not stix_id.startswith("indicator--"):
         raise MalformedMessage("upload message has no STIX indicator id")
     if not isinstance(fingerprint, str) or not fingerprint:
@@ -154,12 +180,31 @@ def read_upload(body: bytes) -> UploadRequest:
     if _FINGERPRINT.fullmatch(fingerprint) is None:
         # Caught here, not when the accepted upload is committed: a seen entry cannot hold it.
         raise MalformedMessage("upload message has a malformed fingerprint")
+    expiration_us = data.get("expiration_us")
+    if type(expiration_us) is not int or expiration_us < 1000:
+        raise MalformedMessage("upload message has no expiration of at least 1 ms")
     try:
-        hash_type = HashType(data["hash_type"]) if data.get("hash_type") else None
         reason = ForwardReason(str(data.get("reason")))
     except ValueError as exc:
-        raise MalformedMessage("upload message has an unknown hash type or reason") from exc
-    return UploadRequest(record, stix_id, hash_type, fingerprint, reason, _source_tag(data))
+        raise MalformedMessage("upload message has an unknown reason") from exc
+    indicator_type = data.get("indicator_type") or ""
+    if not isinstance(indicator_type, str):
+        raise MalformedMessage("upload message has a malformed indicator type")
+    draft = Draft.known(obj, fingerprint, timedelta(microseconds=expiration_us), _first_known(data))
+    return UploadRequest(draft, reason, _source_tag(data), indicator_type)
+
+
+def _first_known(data: Mapping[str, object]) -> datetime | None:
+    text = data.get("first_known")
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise MalformedMessage("upload message has a malformed first_known time")
+    return moment
 
 
 def _source_tag(data: Mapping[str, object]) -> bytes:

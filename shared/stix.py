@@ -230,7 +230,9 @@ class UploadTime:
 @dataclass(frozen=True, slots=True)
 class Draft:
     """Everything of one observable's STIX object that does not depend on the upload time:
-    made once per indicator, stamped (``at``) once per request that carries it."""
+    made once per indicator by the filter, which fingerprints it, carried on the upload
+    message, and stamped (``at``) by the uploader once per request that carries it. What is
+    uploaded is therefore exactly what was fingerprinted, whichever versions run where."""
 
     body: dict[str, object]
     fingerprint: str
@@ -243,14 +245,28 @@ class Draft:
         cls, observable: Observable, policy: StixPolicy, *, object_id: str | None = None
     ) -> Draft:
         body = content(observable, policy, object_id=object_id)
-        first_known = _first_known(observable.indicator)
-        return cls(
-            body=body,
-            fingerprint=fingerprint(body),
-            expiration=policy.expiration_for(observable),
-            first_known=first_known,
-            created=None if first_known is None else format_timestamp(first_known),
+        return cls.known(
+            body,
+            fingerprint(body),
+            policy.expiration_for(observable),
+            _first_known(observable.indicator),
         )
+
+    @classmethod
+    def known(
+        cls,
+        body: dict[str, object],
+        fingerprint: str,
+        expiration: timedelta,
+        first_known: datetime | None,
+    ) -> Draft:
+        """A draft from its parts (as an upload message carries them)."""
+        created = None if first_known is None else format_timestamp(first_known)
+        return cls(body, fingerprint, expiration, first_known, created)
+
+    @property
+    def stix_id(self) -> str:
+        return str(self.body["id"])
 
     def at(self, time: UploadTime) -> tuple[dict[str, object], datetime]:
         """The object to upload at ``time`` (``indicator_object``) and its ``valid_until`` as

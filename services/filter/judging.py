@@ -1,13 +1,13 @@
 """Judging one raw delivery on its own (stage 1 of the filter, see ``worker``): parse it,
 apply the destination's filters, and for each observable it yields (an md5 with
-``HASH_TYPE=all`` yields one per hash) compute the STIX id, the fingerprint and what
-``valid_until`` an upload now would get. No I/O: the seen cache has its say afterwards.
+``HASH_TYPE=all`` yields one per hash) map it to its STIX draft (id, content, fingerprint:
+what the upload message carries) and say what ``valid_until`` an upload now would get.
+No I/O: the seen cache has its say afterwards.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -16,12 +16,11 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from shared.bus import Delivery
 from shared.filters import DropReason, FilterPolicy, evaluate
-from shared.fingerprint import fingerprint, refresh_after_for
-from shared.indicator import HashType
+from shared.fingerprint import refresh_after_for
 from shared.logs import get_logger
 from shared.messages import UploadRequest
 from shared.parsing import Rejection, parse_indicator, parse_json
-from shared.stix import StixPolicy, content
+from shared.stix import Draft, StixPolicy
 
 log = get_logger(__name__)
 
@@ -32,15 +31,21 @@ FILTER_ERROR: Final = "filter_error"
 
 @dataclass(slots=True)
 class Forward:
-    """One observable of an accepted record, before the seen cache had its say."""
+    """One observable of an accepted record, mapped, before the seen cache had its say."""
 
-    record: Mapping[str, object]
-    stix_id: str
-    hash_type: HashType | None
-    fingerprint: str
+    draft: Draft
+    indicator_type: str
     source: bytes
     valid_until: datetime
     refresh_after: timedelta
+
+    @property
+    def stix_id(self) -> str:
+        return self.draft.stix_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.draft.fingerprint
 
 
 @dataclass(slots=True)
@@ -92,25 +97,20 @@ def judge(
             item.dead_letter = (INVALID_RECORD, f"{indicator.reason}: {indicator.detail}")
             item.counts[f"rejected_{indicator.reason}"] += 1
             return item
-        if not isinstance(raw, dict):  # cannot happen: parse_indicator takes only objects
-            raise TypeError(f"parsed a record that is {type(raw).__name__}")
         item.indicator_id = indicator.id
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
             item.counts[f"dropped_{accepted}"] += 1
             return item
         for observable in accepted:
-            expiration = stix_policy.expiration_for(observable)
-            body = content(observable, stix_policy)
+            draft = Draft.of(observable, stix_policy)
             item.observables.append(
                 Forward(
-                    record=raw,
-                    stix_id=str(body["id"]),
-                    hash_type=observable.hash_type,
-                    fingerprint=fingerprint(body),
+                    draft=draft,
+                    indicator_type=indicator.type.value,
                     source=source,
-                    valid_until=now + expiration,
-                    refresh_after=refresh_after_for(expiration, refresh_ratio),
+                    valid_until=now + draft.expiration,
+                    refresh_after=refresh_after_for(draft.expiration, refresh_ratio),
                 )
             )
     except Exception as exc:

@@ -323,12 +323,10 @@ class FilterWorker:
                     continue
                 item.decided.append(
                     UploadRequest(
-                        record=forward.record,
-                        stix_id=forward.stix_id,
-                        hash_type=forward.hash_type,
-                        fingerprint=forward.fingerprint,
-                        reason=reason,
+                        forward.draft,
+                        reason,
                         source_tag=forward.source,
+                        indicator_type=forward.indicator_type,
                     )
                 )
 

@@ -1,10 +1,14 @@
 """Gathering a batch and deciding, per message, what it needs before anything is uploaded.
 
 Kept apart from the worker because it is the part a reader checks against DESIGN §4 line by
-line: a message that cannot become a STIX object is dead-lettered with its reason (never
+line: a message that is not the contract's shape is dead-lettered with its reason (never
 dropped, never retried forever); a message a newer version superseded, or one already uploaded
 (a redelivery after a crash between Sentinel's answer and ``complete``), is completed without a
 second upload; everything else is uploaded.
+
+Each message carries the STIX object the filter mapped and fingerprinted
+(``shared.messages``), so the uploader only stamps it with the upload time: one mapping per
+indicator, in one place, and the fingerprint always describes what Sentinel receives.
 """
 
 from __future__ import annotations
@@ -20,31 +24,25 @@ from opentelemetry.trace import Span
 
 from shared import logs, tracing
 from shared.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
-from shared.filters import Observable, observable_for
 from shared.fingerprint import decide, refresh_after_for
 from shared.messages import MalformedMessage, UploadRequest, read_upload
-from shared.parsing import Rejection, parse_indicator
 from shared.state import DestinationState, StateUnavailable
-from shared.stix import Draft, StixPolicy, UploadTime, stix_id
+from shared.stix import UploadTime
 
 log = logs.get_logger(__name__)
 
 #: Dead-letter reasons of the uploader (each is also counted as ``dead_lettered_<reason>``).
 MALFORMED_MESSAGE: Final = "malformed_message"
-INVALID_RECORD: Final = "invalid_record"
 REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
 
 
 @dataclass(slots=True)
 class Item:
-    """One message that maps to one STIX indicator. The record is parsed once (``decode``),
-    and its time-independent STIX part made once, on the first request that carries it: a
-    retry or a split half only stamps new timestamps on it."""
+    """One message that maps to one STIX indicator: the filter's draft, stamped anew on each
+    request that carries it (a retry or a split half only moves the timestamps)."""
 
     delivery: Delivery
     request: UploadRequest
-    observable: Observable
-    _draft: Draft | None = field(default=None, repr=False, compare=False)
 
     @property
     def stix_id(self) -> str:
@@ -58,14 +56,10 @@ class Item:
     def claim(self) -> tuple[str, str]:
         return (self.request.stix_id, self.request.fingerprint)
 
-    def build(self, policy: StixPolicy, time: UploadTime) -> tuple[dict[str, object], datetime]:
+    def build(self, time: UploadTime) -> tuple[dict[str, object], datetime]:
         """The object to upload at ``time`` and its ``valid_until`` as Sentinel stores it
         (milliseconds, truncated), which is what the seen entry must hold."""
-        draft = self._draft
-        if draft is None:
-            # decode checked that the message's stix_id is the record's: no second uuid5.
-            draft = self._draft = Draft.of(self.observable, policy, object_id=self.stix_id)
-        return draft.at(time)
+        return self.request.draft.at(time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +69,6 @@ class Invalid:
     delivery: Delivery
     reason: str
     description: str
-    claim: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -91,29 +84,14 @@ class Prepared:
 def decode(delivery: Delivery) -> Item | Invalid:
     """The item a message stands for, or why it cannot be uploaded."""
     try:
-        request = read_upload(delivery.body)
+        return Item(delivery, read_upload(delivery.body))
     except MalformedMessage as exc:
         return Invalid(delivery, MALFORMED_MESSAGE, str(exc))
-    claim = (request.stix_id, request.fingerprint)
-    indicator = parse_indicator(request.record)
-    if isinstance(indicator, Rejection):
-        return Invalid(delivery, INVALID_RECORD, f"{indicator.reason}: {indicator.detail}", claim)
-    observable = observable_for(indicator, request.hash_type)
-    if observable is None:
-        hash_type = request.hash_type.value if request.hash_type else "none"
-        detail = f"a {indicator.type} record has no observable for hash type {hash_type}"
-        return Invalid(delivery, INVALID_RECORD, detail, claim)
-    # The object's id comes from the record; the seen key from the message. They must agree,
-    # or the cache would describe an object Sentinel never received.
-    if stix_id(indicator.id, observable.hash_type) != request.stix_id:
-        return Invalid(delivery, INVALID_RECORD, "stix_id does not match the record", claim)
-    return Item(delivery, request, observable)
 
 
 async def prepare(
     deliveries: Sequence[Delivery],
     state: DestinationState,
-    policy: StixPolicy,
     *,
     now: datetime,
     refresh_ratio: float,
@@ -145,7 +123,7 @@ async def prepare(
             prepared.superseded.append(item)
             continue
         if entry is not None:
-            expiration = policy.expiration_for(item.observable)
+            expiration = item.request.draft.expiration
             refresh_after = refresh_after_for(expiration, refresh_ratio)
             if decide(entry, item.fingerprint, now, now + expiration, refresh_after) is None:
                 prepared.already_uploaded.append(item)

@@ -65,7 +65,6 @@ async def loop(runtime: Runtime) -> None:
                 window_s=settings.sentinel_rate_window_seconds,
             ),
             client=client,
-            stix_policy=settings.stix_policy(),
             destination=destination,
             refresh_ratio=settings.validity_refresh_ratio,
             linger_s=settings.upload_linger_seconds,

@@ -68,7 +68,7 @@ from shared.fingerprint import SeenEntry
 from shared.messages import upload_queue
 from shared.sentinel_client import UploadResult
 from shared.state import DestinationState, RateBudget, StateUnavailable
-from shared.stix import MAX_OBJECTS_PER_REQUEST, StixPolicy, UploadTime
+from shared.stix import MAX_OBJECTS_PER_REQUEST, UploadTime
 
 log = logs.get_logger(__name__)
 
@@ -99,7 +99,6 @@ class Uploader:
         state: DestinationState,
         budget: RateBudget,
         client: Uploads,
-        stix_policy: StixPolicy,
         destination: str,
         refresh_ratio: float = 0.5,
         linger_s: float = 1.0,
@@ -125,7 +124,6 @@ class Uploader:
         self._state = state
         self._budget = budget
         self._client = client
-        self._policy = stix_policy
         self._refresh_ratio = refresh_ratio
         self._linger_s = linger_s
         self._slice_s = lock_duration_s / 3
@@ -234,7 +232,6 @@ class Uploader:
             prepared = await prepare(
                 batch,
                 self._state,
-                self._policy,
                 now=self._clock(),
                 refresh_ratio=self._refresh_ratio,
                 skip_uploaded=self._skip_uploaded,
@@ -250,7 +247,8 @@ class Uploader:
 
     async def _settle_prepared(self, prepared: Prepared, held: HeldBatch) -> None:
         for bad in prepared.invalid:
-            await held.dead_letter(bad.delivery, bad.reason, bad.description, bad.claim)
+            # Unreadable, so no claim of ours to release: it expires with its TTL.
+            await held.dead_letter(bad.delivery, bad.reason, bad.description, None)
         if prepared.superseded:
             self._tally["superseded"] += len(prepared.superseded)
             await held.complete([item.delivery for item in prepared.superseded], "superseded")
@@ -275,7 +273,7 @@ class Uploader:
                 await held.abandon("stopping")
                 return
             stamp = UploadTime(self._clock())
-            built = [item.build(self._policy, stamp) for item in items]
+            built = [item.build(stamp) for item in items]
             self._tally["requests"] += 1
             try:
                 with self._request_span(items, held):

@@ -43,7 +43,7 @@ from shared.parsing import parse_indicator
 from shared.secrets import Secret
 from shared.settings import Service, Settings, load_settings
 from shared.state import DestinationState, FeedState
-from shared.stix import content, stix_id
+from shared.stix import Draft, content, stix_id
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
 
@@ -136,7 +136,9 @@ def accepted_ipv4() -> tuple[dict[str, Any], str, str]:
 
 
 def upload(record: Mapping[str, Any], sid: str, fp: str) -> Message:
-    request = UploadRequest(record, sid, None, fp, ForwardReason.NEW)
+    """The upload message of ``record`` (``explain`` reads its ids and fingerprint only)."""
+    draft = Draft.known({"id": sid, "x_mati_id": record["id"]}, fp, timedelta(days=7), None)
+    request = UploadRequest(draft, ForwardReason.NEW, indicator_type=str(record["type"]))
     source = raw_message(record, run_id="r1").message_id
     return upload_message(request, run_id="r1", source_message_id=source)
 

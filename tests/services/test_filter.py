@@ -213,11 +213,16 @@ async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig
     assert dict(outcome.counts) == want
     assert await rig.state.counters() == want
     forwarded = await uploads(rig.bus)
-    assert {(r.stix_id, r.fingerprint, r.reason, r.hash_type) for r in forwarded} == {
-        (*expected(ipv4, None, policy), ForwardReason.NEW, None),
-        (*expected(md5, HashType.SHA256, policy), ForwardReason.NEW, HashType.SHA256),
+    assert {(r.stix_id, r.fingerprint, r.reason) for r in forwarded} == {
+        (*expected(ipv4, None, policy), ForwardReason.NEW),
+        (*expected(md5, HashType.SHA256, policy), ForwardReason.NEW),
     }
-    assert {r.record["id"] for r in forwarded} == {ipv4["id"], md5["id"]}
+    assert {(r.indicator_id, r.indicator_type) for r in forwarded} == {
+        (ipv4["id"], "ipv4"),
+        (md5["id"], "md5"),
+    }
+    # The object carried is the one fingerprinted: the uploader only stamps it.
+    assert all(fingerprint(r.draft.body) == r.fingerprint for r in forwarded)
     assert await rig.state.claims([r.stix_id for r in forwarded]) == [
         r.fingerprint for r in forwarded
     ]
@@ -288,8 +293,8 @@ async def test_hash_type_all_forwards_one_indicator_per_hash(rig: Rig) -> None:
     outcome = await sync(rig, worker, record)
     assert (outcome["received"], outcome["forwarded"]) == (1, 3)
     forwarded = await uploads(rig.bus)
-    assert {(r.stix_id, r.hash_type) for r in forwarded} == {
-        (stix_id(record["id"], hash_type), hash_type) for hash_type in HashType
+    assert {r.stix_id for r in forwarded} == {
+        stix_id(record["id"], hash_type) for hash_type in HashType
     }
     await assert_settled(rig)
 
@@ -297,7 +302,7 @@ async def test_hash_type_all_forwards_one_indicator_per_hash(rig: Rig) -> None:
     # of the next sync is settled with one unchanged and two in flight.
     await commit(
         rig,
-        [r for r in forwarded if r.hash_type is HashType.SHA1],
+        [r for r in forwarded if r.stix_id == stix_id(record["id"], HashType.SHA1)],
         rig.clock.now + STIX.hash_expiration,
     )
     outcome = await sync(rig, worker, again(record))
@@ -341,7 +346,7 @@ async def test_bad_bodies_are_dead_lettered_with_their_reason_and_the_batch_goes
         "rejected_unsupported_type": 1,
     }
     assert dict(outcome.counts) == {"received": 5, "forwarded": 1, "forwarded_new": 1, **rejected}
-    assert [r.record["id"] for r in await uploads(rig.bus)] == [good["id"]]
+    assert [r.indicator_id for r in await uploads(rig.bus)] == [good["id"]]
 
     dead = await rig.bus.dead_letters(SOURCE)
     assert {d.reason for d in dead} == {INVALID_RECORD}
@@ -486,7 +491,7 @@ async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, prefetch: b
     async with asyncio.timeout(10):
         while not got:
             got = await uploads(rig.bus)
-    assert [r.record["id"] for r in got] == [record["id"]]
+    assert [r.indicator_id for r in got] == [record["id"]]
     stop.set()
     async with asyncio.timeout(5):
         await task
@@ -583,7 +588,7 @@ async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis
         got: list[UploadRequest] = []
         while not got:
             got = await uploads(bus)
-    assert [r.record["id"] for r in got] == [fqdn["id"]]
+    assert [r.indicator_id for r in got] == [fqdn["id"]]
     runtime.stop.set()
     async with asyncio.timeout(5):
         await task

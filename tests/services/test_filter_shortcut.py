@@ -21,9 +21,7 @@ from shared.fingerprint import SeenEntry
 from shared.messages import UploadRequest, raw_message
 from shared.parsing import parse_indicator
 from tests.services.test_filter import (
-    IPV4_DAYS,
     SOURCE,
-    STIX,
     BatchOutcome,
     FilterWorker,
     Rig,
@@ -66,8 +64,7 @@ async def commit_fresh(rig: Rig, requests: Sequence[UploadRequest], age: timedel
     """The uploader's commit for uploads made ``age`` ago, each with its type's validity."""
     entries = []
     for r in requests:
-        expiration = STIX.hash_expiration if r.hash_type else IPV4_DAYS
-        valid_until = rig.clock.now - age + expiration
+        valid_until = rig.clock.now - age + r.draft.expiration
         entries.append((r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag)))
     await rig.state.commit(entries, now=rig.clock.now)
 

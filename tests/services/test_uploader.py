@@ -2,9 +2,9 @@
 simulators over TLS, and azure-identity fetching tokens through ``credential_factory``.
 
 Upload messages are built the way the filter builds them (feed record → ``parse_indicator`` →
-``evaluate`` → STIX id, content fingerprint, in-flight claim). Windows, locks and back-offs are
-short real durations so the file stays fast; nothing asserts how long anything took, except
-lower bounds the design itself imposes (a 429's wait).
+``evaluate`` → STIX draft: id, content, fingerprint; in-flight claim). Windows, locks and
+back-offs are short real durations so the file stays fast; nothing asserts how long anything
+took, except lower bounds the design itself imposes (a 429's wait).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -30,7 +31,7 @@ from shared.backoff import Backoff
 from shared.bus import Message, RedisStreamsBus
 from shared.credentials import TokenProvider, credential_factory
 from shared.filters import FilterPolicy, Observable, evaluate
-from shared.fingerprint import ForwardReason, SeenEntry, fingerprint
+from shared.fingerprint import ForwardReason, SeenEntry
 from shared.http import open_session
 from shared.messages import UploadRequest, raw_message, upload_message, upload_queue
 from shared.parsing import Rejection, parse_indicator, parse_timestamp
@@ -38,7 +39,7 @@ from shared.secrets import Secret
 from shared.sentinel_client import SentinelClient, UploadResult
 from shared.settings import Service, load_settings
 from shared.state import CircuitState, DestinationState, RateBudget
-from shared.stix import StixPolicy, content, pattern, stix_id
+from shared.stix import Draft, StixPolicy, pattern
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
 from simulators.feed import Feed
@@ -51,6 +52,7 @@ CLIENT_SECRET = "sim-client-secret-0123456789"
 WORKSPACE = "00000000-0000-4000-8000-0000000000b0"
 DEST = "soc-a"
 QUEUE = upload_queue(DEST)
+V1_REFUSED = "upload message has no STIX object (upload.indicator/1, queued by an older filter)"
 LOCK_S = 3.0
 WINDOW_S = 2.0
 POLICY = StixPolicy()
@@ -81,11 +83,7 @@ def queued(index: int) -> Queued:
     assert isinstance(observables, tuple)
     observable = observables[0]
     request = UploadRequest(
-        record=record,
-        stix_id=stix_id(indicator.id, observable.hash_type),
-        hash_type=observable.hash_type,
-        fingerprint=fingerprint(content(observable, POLICY)),
-        reason=ForwardReason.NEW,
+        Draft.of(observable, POLICY), ForwardReason.NEW, indicator_type=indicator.type.value
     )
     raw = raw_message(record, run_id="run-1")
     message = upload_message(request, run_id="run-1", source_message_id=raw.message_id)
@@ -153,7 +151,6 @@ class World:
             state=DestinationState(client, DEST),
             budget=budget or RateBudget(client, DEST, limit=100, window_s=WINDOW_S),
             client=wrap(sentinel) if wrap else sentinel,
-            stix_policy=POLICY,
             destination=DEST,
             **{**defaults, **options},
         )
@@ -531,15 +528,13 @@ async def test_superseded_uploaded_and_bad_messages_never_reach_sentinel(w: Worl
     await w.state.commit(
         [(uploaded.stix_id, SeenEntry(uploaded.request.fingerprint, valid_until))], now=now
     )
-    no_value = {"id": "indicator--broken", "type": "ipv4"}
-    broken = UploadRequest(
-        no_value, stix_id("indicator--broken", None), None, "0" * 32, ForwardReason.NEW
-    )
+    # The first schema carried the raw record for the uploader to map: refused by name.
+    first_schema = {"record": {"id": "ipv4--1"}, "stix_id": fresh.stix_id, "fingerprint": "0" * 32}
     await w.bus.publish(
         QUEUE,
         [
             Message(body=b"not json", message_id="junk-1"),
-            upload_message(broken, run_id="r", source_message_id="raw-broken"),
+            Message(body=orjson.dumps({**first_schema, "reason": "new"}), message_id="v1-1"),
         ],
     )
 
@@ -549,13 +544,15 @@ async def test_superseded_uploaded_and_bad_messages_never_reach_sentinel(w: Worl
 
     assert list(w.sentinel.store) == [fresh.stix_id]
     assert await w.drained()
-    reasons = sorted(d.reason for d in await w.bus.dead_letters(QUEUE))
-    assert reasons == ["invalid_record", "malformed_message"]
+    dead = sorted((d.reason, d.description) for d in await w.bus.dead_letters(QUEUE))
+    assert dead == [
+        ("malformed_message", V1_REFUSED),
+        ("malformed_message", "upload message is not JSON"),
+    ]
     counters = await w.state.counters()
     assert counters["superseded"] == counters["already_uploaded"] == counters["uploaded"] == 1
     assert counters["requests"] == 1
-    assert counters["dead_lettered_invalid_record"] == 1
-    assert counters["dead_lettered_malformed_message"] == 1
+    assert counters["dead_lettered_malformed_message"] == counters["dead_lettered"] == 2
 
 
 # ---- stopping ---------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.fingerprint import ForwardReason
-from shared.indicator import HashType
 from shared.messages import (
     RAW_SCHEMA,
     UPLOAD_SCHEMA,
@@ -20,6 +22,7 @@ from shared.messages import (
     upload_message,
     upload_queue,
 )
+from shared.stix import Draft
 
 RECORD = {
     "id": "md5--1",
@@ -68,34 +71,72 @@ def test_entities_carry_the_destination() -> None:
     assert upload_queue("prod").name == "upload.prod"
 
 
+STIX_ID = "indicator--00000000-0000-5000-8000-000000000001"
+OBJECT: dict[str, object] = {
+    "type": "indicator",
+    "id": STIX_ID,
+    "pattern": "[file:hashes.'MD5' = '" + "a" * 32 + "']",
+    "x_mati_id": "md5--1",
+}
+
+
+def _request(
+    first_known: datetime | None = None,
+    expiration: timedelta = timedelta(days=90),
+    **options: Any,
+) -> UploadRequest:
+    draft = Draft.known(dict(OBJECT), "f" * 32, expiration, first_known)
+    return UploadRequest(draft, options.pop("reason", ForwardReason.NEW), **options)
+
+
 def test_upload_message_round_trips() -> None:
-    request = UploadRequest(
-        record=RECORD,
-        stix_id="indicator--00000000-0000-5000-8000-000000000001",
-        hash_type=HashType.SHA256,
-        fingerprint="f" * 32,
+    request = _request(
+        datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC),
+        timedelta(days=7, microseconds=1),
         reason=ForwardReason.REFRESH,
         source_tag=bytes.fromhex("00ff00ff00ff00ff"),
+        indicator_type="md5",
     )
     message = upload_message(request, run_id="run-2", source_message_id="raw-1")
     assert read_upload(message.body) == request
-    assert message.message_id == f"{request.stix_id}:{request.fingerprint[:16]}:raw-1"
+    assert message.message_id == f"{STIX_ID}:{'f' * 16}:raw-1"
     again = upload_message(request, run_id="run-3", source_message_id="raw-1")
     assert again.message_id == message.message_id
     later = upload_message(request, run_id="run-3", source_message_id="raw-2")
     assert later.message_id != message.message_id
-    assert message.properties["schema"] == UPLOAD_SCHEMA
-    assert message.properties["stix_id"] == request.stix_id
-    plain = UploadRequest(RECORD, request.stix_id, None, "e" * 32, ForwardReason.NEW)
+    assert message.properties == {
+        "schema": UPLOAD_SCHEMA,
+        "indicator_id": "md5--1",
+        "indicator_type": "md5",
+        "stix_id": STIX_ID,
+        "run_id": "run-2",
+    }
+    plain = _request()
     assert read_upload(upload_message(plain, run_id="r", source_message_id="x").body) == plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.none() | st.datetimes(timezones=st.just(UTC)),  # the parser's times are UTC
+    st.timedeltas(min_value=timedelta(milliseconds=1), max_value=timedelta(days=3650)),
+)
+def test_the_draft_arrives_exactly_as_the_filter_made_it(
+    first_known: datetime | None, expiration: timedelta
+) -> None:
+    """Same instant (and zone), same expiration to the microsecond: the uploader stamps the
+    very object the filter fingerprinted, with the ``created`` the filter would give it."""
+    request = _request(first_known, expiration)
+    got = read_upload(upload_message(request, run_id="r", source_message_id="m").body)
+    assert got == request
+    assert got.draft.created == request.draft.created
 
 
 def _body(**fields: object) -> bytes:
     """A well-formed upload body without a source tag, with ``fields`` replaced (None drops)."""
     body: dict[str, object] = {
-        "record": {},
-        "stix_id": "indicator--1",
+        "object": {"id": "indicator--1"},
         "fingerprint": "f" * 32,
+        "expiration_us": 86_400_000_000,
         "reason": "new",
         **fields,
     }
@@ -107,12 +148,21 @@ def _body(**fields: object) -> bytes:
     [
         (b"{", "not JSON"),
         (b"[]", "not a JSON object"),
-        (_body(record=None), "no record"),
-        (_body(stix_id="x"), "no STIX indicator id"),
+        (_body(object=None), "no STIX object"),
+        (_body(object=None, record={}), r"upload.indicator/1, queued by an older filter"),
+        (_body(object={"id": "x"}), "no STIX indicator id"),
+        (_body(object={}), "no STIX indicator id"),
         (_body(fingerprint=None), "no fingerprint"),
         (_body(fingerprint="F00D"), "malformed fingerprint"),
-        (_body(hash_type="sha512"), "unknown hash type"),
-        (_body(reason="whim"), "unknown hash type or reason"),
+        (_body(expiration_us=None), "no expiration"),
+        (_body(expiration_us=999), "no expiration of at least 1 ms"),
+        (_body(expiration_us="86400000000"), "no expiration"),
+        (_body(expiration_us=True), "no expiration"),
+        (_body(reason="whim"), "unknown reason"),
+        (_body(first_known="yesterday"), "malformed first_known"),
+        (_body(first_known="2024-01-01T00:00:00"), "malformed first_known"),  # no zone
+        (_body(first_known=1704067200), "malformed first_known"),
+        (_body(indicator_type=7), "malformed indicator type"),
         (_body(source_tag="00FF00FF00FF00FF"), "malformed source tag"),
         (_body(source_tag=" 0ff00ff00ff00ff"), "malformed source tag"),
         (_body(source_tag=7), "malformed source tag"),
@@ -123,12 +173,15 @@ def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str)
         read_upload(body)
 
 
-def test_an_upload_queued_before_source_tags_reads_without_one() -> None:
-    assert read_upload(_body()).source_tag == b""
+def test_an_upload_without_a_source_tag_or_first_sighting_reads_without_them() -> None:
+    request = read_upload(_body())
+    assert request.source_tag == b""
+    assert request.draft.first_known is None
+    assert request.draft.created is None
 
 
 def test_an_upload_message_can_carry_the_raw_messages_trace_as_is() -> None:
-    request = UploadRequest(RECORD, "indicator--1", None, "f" * 32, ForwardReason.NEW)
+    request = _request()
     carried = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-00", "schema": "raw"}
     message = upload_message(request, run_id="r", source_message_id="m", carried=carried)
     assert message.properties["traceparent"] == carried["traceparent"]
