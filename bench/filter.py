@@ -71,7 +71,7 @@ class TallyingWorker(FilterWorker):
 
 
 async def drain(worker: TallyingWorker, count: int) -> BatchOutcome:
-    """Run the worker's own loop (prefetch included) until it handled ``count`` more
+    """Run the worker's own loop (both lanes) until it handled ``count`` more
     messages; the summed outcome of those."""
     start = worker.total.counts.copy()
     stop = asyncio.Event()
@@ -88,9 +88,7 @@ async def drain(worker: TallyingWorker, count: int) -> BatchOutcome:
     return BatchOutcome(worker.total.counts - start)
 
 
-async def commit_uploads(
-    bus: RedisStreamsBus, state: DestinationState, now: datetime
-) -> int:
+async def commit_uploads(bus: RedisStreamsBus, state: DestinationState, now: datetime) -> int:
     """What the uploader does after Sentinel accepted: ``commit`` the seen entry, then
     complete the message. The seen entry's ``valid_until`` is the one the upload would get."""
     queue = upload_queue(DESTINATION)
@@ -137,7 +135,7 @@ async def run(
             refresh_ratio=settings.validity_refresh_ratio,
             batch_size=settings.filter_batch_size,
             receive_wait_s=0.05,
-            prefetch=True,  # as services/filter/main.py runs it on Redis
+            lanes=2,  # as services/filter/main.py runs it on Redis
         )
         await bus.ensure(subscription(DESTINATION))
         await bus.ensure(upload_queue(DESTINATION))

@@ -88,6 +88,16 @@ def consumer_name(service: Service) -> str:
     return f"{service.value}-{socket.gethostname()}-{os.getpid()}"
 
 
+def lanes_for(bus: Bus) -> int:
+    """How many batches a filter or uploader works at once. Two on Redis Streams, whose every
+    call stands on its own (atomic scripts over pooled connections): one batch's Redis work
+    overlaps the other's parsing or its request to Sentinel, which one replica needs to keep
+    its Redis, and a wide-open quota, busy. One on Service Bus, whose SDK receiver is not safe
+    for a receive or renewal racing a batch's settlements on its link (see
+    ``ServiceBusBus.renew_locks``); more replicas scale it instead."""
+    return 2 if isinstance(bus, RedisStreamsBus) else 1
+
+
 def open_bus(settings: Settings, redis: Redis, consumer: str) -> Bus:
     if settings.bus == "redis":
         return RedisStreamsBus(

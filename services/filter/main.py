@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from services.filter.worker import UNAVAILABLE_BACKOFF, FilterWorker, wait_or_stop
-from services.runtime import Runtime, run_service
+from services.runtime import Runtime, lanes_for, run_service
 from shared.errors import TransientError
 from shared.logs import get_logger
 from shared.messages import subscription, upload_queue
@@ -31,9 +31,7 @@ def build_worker(runtime: Runtime) -> FilterWorker:
         deduplication=settings.enable_deduplication,
         refresh_ratio=settings.validity_refresh_ratio,
         batch_size=settings.filter_batch_size,
-        # Redis Streams only: one receive ahead overlaps Redis's work with ours. A Service
-        # Bus receiver is not meant for a receive racing the batch's settlements on its link.
-        prefetch=settings.bus == "redis",
+        lanes=lanes_for(runtime.bus),
     )
 
 

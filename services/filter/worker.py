@@ -113,12 +113,14 @@ class FilterWorker:
         receive_wait_s: float = RECEIVE_WAIT_S,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
-        prefetch: bool = False,
+        lanes: int = 1,
     ) -> None:
         if state.destination != destination:
             raise ValueError(f"state is for destination {state.destination!r}, not {destination!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         if not claim_ttl_s > 0:
             raise ValueError(f"claim_ttl_s must be positive, got {claim_ttl_s}")
         if not 0.0 <= refresh_ratio <= 1.0:
@@ -139,49 +141,46 @@ class FilterWorker:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._system = tracing.messaging_system(bus)
         self._shortcut = Shortcut(filter_policy, stix_policy, refresh_ratio)
-        self._prefetch = prefetch
+        self._lanes = lanes
 
     # ----------------------------------------------------------------------------------------
     # The loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Receive, handle, repeat until ``stop``; a batch in hand is finished first.
+        """Receive, handle, repeat until ``stop``, in ``lanes`` loops at once; a batch in hand
+        is finished first.
 
-        With ``prefetch`` the next batch is received while this one is handled, so the bus's
-        server works while this process does (a steady-state batch spends a third of its time
-        waiting on Redis otherwise); a batch received ahead is in hand, and handled, even
-        once ``stop`` is set.
+        A batch waits on Redis for a good part of its time (the seen cache, claims, publish,
+        completion); with two lanes the other batch is parsed meanwhile, so the bus's server
+        and this process work at the same time. A lane is like one more replica in the same
+        process: claims keep concurrent batches apart exactly as they keep replicas apart.
 
         An unavailable bus or Redis is waited out with a stop-aware back-off, never a crash:
         the messages of a failed batch were not completed, so their locks expire and they come
         back (abandoning them instead would burn their delivery count on every retry).
         """
+        async with asyncio.TaskGroup() as lanes:
+            for _ in range(self._lanes):
+                lanes.create_task(self._lane(stop))
+
+    async def _lane(self, stop: asyncio.Event) -> None:
         failures = 0
-        ahead: asyncio.Task[list[Delivery]] | None = None
-        try:
-            while ahead is not None or not stop.is_set():
-                receiving, ahead = ahead or self._receive(), None
-                try:
-                    deliveries = await receiving
-                    if deliveries and self._prefetch and not stop.is_set():
-                        ahead = asyncio.create_task(self._receive())
-                    if deliveries:
-                        await self.handle(deliveries)
-                    failures = 0
-                except TransientError as exc:
-                    failures += 1
-                    wait = UNAVAILABLE_BACKOFF.jittered(failures, self._rng)
-                    log.warning(
-                        "filter.unavailable",
-                        error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
-                        failures=failures,
-                        retry_in_s=round(wait, 3),
-                    )
-                    await wait_or_stop(stop, wait)
-        finally:
-            if ahead is not None:  # cancelled: what it received comes back on lock expiry
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+        while not stop.is_set():
+            try:
+                deliveries = await self._receive()
+                if deliveries:
+                    await self.handle(deliveries)
+                failures = 0
+            except TransientError as exc:
+                failures += 1
+                wait = UNAVAILABLE_BACKOFF.jittered(failures, self._rng)
+                log.warning(
+                    "filter.unavailable",
+                    error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
+                    failures=failures,
+                    retry_in_s=round(wait, 3),
+                )
+                await wait_or_stop(stop, wait)
 
     async def _receive(self) -> list[Delivery]:
         return await self._bus.receive(

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-from services.runtime import Runtime, run_service
+from services.runtime import Runtime, lanes_for, run_service
 from services.uploader.worker import Uploader
 from shared import logs
 from shared.backoff import Backoff
-from shared.bus import Bus, BusUnavailable, RedisStreamsBus
+from shared.bus import BusUnavailable
 from shared.credentials import TokenProvider, credential_factory
 from shared.health import NotReady
 from shared.sentinel_client import SentinelClient
@@ -77,15 +77,6 @@ async def loop(runtime: Runtime) -> None:
             await uploader.run(runtime.stop)
     finally:
         await tokens.aclose()
-
-
-def lanes_for(bus: Bus) -> int:
-    """Two batches at a time on Redis Streams, whose every call stands on its own (atomic
-    scripts over pooled connections): one batch's Redis work and the next one's request to
-    Sentinel overlap, which one replica needs to keep a wide-open quota busy. One on Service
-    Bus, whose SDK receiver is not safe for concurrent lock renewals (see
-    ``ServiceBusBus.renew_locks``); more replicas scale it instead."""
-    return 2 if isinstance(bus, RedisStreamsBus) else 1
 
 
 async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:

@@ -478,11 +478,11 @@ async def test_a_batch_costs_the_same_redis_commands_whatever_its_size(
 # --- the loop -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, prefetch: bool) -> None:
-    """With ``prefetch`` a batch is received while the last is handled: once stopped, the
-    batch received ahead is handled too, so nothing is left locked."""
-    worker = rig.worker(receive_wait_s=0.2, prefetch=prefetch)
+@pytest.mark.parametrize("lanes", [1, 2])
+async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, lanes: int) -> None:
+    """With two lanes a batch is received while the other is handled: once stopped, a batch
+    received by either is handled too, so nothing is left locked."""
+    worker = rig.worker(receive_wait_s=0.2, lanes=lanes)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     record = passing(of_type("ipv4"))
