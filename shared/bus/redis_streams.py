@@ -31,8 +31,11 @@ batch.
   at once and the takeover counts the delivery. An entry taken over more than ``max_delivery_count``
   times goes to the entity's dead-letter stream inside the same script (reason
   ``MaxDeliveryCountExceeded``), never to a receiver.
-- **Duplicate detection** per receivable entity: ``SET <dup key> NX PX <window>`` and ``XADD``
-  only when the key was new, in one script per chunk of 500 messages. A topic publish dedups
+- **Duplicate detection** per receivable entity: a message id is added (``XADD``) only when
+  it was not published less than the window ago, by the server's clock, checked in the same
+  script per chunk of 500 messages. Ids are noted in two hashes that take turns, one window
+  each (``_PUBLISH``): a key per id with its own expiry cost the server twice as much per
+  message, and its key space grew with every message of a backfill. A topic publish dedups
   per subscription, so a retried publish that failed half-way through the fan-out completes it
   without duplicating what already arrived. ``replay`` bypasses duplicate detection on purpose.
 - **Times come from entry ids.** A stream id's first part is the server's clock in ms when the
@@ -66,9 +69,10 @@ Each entity's keys share one Redis Cluster hash tag, so every script touches a s
 ``P:{<entity>}:dlq``
     stream; fields ``body``, ``message_id``, ``properties``, ``reason``, ``description``,
     ``delivery_count``. Unbounded: a dead letter leaves only by ``replay`` or an operator.
-``P:{<entity>}:dup:<message_id>``
-    string ``1``, expiring after ``duplicate_window_s``. One per message published within the
-    window (about 100 bytes each).
+``P:{<entity>}:dup:0`` / ``P:{<entity>}:dup:1``
+    hashes of message id → publish time (epoch ms), plus the slot they hold under the empty
+    field; each holds one slot of ``duplicate_window_s`` and is emptied when its parity's next
+    slot begins, so the ids of the last one to two windows are noted (about 90 bytes each).
 ``P:{<topic>}:subscriptions``
     set of subscription names; written by ``ensure(Subscription)``, read by every topic
     publish.
@@ -157,19 +161,44 @@ class BusRefused(FatalError):
 # --------------------------------------------------------------------------------------------
 # Lua scripts. KEYS are always declared so Redis Cluster can route and check them.
 
-#: KEYS[1] stream, KEYS[1 + i] dup key of message i (none when the window is 0);
-#: ARGV group, window ms, then body, message_id, properties per message.
+#: KEYS[1] stream, KEYS[2], KEYS[3] the two duplicate-detection hashes; ARGV group, window ms
+#: (0: no detection), then body, message_id, properties per message.
 #: Creates the stream and its group when missing, so a queue published to before its
 #: receivers started keeps everything (the group starts at 0, not at $).
+#: Duplicate detection by the server's clock: time is cut into slots one window long, and
+#: each message id published is noted, with its time, in the hash of its slot's parity. A
+#: hash is emptied when a slot of its parity begins, two slots after its last one, so an id
+#: stays noted for at least a window; an id is a duplicate when noted less than a window ago.
 _PUBLISH: Final = """
 local stream, group, window = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if redis.call('EXISTS', stream) == 0 then
   redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
 end
+local now, current, previous = 0, nil, nil
+if window > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local slot = math.floor(now / window)
+  current, previous = KEYS[2 + slot % 2], KEYS[3 - slot % 2]
+  if tonumber(redis.call('HGET', current, '')) ~= slot then
+    redis.call('UNLINK', current)
+    redis.call('HSET', current, '', slot)
+  end
+  redis.call('PEXPIREAT', current, (slot + 2) * window)
+end
 local added = 0
 for i = 1, (#ARGV - 2) / 3 do
   local a = 3 * i
-  if window == 0 or redis.call('SET', KEYS[i + 1], '1', 'NX', 'PX', window) then
+  local fresh = true
+  if window > 0 then
+    local id = ARGV[a + 1]
+    local noted = redis.call('HGET', current, id) or redis.call('HGET', previous, id)
+    fresh = not noted or tonumber(noted) + window <= now
+    if fresh then
+      redis.call('HSET', current, id, now)
+    end
+  end
+  if fresh then
     redis.call('XADD', stream, '*',
       'body', ARGV[a], 'message_id', ARGV[a + 1], 'properties', ARGV[a + 2])
     added = added + 1
@@ -373,10 +402,8 @@ class EntityKeys:
 
     stream: str
     dead_letter: str
-    duplicate_prefix: str
-
-    def duplicate(self, message_id: str) -> str:
-        return f"{self.duplicate_prefix}{message_id}"
+    #: The two hashes of duplicate detection (``_PUBLISH``), by slot parity.
+    duplicates: tuple[str, str]
 
 
 class RedisStreamsBus:
@@ -476,7 +503,9 @@ class RedisStreamsBus:
             tag = f"{_checked(source.topic, 'topic')}/{_checked(source.name, 'subscription')}"
         base = f"{self.prefix}:{{{tag}}}:"
         return EntityKeys(
-            stream=base + "stream", dead_letter=base + "dlq", duplicate_prefix=base + "dup:"
+            stream=base + "stream",
+            dead_letter=base + "dlq",
+            duplicates=(base + "dup:0", base + "dup:1"),
         )
 
     def subscriptions_key(self, topic: str) -> str:
@@ -689,9 +718,7 @@ class RedisStreamsBus:
         """Chunks go one after the other, so the stream keeps the caller's order."""
         for start in range(0, len(encoded), CHUNK):
             chunk = encoded[start : start + CHUNK]
-            script_keys = [keys.stream]
-            if self._window_ms:
-                script_keys += [keys.duplicate(message_id) for _, message_id, _ in chunk]
+            script_keys = [keys.stream, *keys.duplicates]
             args: list[bytes | str | int] = [GROUP, self._window_ms]
             for body, message_id, properties in chunk:
                 args += (body, message_id, properties)
