@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.common import PIPELINE_ENV, cpu_seconds, poll_until, vm_hwm_bytes
 from services.local.supervisor import Child
+from services.runtime import tune_gc
 from shared.mati_client import IndicatorQuery
 from simulators.feed import Feed
 from simulators.pipeline import Pipeline
@@ -85,6 +86,9 @@ async def pipeline_run(
         await pipeline.start()
         # Built before the clock starts: the real MATI's CPU is not on this machine.
         pipeline.sims.mati.prerender(IndicatorQuery(0, 0).include_params())
+        # The simulators share the cores with the pipeline too: collect as the services do,
+        # with the feed and the prerendered pages out of every collection.
+        tune_gc()
         run = Run(pipeline)
         if pipeline.redis is not None:
             run.redis_pid = int((await pipeline.redis.info("server"))["process_id"])
