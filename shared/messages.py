@@ -59,9 +59,18 @@ def _text_field(record: object, key: str) -> str:
     return ""
 
 
-def raw_message(record: object, *, run_id: str, context: Context | None = None) -> Message:
+def raw_message(
+    record: object,
+    *,
+    run_id: str,
+    context: Context | None = None,
+    carried: Mapping[str, str] | None = None,
+) -> Message:
     """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
-    judging records is the filter's job (a bad one is dead-lettered there, with its reason)."""
+    judging records is the filter's job (a bad one is dead-lettered there, with its reason).
+
+    The message carries the trace of ``context``, or the trace properties in ``carried``
+    as they are (a page's records share one context: it is formatted once, not per record)."""
     body = orjson.dumps(record)
     indicator_id = _text_field(record, "id")
     last_updated = _text_field(record, "last_updated")
@@ -69,7 +78,7 @@ def raw_message(record: object, *, run_id: str, context: Context | None = None) 
     return Message(
         body=body,
         message_id=hashlib.blake2b(seed, digest_size=16).hexdigest(),
-        properties=tracing.inject(
+        properties=_traced(
             {
                 "schema": RAW_SCHEMA,
                 "indicator_id": indicator_id,
@@ -77,6 +86,7 @@ def raw_message(record: object, *, run_id: str, context: Context | None = None) 
                 "run_id": run_id,
             },
             context,
+            carried,
         ),
     )
 
@@ -148,12 +158,16 @@ def upload_message(
     return Message(
         body=body,
         message_id=f"{request.stix_id}:{request.fingerprint[:16]}:{source_message_id}",
-        properties=(
-            tracing.carry(properties, carried)
-            if carried is not None
-            else tracing.inject(properties, context)
-        ),
+        properties=_traced(properties, context, carried),
     )
+
+
+def _traced(
+    properties: dict[str, str], context: Context | None, carried: Mapping[str, str] | None
+) -> dict[str, str]:
+    if carried is not None:
+        return tracing.carry(properties, carried)
+    return tracing.inject(properties, context)
 
 
 def read_upload(body: bytes) -> UploadRequest:

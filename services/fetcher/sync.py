@@ -309,7 +309,8 @@ class Fetcher:
     async def _publish(self, page: RawPage, limit: datetime, progress: _Progress) -> None:
         """Publish the page whole, THEN move the checkpoint, THEN count it."""
         records, run_id = page.indicators, progress.run_id
-        messages = [raw_message(r, run_id=run_id) for r in records]  # carry the page's context
+        page_trace = tracing.inject({})  # every record carries the page's context
+        messages = [raw_message(r, run_id=run_id, carried=page_trace) for r in records]
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
             await self._bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)

@@ -43,6 +43,18 @@ def test_raw_message_keeps_the_record_and_names_it() -> None:
     }
 
 
+def test_raw_messages_of_a_page_carry_its_trace_as_is() -> None:
+    page = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "a=b"}
+    message = raw_message(RECORD, run_id="run-1", carried=page)
+    assert message.properties == {
+        "schema": RAW_SCHEMA,
+        "indicator_id": "md5--1",
+        "indicator_type": "md5",
+        "run_id": "run-1",
+        **page,
+    }
+
+
 def test_raw_message_id_is_one_per_indicator_version() -> None:
     first = raw_message(RECORD, run_id="a").message_id
     assert raw_message(dict(RECORD), run_id="b").message_id == first
