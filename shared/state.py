@@ -75,6 +75,7 @@ Requires Redis ≥ 6.2 (``PXAT``, effects replication of scripts that read ``TIM
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import secrets
@@ -467,9 +468,13 @@ _STIX_ID: Final = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def compact_id(stix_id: str) -> str:
     """``indicator--<uuid>`` as its 16 bytes in 22 base64url characters: a key 25 bytes
-    shorter per remembered indicator. Anything else (``stix_id`` never makes it) is kept."""
+    shorter per remembered indicator. Anything else (``stix_id`` never makes it) is kept.
+
+    Cached: a batch names each id three or four times (seen, claim, commit, release), and
+    4,096 ids cover the batches a process holds at once (under 2 MB, whatever the backlog)."""
     if _STIX_ID.fullmatch(stix_id) is None:
         return stix_id
     raw = bytes.fromhex(stix_id[11:].replace("-", ""))
