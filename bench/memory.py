@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench.common import Figure, mib
@@ -118,16 +119,25 @@ async def run(backlogs: tuple[int, ...] = (10_000, 100_000, 300_000)) -> list[di
     return [await measure(n) for n in backlogs]
 
 
-def figures(results: list[dict[str, Any]], *, e2e_backlog: int = 100_000) -> list[Figure]:
-    """Figure 2 from the ``e2e_backlog`` run (or the largest), figure 5 from all of them."""
-    chosen = next((r for r in results if r["backlog"] == e2e_backlog), results[-1])
+def figures(
+    results: list[dict[str, Any]],
+    *,
+    e2e_backlog: int = 100_000,
+    more_e2e_runs: Sequence[dict[str, Any]] = (),
+) -> list[Figure]:
+    """Figure 2 from the ``e2e_backlog`` run (or the largest) and ``more_e2e_runs`` of the
+    same backlog: the median by rate, since consecutive runs on this shared machine differ by
+    up to a fifth. Figure 5 from all of ``results``."""
+    first = next((r for r in results if r["backlog"] == e2e_backlog), results[-1])
+    runs = sorted([first, *more_e2e_runs], key=lambda r: r["indicators_per_s"])
+    chosen = runs[len(runs) // 2]
     rate = chosen["indicators_per_s"]
     multiple = rate / SENTINEL_QUOTA_PER_S
     # limit / (window + margin) × objects
     budget_cap = 100 / (1 + default_rate_margin_s(1)) * 100
     e2e = Figure(
         key="end_to_end_unthrottled",
-        title="2. End to end, unthrottled (fetcher, filter, 1 uploader)",
+        title=f"2. End to end, unthrottled (fetcher, filter, 1 uploader), median of {len(runs)}",
         ratio=round(multiple, 1),
         target=f">= {TARGET_MULTIPLE:.0f}x quota ({SENTINEL_QUOTA_PER_S:.0f}/s)",
         passed=multiple >= TARGET_MULTIPLE,
@@ -135,6 +145,7 @@ def figures(results: list[dict[str, Any]], *, e2e_backlog: int = 100_000) -> lis
             "indicators": chosen["stored"],
             "seconds": chosen["seconds"],
             "indicators_per_s": rate,
+            "indicators_per_s_each_run": [r["indicators_per_s"] for r in runs],
             "sentinel_quota_per_s": round(SENTINEL_QUOTA_PER_S, 1),
             "product_budget_cap_per_s": budget_cap,
             "share_of_product_budget_cap": round(rate / budget_cap, 3),
