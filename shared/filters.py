@@ -143,15 +143,3 @@ def _selected_hashes(
     hash_type = HashType(selection.value)
     value = indicator.hash_value(hash_type)
     return ((hash_type, value),) if value is not None else ()
-
-
-def observable_for(indicator: Indicator, hash_type: HashType | None) -> Observable | None:
-    """The observable the filter chose, rebuilt from the forwarded record: the uploader maps
-    what the filter decided without filtering again (its settings may have moved since)."""
-    kind = _KIND_OF[indicator.type]
-    if kind is not ObservableKind.HASH:
-        return Observable(indicator, kind, indicator.value) if hash_type is None else None
-    if hash_type is None:
-        return None
-    value = indicator.hash_value(hash_type)
-    return Observable(indicator, kind, value, hash_type) if value is not None else None

@@ -15,10 +15,8 @@ from shared.filters import (
     Observable,
     ObservableKind,
     evaluate,
-    observable_for,
 )
 from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
-from shared.parsing import parse_indicator
 from tests.unit.strategies import PROPERTY, example_indicator, filter_policies, indicators
 
 MD5 = "b3becab76a6d36861357bfa3fe966003"
@@ -408,28 +406,3 @@ def test_evaluate_agrees_with_the_reference_definition(
             assert observable.value == indicator.value
     stix_keys = [(o.kind, o.hash_type) for o in result]
     assert len(stix_keys) == len(set(stix_keys)), "one STIX id per observable"
-
-
-def test_observable_for_rebuilds_what_evaluate_chose() -> None:
-    md5 = parse_indicator(
-        {
-            "id": "md5--1",
-            "type": "md5",
-            "value": "a" * 32,
-            "associated_hashes": [{"type": "sha256", "value": "b" * 64}],
-        }
-    )
-    assert isinstance(md5, Indicator)
-    policy = FilterPolicy(
-        minimum_confidence=0, minimum_threat_score=0, hash_selection=HashSelection.ALL
-    )
-    chosen = evaluate(md5, policy)
-    assert isinstance(chosen, tuple)
-    for observable in chosen:
-        assert observable_for(md5, observable.hash_type) == observable
-    assert observable_for(md5, None) is None
-    assert observable_for(md5, HashType.SHA1) is None
-    ip = parse_indicator({"id": "ipv4--1", "type": "ipv4", "value": "203.0.113.7"})
-    assert isinstance(ip, Indicator)
-    assert observable_for(ip, None) == Observable(ip, ObservableKind.IPV4, "203.0.113.7")
-    assert observable_for(ip, HashType.MD5) is None
