@@ -20,7 +20,7 @@ from bench.common import Figure, mib
 from bench.runs import NO_QUOTA, Run, first_page, pipeline_run
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.messages import subscription, upload_queue
-from shared.state import FeedState, default_rate_margin_s, destination_prefix
+from shared.state import DestinationState, FeedState, default_rate_margin_s
 from simulators.pipeline import DESTINATION
 
 #: The widest budget the settings allow (SENTINEL_REQUESTS_PER_MINUTE ≤ 100, window ≥ 1 s).
@@ -59,7 +59,7 @@ async def _seen_bytes(run: Run) -> dict[str, Any]:
     redis = run.pipeline.redis
     assert redis is not None
     before = int((await redis.info("memory"))["used_memory"])
-    pattern = f"{destination_prefix(DESTINATION)}seen:*"
+    pattern = DestinationState(redis, DESTINATION).seen_key("*")  # "*" is kept as it is
     keys: list[bytes] = []
     sample: list[int] = []
     async for key in redis.scan_iter(match=pattern, count=5000):

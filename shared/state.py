@@ -24,9 +24,11 @@ Each entry: key, type and value; TTL; who writes; who reads (D = the destination
 ``m2s:{fetcher}:feed:counters``
     hash, name -> count (fetched, pages, published, …). No TTL. Written by the fetcher; read
     by ``status`` and metrics.
-``m2s:{D}:seen:<id>``
-    ``<id>`` is the STIX id's UUID in 22 base64url characters (``compact_id``). String,
-    ``SeenEntry.encode()``: 33 bytes, the fingerprint, the source tag and ``valid_until``.
+``m2s:{D}:s:<id>`` (seen)
+    ``<id>`` is the STIX id's UUID in 22 base64url characters (``compact_id``). One per
+    indicator in Sentinel, so every byte counts: with a short destination name the key stays
+    within Redis's 40-byte allocation (``seen:`` took it to 48). String,
+    ``SeenEntry.encode()``: 44 ASCII bytes, the fingerprint, the source tag and ``valid_until``.
     Expires AT that ``valid_until`` (``PXAT``). Written by the uploader (``commit``, after
     Sentinel accepted the record); read by the filter (``seen``).
 ``m2s:{D}:inflight:<id>``
@@ -500,7 +502,7 @@ class DestinationState:
         self._set_circuit = client.register_script(_SET_CIRCUIT)
 
     def seen_key(self, stix_id: str) -> str:
-        return f"{self.prefix}seen:{compact_id(stix_id)}"
+        return f"{self.prefix}s:{compact_id(stix_id)}"
 
     def inflight_key(self, stix_id: str) -> str:
         return f"{self.prefix}inflight:{compact_id(stix_id)}"

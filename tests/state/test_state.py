@@ -705,6 +705,9 @@ def test_seen_keys_use_the_compact_id() -> None:
     assert len({compact_id(i) for i in ids(1000)}) == 1000
     for other in ("indicator--1", "indicator--045A6B10-A73F-51AC-8C22-538654BBA368", "x"):
         assert compact_id(other) == other, "ids stix_id never makes are kept as they are"
+    key = DestinationState(Redis(), "demo").seen_key(a)  # no connection is opened
+    assert key == f"m2s:{{demo}}:s:{compact}"
+    assert len(key) <= 36, "Redis allocates it 40 bytes (3-byte header, trailing NUL)"
 
 
 @pytest.mark.parametrize(
