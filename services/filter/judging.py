@@ -39,14 +39,6 @@ class Forward:
     valid_until: datetime
     refresh_after: timedelta
 
-    @property
-    def stix_id(self) -> str:
-        return self.draft.stix_id
-
-    @property
-    def fingerprint(self) -> str:
-        return self.draft.fingerprint
-
 
 @dataclass(slots=True)
 class Item:

@@ -306,13 +306,13 @@ class FilterWorker:
         if not pending:
             return
         if self._deduplication:
-            missing = [f.stix_id for f in pending if f.stix_id not in known]
+            missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             await self._seen(list(dict.fromkeys(missing)), known)
         for item in items:
             for forward in item.observables:
                 reason = decide(
-                    known.get(forward.stix_id) if self._deduplication else None,
-                    forward.fingerprint,
+                    known.get(forward.draft.stix_id) if self._deduplication else None,
+                    forward.draft.fingerprint,
                     now,
                     forward.valid_until,
                     forward.refresh_after,
