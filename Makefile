@@ -61,7 +61,7 @@ demo: venv redis
 	$(BIN)/python -m simulators.demo
 
 # The performance figures on this machine against a private Redis and the simulators: a table
-# on stdout and bench-results.json (ignored by git). About 12 minutes; installs py-spy into the
+# on stdout and bench-results.json (ignored by git). About 9 minutes; installs py-spy into the
 # venv for the process profiles. BENCH_ARGS=--quick checks the bench itself in about a minute.
 bench: venv redis
 	$(BIN)/python -m bench $(BENCH_ARGS)
