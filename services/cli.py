@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from services import runtime
+from shared.errors import ConfigError, PipelineError
 from shared.settings import Service
 
 
@@ -64,8 +65,9 @@ def run_local(args: argparse.Namespace) -> int:
     return asyncio.run(run(os.environ, Path(args.state_dir)))
 
 
-def _admin(work: Callable[[runtime.Runtime], object]) -> int:
-    """Run an operator command against the state and queues; it needs no credential."""
+def _admin(command: str, work: Callable[[runtime.Runtime], object]) -> int:
+    """Run an operator command against the state and queues; it needs no credential and
+    binds no port. Redis or the bus not answering is one line and exit 1, not a traceback."""
     settings = runtime.load(Service.ADMIN)
 
     async def go() -> int:
@@ -75,7 +77,15 @@ def _admin(work: Callable[[runtime.Runtime], object]) -> int:
                 await result
         return 0
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"mati2sentinel {command}: {line}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"mati2sentinel {command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def status(args: argparse.Namespace) -> int:
@@ -88,7 +98,7 @@ def status(args: argparse.Namespace) -> int:
         else:
             print(status_.render(current))
 
-    return _admin(show)
+    return _admin("status", show)
 
 
 def dlq(args: argparse.Namespace) -> int:
@@ -105,7 +115,7 @@ def dlq(args: argparse.Namespace) -> int:
         else:
             print(dlq_.render(views))
 
-    return _admin(work)
+    return _admin("dlq", work)
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -114,7 +124,6 @@ def explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from services import explain as explain_
-    from shared.errors import FatalError, PermanentError, TransientError
     from shared.mati_client import MatiClient
     from shared.state import DestinationState, FeedState
 
@@ -164,7 +173,11 @@ def explain(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(go())
-    except (TransientError, PermanentError, FatalError) as exc:
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"mati2sentinel explain: {line}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
         print(f"mati2sentinel explain: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -5,8 +5,11 @@ A service is a coroutine ``loop(runtime)`` that runs until ``runtime.stop`` is s
 releases what it holds within ``DRAIN_TIMEOUT_SECONDS``, and returns. A second signal cancels
 the loop outright; whatever it held is then released by lock expiry, never lost.
 
-Exit codes: 0 after a clean stop, 2 for invalid settings (before anything connects), 1 when
-the loop crashed (the pod restarts; every effect is idempotent, so restarting is safe).
+Exit codes: 0 after a clean stop; 2 when the service cannot run as configured (an invalid
+setting, before anything connects; a probe port already taken; an unreadable CA file; a bus
+entity that does not exist), said in one line; 1 when the loop crashed (the pod restarts;
+every effect is idempotent, so restarting is safe). A Redis or bus that does not answer yet
+is waited for, with readiness false, since in a cluster it may simply start later.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from shared import logs, metrics, tracing
 from shared.bus import Bus
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.bus.servicebus import ServiceBusBus
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FatalError
 from shared.health import Health, HealthServer
 from shared.http import open_session
 from shared.redis_connect import connect
@@ -181,14 +184,42 @@ async def _heartbeat(health: Health) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool) -> int:
+@asynccontextmanager
+async def _probes(health: Health, port: int | None) -> AsyncIterator[int | None]:
+    """``/livez``, ``/readyz`` and ``/metrics`` on ``port`` (``None``: none at all, for a
+    one-shot command); yields the port listened on. A port that cannot be had is a start-up
+    failure stated in one line, like a bad setting."""
+    if port is None:
+        yield None
+        return
+    server = HealthServer(health, port=port)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise ConfigError(
+            [
+                f"HEALTH_PORT={port} cannot be served ({reason.lower()}): stop the process "
+                "that holds it, or set HEALTH_PORT to a free port (0 picks any)"
+            ]
+        ) from None
+    try:
+        yield server.port
+    finally:
+        await server.stop()
+
+
+async def _serve(
+    settings: Settings, service: Service, loop: Loop, *, http: bool, probes: bool
+) -> int:
     async with (
         open_runtime(settings, service, http=http) as runtime,
         # Counters, gauges and upload latency; /metrics on the probes' port (shared.metrics).
         metrics.serving(
             service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
         ),
-        HealthServer(runtime.health, port=settings.health_port) as probes,
+        _probes(runtime.health, settings.health_port if probes else None) as port,
     ):
         beating = asyncio.create_task(_heartbeat(runtime.health))
         task = asyncio.current_task()
@@ -207,13 +238,18 @@ async def _serve(settings: Settings, service: Service, loop: Loop, *, http: bool
                 "service.started",
                 consumer=runtime.consumer,
                 bus=settings.bus,
-                health_port=probes.port,
+                health_port=port,
             )
             try:
                 await loop(runtime)
             except asyncio.CancelledError:
                 log.warning("service.cancelled")
                 return 1
+            except FatalError as exc:
+                # A missing bus entity, a refused bus or credential: restarting cannot help,
+                # an operator must act. One line that says what, not a traceback.
+                log.error("service.cannot_run", error=type(exc).__name__, detail=str(exc))
+                return 2
             except Exception:
                 log.exception("service.crashed")
                 return 1
@@ -238,15 +274,18 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
-def run_service(service: Service, loop: Loop, *, http: bool) -> int:
-    """Run ``loop`` as ``service`` until a signal stops it; returns the exit code."""
+def run_service(service: Service, loop: Loop, *, http: bool, probes: bool = True) -> int:
+    """Run ``loop`` as ``service`` until a signal stops it; returns the exit code.
+
+    ``probes=False`` for a one-shot command (``sync --once``): it binds no port, so it runs
+    beside the long-running services of one host."""
     settings = load(service)
     configure_logs(settings)
     tune_gc()
     try:
         # Traces: exporters from OTEL_TRACES_EXPORTER; what is buffered is flushed at exit.
         with tracing.configured(service.value, os.environ):
-            return asyncio.run(_serve(settings, service, loop, http=http))
+            return asyncio.run(_serve(settings, service, loop, http=http, probes=probes))
     except ConfigError as exc:
         for line in exc.problems:
             print(f"mati2sentinel: {line}", file=sys.stderr)

@@ -56,6 +56,12 @@ class Service(StrEnum):
     ALL = "all"
 
 
+#: Each long-running service's probe port when ``HEALTH_PORT`` is not set. One port each, so
+#: the three run side by side on one host with default settings; in a pod (the chart, the
+#: image) ``HEALTH_PORT`` is set and every service listens on the same one.
+DEFAULT_HEALTH_PORTS: Final = {Service.FETCHER: 8081, Service.FILTER: 8082, Service.UPLOADER: 8083}
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The effective settings; field names are the environment names in lower case."""
@@ -118,7 +124,9 @@ class Settings:
     filter_batch_size: int = 500
     upload_linger_seconds: float = 1.0
     drain_timeout_seconds: float = 25.0
-    health_port: int = 8080
+    #: ``None`` only for commands that serve no probes (operator commands, ``check-config``
+    #: of all services); a service gets its ``DEFAULT_HEALTH_PORTS`` entry.
+    health_port: int | None = None
     #: Lines to print once at start-up (removed settings that are still set).
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -152,7 +160,12 @@ class Settings:
             if f.name == "warnings":
                 continue
             value = getattr(self, f.name)
-            rows.append((f.name.upper(), _printable(value)))
+            if f.name == "health_port" and value is None:
+                ports = DEFAULT_HEALTH_PORTS.items()
+                printable = ", ".join(f"{service.value} {port}" for service, port in ports)
+            else:
+                printable = _printable(value)
+            rows.append((f.name.upper(), printable))
         return rows
 
 
@@ -447,6 +460,8 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     )
 
     values = r.values
+    if "health_port" not in values and service in DEFAULT_HEALTH_PORTS:
+        values["health_port"] = DEFAULT_HEALTH_PORTS[service]
     if "sentinel_base_url" not in values and "sentinel_api" in values:
         values["sentinel_base_url"] = SENTINEL_DEFAULT_HOSTS[values["sentinel_api"]]
     problems = r.problems + _missing(values, r.invalid, service) + _bus_problems(values, r.invalid)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from shared.errors import ConfigError
+
 
 def client_context(extra_ca_file: Path | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -20,7 +22,22 @@ def client_context(extra_ca_file: Path | None) -> ssl.SSLContext:
     if cafile or capath:
         context.load_verify_locations(cafile=cafile, capath=capath)
     if extra_ca_file is not None:
-        context.load_verify_locations(cafile=str(extra_ca_file))
+        try:
+            context.load_verify_locations(cafile=str(extra_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            # Settings checked that the file exists; here it is unreadable or holds no CA.
+            ssl_reason = getattr(exc, "reason", None)
+            reason = (
+                ssl_reason.replace("_", " ").lower()
+                if isinstance(ssl_reason, str)
+                else (exc.strerror or type(exc).__name__)
+            )
+            raise ConfigError(
+                [
+                    f"SSL_CERT_FILE={str(extra_ca_file)!r} cannot be loaded ({reason}): "
+                    "give a readable PEM file of CA certificates"
+                ]
+            ) from None
     # PROTOCOL_TLS_CLIENT already sets these; stated so nobody "fixes" them off.
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED

@@ -125,13 +125,14 @@ def main() -> int:
 
 def sync_main() -> int:
     """``mati2sentinel sync --once``: 0 when the sync completed, 1 otherwise (also 2 for bad
-    settings, like every service)."""
+    settings, like every service). It serves no probes, so it binds no port and runs beside a
+    fetcher, filter and uploader on the same host."""
     done: list[SyncSummary] = []
 
     async def once(runtime: Runtime) -> None:
         done.append(await sync_once(runtime))
 
-    code = run_service(Service.FETCHER, once, http=True)
+    code = run_service(Service.FETCHER, once, http=True, probes=False)
     if code != 0 or not done:
         return code or 1
     summary = done[0]

@@ -98,6 +98,25 @@ def test_values_are_read_under_the_seed_names() -> None:
     assert s.azure_workspace_name == "soc-workspace"
 
 
+@pytest.mark.parametrize(
+    ("service", "port"),
+    [(Service.FETCHER, 8081), (Service.FILTER, 8082), (Service.UPLOADER, 8083)],
+)
+def test_each_service_probes_on_its_own_port_unless_health_port_is_set(
+    service: Service, port: int
+) -> None:
+    """The three services of one host start side by side with default settings; a pod sets
+    HEALTH_PORT and every service listens there."""
+    assert load_settings(VALID, service).health_port == port
+    assert load_settings({**VALID, "HEALTH_PORT": "9090"}, service).health_port == 9090
+
+
+def test_commands_that_serve_no_probes_have_no_port_and_say_which_services_do() -> None:
+    assert load_settings({}, Service.ADMIN).health_port is None
+    rows = dict(load().effective())
+    assert rows["HEALTH_PORT"] == "fetcher 8081, filter 8082, uploader 8083"
+
+
 def test_legacy_api_gets_its_own_default_host() -> None:
     s = load(SENTINEL_API="upload-indicators")
     assert s.sentinel_base_url == "https://sentinelus.azure-api.net"

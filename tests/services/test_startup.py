@@ -1,0 +1,179 @@
+"""Start-up failures as a user meets them: the real ``mati2sentinel`` command in a child
+process, each failure one line and a non-zero exit, never a traceback (DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.local.redis import LocalRedis
+from shared.settings import DEFAULT_HEALTH_PORTS, Service
+from tests.servicebus_peer import FakeServiceBus
+
+#: Valid settings for every service, pointing nowhere that matters: each test breaks one thing.
+CREDENTIALS: Mapping[str, str] = {
+    "MATI_API_KEY": "start-up-key",
+    "MATI_API_SECRET": "start-up-secret",
+    "AZURE_WORKSPACE_ID": "00000000-0000-4000-8000-0000000000b0",
+    "AZURE_TENANT_ID": "00000000-0000-4000-8000-0000000000aa",
+    "AZURE_CLIENT_ID": "00000000-0000-4000-8000-0000000000c1",
+    "AZURE_CLIENT_SECRET": "start-up-client-secret",
+    "LOG_FORMAT": "json",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+async def run(env: Mapping[str, str], *args: str, timeout_s: float = 30.0) -> Run:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env={"PATH": "/usr/bin:/bin", **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return Run(process.returncode or 0, out.decode(), err.decode())
+
+
+def assert_one_line(run: Run, *needles: str) -> str:
+    """The failure is stated once, on stderr, with every needle in it; nothing else explains."""
+    assert "Traceback" not in run.output, run.output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port some other process listens on, the way a second service on one host meets it."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("0.0.0.0", 0))  # noqa: S104 - the probes bind every interface too
+    holder.listen()
+    try:
+        yield holder.getsockname()[1]
+    finally:
+        holder.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("service", ["fetcher", "filter", "uploader"])
+async def test_a_taken_health_port_is_one_line_and_exit_2(
+    service: str, taken_port: int, redis_server: LocalRedis
+) -> None:
+    env = {**CREDENTIALS, "REDIS_URL": redis_server.url, "HEALTH_PORT": str(taken_port)}
+    result = await run(env, service)
+    assert result.code == 2, result.output
+    line = assert_one_line(result, f"HEALTH_PORT={taken_port}", "address already in use")
+    assert "set HEALTH_PORT to a free port" in line
+
+
+def test_each_service_has_its_own_default_probe_port() -> None:
+    """With defaults, the three services of one host do not meet on one port."""
+    ports = [DEFAULT_HEALTH_PORTS[s] for s in (Service.FETCHER, Service.FILTER, Service.UPLOADER)]
+    assert len(set(ports)) == 3
+
+
+async def test_sync_once_binds_no_port(taken_port: int) -> None:
+    """A one-shot sync beside running services: the probe port it would take is in use, and it
+    never asks for it (it fails here only for want of a Redis, which it says in one line)."""
+    env = {
+        **CREDENTIALS,
+        "REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
+        "HEALTH_PORT": str(taken_port),
+    }
+    result = await run(env, "sync", "--once")
+    assert result.code == 1, result.output
+    assert "HEALTH_PORT" not in result.output
+    assert "Traceback" not in result.output
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("sync ")
+    assert ": failed," in summary
+    assert "StateUnavailable" in summary
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a certificate\n",
+        b"",
+        b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    ],
+    ids=["text", "empty", "broken-pem"],
+)
+async def test_an_unreadable_ca_file_is_one_line_and_exit_2(
+    tmp_path: Path, redis_server: LocalRedis, content: bytes
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(content)
+    env = {**CREDENTIALS, "REDIS_URL": redis_server.url, "HEALTH_PORT": "0"}
+    env["SSL_CERT_FILE"] = str(ca)
+    result = await run(env, "uploader")
+    assert result.code == 2, result.output
+    assert_one_line(result, "SSL_CERT_FILE")
+
+
+@pytest.mark.parametrize("command", [["status"], ["dlq", "list"]])
+async def test_an_operator_command_without_redis_is_one_line_and_exit_1(
+    command: list[str],
+) -> None:
+    env = {"REDIS_URL": f"redis://:hunter2-redis@127.0.0.1:{closed_port()}/0"}
+    result = await run(env, *command)
+    assert result.code == 1, result.output
+    line = assert_one_line(result, f"mati2sentinel {command[0]}:", "Connect")
+    assert "hunter2-redis" not in result.output, line
+
+
+@pytest.mark.parametrize("service", ["filter", "uploader"])
+async def test_a_missing_bus_entity_is_one_event_and_exit_2(
+    service: str, redis_server: LocalRedis
+) -> None:
+    """Service Bus entities are the operator's to create (docs/servicebus.md): a service that
+    finds its own missing says so and stops, rather than crash-looping with a traceback."""
+    with FakeServiceBus() as namespace:  # a namespace without a single entity
+        env = {
+            **CREDENTIALS,
+            "REDIS_URL": redis_server.url,
+            "HEALTH_PORT": "0",
+            "BUS": "servicebus",
+            "SERVICEBUS_CONNECTION_STRING": namespace.connection_string,
+        }
+        result = await run(env, service, timeout_s=45)
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.output
+    events = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    failures = [e for e in events if e["level"] in ("error", "critical")]
+    assert [e["event"] for e in failures] == ["service.cannot_run"], failures
+    assert failures[0]["error"] == "BusEntityMissing"
+    assert "does not exist" in failures[0]["detail"]
