@@ -38,7 +38,8 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-# Helm chart and image checks: pinned helm, kubernetes-validate, KEDA schema, hadolint (.tools/).
+# Helm chart, image and alert-rule checks: pinned helm, kubernetes-validate, KEDA and Prometheus
+# Operator schemas, hadolint (.tools/), promtool (Debian's prometheus, installed when missing).
 chart: venv
 	scripts/check-chart.sh
 

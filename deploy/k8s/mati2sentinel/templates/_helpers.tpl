@@ -168,6 +168,22 @@ databaseIndex: {{ $db | toString | quote }}
 {{- fail "settings.REDIS_URL points at localhost, where no Redis runs in these pods: set it (or secrets.keys.REDIS_URL when it carries a password)" -}}
 {{- end -}}
 {{- end -}}
+{{- $otlp := .Values.opentelemetry.endpoint -}}
+{{- if and $otlp .Values.networkPolicy.enabled -}}
+{{- $url := urlParse $otlp -}}
+{{- $port := ternary "443" "80" (eq $url.scheme "https") -}}
+{{- if regexMatch ":[0-9]+$" $url.host -}}{{- $port = regexFind "[0-9]+$" $url.host -}}{{- end -}}
+{{- $open := list -}}
+{{- range (concat .Values.networkPolicy.otlp.ports .Values.networkPolicy.egressPorts) -}}
+{{- $open = append $open (toString .port) -}}
+{{- end -}}
+{{- if not (has $port $open) -}}
+{{- fail (printf "opentelemetry.endpoint is on port %s, which the NetworkPolicy does not open: add it to networkPolicy.otlp.ports" $port) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.monitoring.podMonitor.enabled .Values.monitoring.serviceMonitor.enabled -}}
+{{- fail "monitoring: enable podMonitor or serviceMonitor, not both (each scrapes every pod)" -}}
+{{- end -}}
 {{- if .Values.keda.enabled -}}
 {{- if and (eq .Values.keda.scaler "azure-servicebus") (ne $s.BUS "servicebus") -}}
 {{- fail "keda.scaler azure-servicebus needs settings.BUS=servicebus (use redis-streams with BUS=redis)" -}}
