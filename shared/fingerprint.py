@@ -3,8 +3,8 @@ otherwise expire, and skip the rest.
 
 The fingerprint covers exactly what Sentinel would store apart from the timestamps every upload
 moves, so an unchanged indicator is not re-uploaded on each sync while any change of pattern,
-labels, confidence or description is. It is also written into the STIX object itself, so the
-cache can be rebuilt from the workspace.
+labels, confidence or description is. It is also written into the STIX object itself (in our
+property extension, ``EXTENSION_ID``), so the cache can be rebuilt from the workspace.
 """
 
 from __future__ import annotations
@@ -21,12 +21,17 @@ from typing import Final
 
 import orjson
 
-#: The custom STIX property that carries the fingerprint.
-FINGERPRINT_PROPERTY: Final = "x_mati2sentinel_fingerprint"
-#: Properties every upload changes (or that derive from the rest); they never count as content.
-VOLATILE_PROPERTIES: Final = frozenset(
-    {"created", "modified", "valid_from", "valid_until", FINGERPRINT_PROPERTY}
-)
+#: The STIX 2.1 property extension every indicator we upload carries MATI's id and threat
+#: score and the fingerprint in, instead of top-level ``x_`` properties (Sentinel keeps unknown
+#: extension properties without indexing them). Its id is
+#: ``uuid5(shared.stix.NAMESPACE, "mati2sentinel/mati-properties")``, written out because
+#: ``shared.stix`` imports this module; tests pin both. Never change it: objects already in a
+#: workspace would no longer be recognised as ours.
+EXTENSION_ID: Final = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
+#: The property of that extension that carries the fingerprint.
+FINGERPRINT_PROPERTY: Final = "fingerprint"
+#: Properties every upload changes; they never count as content (nor does the fingerprint).
+VOLATILE_PROPERTIES: Final = frozenset({"created", "modified", "valid_from", "valid_until"})
 #: 128 bits: collisions are out of reach for any feed size, and a Redis value stays small.
 _DIGEST_BYTES: Final = 16
 _FINGERPRINT: Final = re.compile(rf"[0-9a-f]{{{2 * _DIGEST_BYTES}}}")
@@ -52,12 +57,20 @@ class ForwardReason(StrEnum):
 
 
 def fingerprint(content: Mapping[str, object]) -> str:
-    """32 hex digits over the canonical JSON of ``content`` minus ``VOLATILE_PROPERTIES``.
+    """32 hex digits over the canonical JSON of ``content`` minus ``VOLATILE_PROPERTIES`` and
+    minus the fingerprint in our extension.
 
     Accepts either the bare content or a whole STIX object (even one carrying its own
     fingerprint), so the value recomputed from an object read back from Sentinel matches.
     """
     stable = {key: value for key, value in content.items() if key not in VOLATILE_PROPERTIES}
+    extensions = stable.get("extensions")
+    if isinstance(extensions, Mapping):
+        ours = extensions.get(EXTENSION_ID)
+        if isinstance(ours, Mapping) and FINGERPRINT_PROPERTY in ours:
+            # The fingerprint never covers itself.
+            bare = {key: value for key, value in ours.items() if key != FINGERPRINT_PROPERTY}
+            stable["extensions"] = {**extensions, EXTENSION_ID: bare}
     canonical = orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=_DIGEST_BYTES).hexdigest()
 

@@ -30,12 +30,20 @@ from opentelemetry.context import Context
 
 from shared import tracing
 from shared.bus import Message, Queue, Subscription, Topic
-from shared.fingerprint import SOURCE_TAG_BYTES, ForwardReason
-from shared.stix import Draft
+from shared.fingerprint import EXTENSION_ID, SOURCE_TAG_BYTES, ForwardReason
+from shared.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
 
 RAW_SCHEMA: Final = "mati.indicator/1"
-#: Version 2 carries the mapped object; version 1 (the raw record) is refused as malformed.
-UPLOAD_SCHEMA: Final = "upload.indicator/2"
+#: Version 3 carries the mapped object with MATI's data in our property extension. Version 2
+#: (the same with top-level ``x_mati_*`` properties) is still read, moved into the extension
+#: (``_from_version_2``); version 1 (the raw record) is refused as malformed.
+UPLOAD_SCHEMA: Final = "upload.indicator/3"
+#: Version 2's top-level properties and where version 3 keeps them in our extension; version
+#: 2's fingerprint property is only ever added when stamping, so a draft never holds it.
+_VERSION_2_PROPERTIES: Final = {
+    "x_mati_id": MATI_ID_PROPERTY,
+    "x_mati_threat_score": THREAT_SCORE_PROPERTY,
+}
 INDICATORS: Final = Topic("indicators")
 _SOURCE_TAG: Final = re.compile(f"[0-9a-f]{{{2 * SOURCE_TAG_BYTES}}}")
 _FINGERPRINT: Final = re.compile("[0-9a-f]{32}")
@@ -52,7 +60,7 @@ def upload_queue(destination: str) -> Queue:
 
 
 def _text_field(record: object, key: str) -> str:
-    if isinstance(record, dict):
+    if isinstance(record, Mapping):
         value = record.get(key)
         if isinstance(value, str):
             return value[:200]
@@ -113,8 +121,9 @@ class UploadRequest:
 
     @property
     def indicator_id(self) -> str:
-        """MATI's id of the record, as the object names it."""
-        return _text_field(self.draft.body, "x_mati_id")
+        """MATI's id of the record, as the object's extension names it."""
+        ours = extension_of(self.draft.body)
+        return _text_field(ours, MATI_ID_PROPERTY)
 
 
 class MalformedMessage(ValueError):
@@ -189,6 +198,8 @@ def read_upload(body: bytes) -> UploadRequest:
     stix_id = obj.get("id")
     if not isinstance(stix_id, str) or not stix_id.startswith("indicator--"):
         raise MalformedMessage("upload message has no STIX indicator id")
+    if extension_of(obj) is None and "x_mati_id" in obj:
+        obj = _from_version_2(obj)
     if not isinstance(fingerprint, str) or not fingerprint:
         raise MalformedMessage("upload message has no fingerprint")
     if _FINGERPRINT.fullmatch(fingerprint) is None:
@@ -206,6 +217,25 @@ def read_upload(body: bytes) -> UploadRequest:
         raise MalformedMessage("upload message has a malformed indicator type")
     draft = Draft.known(obj, fingerprint, timedelta(microseconds=expiration_us), _first_known(data))
     return UploadRequest(draft, reason, _source_tag(data), indicator_type)
+
+
+def _from_version_2(obj: Mapping[str, object]) -> dict[str, object]:
+    """An ``upload.indicator/2`` object (queued by a filter of the previous version, during a
+    rolling upgrade) in version 3's shape: MATI's id and threat score move into our extension.
+
+    Its fingerprint stays the one the older filter claimed and the message carries, so the
+    uploader's in-flight claim still matches and nothing queued before the upgrade is lost;
+    the seen entry then holds that older fingerprint, and the next report of the indicator
+    uploads it once more in the new shape, as every indicator is once after the upgrade."""
+    ours: dict[str, object] = {"extension_type": "property-extension"}
+    rest: dict[str, object] = {}
+    for key, value in obj.items():
+        if key in _VERSION_2_PROPERTIES:
+            ours[_VERSION_2_PROPERTIES[key]] = value
+        else:
+            rest[key] = value
+    rest["extensions"] = {EXTENSION_ID: ours}
+    return rest
 
 
 def _first_known(data: Mapping[str, object]) -> datetime | None:

@@ -18,7 +18,7 @@ from typing import Final
 from urllib.parse import quote
 
 from shared.filters import Observable, ObservableKind
-from shared.fingerprint import FINGERPRINT_PROPERTY, fingerprint
+from shared.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
 from shared.indicator import HashType, Indicator
 from shared.parsing import format_timestamp
 
@@ -27,6 +27,16 @@ from shared.parsing import format_timestamp
 #: workspace. Never change it.
 NAMESPACE: Final = uuid.UUID("1d560667-65d4-4cea-95f3-a08aad09ffae")
 _NAMESPACE_BYTES: Final = NAMESPACE.bytes
+
+#: Our one STIX property extension is ``EXTENSION_ID`` (``shared.fingerprint``), that is
+#: ``extension-definition--`` + uuid5(NAMESPACE, EXTENSION_NAME). It carries MATI's id
+#: (``mati_id``), its threat score (``threat_score``, when MATI rates it) and our fingerprint
+#: (``fingerprint``, added when stamped). Product data lives there, not in top-level ``x_``
+#: properties; Sentinel keeps extension properties without indexing them (sentinel-and-entra
+#: §2.2).
+EXTENSION_NAME: Final = "mati2sentinel/mati-properties"
+MATI_ID_PROPERTY: Final = "mati_id"
+THREAT_SCORE_PROPERTY: Final = "threat_score"
 
 #: Sentinel's limits per upload request and on ``sourcesystem`` (sentinel-and-entra §2.2, §2.3).
 MAX_OBJECTS_PER_REQUEST: Final = 100
@@ -185,13 +195,36 @@ def content(
                 "url": MANDIANT_URL + quote(indicator.id, safe=""),
             }
         ],
-        "x_mati_id": indicator.id,
     }
     if indicator.mscore is not None:
         body["confidence"] = indicator.mscore
+    ours: dict[str, object] = {
+        "extension_type": "property-extension",
+        MATI_ID_PROPERTY: indicator.id,
+    }
     if indicator.threat_score is not None:
-        body["x_mati_threat_score"] = indicator.threat_score
+        ours[THREAT_SCORE_PROPERTY] = indicator.threat_score
+    body["extensions"] = {EXTENSION_ID: ours}
     return body
+
+
+def extension_of(obj: Mapping[str, object]) -> Mapping[str, object] | None:
+    """Our property extension of ``obj`` (a STIX object, or its content), if it has one."""
+    extensions = obj.get("extensions")
+    if isinstance(extensions, Mapping):
+        ours = extensions.get(EXTENSION_ID)
+        if isinstance(ours, Mapping):
+            return ours
+    return None
+
+
+def stamped_extensions(body: Mapping[str, object], fingerprint: str) -> dict[str, object]:
+    """``body``'s ``extensions`` with ``fingerprint`` written into ours (made if missing)."""
+    extensions = body.get("extensions")
+    others = dict(extensions) if isinstance(extensions, Mapping) else {}
+    ours = extension_of(body) or {"extension_type": "property-extension"}
+    others[EXTENSION_ID] = {**ours, FINGERPRINT_PROPERTY: fingerprint}
+    return others
 
 
 def indicator_object(
@@ -236,13 +269,18 @@ class Draft:
     """Everything of one observable's STIX object that does not depend on the upload time:
     made once per indicator by the filter, which fingerprints it, carried on the upload
     message, and stamped (``at``) by the uploader once per request that carries it. What is
-    uploaded is therefore exactly what was fingerprinted, whichever versions run where."""
+    uploaded is therefore exactly what was fingerprinted, whichever versions run where (but
+    for a version-2 message of an older filter, see ``shared.messages``).
+
+    ``extensions`` is the body's, with the fingerprint written into ours: made once per
+    draft, so stamping copies no more than the top level of the body."""
 
     body: dict[str, object]
     fingerprint: str
     expiration: timedelta
     first_known: datetime | None
     created: str | None
+    extensions: dict[str, object]
 
     @classmethod
     def of(
@@ -266,7 +304,8 @@ class Draft:
     ) -> Draft:
         """A draft from its parts (as an upload message carries them)."""
         created = None if first_known is None else format_timestamp(first_known)
-        return cls(body, fingerprint, expiration, first_known, created)
+        extensions = stamped_extensions(body, fingerprint)
+        return cls(body, fingerprint, expiration, first_known, created, extensions)
 
     @property
     def stix_id(self) -> str:
@@ -285,7 +324,7 @@ class Draft:
             "modified": time.text,
             "valid_from": time.text,
             "valid_until": until_text,
-            FINGERPRINT_PROPERTY: self.fingerprint,
+            "extensions": self.extensions,
         }, until
 
 

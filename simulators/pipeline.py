@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Final, Self
 
 from redis.asyncio import Redis
 
@@ -35,6 +35,18 @@ from simulators.feed import Feed
 from simulators.harness import Simulators
 
 DESTINATION = "demo"
+#: The product's STIX property extension (MATI id, threat score, fingerprint), spelled out
+#: rather than imported, so the checks notice if the product ever writes another one;
+#: tests/simulators/test_harness.py pins it to ``shared.fingerprint.EXTENSION_ID``.
+MATI_EXTENSION: Final = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
+
+
+def mati_properties(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The product's extension of an uploaded object (``mati_id``, ``threat_score``,
+    ``fingerprint``), or ``{}`` when the object has none."""
+    extensions = obj.get("extensions")
+    found = extensions.get(MATI_EXTENSION) if isinstance(extensions, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass(frozen=True)

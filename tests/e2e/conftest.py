@@ -28,10 +28,8 @@ from shared.bus.servicebus import REPLAY_TO
 from shared.messages import INDICATORS, subscription, upload_queue
 from shared.state import FetcherLease
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Expected, Pipeline
+from simulators.pipeline import DESTINATION, Expected, Pipeline, mati_properties
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
-
-FINGERPRINT = "x_mati2sentinel_fingerprint"
 
 #: What every end-to-end pipeline runs with: locks short enough that a killed holder's
 #: messages come back within seconds, and a quick linger so small feeds drain fast.
@@ -218,7 +216,11 @@ def assert_delivered(pipeline: Pipeline, expected: Expected, *, max_uploads: int
     extra = sorted(store.keys() - expected.objects.keys())
     assert not missing, f"{len(missing)} expected objects missing, e.g. {missing[:3]}"
     assert not extra, f"{len(extra)} objects nobody expected, e.g. {extra[:3]}"
-    stale = sorted(k for k, fp in expected.objects.items() if store[k].get(FINGERPRINT) != fp)
+    stale = sorted(
+        k
+        for k, fp in expected.objects.items()
+        if mati_properties(store[k]).get("fingerprint") != fp
+    )
     assert not stale, f"{len(stale)} objects hold other content, e.g. {stale[:3]}"
     uploads = {k: pipeline.sims.sentinel.uploads_for(k) for k in expected.objects}
     too_many = {k: n for k, n in uploads.items() if n > max_uploads}

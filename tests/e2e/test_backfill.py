@@ -22,9 +22,7 @@ from shared.parsing import parse_indicator, parse_timestamp
 from shared.state import DestinationState
 from shared.stix import StixPolicy, content, pattern, stix_id
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline
-
-FINGERPRINT = "x_mati2sentinel_fingerprint"
+from simulators.pipeline import DESTINATION, Pipeline, mati_properties
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def assert_workspace_holds_exactly(pipeline: Pipeline, uploads_each: int = 1) ->
     store = pipeline.sims.sentinel.store
     assert set(store) >= set(expected)
     for key, fp in expected.items():
-        assert store[key][FINGERPRINT] == fp, key
+        assert mati_properties(store[key])["fingerprint"] == fp, key
     if uploads_each:
         assert {k: pipeline.sims.sentinel.uploads_for(k) for k in expected} == dict.fromkeys(
             expected, uploads_each
@@ -91,7 +89,11 @@ async def test_backfill_then_changes_and_refreshes(tmp_path: Path, bus_env: dict
             assert valid_until - valid_from == stix_policy.expiration_for(item.observable)
             assert "action:alert" in obj["labels"]
             assert obj.get("confidence") == item.observable.indicator.mscore
-            assert obj["x_mati_id"] == item.mati_id
+            assert mati_properties(obj)["mati_id"] == item.mati_id
+            assert (
+                mati_properties(obj).get("threat_score") == item.observable.indicator.threat_score
+            )
+            assert not [name for name in obj if name.startswith("x_")]
 
         # Second sync: 5 % changed; 2 % re-reported near the end of their validity in
         # Sentinel (their seen entries are moved to expire within the hour, as if uploaded six

@@ -18,7 +18,7 @@ from shared.indicator import Indicator
 from shared.parsing import parse_indicator
 from simulators.faults import FaultKind
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline
+from simulators.pipeline import DESTINATION, Pipeline, mati_properties
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import PipelineFactory, queue_counts, run_cli, wait_for
 
@@ -63,14 +63,14 @@ async def test_explain_says_where_each_indicator_is(make_pipeline: PipelineFacto
     first = next(r for r in sentinel.recorder.of(STIX_ROUTE) if r.status == 200)
     rejected = first.json()["stixobjects"][0]
     assert rejected["id"] not in sentinel.store
-    answer = await explain(pipeline, rejected["x_mati_id"])
+    answer = await explain(pipeline, mati_properties(rejected)["mati_id"])
     assert answer["verdict"] == "rejected", answer
     assert answer["headline"].startswith("rejected by Sentinel: Error for Property=id: ")
     assert SENTINEL_MESSAGE in answer["headline"]
 
     # Uploaded, asked by value, in text: valid until what the workspace holds.
     uploaded = next(o for sid, o in sentinel.store.items() if sid != rejected["id"])
-    indicator, _ = verdict_of(pipeline, uploaded["x_mati_id"])
+    indicator, _ = verdict_of(pipeline, mati_properties(uploaded)["mati_id"])
     text = (await run_cli(pipeline, "explain", indicator.value)).stdout
     assert text.startswith("UPLOADED: uploaded ≈"), text
     assert f"valid until {uploaded['valid_until']}; up to date" in text

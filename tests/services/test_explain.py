@@ -27,7 +27,7 @@ from services.explain import (
 from shared.bus import Message
 from shared.bus.redis_streams import RedisStreamsBus
 from shared.filters import DropReason, evaluate
-from shared.fingerprint import ForwardReason, SeenEntry, fingerprint
+from shared.fingerprint import EXTENSION_ID, ForwardReason, SeenEntry, fingerprint
 from shared.http import open_session
 from shared.indicator import Indicator, IndicatorType
 from shared.mati_client import MatiClient
@@ -137,7 +137,9 @@ def accepted_ipv4() -> tuple[dict[str, Any], str, str]:
 
 def upload(record: Mapping[str, Any], sid: str, fp: str) -> Message:
     """The upload message of ``record`` (``explain`` reads its ids and fingerprint only)."""
-    draft = Draft.known({"id": sid, "x_mati_id": record["id"]}, fp, timedelta(days=7), None)
+    ours = {"extension_type": "property-extension", "mati_id": record["id"]}
+    body: dict[str, object] = {"id": sid, "extensions": {EXTENSION_ID: ours}}
+    draft = Draft.known(body, fp, timedelta(days=7), None)
     request = UploadRequest(draft, ForwardReason.NEW, indicator_type=str(record["type"]))
     source = raw_message(record, run_id="r1").message_id
     return upload_message(request, run_id="r1", source_message_id=source)

@@ -13,10 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shared.fingerprint import EXTENSION_ID
 from shared.settings import load_settings
 from shared.tls import client_context
 from simulators.feed import Feed
 from simulators.harness import Simulators
+from simulators.pipeline import MATI_EXTENSION, mati_properties
 
 
 async def test_environment_points_the_product_at_every_simulator(tmp_path: Path) -> None:
@@ -84,3 +86,12 @@ async def test_simulate_command_serves_until_sigterm(tmp_path: Path) -> None:
         assert response.status == 200
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+
+
+def test_the_checks_read_the_extension_the_product_writes() -> None:
+    # The pipeline's checks spell the extension id out; it must be the product's.
+    assert MATI_EXTENSION == EXTENSION_ID
+    assert mati_properties({"extensions": {EXTENSION_ID: {"mati_id": "ipv4--1"}}}) == {
+        "mati_id": "ipv4--1"
+    }
+    assert mati_properties({"x_mati_id": "ipv4--1"}) == {}

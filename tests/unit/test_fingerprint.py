@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.fingerprint import (
+    EXTENSION_ID,
     FINGERPRINT_PROPERTY,
     VOLATILE_PROPERTIES,
     ForwardReason,
@@ -36,7 +37,20 @@ CONTENT: dict[str, Any] = {
     "labels": ["FAKEGATE", "action:alert"],
     "confidence": 92,
     "external_references": [{"source_name": "Mandiant", "external_id": "ipv4--1"}],
+    "extensions": {
+        EXTENSION_ID: {
+            "extension_type": "property-extension",
+            "mati_id": "ipv4--1",
+            "threat_score": 88,
+        }
+    },
 }
+
+
+def with_ours(**properties: Any) -> dict[str, Any]:
+    """``CONTENT`` with ``properties`` set in our extension."""
+    extension = {**CONTENT["extensions"][EXTENSION_ID], **properties}
+    return {**CONTENT, "extensions": {EXTENSION_ID: extension}}
 
 
 # --- fingerprint ------------------------------------------------------------------------------
@@ -74,9 +88,24 @@ def test_a_whole_uploaded_object_fingerprints_like_its_content() -> None:
         "modified": "2025-03-09T08:00:00.000Z",
         "valid_from": "2025-03-09T08:00:00.000Z",
         "valid_until": "2025-03-16T08:00:00.000Z",
-        FINGERPRINT_PROPERTY: fingerprint(CONTENT),
+        "extensions": with_ours(**{FINGERPRINT_PROPERTY: fingerprint(CONTENT)})["extensions"],
     }
     assert fingerprint(uploaded) == fingerprint(CONTENT)
+
+
+@PROPERTY
+@given(st.text(max_size=40))
+def test_the_fingerprint_never_covers_itself(value: str) -> None:
+    stamped = with_ours(**{FINGERPRINT_PROPERTY: value})
+    assert fingerprint(stamped) == fingerprint(CONTENT)
+    assert stamped["extensions"][EXTENSION_ID][FINGERPRINT_PROPERTY] == value  # not mutated
+
+
+def test_only_our_extension_loses_its_fingerprint_property() -> None:
+    other = "extension-definition--00000000-0000-5000-8000-000000000000"
+    foreign = {**CONTENT, "extensions": {**CONTENT["extensions"], other: {"fingerprint": "a"}}}
+    assert fingerprint(foreign) != fingerprint(CONTENT)
+    assert fingerprint({**CONTENT, FINGERPRINT_PROPERTY: FP}) != fingerprint(CONTENT)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +118,9 @@ def test_a_whole_uploaded_object_fingerprints_like_its_content() -> None:
         {"confidence": "92"},
         {"name": "MATI ipv4 203.0.113.77 "},
         {"id": "indicator--cc9148fb-9bec-5ded-97a3-46181d4f3f21"},
+        with_ours(threat_score=87),
+        with_ours(mati_id="ipv4--2"),
+        {"extensions": {}},
         {"x_mati_threat_score": 88},
         {"external_references": [{"source_name": "Mandiant", "external_id": "ipv4--2"}]},
         {"revoked": True},

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.fingerprint import ForwardReason
+from shared.filters import Observable, ObservableKind
+from shared.fingerprint import EXTENSION_ID, ForwardReason, fingerprint
 from shared.messages import (
     RAW_SCHEMA,
     UPLOAD_SCHEMA,
@@ -22,7 +23,8 @@ from shared.messages import (
     upload_message,
     upload_queue,
 )
-from shared.stix import Draft
+from shared.stix import Draft, StixPolicy, UploadTime
+from tests.unit.strategies import example_indicator
 
 RECORD = {
     "id": "md5--1",
@@ -88,7 +90,7 @@ OBJECT: dict[str, object] = {
     "type": "indicator",
     "id": STIX_ID,
     "pattern": "[file:hashes.'MD5' = '" + "a" * 32 + "']",
-    "x_mati_id": "md5--1",
+    "extensions": {EXTENSION_ID: {"extension_type": "property-extension", "mati_id": "md5--1"}},
 }
 
 
@@ -99,6 +101,55 @@ def _request(
 ) -> UploadRequest:
     draft = Draft.known(dict(OBJECT), "f" * 32, expiration, first_known)
     return UploadRequest(draft, options.pop("reason", ForwardReason.NEW), **options)
+
+
+def test_the_upload_schema_is_version_3() -> None:
+    # Version 3: MATI's data in our property extension, not in top-level x_ properties.
+    assert UPLOAD_SCHEMA == "upload.indicator/3"
+
+
+def _version_2(body: dict[str, object]) -> dict[str, object]:
+    """``body`` (a draft's) as a filter of the previous version queued it."""
+    old = {key: value for key, value in body.items() if key != "extensions"}
+    ours = body["extensions"][EXTENSION_ID]  # type: ignore[index]
+    old["x_mati_id"] = ours["mati_id"]
+    if "threat_score" in ours:
+        old["x_mati_threat_score"] = ours["threat_score"]
+    return old
+
+
+@pytest.mark.parametrize("threat_rating", [{"threat_score": 88}, None])
+def test_a_version_2_message_of_an_older_filter_is_uploaded_in_the_new_shape(
+    threat_rating: dict[str, int] | None,
+) -> None:
+    """A rolling upgrade: what an older filter queued is still uploaded, not dead-lettered
+    (MATI may never report it again), with MATI's data moved into our extension and the
+    fingerprint the older filter claimed it under, so the in-flight claim still matches."""
+    indicator = example_indicator("ipv4", threat_rating=threat_rating)
+    observable = Observable(indicator, ObservableKind.IPV4, indicator.value)
+    draft = Draft.of(observable, StixPolicy())
+    old_object = _version_2(draft.body)
+    old_fingerprint = fingerprint(old_object)
+    body = orjson.dumps(
+        {
+            "object": old_object,
+            "fingerprint": old_fingerprint,
+            "expiration_us": 7 * 86_400_000_000,
+            "first_known": None,
+            "reason": "changed",
+            "source_tag": "",
+            "indicator_type": "ipv4",
+        }
+    )
+    request = read_upload(body)
+    assert request.draft.body == draft.body
+    assert request.fingerprint == old_fingerprint != draft.fingerprint
+    assert request.indicator_id == indicator.id
+    stamped, _ = request.draft.at(UploadTime(datetime(2025, 3, 9, tzinfo=UTC)))
+    assert not [key for key in stamped if key.startswith("x_")]
+    assert stamped["extensions"] == {
+        EXTENSION_ID: {**draft.body["extensions"][EXTENSION_ID], "fingerprint": old_fingerprint}  # type: ignore[index]
+    }
 
 
 def test_upload_message_round_trips() -> None:

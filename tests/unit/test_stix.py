@@ -17,9 +17,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Final
 
 import pytest
 import stix2
@@ -29,10 +31,11 @@ from stix2patterns.pattern import Pattern
 from stix2patterns.validator import run_validator
 
 from shared.filters import Observable, ObservableKind
-from shared.fingerprint import FINGERPRINT_PROPERTY, fingerprint
+from shared.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
 from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
 from shared.parsing import format_timestamp, parse_timestamp
 from shared.stix import (
+    EXTENSION_NAME,
     MAX_OBJECTS_PER_REQUEST,
     NAMESPACE,
     Draft,
@@ -87,11 +90,52 @@ def literal(stix_pattern: str) -> str:
     return str(quoted[1:-1])
 
 
+def _register_our_extension() -> type:
+    """Our property extension, registered with ``stix2`` (its documented custom-extension API)
+    so that parsing checks its properties too. Only this extension: nothing else custom is
+    allowed (no ``allow_custom``), so a top-level ``x_`` property fails the parse.
+
+    ``stix2`` would also accept the extension unregistered, as a plain dict it never looks
+    into; registered, an unknown, missing or ill-typed property of ours fails the parse."""
+
+    @stix2.v21.CustomExtension(
+        EXTENSION_ID,
+        [
+            ("mati_id", stix2.properties.StringProperty(required=True)),
+            ("threat_score", stix2.properties.IntegerProperty(min=0, max=100)),
+            (FINGERPRINT_PROPERTY, stix2.properties.StringProperty(required=True)),
+        ],
+    )
+    class MatiProperties:
+        extension_type = "property-extension"
+
+    return MatiProperties
+
+
+MatiProperties: Final = _register_our_extension()
+
+
+def ours(obj: Mapping[str, object]) -> dict[str, object]:
+    """Our extension of ``obj``."""
+    extensions = obj["extensions"]
+    assert isinstance(extensions, dict)
+    found = extensions[EXTENSION_ID]
+    assert isinstance(found, dict)
+    return found
+
+
 def assert_valid_stix(obj: dict[str, object]) -> None:
-    parsed = stix2.parse(obj, allow_custom=True)
+    """Valid STIX 2.1 for the OASIS library, strictly: no custom property but our extension."""
+    parsed = stix2.parse(obj)
     assert isinstance(parsed, stix2.v21.Indicator)
     assert parsed.id == obj["id"]
     assert parsed.pattern == obj["pattern"]
+    assert isinstance(parsed.extensions[EXTENSION_ID], MatiProperties)
+    # stix2 fills in a fixed extension_type that is missing and coerces "88" to 88: check ours.
+    extension = ours(obj)
+    assert extension["extension_type"] == "property-extension"
+    assert type(extension.get("threat_score", 0)) is int
+    assert not [key for key in obj if key.startswith("x_")]
 
 
 # --- ids --------------------------------------------------------------------------------------
@@ -100,6 +144,32 @@ def assert_valid_stix(obj: dict[str, object]) -> None:
 def test_the_namespace_is_pinned() -> None:
     # Changing NAMESPACE re-keys every indicator in every workspace (duplicates, not updates).
     assert uuid.UUID("1d560667-65d4-4cea-95f3-a08aad09ffae") == NAMESPACE
+
+
+def test_the_extension_id_is_pinned_and_derived_from_the_namespace() -> None:
+    # Objects already in a workspace carry this id: changing it orphans their properties.
+    assert EXTENSION_ID == "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
+    assert f"extension-definition--{uuid.uuid5(NAMESPACE, EXTENSION_NAME)}" == EXTENSION_ID
+    assert EXTENSION_NAME == "mati2sentinel/mati-properties"
+
+
+def test_a_top_level_custom_property_fails_the_strict_parse() -> None:
+    # What assert_valid_stix guards against: product data back at the top level.
+    obj = {**indicator_object(observable(), StixPolicy(), NOW), "x_mati_id": "ipv4--1"}
+    with pytest.raises(stix2.exceptions.ExtraPropertiesError):
+        stix2.parse(obj)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"threat_score": 101}, {"unknown": 1}, {"mati_id": None}],
+    ids=["score out of range", "unknown property", "no mati id"],
+)
+def test_the_registered_extension_is_checked_by_the_parse(change: dict[str, object]) -> None:
+    obj = indicator_object(observable(), StixPolicy(), NOW)
+    extension = {k: v for k, v in {**ours(obj), **change}.items() if v is not None}
+    with pytest.raises(stix2.exceptions.STIXError):
+        stix2.parse({**obj, "extensions": {EXTENSION_ID: extension}})
 
 
 def test_stix_ids_are_uuid5_of_the_mati_id_and_pinned() -> None:
@@ -245,9 +315,14 @@ def test_the_ipv4_example_maps_to_this_exact_object() -> None:
                 "url": "https://advantage.mandiant.com/indicator/ipv4--451fa3ec-72a4-58b6-bf12-e81aa2ff95a6",
             }
         ],
-        "x_mati_id": "ipv4--451fa3ec-72a4-58b6-bf12-e81aa2ff95a6",
-        "x_mati_threat_score": 88,
-        FINGERPRINT_PROPERTY: fingerprint(body),
+        "extensions": {
+            "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664": {
+                "extension_type": "property-extension",
+                "mati_id": "ipv4--451fa3ec-72a4-58b6-bf12-e81aa2ff95a6",
+                "threat_score": 88,
+                "fingerprint": fingerprint(body),
+            }
+        },
     }
     assert_valid_stix(obj)
 
@@ -295,7 +370,7 @@ def test_each_type_uses_its_own_expiration_setting() -> None:
 def test_confidence_and_threat_score_are_omitted_when_unknown() -> None:
     obj = indicator_object(observable("ipv4", mscore=None, threat_rating=None), StixPolicy(), NOW)
     assert "confidence" not in obj
-    assert "x_mati_threat_score" not in obj
+    assert "threat_score" not in ours(obj)
     assert_valid_stix(obj)
 
 
@@ -380,11 +455,15 @@ def test_a_reupload_moves_only_the_timestamps() -> None:
 def test_the_fingerprint_property_is_the_fingerprint_of_the_content() -> None:
     policy = StixPolicy()
     obj = indicator_object(observable("url"), policy, NOW)
-    assert obj[FINGERPRINT_PROPERTY] == fingerprint(content(observable("url"), policy))
-    assert obj[FINGERPRINT_PROPERTY] == fingerprint(obj)
-    assert {k: v for k, v in obj.items() if k in content(observable("url"), policy)} == content(
-        observable("url"), policy
-    )
+    assert ours(obj)[FINGERPRINT_PROPERTY] == fingerprint(content(observable("url"), policy))
+    assert ours(obj)[FINGERPRINT_PROPERTY] == fingerprint(obj)
+    # The object is its content, plus the timestamps and the fingerprint in our extension.
+    body = content(observable("url"), policy)
+    assert {k: v for k, v in obj.items() if k in body and k != "extensions"} == {
+        k: v for k, v in body.items() if k != "extensions"
+    }
+    assert ours(obj) == {**ours(body), FINGERPRINT_PROPERTY: fingerprint(body)}
+    assert obj.keys() - body.keys() == {"created", "modified", "valid_from", "valid_until"}
 
 
 @pytest.mark.parametrize(
@@ -411,7 +490,7 @@ def test_expiration_and_upload_time_do_not_change_the_fingerprint() -> None:
     short = StixPolicy(ipv4_expiration=timedelta(days=1))
     first = indicator_object(observable("ipv4"), StixPolicy(), NOW)
     second = indicator_object(observable("ipv4"), short, NOW + timedelta(days=1))
-    assert first[FINGERPRINT_PROPERTY] == second[FINGERPRINT_PROPERTY]
+    assert ours(first)[FINGERPRINT_PROPERTY] == ours(second)[FINGERPRINT_PROPERTY]
 
 
 def test_a_long_value_is_truncated_in_the_name_only() -> None:
@@ -461,7 +540,7 @@ def reference_object(obs: Observable, policy: StixPolicy, now: datetime) -> dict
         "modified": format_timestamp(now),
         "valid_from": format_timestamp(now),
         "valid_until": format_timestamp(now + policy.expiration_for(obs)),
-        FINGERPRINT_PROPERTY: fingerprint(body),
+        "extensions": {EXTENSION_ID: {**ours(body), FINGERPRINT_PROPERTY: fingerprint(body)}},
     }
 
 
@@ -609,8 +688,10 @@ def test_every_emitted_object_is_valid_stix_2_1(
 ) -> None:
     obj = indicator_object(obs, policy, now)
     assert_valid_stix(obj)
-    parsed = stix2.parse(obj, allow_custom=True)
+    parsed = stix2.parse(obj)
     assert parsed.created <= parsed.modified
     assert parsed.valid_until > parsed.valid_from
-    assert obj[FINGERPRINT_PROPERTY] == fingerprint(obj)
+    assert ours(obj)[FINGERPRINT_PROPERTY] == fingerprint(obj)
+    assert ours(obj)["mati_id"] == obs.indicator.id
+    assert ours(obj).get("threat_score") == obs.indicator.threat_score
     assert unescape(literal(str(obj["pattern"]))) == obs.value
