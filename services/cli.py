@@ -79,13 +79,18 @@ def _admin(command: str, work: Callable[[runtime.Runtime], object]) -> int:
 
     try:
         return asyncio.run(go())
-    except ConfigError as exc:
+    except PipelineError as exc:
+        return _failed(command, exc)
+
+
+def _failed(command: str, exc: PipelineError) -> int:
+    """One line per problem on stderr: 2 for a setting to fix, 1 for a peer that failed."""
+    if isinstance(exc, ConfigError):
         for line in exc.problems:
             print(f"mati2sentinel {command}: {line}", file=sys.stderr)
         return 2
-    except PipelineError as exc:
-        print(f"mati2sentinel {command}: {exc}", file=sys.stderr)
-        return 1
+    print(f"mati2sentinel {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
 
 
 def status(args: argparse.Namespace) -> int:
@@ -173,13 +178,8 @@ def explain(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(go())
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"mati2sentinel explain: {line}", file=sys.stderr)
-        return 2
     except PipelineError as exc:
-        print(f"mati2sentinel explain: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _failed("explain", exc)
 
 
 def build_parser() -> argparse.ArgumentParser:

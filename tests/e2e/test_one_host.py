@@ -10,9 +10,10 @@ import asyncio
 import signal
 import ssl
 import sys
+from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import orjson
@@ -36,11 +37,10 @@ class Host:
     def __init__(self, cwd: Path, env: Mapping[str, str]) -> None:
         self.cwd = cwd
         self.env = dict(env)
-        self.background: list[tuple[str, asyncio.subprocess.Process]] = []
+        self.background: list[tuple[str, Process]] = []
 
-    async def start(self, *args: str) -> asyncio.subprocess.Process:
-        log = (self.cwd / f"{args[0]}.log").open("ab")
-        process = await asyncio.create_subprocess_exec(
+    async def _spawn(self, args: tuple[str, ...], stdout: IO[bytes] | int) -> Process:
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "services.cli",
@@ -48,25 +48,20 @@ class Host:
             cwd=self.cwd,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
+            stdout=stdout,
             stderr=asyncio.subprocess.STDOUT,
         )
-        log.close()
+
+    async def start(self, *args: str) -> Process:
+        """``mati2sentinel args &``, its output in ``<command>.log``."""
+        with (self.cwd / f"{args[0]}.log").open("ab") as log:
+            process = await self._spawn(args, log)
         self.background.append((args[0], process))
         return process
 
     async def run(self, *args: str, timeout_s: float = 60.0) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            *args,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        """``mati2sentinel args``: its exit code and output."""
+        process = await self._spawn(args, asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(process.communicate(), timeout_s)
         return process.returncode or 0, out.decode()
 
