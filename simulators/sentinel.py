@@ -21,7 +21,8 @@ Choices where the documentation is silent (§7 open questions): a batch in which
 fails validation is answered 400 (the swagger promises 200 only when at least one record was
 published) with the same ``errors[]`` list so the client can still see why; more than
 ``max_objects`` is a 400 for the whole request, nothing stored; ``ObservableValue`` holds the
-un-escaped literal.
+un-escaped literal; a top-level custom (``x_``) property fails its record, while ``extensions``
+(documented as accepted, not indexed) are kept as they are.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ MANAGEMENT_AUDIENCES: Final = frozenset(
 DEFAULT_WORKSPACE_ID: Final = "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b"
 ERROR_KEYS: Final = ("errorMessages", "validationErrorMessages")
 RESERVED_SOURCE: Final = "microsoft sentinel"
+#: Top-level properties with this prefix are refused per record: custom data belongs in
+#: ``extensions`` (accepted, not indexed, §2.2). Where Sentinel's documentation is silent on
+#: top-level custom properties, the simulator is strict, so a product regression fails a test.
+CUSTOM_PREFIX: Final = "x_"
 MAX_SOURCE_LENGTH: Final = 256
 
 _ID_RE = re.compile(
@@ -686,6 +691,11 @@ def _plainly_valid_indicator(obj: dict[str, Any], spec_version: str) -> bool:
 
 
 def _plainly_valid_optional(obj: dict[str, Any]) -> bool:
+    for key in obj:
+        if key.startswith(CUSTOM_PREFIX):
+            return False
+    if "extensions" in obj and not _plain_extensions(obj["extensions"]):
+        return False
     if "confidence" in obj:
         confidence = obj["confidence"]
         if type(confidence) is not int or not 0 <= confidence <= 100:
@@ -696,6 +706,23 @@ def _plainly_valid_optional(obj: dict[str, Any]) -> bool:
     if labels is None:
         return True
     return type(labels) is list and all(type(label) is str for label in labels)
+
+
+def _plain_extensions(extensions: Any) -> bool:
+    """STIX 2.1 ``extensions``: an object of extension objects, keyed by an extension
+    definition's id (``extension-definition--<UUID>``) or a predefined ``*-ext`` name."""
+    if type(extensions) is not dict or not extensions:
+        return False
+    for name, extension in extensions.items():
+        if type(extension) is not dict or not extension:
+            return False
+        if name.startswith("extension-definition--"):
+            match = _ID_RE.match(name)
+            if match is None or match.group(1) != "extension-definition":
+                return False
+        elif not name.endswith("-ext"):
+            return False
+    return True
 
 
 def _problems(obj: Any, *, legacy: bool) -> list[str]:
@@ -770,7 +797,19 @@ def _indicator_problems(obj: Mapping[str, Any], spec_version: Any) -> list[str]:
 
 
 def _common_optional_problems(obj: Mapping[str, Any]) -> list[str]:
-    messages: list[str] = []
+    messages = [
+        _message(key, "Custom properties are not supported at the top level", obj[key])
+        for key in obj
+        if key.startswith(CUSTOM_PREFIX)
+    ]
+    if "extensions" in obj and not _plain_extensions(obj["extensions"]):
+        messages.append(
+            _message(
+                "extensions",
+                "The value must map extension ids to non-empty extension objects",
+                obj["extensions"],
+            )
+        )
     if "confidence" in obj:
         confidence = obj["confidence"]
         if (

@@ -11,6 +11,7 @@ import itertools
 import ssl
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,11 @@ from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import HttpRequest
 from azure.identity.aio import ClientSecretCredential
+from hypothesis import given
+from hypothesis import strategies as st
 
+from shared.filters import Observable
+from shared.stix import StixPolicy, indicator_object
 from simulators import sentinel as sentinel_module
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
@@ -33,6 +38,13 @@ from simulators.sentinel import (
     validate_object,
 )
 from simulators.tokens import TokenMinter
+from tests.unit.strategies import (
+    PROPERTY,
+    observables,
+    stix_policies,
+    text_observables,
+    utc_datetimes,
+)
 
 CLIENT = "11111111-1111-1111-1111-111111111111"
 OTHER_CLIENT = "33333333-3333-3333-3333-333333333333"
@@ -234,6 +246,19 @@ _TRIALS: dict[str, list[Any]] = {
     "confidence": [None, -1, 101, 100, 0, True, 50.0, "80"],
     "revoked": [None, True, "yes", 0],
     "labels": [None, [], "tag", ["a", 1], [None], ("a",)],
+    "x_mati_id": [None, "ipv4--1", 0],
+    "extensions": [
+        None,
+        {"extension-definition--0f6f2d8e-6a3e-5c69-9a57-6d1a8f0c7e11": {"rank": 5}},
+        {"x509-v3-extensions-ext": {"basic_constraints": "CA:TRUE"}},
+        {},
+        [],
+        {"extension-definition--x": {"rank": 5}},
+        {"custom": {"rank": 5}},
+        {"extension-definition--0f6f2d8e-6a3e-5c69-9a57-6d1a8f0c7e11": {}},
+        {"extension-definition--0f6f2d8e-6a3e-5c69-9a57-6d1a8f0c7e11": "rank"},
+        {"indicator--0f6f2d8e-6a3e-5c69-9a57-6d1a8f0c7e11": {"rank": 5}},
+    ],
 }
 
 
@@ -327,6 +352,70 @@ async def test_per_record_errors_are_a_200_with_record_indexes(
     ]
     assert errors[6][0].startswith("Error for Property=created: ")
     assert set(sim.store) == {batch[0]["id"], batch[7]["id"]}
+
+
+EXTENSION = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
+OURS = {"extension_type": "property-extension", "mati_id": "ipv4--1", "fingerprint": "0" * 32}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_a_property_extension_is_accepted_and_kept_as_uploaded(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    obj = indicator(extensions={EXTENSION: OURS})
+    status, _, body = await upload(session, sentinel, [obj], legacy=legacy)
+    assert status == 200
+    assert not body
+    assert sentinel.store[obj["id"]]["extensions"] == {EXTENSION: OURS}
+    [row] = sentinel.rows
+    assert row["Data"]["extensions"] == {EXTENSION: OURS}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_top_level_custom_properties_fail_their_record(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    """Product data belongs in an extension: an ``x_`` property at the top level (how the
+    product wrote it before) fails its record, each such property with its own message."""
+    batch = [
+        indicator(extensions={EXTENSION: OURS}),
+        indicator(x_mati_id="ipv4--1", x_mati_threat_score=88),
+        indicator(extensions={EXTENSION: OURS}, x_mati2sentinel_fingerprint="0" * 32),
+        indicator(extensions=[OURS]),
+    ]
+    status, _, body = await upload(session, sentinel, batch, legacy=legacy)
+    assert status == 200
+    errors = {e["recordIndex"]: e["errorMessages"] for e in body["errors"]}
+    assert errors == {
+        1: [
+            "Error for Property=x_mati_id: Custom properties are not supported at the top "
+            "level. Actual value: ipv4--1.",
+            "Error for Property=x_mati_threat_score: Custom properties are not supported at "
+            "the top level. Actual value: 88.",
+        ],
+        2: [
+            "Error for Property=x_mati2sentinel_fingerprint: Custom properties are not "
+            f"supported at the top level. Actual value: {'0' * 32}."
+        ],
+        3: [
+            "Error for Property=extensions: The value must map extension ids to non-empty "
+            f"extension objects. Actual value: {orjson.dumps([OURS]).decode()}."
+        ],
+    }
+    assert set(sentinel.store) == {batch[0]["id"]}
+
+
+@PROPERTY
+@given(st.one_of(observables(), text_observables()), stix_policies, utc_datetimes)
+def test_every_object_the_product_maps_is_accepted(
+    obs: Observable, policy: StixPolicy, now: datetime
+) -> None:
+    """The product's mapping against the simulator's checks: a regression (a top-level
+    ``x_`` property again, say) fails here, not first in a workspace."""
+    obj = indicator_object(obs, policy, now)
+    for legacy in (False, True):
+        assert validate_object(obj, legacy=legacy) == []
+        assert sentinel_module._problems(obj, legacy=legacy) == []
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
