@@ -3,8 +3,8 @@
 A test (or `make demo`, over the ``/_sim/faults`` control route) queues faults; each request
 to a matching route consumes one. Generic faults (429, 5xx, empty 500, a gateway's HTML error
 page, timeout, reset, malformed JSON) are applied by a middleware before the handler runs;
-faults that only make sense inside a handler (partial record errors, an expired token) are
-taken by the handler.
+faults that only make sense inside a handler (partial record errors, an expired token, a
+refusal of the whole upload) are taken by the handler.
 
 The generic faults are worded the way each service words its own errors: a client is judged by
 how it reads *that* service's 429 or truncated body, and a MATI-shaped error from the Entra
@@ -39,6 +39,8 @@ class FaultKind(StrEnum):
     MALFORMED_JSON = "malformed_json"
     PARTIAL_ERRORS = "partial_errors"
     EXPIRED_TOKEN = "expired_token"
+    REJECT_ALL = "reject_all"
+    REJECT_RECORDS = "reject_records"
 
 
 #: Faults the middleware answers itself; the rest are taken by handlers.
@@ -55,6 +57,13 @@ GENERIC = frozenset(
 )
 
 
+#: What a REJECT_ALL fault says by default: a change on Sentinel's side that refuses every
+#: record alike, worded like its validation messages.
+SCHEMA_CHANGED: Final = (
+    "Error for Property=pattern_version: Required property is missing. Actual value: NULL."
+)
+
+
 @dataclass
 class Fault:
     """One queued fault.
@@ -67,6 +76,12 @@ class Fault:
     records a partial-errors fault rejects. ``after`` lets that many matching requests (those
     that reach this fault's check) pass untouched first, so a test can place a fault later in a
     sequence — e.g. a 401, then a 500, then another 401.
+
+    ``message`` is what a refusal of the whole upload says: REJECT_ALL answers 400 with it in
+    the API's own error envelope, for a cause every record shares (a schema change on
+    Sentinel's side); with ``attributed`` the answer also lists ``errors[]`` naming every record,
+    each with that same message. REJECT_RECORDS answers 400 naming only ``record_indexes``, each
+    with a message of its own. Neither stores anything.
     """
 
     kind: FaultKind
@@ -78,6 +93,8 @@ class Fault:
     delay_s: float = 30.0
     record_indexes: tuple[int, ...] = (0,)
     after: int = 0
+    message: str = SCHEMA_CHANGED
+    attributed: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:

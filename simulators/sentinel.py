@@ -385,6 +385,9 @@ class SentinelSimulator(SimServer):
         if isinstance(body, web.Response):
             return body
         source, objects = body
+        refusal = self.faults.take(api.route, _REFUSALS)
+        if refusal is not None:
+            return self._refuse(api, objects, refusal)
         partial = self.faults.take(api.route, frozenset({FaultKind.PARTIAL_ERRORS}))
         errors = _validate_batch(objects, legacy=api.legacy)
         _apply_partial_fault(errors, objects, partial)
@@ -401,6 +404,27 @@ class SentinelSimulator(SimServer):
             message = f"None of the {len(objects)} objects in the request passed validation."
             return self._fail(api, 400, "InvalidStixObjects", message, {"errors": listed})
         return _json({"errors": listed})
+
+    def _refuse(self, api: _Api, objects: list[Any], fault: Fault) -> web.Response:
+        """A REJECT_ALL or REJECT_RECORDS fault: 400 for the whole request, nothing stored."""
+        named: dict[int, list[str]] = {}
+        message = fault.message
+        if fault.kind is FaultKind.REJECT_ALL:
+            if fault.attributed:
+                named = {index: [fault.message] for index in range(len(objects))}
+        else:
+            for index in fault.record_indexes:
+                if 0 <= index < len(objects):
+                    obj = objects[index]
+                    value = obj.get("pattern") if isinstance(obj, dict) else None
+                    named[index] = [_message("pattern", "The pattern could not be parsed", value)]
+            message = f"{len(named)} of the {len(objects)} objects failed validation; none stored."
+        listed = [
+            {"recordIndex": index, self.error_key: messages}
+            for index, messages in sorted(named.items())
+        ]
+        extra = {"errors": listed} if listed else None
+        return self._fail(api, 400, "InvalidStixObjects", message, extra)
 
     def _authorize(self, request: web.Request, api: _Api) -> Claims | web.Response:
         token = _bearer(request)
@@ -828,6 +852,10 @@ def _common_optional_problems(obj: Mapping[str, Any]) -> list[str]:
     ):
         messages.append(_message("labels", "The value must be an array of strings", labels))
     return messages
+
+
+#: Faults that refuse the whole upload (``SentinelSimulator._refuse``).
+_REFUSALS: Final = frozenset({FaultKind.REJECT_ALL, FaultKind.REJECT_RECORDS})
 
 
 def _apply_partial_fault(

@@ -29,7 +29,7 @@ from shared.filters import Observable
 from shared.stix import StixPolicy, indicator_object
 from simulators import sentinel as sentinel_module
 from simulators.entra import EntraSimulator
-from simulators.faults import FaultKind
+from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.sentinel import (
     DEFAULT_WORKSPACE_ID,
     ObjectStore,
@@ -635,6 +635,46 @@ async def test_partial_errors_fault_rejects_valid_records(
     assert body["errors"][0]["errorMessages"][0].startswith("Error for Property=id: ")
     assert set(sentinel.store) == {batch[0]["id"], batch[2]["id"]}
     assert (await upload(session, sentinel, batch, legacy=legacy))[2] is None  # used up
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+@pytest.mark.parametrize("attributed", [False, True], ids=["unnamed", "named"])
+async def test_reject_all_fault_refuses_whole_requests_in_the_apis_envelope(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool, attributed: bool
+) -> None:
+    route = "legacy_upload" if legacy else "stix_upload"
+    sentinel.faults.inject(FaultKind.REJECT_ALL, route=route, times=2, attributed=attributed)
+    batch = [indicator() for _ in range(3)]
+    for _ in range(2):
+        status, headers, body = await upload(session, sentinel, batch, legacy=legacy)
+        assert status == 400
+        if legacy:
+            assert (body["statusCode"], body["message"]) == (400, SCHEMA_CHANGED)
+        else:
+            assert body["error"] == {"code": "InvalidStixObjects", "message": SCHEMA_CHANGED}
+            assert headers["x-ms-error-code"] == "InvalidStixObjects"
+        if attributed:
+            expected = [{"recordIndex": i, "errorMessages": [SCHEMA_CHANGED]} for i in range(3)]
+            assert body["errors"] == expected
+        else:
+            assert "errors" not in body
+    assert sentinel.store == {}
+    assert (await upload(session, sentinel, batch, legacy=legacy))[0] == 200  # used up
+
+
+async def test_reject_records_fault_refuses_the_request_naming_those_records(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    sentinel.faults.inject(FaultKind.REJECT_RECORDS, record_indexes=(0, 2, 9))
+    batch = [indicator(f"203.0.113.{n}") for n in range(3)]
+    status, _, body = await upload(session, sentinel, batch)
+    assert status == 400
+    assert [e["recordIndex"] for e in body["errors"]] == [0, 2]
+    assert body["errors"][1]["errorMessages"] == [
+        "Error for Property=pattern: The pattern could not be parsed. "
+        "Actual value: [ipv4-addr:value = '203.0.113.2']."
+    ]
+    assert sentinel.store == {}
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
