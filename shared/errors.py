@@ -11,11 +11,13 @@
     ├── PermanentError              this piece of work can never succeed: dead-letter it
     │   ├── MalformedResponse       a peer answered with a body we cannot read
     │   ├── QueryRejected           MATI refused the query itself (a 4xx that is not auth)
-    │   └── BatchRejected           Sentinel refused the whole request (400)
+    │   └── BatchRejected           Sentinel refused the whole request (400), naming the
+    │                               records at fault when its body does (``records``)
     └── FatalError                  stop taking work for this destination and alert
         ├── AuthenticationFailed    credentials refused even after a fresh token
         ├── DestinationNotFound     the workspace does not exist (404)
-        └── TlsVerificationFailed   the peer's certificate or TLS handshake was refused
+        ├── TlsVerificationFailed   the peer's certificate or TLS handshake was refused
+        └── SystemicRejection       Sentinel refuses every record for one reason no record owns
 
 Adapters translate third-party exceptions (aiohttp, redis, azure) into these classes at the
 point where they meet them. Messages never carry a secret: adapters build them from status
@@ -23,6 +25,8 @@ codes and peer messages, never from request headers or URLs with credentials.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class PipelineError(Exception):
@@ -77,12 +81,35 @@ class QueryRejected(PermanentError):
         self.status = status
 
 
-class BatchRejected(PermanentError):
-    """Raised when Sentinel refuses a whole upload request (HTTP 400)."""
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """One record Sentinel refused: its 0-based index in the request and Sentinel's messages."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    index: int
+    messages: tuple[str, ...]
+
+
+class BatchRejected(PermanentError):
+    """Raised when Sentinel refuses a whole upload request (HTTP 400).
+
+    ``detail`` is Sentinel's own message (no status, no prefix of ours), what two refusals are
+    compared by. ``records`` holds the records the answer named, each with its messages, when
+    its body carried an ``errors[]`` list that names records of this request; empty when the
+    answer does not say which record is at fault.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        detail: str = "",
+        records: tuple[RecordError, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
+        self.records = records
 
 
 class FatalError(PipelineError):
@@ -99,6 +126,13 @@ class AuthenticationFailed(FatalError):
 
 class DestinationNotFound(FatalError):
     """Raised when Sentinel answers 404: usually a wrong workspace id."""
+
+
+class SystemicRejection(FatalError):
+    """Raised (by the uploader, which alone sees several answers) when Sentinel refuses every
+    record for one shared reason: a setting such as the source system, a schema change on
+    Sentinel's side. No record owns such a cause, so none is dead-lettered for it: the circuit
+    opens with Sentinel's message and the batch is held until a probe is accepted."""
 
 
 class TlsVerificationFailed(FatalError):

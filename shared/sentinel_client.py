@@ -25,6 +25,12 @@ record was accepted; a body that is JSON but not an object (``[]``, ``"x"``, ``n
 ``MalformedResponse``, because it might be a refusal we cannot attribute, and no record may pass
 on a guess.
 
+A 400 refuses the whole request (nothing stored). When its body also lists ``errors[]`` naming
+records of the request (what Sentinel may send when every record fails validation, and what
+the simulator sends), ``BatchRejected.records`` carries them with their messages, so the
+uploader dead-letters exactly those; without such a list the answer does not say which record
+is at fault, and ``records`` is empty.
+
 A TLS handshake that refuses Sentinel's certificate is ``TlsVerificationFailed`` (fatal, no
 retry): a certificate does not fix itself, and a retried "outage" would hide a missing CA or an
 intercepting proxy from the operator.
@@ -51,10 +57,11 @@ from shared.errors import (
     DestinationNotFound,
     MalformedResponse,
     RateLimited,
+    RecordError,
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import peer_message
+from shared.http import peer_message, redact
 from shared.stix import MAX_OBJECTS_PER_REQUEST, SentinelApi, check_source_system, upload_body
 
 __all__ = [
@@ -146,14 +153,6 @@ class Tokens(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class RecordError:
-    """One record Sentinel refused: its index in the request and Sentinel's messages."""
-
-    index: int
-    messages: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class UploadResult:
     """What Sentinel did with each record of one request (indexes into the request's list)."""
 
@@ -223,7 +222,8 @@ class SentinelClient:
         """Upload ``objects`` once and say which records Sentinel accepted and refused.
 
         Raises ``RateLimited``, ``UpstreamUnavailable`` (retry the same batch later),
-        ``BatchRejected`` (the request itself is refused: split or dead-letter),
+        ``BatchRejected`` (the request itself is refused; ``records`` names the records at
+        fault when the answer does),
         ``AuthenticationFailed`` / ``DestinationNotFound`` (stop and alert),
         ``MalformedResponse`` (an answer we cannot attribute to records).
         Every call, whatever its end, is timed for the request observers.
@@ -255,7 +255,7 @@ class SentinelClient:
                 )
         if 200 <= status < 300:
             return _result(len(objects), payload)
-        raise _failure(status, payload, headers, token)
+        raise _failure(status, payload, headers, token, len(objects))
 
     async def _post(self, body: bytes, token: str) -> tuple[int, bytes, Mapping[str, str]]:
         headers = {
@@ -285,7 +285,9 @@ class SentinelClient:
             ) from exc
 
 
-def _failure(status: int, payload: bytes, headers: Mapping[str, str], token: str) -> Exception:
+def _failure(
+    status: int, payload: bytes, headers: Mapping[str, str], token: str, count: int
+) -> Exception:
     """The pipeline error a non-2xx, non-auth answer means."""
     message = peer_message(payload, secrets=(token,)) or "no message"
     if status == 429:
@@ -299,7 +301,39 @@ def _failure(status: int, payload: bytes, headers: Mapping[str, str], token: str
         return UpstreamUnavailable(f"Sentinel answered HTTP {status}: {message}", status=status)
     if status == 404:
         return DestinationNotFound(f"Sentinel workspace not found (HTTP 404): {message}")
-    return BatchRejected(f"Sentinel rejected the batch (HTTP {status}): {message}", status=status)
+    return BatchRejected(
+        f"Sentinel rejected the batch (HTTP {status}): {message}",
+        status=status,
+        detail=message,
+        records=_refused_records(count, payload, token),
+    )
+
+
+def _refused_records(count: int, payload: bytes, token: str) -> tuple[RecordError, ...]:
+    """The records a refusal names (``errors[]`` beside the error envelope, as the simulator and
+    an all-invalid batch send it), each with its messages; empty when the body names none, or
+    names one this request does not have: then nobody can say which record is at fault, and
+    the uploader isolates it by splitting."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ()
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return ()
+    messages: dict[int, list[str]] = {}
+    for entry in errors:
+        if not isinstance(entry, dict):
+            return ()
+        index = entry.get("recordIndex")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            return ()
+        found = (redact(" ".join(m.split()), token) for m in _messages_of(entry))
+        messages.setdefault(index, []).extend(m for m in found if m)
+    return tuple(
+        RecordError(index=index, messages=tuple(found) or ("no message",))
+        for index, found in sorted(messages.items())
+    )
 
 
 def _result(count: int, payload: bytes) -> UploadResult:

@@ -36,7 +36,7 @@ from shared.secrets import Secret
 from shared.sentinel_client import RecordError, SentinelApi, SentinelClient, UploadResult
 from shared.tls import client_context
 from simulators.entra import EntraSimulator
-from simulators.faults import FaultKind
+from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.sentinel import SentinelSimulator
 from simulators.tokens import TokenMinter
 from tests.clients.peers import hang_up_server, one_route
@@ -291,6 +291,110 @@ async def test_a_batch_sentinel_refuses_is_batch_rejected(
         assert "None of the 2 objects" in str(caught.value)
         assert w.sentinel.store == {}
         assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+
+
+@pytest.mark.parametrize("error_key", ["errorMessages", "validationErrorMessages"])
+@pytest.mark.parametrize("api", list(SentinelApi))
+async def test_a_400_that_names_records_carries_each_with_its_messages(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, error_key: str, api: SentinelApi
+) -> None:
+    """Every record fails: the simulator answers 400 with ``errors[]`` in either envelope."""
+    async with world(server_ssl, client_ssl, api=api, error_key=error_key) as w:
+        with pytest.raises(BatchRejected) as caught:
+            await w.client.upload([indicator(0, pattern=None), indicator(1, pattern=None)])
+        error = caught.value
+        assert error.records == (
+            RecordError(index=0, messages=(MISSING_PATTERN,)),
+            RecordError(index=1, messages=(MISSING_PATTERN,)),
+        )
+        overall = "None of the 2 objects in the request passed validation."
+        legacy = api is SentinelApi.UPLOAD_INDICATORS
+        assert error.detail == (overall if legacy else f"InvalidStixObjects: {overall}")
+
+
+@pytest.mark.parametrize("api", list(SentinelApi))
+async def test_a_400_naming_no_record_has_no_records(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
+) -> None:
+    async with world(server_ssl, client_ssl, api=api) as w:
+        w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=ROUTES[api])
+        with pytest.raises(BatchRejected) as caught:
+            await w.client.upload([indicator(0), indicator(1)])
+        assert caught.value.records == ()
+        assert caught.value.detail.endswith(SCHEMA_CHANGED)
+        assert SCHEMA_CHANGED in str(caught.value)
+        assert w.sentinel.store == {}
+
+
+async def test_a_400_naming_some_records_names_exactly_those(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    objects = [indicator(n) for n in range(4)]
+    async with world(server_ssl, client_ssl) as w:
+        w.sentinel.faults.inject(FaultKind.REJECT_RECORDS, record_indexes=(2,))
+        with pytest.raises(BatchRejected) as caught:
+            await w.client.upload(objects)
+        [record] = caught.value.records
+        assert record.index == 2
+        assert record.messages == (
+            "Error for Property=pattern: The pattern could not be parsed. "
+            f"Actual value: {objects[2]['pattern']}.",
+        )
+        assert w.sentinel.store == {}
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [{"recordIndex": 2, "errorMessages": ["out of range"]}],
+        [{"recordIndex": 0, "errorMessages": ["ok"]}, {"recordIndex": -1}],
+        [{"recordIndex": True, "errorMessages": ["a bool is no index"]}],
+        [{"errorMessages": ["no index"]}],
+        ["not an entry"],
+        {"recordIndex": 0},
+        [],
+    ],
+)
+async def test_a_400_whose_errors_name_no_record_of_the_request_names_none(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, errors: Any
+) -> None:
+    """A list we cannot map onto this request's records says nothing about who is at fault:
+    the uploader must then isolate the record itself, not dead-letter on a guess."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        body = {"error": {"code": "InvalidStixObjects", "message": "refused"}, "errors": errors}
+        return web.json_response(body, status=400)
+
+    async with (
+        one_route(server_ssl, STIX_PATH, refuse) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
+        with pytest.raises(BatchRejected) as caught:
+            await client.upload([indicator(0), indicator(1)])
+    assert caught.value.records == ()
+    assert caught.value.detail == "InvalidStixObjects: refused"
+
+
+async def test_record_messages_of_a_400_never_carry_the_token(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    token = "eyJ.echoed-bearer-token.sig"
+
+    async def echo(request: web.Request) -> web.Response:
+        seen = request.headers["Authorization"]
+        body = {"errors": [{"recordIndex": 0, "validationErrorMessages": [f"got {seen}"]}]}
+        return web.json_response(body, status=400)
+
+    async with (
+        one_route(server_ssl, STIX_PATH, echo) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(token), base_url=url, workspace_id=WORKSPACE)
+        with pytest.raises(BatchRejected) as caught:
+            await client.upload([indicator(0)])
+    assert caught.value.records == (RecordError(index=0, messages=("got Bearer ********",)),)
+    assert_no_secret(caught.value, token)
 
 
 async def test_a_wrong_workspace_is_destination_not_found(
