@@ -126,8 +126,8 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
         if gone:
             say(f"  note: {len(gone)} indicators no longer pass the filters; they stay in the "
                 "workspace until their valid_until")  # fmt: skip
-        say("  note: after an upgrade from a version with top-level x_ properties, the first "
-            "report of each indicator uploads it once more (its fingerprint changed)")  # fmt: skip
+        say("  note: after upgrading from a version with top-level x_ properties, each "
+            "indicator is uploaded once more when MATI next reports it")  # fmt: skip
         failures += problems
     say("\ndemo " + ("passed" if not failures else "FAILED"))
     return 0 if not failures else 1
