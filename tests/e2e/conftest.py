@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +27,7 @@ from shared.messages import INDICATORS, subscription, upload_queue
 from shared.state import FetcherLease
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Expected, Pipeline, mati_properties
+from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
 
 #: What every end-to-end pipeline runs with: locks short enough that a killed holder's
@@ -150,35 +149,9 @@ def print_logs(pipeline: Pipeline, lines: int = 40) -> None:
 # ---- operator commands as processes ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.stdout)
-
-
 async def run_cli(pipeline: Pipeline, *args: str, timeout_s: float = 30.0) -> CliResult:
     """``python -m services.cli args`` with the pipeline's environment, as an operator runs it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        *args,
-        env=pipeline.env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    result = CliResult(process.returncode or 0, out.decode(), err.decode())
+    result = await run_command(pipeline.env, *args, timeout_s=timeout_s)
     assert result.code == 0, f"cli {' '.join(args)} exited {result.code}: {result.stderr}"
     return result
 

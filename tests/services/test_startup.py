@@ -3,11 +3,8 @@ process, each failure one line and a non-zero exit, never a traceback (DESIGN §
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -15,6 +12,7 @@ import pytest
 
 from services.local.redis import LocalRedis
 from shared.settings import DEFAULT_HEALTH_PORTS, Service
+from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus
 
 #: Valid settings for every service, pointing nowhere that matters: each test breaks one thing.
@@ -29,38 +27,11 @@ CREDENTIALS: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+async def run(env: Mapping[str, str], *args: str, timeout_s: float = 30.0) -> CliResult:
+    return await run_command({"PATH": "/usr/bin:/bin", **env}, *args, timeout_s=timeout_s)
 
 
-async def run(env: Mapping[str, str], *args: str, timeout_s: float = 30.0) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        *args,
-        env={"PATH": "/usr/bin:/bin", **env},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    return Run(process.returncode or 0, out.decode(), err.decode())
-
-
-def assert_one_line(run: Run, *needles: str) -> str:
+def assert_one_line(run: CliResult, *needles: str) -> str:
     """The failure is stated once, on stderr, with every needle in it; nothing else explains."""
     assert "Traceback" not in run.output, run.output
     lines = run.stderr.strip().splitlines()
