@@ -1,10 +1,13 @@
 """The destination's circuit as one uploader replica keeps it (DESIGN §4).
 
-401/403/404 (after the client's one token refresh) and refused TLS are problems only an
-operator can fix: the circuit opens in Redis, so every replica stops receiving and no message
-burns its delivery count on them. While it is open, one lane per replica receives one probe
-batch per growing delay (the replica that opened it may have died; someone must find out when
-the operator fixed the problem); the first request that gets an answer closes it again.
+401/403/404 (after the client's one token refresh), refused TLS and a systemic refusal
+(Sentinel refusing every record for one reason no record owns: ``SystemicRejection``) are
+problems only an operator (or Sentinel's side) can fix: the circuit opens in Redis with the
+reason, so every replica stops receiving and no message burns its delivery count on them.
+While it is open, one lane per replica receives one probe batch per growing delay (the replica
+that opened it may have died; someone must find out when the operator fixed the problem); a
+probe refused the same way again keeps it open and the delay grows; the first request Sentinel
+accepts closes it again.
 
 Kept apart from the worker so the worker reads as the upload loop; the waiting itself (which
 renews the held batch's locks) stays with the worker, which owns the batch.
@@ -19,6 +22,11 @@ from shared.backoff import Backoff
 from shared.state import CircuitState, DestinationState, StateUnavailable
 
 log = logs.get_logger(__name__)
+
+
+def reason_for(exc: Exception) -> str:
+    """What the circuit records (and ``status`` and readiness show) for ``exc``."""
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 class Circuit:
@@ -45,10 +53,20 @@ class Circuit:
         log.info("upload.circuit_wait", reason=reason, wait_s=wait)
         return wait
 
+    async def open_for(self, exc: Exception) -> bool:
+        """Whether the circuit is open for exactly ``exc`` (opened by any replica): a probe
+        refused the same way again, or a batch of another replica meeting the same cause."""
+        try:
+            state, reason, _ = await self._state.circuit()
+        except StateUnavailable:
+            return False
+        return state is CircuitState.OPEN and reason == reason_for(exc)
+
     async def trip(self, exc: Exception) -> float:
-        """Open the circuit for ``exc``; the probe delay to wait (holding the batch) before the
-        same request goes again."""
-        reason = f"{type(exc).__name__}: {exc}"[:500]
+        """Open the circuit for ``exc`` (or keep it open, with ``exc`` as its reason); the probe
+        delay to wait (holding the batch) before the same request goes again, longer with
+        each probe refused."""
+        reason = reason_for(exc)
         try:
             changed = await self._state.set_circuit(CircuitState.OPEN, reason)
         except StateUnavailable as failure:

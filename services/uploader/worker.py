@@ -5,7 +5,15 @@ Every outcome of DESIGN §4 is handled on the batch the uploader holds, under it
 - accepted records: the seen key is written (``commit``, which also clears the claim) and
   only then is the message completed; rejected records are dead-lettered with Sentinel's
   message and their claim released;
-- 400 for the whole request: split in halves until the refused record stands alone;
+- 400 for the whole request naming the records at fault: exactly those are dead-lettered,
+  each with its own message, and the rest goes again; naming none: split in halves until the
+  refused record stands alone;
+- 400s with a cause no record owns (a bad ``SENTINEL_SOURCE_SYSTEM``, a schema change on
+  Sentinel's side): both halves of a split refused with the same message, every record of a
+  request named with the same message, or ``systemic_after`` received batches in a row
+  refused entirely. Splitting on would cost two requests a record and dead-letter the whole
+  backlog, so the circuit opens with Sentinel's message instead (``SystemicRejection``) and
+  the batch is held and probed like below; nothing is dead-lettered for it;
 - 429: every replica pauses (``RateBudget.pause``), and the same batch goes again;
 - 5xx, timeouts, resets, unreadable answers: jittered exponential back-off, same batch;
 - 401/403/404 and refused TLS (after the client's one token refresh): the destination's
@@ -39,6 +47,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -60,6 +69,7 @@ from shared.errors import (
     DestinationNotFound,
     MalformedResponse,
     RateLimited,
+    SystemicRejection,
     TlsVerificationFailed,
     TransientError,
     UpstreamUnavailable,
@@ -77,6 +87,45 @@ Clock = Callable[[], datetime]
 
 _CIRCUIT_ERRORS = (AuthenticationFailed, DestinationNotFound, TlsVerificationFailed)
 _RETRIED_ERRORS = (UpstreamUnavailable, MalformedResponse)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A request Sentinel answered 2xx: what was sent, as built, and what it did with each."""
+
+    items: list[Item]
+    built: list[tuple[dict[str, object], datetime]]
+    result: UploadResult
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request Sentinel refused as a whole (400); nothing of it is settled yet."""
+
+    items: list[Item]
+    error: BatchRejected
+
+
+Answer = Accepted | Refusal
+
+
+def _why(refusal: Refusal) -> str | None:
+    """The one message that refused every record of the request: Sentinel's message when the
+    answer names no record, the records' shared message when it names each with the same one;
+    None when the records were refused for reasons of their own."""
+    error = refusal.error
+    if not error.records:
+        return error.detail or "no message"
+    if len(error.records) != len(refusal.items):
+        return None
+    messages = {record.messages for record in error.records}
+    if len(messages) != 1:
+        return None
+    return "; ".join(messages.pop())
+
+
+def _systemic_error(status: int, why: str) -> SystemicRejection:
+    return SystemicRejection(f"Sentinel refuses every record (HTTP {status}): {why}")
 
 
 class Uploads(Protocol):
@@ -108,6 +157,7 @@ class Uploader:
         batch_size: int = MAX_OBJECTS_PER_REQUEST,
         receive_wait_s: float = 1.0,
         lanes: int = 1,
+        systemic_after: int = 3,
         retry: Backoff | None = None,
         probe: Backoff | None = None,
         clock: Clock = _utcnow,
@@ -118,6 +168,8 @@ class Uploader:
             raise ValueError(f"batch_size must be within 1..{MAX_OBJECTS_PER_REQUEST}")
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
+        if systemic_after < 1:
+            raise ValueError(f"systemic_after must be at least 1, got {systemic_after}")
         self.destination = destination
         self.queue = upload_queue(destination)
         self._bus = bus
@@ -132,6 +184,9 @@ class Uploader:
         self._batch_size = batch_size
         self._receive_wait_s = receive_wait_s
         self._lanes = lanes
+        self._systemic_after = systemic_after
+        #: Received batches refused entirely in a row (``_systemic``); any 2xx restarts it.
+        self._refusals = 0
         self._receiving = asyncio.Lock()
         self._retry = retry or Backoff(base_s=1.0, cap_s=60.0)
         self._clock = clock
@@ -238,7 +293,7 @@ class Uploader:
             )
             await self._settle_prepared(prepared, held)
             if prepared.upload:
-                await self._send(prepared.upload, held)
+                await self._send(prepared.upload, held, whole=True)
         except BaseException:
             await held.abandon("failed")
             raise
@@ -260,18 +315,48 @@ class Uploader:
                 [item.delivery for item in prepared.already_uploaded], "already_uploaded"
             )
 
-    async def _send(self, items: list[Item], held: HeldBatch) -> None:
-        """One request for ``items``, repeated until it has an answer every record can be
-        settled by, or the uploader stops (then everything still held is abandoned)."""
+    async def _send(
+        self,
+        items: list[Item],
+        held: HeldBatch,
+        *,
+        whole: bool = False,
+        answer: Answer | None = None,
+    ) -> None:
+        """Send ``items`` (or start from ``answer``, a request for them already answered) until
+        every record is settled, held records are given back, or the uploader stops. ``whole``:
+        these are the received batch itself, not a split part of it."""
+        while True:
+            if answer is None:
+                answer = await self._request(items, held)
+                if answer is None:
+                    return
+            if isinstance(answer, Refusal):
+                items = await self._refused(answer, held, whole=whole)
+                if not items:
+                    return
+                # The rest of a request that named its refused records is no batch of its own.
+                whole = whole and len(items) == len(answer.items)
+                answer = None
+                continue
+            self._refusals = 0
+            await self._settle(answer.items, answer.built, answer.result, held)
+            await self._circuit.close()
+            return
+
+    async def _request(self, items: list[Item], held: HeldBatch) -> Answer | None:
+        """One request for ``items``, repeated through 429s, outages and an open circuit until
+        Sentinel answers it (accepted, or refused with a 400); None when nothing of it is held
+        any more or the uploader stopped (then everything still held is abandoned)."""
         failures = 0
         while True:
             items = [item for item in items if held.holds(item.delivery)]
             if not items:
-                return
+                return None
             waited = await self._acquire(held)
             if waited is None:
                 await held.abandon("stopping")
-                return
+                return None
             stamp = UploadTime(self._clock())
             built = [item.build(stamp) for item in items]
             self._tally["requests"] += 1
@@ -290,23 +375,22 @@ class Uploader:
                 self._tally["retried"] += 1
                 self._log_failure(items, exc, waited, retry_in_s=round(wait, 3))
                 if not await self._wait_or_release(wait, held):
-                    return
+                    return None
                 continue
             except BatchRejected as exc:
-                self._log_request(items, "batch_rejected", waited, detail=str(exc))
-                await self._rejected_batch(items, held, str(exc))
-                return
+                self._log_request(
+                    items, "batch_rejected", waited, detail=str(exc), rejected=len(exc.records)
+                )
+                return Refusal(items, exc)
             except _CIRCUIT_ERRORS as exc:
                 self._log_failure(items, exc, waited)
                 if not await self._wait_or_release(await self._circuit.trip(exc), held):
-                    return
+                    return None
                 continue
             self._log_request(
                 items, "ok", waited, accepted=len(result.accepted), rejected=len(result.rejected)
             )
-            await self._settle(items, built, result, held)
-            await self._circuit.close()
-            return
+            return Accepted(items, built, result)
 
     @contextmanager
     def _request_span(self, items: list[Item], held: HeldBatch) -> Iterator[None]:
@@ -333,17 +417,101 @@ class Uploader:
             request.set_attribute("mati2sentinel.outcome", "ok")
             held.record_request([item.delivery for item in items], request, "ok")
 
-    async def _rejected_batch(self, items: list[Item], held: HeldBatch, message: str) -> None:
-        """A 400 for the whole request: halve it until the refused record stands alone."""
+    # -- 400s: whose fault ----------------------------------------------------------------------
+
+    async def _refused(self, refusal: Refusal, held: HeldBatch, *, whole: bool) -> list[Item]:
+        """A 400 for the whole request; returns what to send again ([] when all is settled).
+
+        - a cause no record owns (``_systemic``): the circuit opens with Sentinel's message
+          and the records are held through the probe delay, then sent again;
+        - the answer names records: exactly those are dead-lettered, each with its own
+          messages, and the rest goes again, without splitting;
+        - it names none: a lone record is dead-lettered with Sentinel's message; more are
+          halved until the refused record stands alone (``_split``).
+        """
+        items, error = refusal.items, refusal.error
+        if not any(held.holds(item.delivery) for item in items):
+            return []  # given back meanwhile (stopped while the other half was out)
+        message = await self._systemic(refusal, whole=whole)
+        if message is not None:
+            return await self._hold(items, held, error.status, message)
+        if error.records:
+            named = {record.index for record in error.records}
+            for record in error.records:
+                await self._reject(items[record.index], held, record.messages)
+            return [item for index, item in enumerate(items) if index not in named]
         if len(items) == 1:
-            self._tally["rejected"] += 1
-            await held.dead_letter(items[0].delivery, REJECTED_BY_SENTINEL, message, items[0].claim)
-            return
+            await self._reject(items[0], held, (error.detail,))
+            return []
+        await self._split(items, held)
+        return []
+
+    async def _systemic(self, refusal: Refusal, *, whole: bool) -> str | None:
+        """Sentinel's message when this refusal has a cause no record owns, else None:
+
+        - the circuit is open already for this very refusal (a probe refused again, or a
+          batch of another replica);
+        - every record of a request of two or more is named with the same message;
+        - ``systemic_after`` received batches in a row were refused entirely (the count
+          restarts with any accepted request).
+        Both halves of a split refused alike is judged by ``_split``.
+        """
+        error, why = refusal.error, _why(refusal)
+        if why is not None and await self._circuit.open_for(_systemic_error(error.status, why)):
+            return why
+        if why is not None and error.records and len(refusal.items) > 1:
+            return why
+        entire = not error.records or len(error.records) == len(refusal.items)
+        if whole and entire:
+            self._refusals += 1
+            if self._refusals >= self._systemic_after:
+                return why or error.detail
+        return None
+
+    async def _split(self, items: list[Item], held: HeldBatch) -> None:
+        """Halve a refused request the answer did not attribute, and send both halves. Both
+        refused entirely with the same message: the cause is not in either, so none is
+        dead-lettered for it (``_hold``); otherwise each half is settled on its own."""
         middle = len(items) // 2
         self._tally["split"] += 1
         log.info("upload.batch_split", count=len(items), halves=[middle, len(items) - middle])
-        await self._send(items[:middle], held)
-        await self._send(items[middle:], held)
+        first = await self._request(items[:middle], held)
+        if not isinstance(first, Refusal):  # accepted: settled before the other half goes
+            if first is not None:
+                await self._send(first.items, held, answer=first)
+            await self._send(items[middle:], held)
+            return
+        second = await self._request(items[middle:], held)
+        why = _why(first)
+        if isinstance(second, Refusal) and why is not None and why == _why(second):
+            again = await self._hold(first.items + second.items, held, second.error.status, why)
+            if again:
+                await self._send(again, held)
+            return
+        if second is not None:
+            await self._send(second.items, held, answer=second)
+        await self._send(first.items, held, answer=first)
+
+    async def _hold(self, items: list[Item], held: HeldBatch, status: int, why: str) -> list[Item]:
+        """Open the circuit with Sentinel's message and keep ``items`` through the probe delay
+        (renewing their locks): nothing is dead-lettered, nothing burns a delivery. Returns
+        what is still held, to be sent again as the probe; [] when stopped (given back)."""
+        self._tally["systemic_rejection"] += 1
+        error = _systemic_error(status, why)
+        log.warning("upload.systemic_rejection", count=len(items), detail=str(error))
+        wait = await self._circuit.trip(error)
+        await self._flush()  # what ``status`` shows beside the open circuit, counted now
+        if not await self._wait_or_release(wait, held):
+            return []
+        return [item for item in items if held.holds(item.delivery)]
+
+    async def _reject(self, item: Item, held: HeldBatch, messages: Sequence[str]) -> None:
+        """Dead-letter one record Sentinel refused, with its messages."""
+        self._tally["rejected"] += 1
+        description = "; ".join(m.strip() for m in messages if m.strip()).strip()
+        await held.dead_letter(
+            item.delivery, REJECTED_BY_SENTINEL, description or "no message", item.claim
+        )
 
     async def _settle(
         self,
@@ -366,12 +534,7 @@ class Uploader:
             self._tally["uploaded"] += len(entries)
             await held.complete([items[i].delivery for i in result.accepted], "accepted")
         for error in result.rejected:
-            item = items[error.index]
-            self._tally["rejected"] += 1
-            description = "; ".join(m.strip() for m in error.messages if m.strip()).strip()
-            await held.dead_letter(
-                item.delivery, REJECTED_BY_SENTINEL, description or "no message", item.claim
-            )
+            await self._reject(items[error.index], held, error.messages)
 
     # -- waiting -------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Records Sentinel rejects in an otherwise accepted request (DESIGN §4): they wait in the
 upload dead-letter queue with Sentinel's own message, the rest is uploaded and committed, and
-an operator's ``dlq replay`` sends them again once the cause is gone.
+an operator's ``dlq replay`` sends them again once the cause is gone. A refusal no record owns
+(Sentinel refusing everything for one reason) dead-letters nothing: the circuit opens with
+Sentinel's message, and the backlog waits in the queue until Sentinel accepts again.
 
 Everything an operator would run (``status``, ``dlq list``, ``dlq replay``) runs here as the
 CLI process, with the pipeline's environment.
@@ -8,12 +10,13 @@ CLI process, with the pipeline's environment.
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from shared.indicator import HashType
-from shared.state import DestinationState
+from shared.state import CircuitState, DestinationState
 from shared.stix import stix_id
-from simulators.faults import FaultKind
+from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION
 from simulators.sentinel import STIX_ROUTE
@@ -21,6 +24,8 @@ from tests.e2e.conftest import (
     ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
+    log_events,
+    queue_counts,
     run_cli,
     upload_histogram,
     wait_for,
@@ -93,3 +98,63 @@ async def test_partial_rejections_are_dead_lettered_then_replayed(
     status = (await run_cli(pipeline, "status", "--json")).json()
     upload = next(e for e in status["entities"] if e["entity"] == f"upload.{DESTINATION}")
     assert upload["dead_letter"] == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_refusal_no_record_owns_holds_the_backlog_until_sentinel_accepts(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """Sentinel refuses every request alike, naming no record (a change on its side). The
+    uploader opens the circuit with Sentinel's message, is not ready, ``status`` says why, the
+    dead-letter queue stays empty and every indicator waits in the queue; once Sentinel
+    accepts again a probe closes the circuit and each indicator arrives once."""
+    pipeline = await make_pipeline(feed=Feed(seed=43, count=250, days=10), env=ACCEPT_ALL)
+    expected = pipeline.expected()
+    sentinel = pipeline.sims.sentinel
+    sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=100_000)
+
+    await pipeline.start_service("filter")
+    await pipeline.start_service("uploader")
+    assert await pipeline.sync_once(timeout_s=60) == 0
+    assert pipeline.redis is not None
+    state = DestinationState(pipeline.redis, DESTINATION)
+
+    async def opened() -> bool:
+        return (await state.circuit())[0] is CircuitState.OPEN
+
+    await wait_for(opened, 30, what="the circuit to open")
+
+    async def all_waiting() -> bool:
+        depth, in_flight, dead = (await queue_counts(pipeline))["upload"]
+        return depth + in_flight == len(expected.objects) and dead == 0
+
+    await wait_for(all_waiting, 30, what="every indicator queued or held")
+    status = (await run_cli(pipeline, "status", "--json")).json()
+    assert status["circuit"] == "open"
+    assert status["circuit_reason"].startswith("SystemicRejection: ")
+    assert SCHEMA_CHANGED in status["circuit_reason"]
+    assert status["counters"]["systemic_rejection"] >= 1
+    assert "dead_lettered" not in status["counters"]
+    assert (await run_cli(pipeline, "dlq", "list", "--json")).json() == []
+    port = next(
+        int(event["health_port"])
+        for event in log_events(pipeline, "uploader")
+        if event.get("event") == "service.started"
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert response.status == 503
+            checks = (await response.json())["checks"]
+        assert checks["circuit"].startswith("not_ready: circuit open: SystemicRejection: ")
+        assert sentinel.store == {}
+
+        sentinel.faults.clear()  # Sentinel accepts again
+        await wait_for(lambda: not sentinel.store.keys() < expected.objects.keys(), 60,
+                       what="every indicator uploaded")  # fmt: skip
+        await pipeline.wait_drained(timeout_s=60, settle_s=0.5)
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert response.status == 200
+
+    assert_delivered(pipeline, expected, max_uploads=1)
+    assert (await state.circuit())[0] is CircuitState.CLOSED
+    assert (await queue_counts(pipeline))["upload"] == (0, 0, 0)

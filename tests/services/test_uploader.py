@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from services.local.redis import LocalRedis
 from services.runtime import Runtime
+from services.status import collect, render
 from services.uploader.main import loop
 from services.uploader.worker import Uploader, Uploads
 from shared.backoff import Backoff
@@ -41,7 +42,7 @@ from shared.settings import Service, load_settings
 from shared.state import CircuitState, DestinationState, RateBudget
 from shared.stix import Draft, StixPolicy, pattern
 from simulators.entra import EntraSimulator
-from simulators.faults import FaultKind
+from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE, SentinelSimulator
 from simulators.tokens import TokenMinter
@@ -59,6 +60,12 @@ POLICY = StixPolicy()
 #: Everything the feed holds passes, so the tests choose exactly which records are queued.
 FILTERS = FilterPolicy(minimum_confidence=0, minimum_threat_score=0, exclude_osint=False)
 FEED = Feed(seed=11, count=40, now=datetime(2025, 5, 1, tzinfo=UTC))
+#: The circuit's reason (what readiness and ``status`` show) while Sentinel refuses everything
+#: for the REJECT_ALL fault's default cause.
+SYSTEMIC = (
+    "SystemicRejection: Sentinel refuses every record (HTTP 400): "
+    f"InvalidStixObjects: {SCHEMA_CHANGED}"
+)
 
 
 @dataclass(frozen=True)
@@ -291,20 +298,19 @@ async def test_records_sentinel_rejects_are_dead_lettered_with_its_message(w: Wo
     assert (counters["uploaded"], counters["rejected"], counters["dead_lettered"]) == (3, 2, 2)
 
 
-async def test_a_400_for_the_batch_is_split_until_the_refused_record_stands_alone(
+async def test_a_400_naming_no_record_is_split_until_the_refused_record_stands_alone(
     w: World,
 ) -> None:
-    """The simulator answers 400 for a request only when every record in it fails (what
-    specs/sentinel-and-entra.md infers for Sentinel); a record that merely fails among good
-    ones is a partial error, tested above. So the refusals here come from Sentinel's own
-    transient ingestion failure (the PARTIAL_ERRORS fault) rejecting every record of the
-    requests that must fail: [a b c d] → 400, [a b] ok, [c d] → 400, [c] ok, [d] → 400.
-    ``after`` places the faults; a skipped request passes every later fault's ``after`` too."""
+    """A 400 that does not say which record is at fault (REJECT_ALL answers one, without
+    ``errors[]``) is halved: [a b c d] → 400, [a b] ok, [c d] → 400, [c] ok, [d] → 400, and
+    [d] is dead-lettered alone with Sentinel's message. ``after`` places the faults; a skipped
+    request passes every later fault's ``after`` too."""
     items = await w.forward(range(4))
     faults = w.sentinel.faults
-    faults.inject(FaultKind.PARTIAL_ERRORS, route=STIX_ROUTE, record_indexes=(0, 1, 2, 3))
-    faults.inject(FaultKind.PARTIAL_ERRORS, route=STIX_ROUTE, record_indexes=(0, 1), after=1)
-    faults.inject(FaultKind.PARTIAL_ERRORS, route=STIX_ROUTE, record_indexes=(0,), after=2)
+    refused = "Error for Property=pattern: The pattern could not be parsed."
+    faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, message=refused)
+    faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, message=refused, after=1)
+    faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, message=refused, after=2)
 
     await run_until([w.uploader()], w.drained)
 
@@ -314,9 +320,194 @@ async def test_a_400_for_the_batch_is_split_until_the_refused_record_stands_alon
     [letter] = await w.bus.dead_letters(QUEUE)
     assert letter.message_id == items[3].message.message_id
     assert letter.reason == "rejected_by_sentinel"
-    assert "None of the 1 objects in the request passed validation" in letter.description
+    assert letter.description == f"InvalidStixObjects: {refused}"
     counters = await w.state.counters()
     assert (counters["split"], counters["requests"], counters["uploaded"]) == (2, 5, 3)
+    assert "systemic_rejection" not in counters
+    assert (await w.state.circuit())[0] is CircuitState.CLOSED
+
+
+async def test_a_400_naming_records_dead_letters_exactly_those_and_resends_the_rest(
+    w: World,
+) -> None:
+    """No split: the answer says which records are at fault, each with its own message."""
+    items = await w.forward(range(5))
+    w.sentinel.faults.inject(FaultKind.REJECT_RECORDS, route=STIX_ROUTE, record_indexes=(1, 3))
+
+    await run_until([w.uploader()], w.drained)
+
+    assert w.statuses() == [400, 200]
+    rejected, accepted = [items[1], items[3]], [items[0], items[2], items[4]]
+    assert_stored_once(w, accepted)
+    await assert_committed(w, accepted)
+    letters = {d.message_id: d for d in await w.bus.dead_letters(QUEUE)}
+    assert set(letters) == {q.message.message_id for q in rejected}
+    for q in rejected:
+        letter = letters[q.message.message_id]
+        assert letter.reason == "rejected_by_sentinel"
+        assert letter.description == (
+            "Error for Property=pattern: The pattern could not be parsed. "
+            f"Actual value: {pattern(q.observable)}."
+        )
+    assert await w.state.claims([q.stix_id for q in rejected]) == [None, None]
+    counters = await w.state.counters()
+    assert (counters["requests"], counters["rejected"], counters["uploaded"]) == (2, 2, 3)
+    assert "split" not in counters
+
+
+async def test_records_refused_each_for_its_own_reason_are_dead_lettered_without_a_split(
+    w: World,
+) -> None:
+    """Every record fails (Sentinel's transient ingestion failure, each message naming its
+    record): the simulator answers 400 with ``errors[]``. One request, four dead letters,
+    each with its own message; a batch of one likewise gets its record's message, not the
+    request's "None of the 1 objects ...". No circuit: the causes are the records'."""
+    four = await w.forward(range(4))
+    w.sentinel.faults.inject(
+        FaultKind.PARTIAL_ERRORS, route=STIX_ROUTE, record_indexes=(0, 1, 2, 3)
+    )
+    await run_until([w.uploader()], w.drained)
+    [lone] = await w.forward([4])
+    w.sentinel.faults.inject(FaultKind.PARTIAL_ERRORS, route=STIX_ROUTE, record_indexes=(0,))
+    await run_until([w.uploader()], w.drained)
+
+    assert w.statuses() == [400, 400]
+    assert w.sentinel.store == {}
+    letters = {d.message_id: d.description for d in await w.bus.dead_letters(QUEUE)}
+    assert set(letters) == {q.message.message_id for q in [*four, lone]}
+    for q in [*four, lone]:
+        assert letters[q.message.message_id] == (
+            "Error for Property=id: The object could not be ingested, please retry later. "
+            f"Actual value: {q.stix_id}."
+        )
+    counters = await w.state.counters()
+    assert (counters["requests"], counters["rejected"], counters["dead_lettered"]) == (2, 5, 5)
+    assert "split" not in counters
+    assert "systemic_rejection" not in counters
+    assert (await w.state.circuit())[0] is CircuitState.CLOSED
+
+
+# ---- systemic refusals: a cause no record owns -------------------------------------------------
+
+
+async def test_a_refusal_both_halves_share_opens_the_circuit_and_holds_the_batch(
+    w: World,
+) -> None:
+    """A schema change on Sentinel's side refuses every request alike, naming no record.
+    [8] → 400, [4] → 400, [4] → 400 with the same message: systemic. The circuit opens with
+    Sentinel's message, the batch is held (its probes, refused again, are not split), the
+    rest stays queued, nothing is dead-lettered; once Sentinel accepts again the probe closes
+    the circuit and every record arrives once."""
+    items = await w.forward(range(12))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=10_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.uploader(batch_size=8).run(stop))
+    try:
+
+        async def probed_twice() -> bool:
+            return len(w.statuses()) >= 5
+
+        await poll(probed_twice)
+        state, reason, _ = await w.state.circuit()
+        assert state is CircuitState.OPEN
+        assert reason == SYSTEMIC
+        counts = await w.bus.counts(QUEUE)
+        assert (counts.depth, counts.in_flight, counts.dead_letter) == (4, 8, 0)
+        assert set(w.statuses()) == {400}
+        sizes = [len(r.json()["stixobjects"]) for r in w.sentinel.recorder.of(STIX_ROUTE)]
+        assert sizes[:3] == [8, 4, 4]
+        assert set(sizes[3:]) == {8}  # each probe is the held batch, whole: never split again
+        assert w.sentinel.store == {}
+
+        w.sentinel.faults.clear()  # Sentinel's side is fixed
+        await poll(w.drained)
+    finally:
+        stop.set()
+        await task
+
+    await assert_recovered_once(w, items)
+    counters = await w.state.counters()
+    assert counters["split"] == 1
+    assert counters["systemic_rejection"] >= 2
+    assert "rejected" not in counters
+    assert "dead_lettered" not in counters
+    assert (await w.bus.counts(QUEUE)).dead_letter == 0
+
+
+async def test_every_record_named_with_one_message_opens_the_circuit_without_a_split(
+    w: World,
+) -> None:
+    items = await w.forward(range(6))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, attributed=True, times=2)
+
+    await run_until([w.uploader()], w.drained)
+
+    assert w.statuses() == [400, 400, 200]  # refused, probe refused again, probe accepted
+    await assert_recovered_once(w, items)
+    counters = await w.state.counters()
+    assert counters["systemic_rejection"] == 2
+    assert "split" not in counters
+    assert "dead_lettered" not in counters
+
+
+async def test_batches_refused_entirely_in_a_row_open_the_circuit(w: World) -> None:
+    """Batches of one, refused naming no record: each alone could be its record's fault, so
+    the first is dead-lettered with Sentinel's message; the second in a row is judged
+    systemic (``systemic_after=2``) and held, and the rest waits for the probe."""
+    items = await w.forward(range(5))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=3)
+
+    await run_until([w.uploader(batch_size=1, systemic_after=2)], w.drained)
+
+    assert w.statuses() == [400, 400, 400, 200, 200, 200, 200]
+    [letter] = await w.bus.dead_letters(QUEUE)
+    assert letter.message_id == items[0].message.message_id
+    assert letter.description == f"InvalidStixObjects: {SCHEMA_CHANGED}"
+    await assert_recovered_once(w, items[1:])
+    counters = await w.state.counters()
+    assert (counters["systemic_rejection"], counters["dead_lettered"]) == (2, 1)
+
+
+async def test_replicas_share_a_systemic_circuit_and_dead_letter_nothing(
+    server_ssl: ssl.SSLContext,
+    client_ssl: ssl.SSLContext,
+    redis_client: Redis,
+    redis_server: LocalRedis,
+) -> None:
+    """Whichever replica finds the cause first opens the circuit in Redis; a batch of the
+    other refused for that same cause is held at once (not split), and so is every probe."""
+    async with world(server_ssl, client_ssl, redis_client, redis_server) as w:
+        items = await w.forward(range(16))
+        w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=10_000)
+        other: Redis = Redis.from_url(redis_server.url)
+        stop = asyncio.Event()
+        replicas = [
+            w.uploader(redis=client, consumer=name, batch_size=4)
+            for client, name in ((w.redis, "replica-a"), (other, "replica-b"))
+        ]
+        tasks = [asyncio.create_task(r.run(stop)) for r in replicas]
+        try:
+
+            async def both_held() -> bool:
+                counts = await w.bus.counts(QUEUE)
+                return counts.in_flight == 8 and len(w.statuses()) >= 8
+
+            await poll(both_held)
+            assert (await w.state.circuit())[0] is CircuitState.OPEN
+            counts = await w.bus.counts(QUEUE)
+            assert (counts.depth, counts.dead_letter) == (8, 0)
+            assert (await w.state.counters())["split"] <= 2  # at most one split per replica
+            w.sentinel.faults.clear()
+            await poll(w.drained)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await other.aclose()
+
+        assert (await w.state.circuit())[0] is CircuitState.CLOSED
+        assert_stored_once(w, items)
+        await assert_committed(w, items)
+        assert (await w.bus.counts(QUEUE)).dead_letter == 0
 
 
 # ---- waiting: 429, outages --------------------------------------------------------------------
@@ -646,3 +837,57 @@ async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -
 
     assert_stored_once(w, items)
     await assert_committed(w, items)
+
+
+async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is_accepted(
+    w: World,
+) -> None:
+    """The service as it runs (settings, the readiness check, the default probe back-off of
+    5 s): while Sentinel refuses everything for one reason, /readyz says why and so does
+    ``mati2sentinel status``; the probe after the fault is gone closes the circuit."""
+    environ = {
+        "REDIS_URL": w.redis_server.url,
+        "DESTINATION": DEST,
+        "AZURE_AUTHORITY_HOST": w.entra.url,
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_CLIENT_ID": CLIENT_ID,
+        "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+        "AZURE_WORKSPACE_ID": WORKSPACE,
+        "SENTINEL_BASE_URL": w.sentinel.url,
+        "SENTINEL_RATE_WINDOW_SECONDS": "2",
+        "UPLOAD_LINGER_SECONDS": "0.05",
+    }
+    items = await w.forward(range(5))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=3)
+    runtime = Runtime(
+        settings=load_settings(environ, Service.UPLOADER),
+        service=Service.UPLOADER,
+        consumer="uploader-main",
+        redis=w.redis,
+        bus=RedisStreamsBus(w.redis, consumer="uploader-main", lock_duration_s=LOCK_S),
+        stop=asyncio.Event(),
+        http=w.session,
+    )
+    task = asyncio.create_task(loop(runtime))
+    try:
+
+        async def opened() -> bool:
+            return (await w.state.circuit())[0] is CircuitState.OPEN
+
+        await poll(opened)
+        why = SYSTEMIC
+        assert (await runtime.health.ready())["circuit"] == f"not_ready: circuit open: {why}"
+        shown = await collect(runtime)
+        assert (shown.circuit, shown.circuit_reason) == ("open", why)
+        assert f"circuit      open ({why})" in render(shown)
+        upload = next(e for e in shown.entities if e.entity == QUEUE.name)
+        assert (upload.in_flight, upload.dead_letter) == (5, 0)
+
+        await poll(w.drained)  # the fault was for three requests: the first probe is accepted
+        assert (await runtime.health.ready())["circuit"] == "ok"
+    finally:
+        runtime.stop.set()
+        await task
+
+    assert w.statuses() == [400, 400, 400, 200]
+    await assert_recovered_once(w, items)
