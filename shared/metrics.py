@@ -177,8 +177,13 @@ PREFIXED: Final[Sequence[tuple[str, Family]]] = (
 )
 
 #: Label values shown at 0 ahead of their first count, per service and counter prefix:
-#: the enums the filter counts by, and its two deduplication drops (services/filter).
+#: the enums the filter counts by, and its two deduplication drops (services/filter); the
+#: fetcher's sync outcomes (``services.fetcher.sync.Outcome``), so that ``increase()`` counts
+#: the first sync of each outcome too (Prometheus never saw a series that starts at 1 move).
 AHEAD: Final[Mapping[Service, Mapping[str, tuple[str, ...]]]] = {
+    Service.FETCHER: {
+        "sync_": ("completed", "stopped", "lease_lost", "failed", "standby"),
+    },
     Service.FILTER: {
         "dropped_": (*(r.value for r in DropReason), "unchanged", "in_flight"),
         "rejected_": tuple(r.value for r in RejectReason),
