@@ -55,7 +55,7 @@ SERVICES = {
 }
 #: How long the simulated MATI holds the fetcher's first page: longer than a scrape interval,
 #: so Prometheus sees the fetcher's counters at 0 before they move.
-FIRST_PAGE_HOLD_S = 3 * SCRAPE_S
+FIRST_PAGE_HOLD_S = 4 * SCRAPE_S
 
 Json = dict[str, Any]
 
@@ -312,15 +312,15 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             assert started[0]["health_port"] == ports[label]
 
         # Every counter seen at 0, the fetcher's included, before the first page is served.
-        async def all_scraped_at_zero() -> bool:
+        async def all_scraped() -> bool:
             up = await prometheus.scalar('count(up{job="mati2sentinel"} == 1)')
             fetched = await prometheus.scalar("sum(mati2sentinel_indicators_fetched_total)")
             return up == len(SERVICES) and fetched is not None
 
-        await wait_for(all_scraped_at_zero, 30, what="Prometheus to scrape every service")
-        first = await prometheus.instant("mati2sentinel_indicators_fetched_total")
+        await wait_for(all_scraped, 30, what="Prometheus to scrape every service")
         pipeline.sims.mati.page_latency_s = 0.0
-        assert [float(s["value"][1]) for s in first] == [0.0], "the first page came too soon"
+        first = await prometheus.scalar("min_over_time(mati2sentinel_indicators_fetched_total[1m])")
+        assert first == 0, "the first page came before Prometheus scraped the fetcher"
 
         async def synced() -> bool:
             feed, _ = await pipeline.counters()
@@ -378,21 +378,22 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
         assert not empty, "panels without data from a healthy run:\n" + "\n".join(empty)
 
         # The funnel over the run says what the services counted. increase() extrapolates from
-        # the last sample to the window's end: up to a scrape interval more, over a short run.
-        def counted(expected: float) -> Any:
+        # a series' last sample to the window's end: up to a scrape interval's worth more, which
+        # over a run of seconds is several percent (over a day, nothing).
+        def counted(value: float, expected: float) -> bool:
             observed_s = end - prometheus.scraping_since
-            return pytest.approx(expected * (1 + SCRAPE_S / observed_s), rel=SCRAPE_S / observed_s)
+            return expected <= value <= expected * (1 + 2 * SCRAPE_S / observed_s)
 
         def funnel(legend: str) -> float:
             (series,) = answers[("Funnel over the range: fetched, dropped, forwarded, "
                                  "uploaded, rejected", legend)]  # fmt: skip
             return float(series["value"][1])
 
-        assert funnel("fetched") == counted(feed_counters["fetched"])
-        assert funnel("uploaded") == counted(len(store))
-        assert funnel("forwarded") == counted(len(store))
+        assert counted(funnel("fetched"), feed_counters["fetched"]), funnel("fetched")
+        assert counted(funnel("uploaded"), len(store)), funnel("uploaded")
+        assert counted(funnel("forwarded"), len(store)), funnel("forwarded")
         dropped = sum(v for k, v in destination_counters.items() if k.startswith("dropped_"))
-        assert funnel("dropped") == counted(dropped)
+        assert counted(funnel("dropped"), dropped), funnel("dropped")
         for legend in ("unparseable", "rejected by Sentinel", "dead-lettered"):
             assert funnel(legend) == 0, legend
 
@@ -402,7 +403,7 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             for series in answers[("Syncs by outcome over the range", "{{outcome}}")]
         }
         assert set(outcomes) == {outcome.value for outcome in Outcome}
-        assert outcomes.pop("completed") == counted(1)
+        assert counted(outcomes.pop("completed"), 1), outcomes
         assert set(outcomes.values()) == {0}
 
         def last(title: str, legend: str) -> float:
