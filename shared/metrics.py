@@ -131,7 +131,12 @@ EXACT: Final[Mapping[str, Family]] = {
     "retried": _family(
         "upload_retries", "Upload requests retried after 5xx/timeout/bad answer.", _UPLOADER
     ),
-    "split": _family("upload_splits", "Batches split after a 400 for the request.", _UPLOADER),
+    "split": _family("upload_splits", "Batches split after a 400 that named no record.", _UPLOADER),
+    "systemic_rejection": _family(
+        "upload_systemic_rejections",
+        "Upload requests refused for a cause no record owns (circuit opened, nothing lost).",
+        _UPLOADER,
+    ),
     "circuit_opened": _family("circuit_opened", "Times the circuit opened.", _UPLOADER),
     "dead_lettered": _family("messages_dead_lettered", "Upload messages dead-lettered.", _UPLOADER),
     "abandoned": _family(
