@@ -109,8 +109,10 @@ async def run_local(env: Mapping[str, str], state_dir: Path) -> int:
         await asyncio.to_thread(redis.start)
         environment["REDIS_URL"] = redis.url
         print(f"redis: {redis.url} (AOF in {state_dir / 'redis'})", flush=True)
-    # Three services on one host cannot share one probe port; they log the port they got.
-    environment.setdefault("HEALTH_PORT", "0")
+    # Each service takes its own default probe port (fetcher 8081, filter 8082, uploader
+    # 8083); one HEALTH_PORT for all three would let only the first of them start.
+    if environment.get("HEALTH_PORT", "0") != "0":
+        print(f"HEALTH_PORT={environment.pop('HEALTH_PORT')} ignored: each service takes its own")
     processes = ServiceProcesses(environment)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -29,7 +29,8 @@ def port_open(url: str) -> bool:
 @pytest.mark.timeout(90)
 async def test_run_local_syncs_at_start_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
     async with Pipeline(tmp_path / "pipeline", feed=Feed(seed=3, count=800, days=29)) as p:
-        env = {k: v for k, v in p.env.items() if k != "REDIS_URL"}
+        # make run's own Redis, and each service on its own default probe port.
+        env = {k: v for k, v in p.env.items() if k not in ("REDIS_URL", "HEALTH_PORT")}
         state_dir = tmp_path / "local"
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.cli", "run-local", "--state-dir", str(state_dir),
@@ -52,5 +53,7 @@ async def test_run_local_syncs_at_start_and_stops_everything_on_sigterm(tmp_path
         assert await asyncio.wait_for(process.wait(), 60) == 0, (await output).decode()[-2000:]
         logs = (await output).decode()
         assert logs.count('"event":"service.stopped"') == 3
+        for port in (8081, 8082, 8083):
+            assert logs.count(f'"health_port":{port}') == 1, logs[-2000:]
         assert not port_open(redis_url)
         assert (state_dir / "redis" / "appendonlydir").is_dir()
