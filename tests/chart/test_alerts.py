@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.prometheus_tools import ensure_prometheus
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
@@ -22,20 +24,7 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "ensure-prometheus.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "promtool is missing and could not be installed (scripts/ensure-prometheus.sh): "
-            f"{result.stderr.strip()}; install Debian's prometheus package",
-            pytrace=False,
-        )
-    return result.stdout.strip()
+    return ensure_prometheus("promtool")
 
 
 def _alert_names() -> set[str]:

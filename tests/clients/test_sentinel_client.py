@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -257,6 +257,23 @@ class _NoTokens:
         raise AssertionError("unused")
 
 
+async def upload_to_one_route(
+    server_ssl: ssl.SSLContext,
+    client_ssl: ssl.SSLContext,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    objects: list[dict[str, Any]],
+    *,
+    token: str = FixedTokens.TOKEN,
+) -> UploadResult:
+    """Upload ``objects`` to a one-route server whose STIX upload answers with ``handler``."""
+    async with (
+        one_route(server_ssl, STIX_PATH, handler) as url,
+        open_session(client_ssl) as session,
+    ):
+        client = SentinelClient(session, FixedTokens(token), base_url=url, workspace_id=WORKSPACE)
+        return await client.upload(objects)
+
+
 # ---- per-record and whole-batch refusals ----------------------------------------------------
 
 
@@ -365,13 +382,8 @@ async def test_a_400_whose_errors_name_no_record_of_the_request_names_none(
         body = {"error": {"code": "InvalidStixObjects", "message": "refused"}, "errors": errors}
         return web.json_response(body, status=400)
 
-    async with (
-        one_route(server_ssl, STIX_PATH, refuse) as url,
-        open_session(client_ssl) as session,
-    ):
-        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
-        with pytest.raises(BatchRejected) as caught:
-            await client.upload([indicator(0), indicator(1)])
+    with pytest.raises(BatchRejected) as caught:
+        await upload_to_one_route(server_ssl, client_ssl, refuse, [indicator(0), indicator(1)])
     assert caught.value.records == ()
     assert caught.value.detail == "InvalidStixObjects: refused"
 
@@ -386,13 +398,8 @@ async def test_record_messages_of_a_400_never_carry_the_token(
         body = {"errors": [{"recordIndex": 0, "validationErrorMessages": [f"got {seen}"]}]}
         return web.json_response(body, status=400)
 
-    async with (
-        one_route(server_ssl, STIX_PATH, echo) as url,
-        open_session(client_ssl) as session,
-    ):
-        client = SentinelClient(session, FixedTokens(token), base_url=url, workspace_id=WORKSPACE)
-        with pytest.raises(BatchRejected) as caught:
-            await client.upload([indicator(0)])
+    with pytest.raises(BatchRejected) as caught:
+        await upload_to_one_route(server_ssl, client_ssl, echo, [indicator(0)], token=token)
     assert caught.value.records == (RecordError(index=0, messages=("got Bearer ********",)),)
     assert_no_secret(caught.value, token)
 
@@ -585,13 +592,8 @@ async def test_a_peer_echoing_the_token_never_puts_it_in_the_error(
         body = {"error": {"code": "Bad", "message": f"got {request.headers['Authorization']}"}}
         return web.json_response(body, status=400)
 
-    async with (
-        one_route(server_ssl, STIX_PATH, echo) as url,
-        open_session(client_ssl) as session,
-    ):
-        client = SentinelClient(session, FixedTokens(token), base_url=url, workspace_id=WORKSPACE)
-        with pytest.raises(BatchRejected) as caught:
-            await client.upload([indicator(0)])
+    with pytest.raises(BatchRejected) as caught:
+        await upload_to_one_route(server_ssl, client_ssl, echo, [indicator(0)], token=token)
     assert "got Bearer ********" in str(caught.value)
     assert_no_secret(caught.value, token)
 
@@ -607,12 +609,7 @@ async def upload_two_answered_with(
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=200, body=body, content_type="application/json")
 
-    async with (
-        one_route(server_ssl, STIX_PATH, answer) as url,
-        open_session(client_ssl) as session,
-    ):
-        client = SentinelClient(session, FixedTokens(), base_url=url, workspace_id=WORKSPACE)
-        return await client.upload([indicator(0), indicator(1)])
+    return await upload_to_one_route(server_ssl, client_ssl, answer, [indicator(0), indicator(1)])
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"1", b'[{"recordIndex": 0}]'])

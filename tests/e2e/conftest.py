@@ -27,6 +27,7 @@ from shared.messages import INDICATORS, subscription, upload_queue
 from shared.state import FetcherLease
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Expected, Pipeline, mati_properties
+from simulators.sentinel import ObjectStore
 from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
 
@@ -198,6 +199,19 @@ def assert_delivered(pipeline: Pipeline, expected: Expected, *, max_uploads: int
     uploads = {k: pipeline.sims.sentinel.uploads_for(k) for k in expected.objects}
     too_many = {k: n for k, n in uploads.items() if n > max_uploads}
     assert not too_many, f"{len(too_many)} uploaded more than {max_uploads} times: {too_many}"
+
+
+async def synced_and_drained(pipeline: Pipeline) -> ObjectStore:
+    """Wait for the fetcher's first sync to complete and every queue to drain; the workspace's
+    store then."""
+
+    async def synced() -> bool:
+        feed, _ = await pipeline.counters()
+        return feed.get("sync_completed", 0) >= 1
+
+    await wait_for(synced, 60, what="the fetcher's sync", interval=0.2)
+    await pipeline.wait_drained(timeout_s=60)
+    return pipeline.sims.sentinel.store
 
 
 def upload_histogram(pipeline: Pipeline, expected: Expected) -> dict[int, int]:

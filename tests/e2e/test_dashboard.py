@@ -21,9 +21,7 @@ import contextlib
 import json
 import math
 import re
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -36,7 +34,8 @@ import yaml
 from services.fetcher.sync import Outcome
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Pipeline
-from tests.e2e.conftest import PipelineFactory, log_events, wait_for
+from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
+from tests.prometheus_tools import ensure_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "mati2sentinel.json"
@@ -186,21 +185,7 @@ class Prometheus:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "ensure-prometheus.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    binary = shutil.which("prometheus")
-    if result.returncode != 0 or binary is None:
-        pytest.fail(
-            "prometheus is missing and could not be installed (scripts/ensure-prometheus.sh): "
-            f"{result.stderr.strip()}; install Debian's prometheus package",
-            pytrace=False,
-        )
-    return binary
+    return ensure_prometheus("prometheus")
 
 
 @contextlib.asynccontextmanager
@@ -322,13 +307,7 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
         first = await prometheus.scalar("min_over_time(mati2sentinel_indicators_fetched_total[1m])")
         assert first == 0, "the first page came before Prometheus scraped the fetcher"
 
-        async def synced() -> bool:
-            feed, _ = await pipeline.counters()
-            return feed.get("sync_completed", 0) >= 1
-
-        await wait_for(synced, 60, what="the fetcher's sync", interval=0.2)
-        await pipeline.wait_drained(timeout_s=60)
-        store = pipeline.sims.sentinel.store
+        store = await synced_and_drained(pipeline)
         assert store
         feed_counters, destination_counters = await pipeline.counters()
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Pipeline
-from tests.e2e.conftest import PipelineFactory, log_events, wait_for
+from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
 from tests.unit.test_dashboard import referenced_metrics
 
 UPLOADERS = ("uploader-1", "uploader-2")
@@ -107,13 +107,7 @@ async def test_metrics_after_a_demo_sync_match_the_workspace(
     for label in SERVICES:
         ports[label] = await wait_for(partial(health_port, pipeline, label), 30, what=label)
 
-    async def synced() -> bool:
-        feed, _ = await pipeline.counters()
-        return feed.get("sync_completed", 0) >= 1
-
-    await wait_for(synced, 60, what="the fetcher's sync", interval=0.2)
-    await pipeline.wait_drained(timeout_s=60)
-    store = pipeline.sims.sentinel.store
+    store = await synced_and_drained(pipeline)
     served = served_by_mati(pipeline)
     expected = pipeline.expected(pipeline.feed.records(served))
     assert set(store) == set(expected.objects)

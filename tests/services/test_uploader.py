@@ -804,7 +804,10 @@ async def test_a_request_in_flight_when_stop_comes_is_settled(w: World) -> None:
     await assert_committed(w, items)
 
 
-async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -> None:
+@contextlib.asynccontextmanager
+async def running_service(w: World) -> AsyncIterator[Runtime]:
+    """The uploader service's loop as ``main`` runs it, on settings loaded from the environment
+    it would be given; stopped (and awaited) on leaving."""
     environ = {
         "REDIS_URL": w.redis_server.url,
         "DESTINATION": DEST,
@@ -817,48 +820,6 @@ async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -
         "SENTINEL_RATE_WINDOW_SECONDS": "2",
         "UPLOAD_LINGER_SECONDS": "0.05",
     }
-    settings = load_settings(environ, Service.UPLOADER)
-    items = await w.forward(range(5))
-    runtime = Runtime(
-        settings=settings,
-        service=Service.UPLOADER,
-        consumer="uploader-main",
-        redis=w.redis,
-        bus=RedisStreamsBus(w.redis, consumer="uploader-main", lock_duration_s=LOCK_S),
-        stop=asyncio.Event(),
-        http=w.session,
-    )
-    task = asyncio.create_task(loop(runtime))
-    try:
-        await poll(w.drained)
-    finally:
-        runtime.stop.set()
-        await task
-
-    assert_stored_once(w, items)
-    await assert_committed(w, items)
-
-
-async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is_accepted(
-    w: World,
-) -> None:
-    """The service as it runs (settings, the readiness check, the default probe back-off of
-    5 s): while Sentinel refuses everything for one reason, /readyz says why and so does
-    ``mati2sentinel status``; the probe after the fault is gone closes the circuit."""
-    environ = {
-        "REDIS_URL": w.redis_server.url,
-        "DESTINATION": DEST,
-        "AZURE_AUTHORITY_HOST": w.entra.url,
-        "AZURE_TENANT_ID": TENANT,
-        "AZURE_CLIENT_ID": CLIENT_ID,
-        "AZURE_CLIENT_SECRET": CLIENT_SECRET,
-        "AZURE_WORKSPACE_ID": WORKSPACE,
-        "SENTINEL_BASE_URL": w.sentinel.url,
-        "SENTINEL_RATE_WINDOW_SECONDS": "2",
-        "UPLOAD_LINGER_SECONDS": "0.05",
-    }
-    items = await w.forward(range(5))
-    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=3)
     runtime = Runtime(
         settings=load_settings(environ, Service.UPLOADER),
         service=Service.UPLOADER,
@@ -870,6 +831,30 @@ async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is
     )
     task = asyncio.create_task(loop(runtime))
     try:
+        yield runtime
+    finally:
+        runtime.stop.set()
+        await task
+
+
+async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -> None:
+    items = await w.forward(range(5))
+    async with running_service(w):
+        await poll(w.drained)
+
+    assert_stored_once(w, items)
+    await assert_committed(w, items)
+
+
+async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is_accepted(
+    w: World,
+) -> None:
+    """The service as it runs (settings, the readiness check, the default probe back-off of
+    5 s): while Sentinel refuses everything for one reason, /readyz says why and so does
+    ``mati2sentinel status``; the probe after the fault is gone closes the circuit."""
+    items = await w.forward(range(5))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=3)
+    async with running_service(w) as runtime:
 
         async def opened() -> bool:
             return (await w.state.circuit())[0] is CircuitState.OPEN
@@ -885,9 +870,6 @@ async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is
 
         await poll(w.drained)  # the fault was for three requests: the first probe is accepted
         assert (await runtime.health.ready())["circuit"] == "ok"
-    finally:
-        runtime.stop.set()
-        await task
 
     assert w.statuses() == [400, 400, 400, 200]
     await assert_recovered_once(w, items)
