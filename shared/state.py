@@ -36,6 +36,11 @@ Each entry: key, type and value; TTL; who writes; who reads (D = the destination
     string, the fingerprint of the version queued for upload. TTL: the filter's claim TTL.
     Written by the filter (``claim``, ``release``) and cleared by the uploader (``commit``);
     read by the uploader (``claims``: is my message superseded?).
+``m2s:{D}:claimed:<token>``
+    string, one ``1`` (granted) or ``0`` per claim of one ``claim`` call: that call's answer,
+    under a token unique to the call. TTL ``CLAIM_RECEIPT_TTL_S`` (5 min). Written by the
+    filter (``claim``) and read by the same call when its client resends it after losing
+    the reply, so the resend answers as the run that took the claims did.
 ``m2s:{D}:counters``
     hash, reason -> count (dropped_*, forwarded, uploaded, rejected, dead_lettered, …). No TTL.
     Written by the filter and the uploader; read by ``status`` and metrics.
@@ -109,6 +114,14 @@ FETCHER_TAG: Final = "fetcher"
 _DESTINATION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
+#: How long a ``claim`` call's answer is kept for a resend of that very call (``_CLAIM``). A
+#: resend is the client's own retry after a dropped connection or a timeout: within its
+#: retries times its socket timeout (the services': 3 x 30 s), so five minutes cover it. The
+#: receipts cost one byte per claim for that long, next to the claims' own hundred-odd bytes
+#: for hours.
+CLAIM_RECEIPT_TTL_S: Final = 300.0
+#: A granted claim in ``_CLAIM``'s answer.
+_GRANTED: Final = ord("1")
 
 
 #: Told of every count Redis has taken: ``(destination, counts)``, with ``""`` as the destination
@@ -233,17 +246,27 @@ end
 return 1
 """
 
-#: KEYS inflight keys; ARGV[1] ttl ms, ARGV[2] '1' if redelivery, ARGV[2 + i] fingerprint i.
+#: KEYS inflight keys, then the call's receipt; ARGV[1] ttl ms, ARGV[2] '1' if redelivery,
+#: ARGV[3] receipt ttl ms, ARGV[3 + i] fingerprint i. Returns one character per claim, '1'
+#: granted, '0' not.
 #: A first delivery takes a free claim, or one holding a different fingerprint (it is the
 #: newer version: it supersedes the queued one); the same fingerprint is someone else's
 #: queued message. A redelivery takes a free claim or its own fingerprint's (its forward may
 #: have failed and must happen again), never another's: a redelivered message may be older
 #: than the version that claimed since, and must not push it aside.
+#: The answer is kept under the receipt (a key named by a token unique to the call) and a run
+#: that finds it returns it unchanged: a client that resends the call because its reply was
+#: lost gets the answer of the run that took the claims, not "someone else's" for its own.
 _CLAIM: Final = """
+local receipt = KEYS[#KEYS]
+local answered = redis.call('GET', receipt)
+if answered then
+  return answered
+end
 local redelivery = ARGV[2] == '1'
 local claimed = {}
-for i, key in ipairs(KEYS) do
-  local fingerprint = ARGV[i + 2]
+for i = 1, #KEYS - 1 do
+  local key, fingerprint = KEYS[i], ARGV[i + 3]
   local held = redis.pcall('GET', key)
   local free = type(held) ~= 'string'
   local take
@@ -254,12 +277,14 @@ for i, key in ipairs(KEYS) do
   end
   if take then
     redis.call('SET', key, fingerprint, 'PX', ARGV[1])
-    claimed[i] = 1
+    claimed[i] = '1'
   else
-    claimed[i] = 0
+    claimed[i] = '0'
   end
 end
-return claimed
+local answer = table.concat(claimed)
+redis.call('SET', receipt, answer, 'PX', ARGV[3])
+return answer
 """
 
 #: KEYS inflight keys; ARGV[i] fingerprint i. Compare-and-delete.
@@ -511,6 +536,9 @@ class DestinationState:
     def inflight_key(self, stix_id: str) -> str:
         return f"{self.prefix}inflight:{compact_id(stix_id)}"
 
+    def claim_receipt_key(self, token: str) -> str:
+        return f"{self.prefix}claimed:{token}"
+
     async def seen(self, stix_ids: Sequence[str]) -> list[SeenEntry | None]:
         """What was last uploaded for each id (one ``MGET``); unreadable values read as
         ``None``, i.e. "not seen": one extra upload, never a lost indicator."""
@@ -537,13 +565,25 @@ class DestinationState:
         ``ttl_s`` should outlast the upload queue's worst backlog: an expired claim only lets a
         later sync queue a duplicate (an idempotent re-upload), never loses anything. Pairs are
         applied in order, so a repeated id in one batch sees the claim its predecessor made.
+
+        A call is answered once: the client resends it when the reply was lost (a dropped
+        connection, a Redis restart, a timeout) after the script had run, and that resend gets
+        the first run's answer from the call's receipt. Judged afresh, a first delivery would
+        find its own claims "held with the same fingerprint" and drop its indicators as
+        already queued, with nothing queued (``CLAIM_RECEIPT_TTL_S``).
         """
         if not claims:
             return []
         keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
-        args: list[str | int] = [_positive_ms(ttl_s, "ttl_s"), "1" if redelivery else "0"]
+        keys.append(self.claim_receipt_key(secrets.token_hex(8)))
+        args: list[str | int] = [
+            _positive_ms(ttl_s, "ttl_s"),
+            "1" if redelivery else "0",
+            _positive_ms(CLAIM_RECEIPT_TTL_S, "receipt ttl"),
+        ]
         args.extend(fingerprint for _, fingerprint in claims)
-        return [bool(flag) for flag in await _run(self._claim, keys, args, "claim")]
+        answer = _bytes(await _run(self._claim, keys, args, "claim"))
+        return [flag == _GRANTED for flag in answer]
 
     async def release(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
         """Drop claims we made but will not forward (the forward failed, the message was

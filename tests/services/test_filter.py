@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 
 from services.filter.main import loop
 from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
+from services.local.redis import LocalRedis
 from services.runtime import Runtime
 from shared.bus import Delivery, Message
 from shared.bus.base import BusUnavailable, Target
@@ -39,10 +40,12 @@ from shared.messages import (
     upload_queue,
 )
 from shared.parsing import Rejection, parse_indicator
+from shared.redis_connect import connect
 from shared.settings import Service, load_settings
 from shared.state import DestinationState
 from shared.stix import StixPolicy, content, stix_id
 from simulators.feed import Feed
+from tests.state.lost_replies import LostReplies
 
 DEST = "acme"
 SOURCE = subscription(DEST)
@@ -378,6 +381,42 @@ async def test_a_redelivered_message_takes_over_its_claim_and_is_forwarded(rig: 
     assert [(r.stix_id, r.fingerprint) for r in await uploads(rig.bus)] == [(sid, fp)]
 
     assert (await sync(rig, worker, again(record)))["dropped_in_flight"] == 1
+    await assert_settled(rig)
+
+
+async def test_a_claim_whose_reply_was_lost_still_forwards_its_batch(
+    rig: Rig, redis_server: LocalRedis
+) -> None:
+    """Redis ran the batch's claim script, then the reply was lost (Redis killed before it was
+    sent, a dropped connection) and the client sent the script again. The batch must be
+    forwarded as the claims were granted: judged afresh, these first deliveries found their
+    own claims "in flight", were completed with nothing queued, and their indicators lost."""
+    records = [passing(of_type("ipv4", n)) for n in range(3)]
+    await publish(rig.bus, *records)
+    batch = await take(rig.bus, SOURCE, 3)
+    async with LostReplies(redis_server.port) as proxy:
+        client = connect(proxy.url, retry=Retry(NoBackoff(), 3))
+        try:
+            state = DestinationState(client, DEST)
+            await state.claim([("warm-up", "0")], ttl_s=1)  # loads the script: no NOSCRIPT
+            proxy.lose_reply_to(b":inflight:")
+            worker = FilterWorker(
+                bus=rig.bus,
+                state=state,
+                filter_policy=FilterPolicy(),
+                stix_policy=STIX,
+                destination=DEST,
+                clock=rig.clock,
+                rng=random.Random(1),
+            )
+            outcome = await worker.handle(batch)
+        finally:
+            await client.aclose()
+        assert proxy.lost == 1, "the claim ran, its reply was lost and the claim sent again"
+
+    assert (outcome["forwarded_new"], outcome["dropped_in_flight"]) == (3, 0)
+    queued = sorted((r.stix_id, r.fingerprint) for r in await uploads(rig.bus))
+    assert queued == sorted(expected(r) for r in records)
     await assert_settled(rig)
 
 

@@ -36,7 +36,9 @@ from redis.exceptions import (
 from services.local.redis import LocalRedis, free_port
 from shared.errors import FatalError, TransientError
 from shared.fingerprint import SeenEntry
+from shared.redis_connect import connect
 from shared.state import (
+    CLAIM_RECEIPT_TTL_S,
     Checkpoint,
     CircuitState,
     DestinationState,
@@ -50,6 +52,7 @@ from shared.state import (
     destination_prefix,
 )
 from shared.stix import stix_id
+from tests.state.lost_replies import LostReplies
 
 FP_A = "a" * 32
 FP_B = "b" * 32
@@ -284,6 +287,38 @@ async def test_claim_applies_a_batch_in_order_and_overwrites_foreign_values(
         True,
     ]
     assert await dest.claims([a, b]) == [FP_B, FP_C]
+
+
+@pytest.mark.parametrize("redelivery", [False, True])
+async def test_a_claim_resent_after_its_reply_was_lost_answers_as_its_first_run(
+    redis_server: LocalRedis, dest: DestinationState, redelivery: bool
+) -> None:
+    """The script ran and took the claims, then the reply was lost (Redis killed before it
+    was sent, a dropped connection) and the client sent the call again. The resend must not
+    judge afresh: a first delivery would find its own claims "already queued" and drop its
+    indicators, with nothing queued. Claims another call holds stay refused all the same."""
+    a, b, c = ids(3)
+    await dest.claim([(c, FP_C)], ttl_s=60)  # another message's, queued
+    async with LostReplies(redis_server.port) as proxy:
+        client = connect(proxy.url, retry=Retry(NoBackoff(), 3))
+        try:
+            state = DestinationState(client, "acme")
+            await state.claim([(b, FP_B)], ttl_s=60)  # loads the script: no NOSCRIPT below
+            proxy.lose_reply_to(b":inflight:")
+
+            granted = await state.claim(
+                [(a, FP_A), (b, FP_A), (c, FP_C)], ttl_s=60, redelivery=redelivery
+            )
+        finally:
+            await client.aclose()
+        assert proxy.lost == 1, "the first run's reply was lost, the call sent again"
+
+    assert granted == [True, not redelivery, redelivery]
+    assert await dest.claims([a, b, c]) == [FP_A, FP_A if not redelivery else FP_B, FP_C]
+    receipts = [key async for key in dest._client.scan_iter(dest.claim_receipt_key("*"))]
+    assert len(receipts) == 3, "one per call (the resend read its own), each short-lived"
+    for key in receipts:
+        assert 0 < await dest._client.pttl(key) <= CLAIM_RECEIPT_TTL_S * 1000
 
 
 async def test_release_only_deletes_the_fingerprint_it_names(dest: DestinationState) -> None:
