@@ -10,9 +10,12 @@ if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1;
     exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    # policy-rc.d keeps the package from starting a system-wide Prometheus we do not want.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    # policy-rc.d keeps the package from starting a system-wide Prometheus we do not want;
+    # a machine's own policy-rc.d is left as it is.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     export DEBIAN_FRONTEND=noninteractive
     # No recommends: prometheus-node-exporter is not needed to run tests.
     install=(apt-get install -y -qq --no-install-recommends prometheus)
