@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from services.fetcher.sync import Outcome
+from services.local.redis import free_port
 from simulators.feed import Feed
 from simulators.pipeline import DESTINATION, Pipeline
 from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
@@ -57,13 +57,6 @@ SERVICES = {
 FIRST_PAGE_HOLD_S = 4 * SCRAPE_S
 
 Json = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Prometheus:

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.local.redis import LocalRedis
+from services.local.redis import LocalRedis, free_port
 from shared.settings import DEFAULT_HEALTH_PORTS, Service
 from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus
@@ -53,12 +53,6 @@ def taken_port() -> Iterator[int]:
         holder.close()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("service", ["fetcher", "filter", "uploader"])
 async def test_a_taken_health_port_is_one_line_and_exit_2(
     service: str, taken_port: int, redis_server: LocalRedis
@@ -81,7 +75,7 @@ async def test_sync_once_binds_no_port(taken_port: int) -> None:
     never asks for it (it fails here only for want of a Redis, which it says in one line)."""
     env = {
         **CREDENTIALS,
-        "REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "HEALTH_PORT": str(taken_port),
     }
     result = await run(env, "sync", "--once")
@@ -119,7 +113,7 @@ async def test_an_unreadable_ca_file_is_one_line_and_exit_2(
 async def test_an_operator_command_without_redis_is_one_line_and_exit_1(
     command: list[str],
 ) -> None:
-    env = {"REDIS_URL": f"redis://:hunter2-redis@127.0.0.1:{closed_port()}/0"}
+    env = {"REDIS_URL": f"redis://:hunter2-redis@127.0.0.1:{free_port()}/0"}
     result = await run(env, *command)
     assert result.code == 1, result.output
     line = assert_one_line(result, f"mati2sentinel {command[0]}:", "Connect")
