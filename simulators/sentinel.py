@@ -27,6 +27,7 @@ un-escaped literal; a top-level custom (``x_``) property fails its record, while
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -218,6 +219,9 @@ class SentinelSimulator(SimServer):
         self.window_s = window_s
         self.max_objects = max_objects
         self.error_key: str = error_key
+        #: How long an admitted upload takes before it is answered: a gateway and ingestion that
+        #: are not instant, so uploads spread over time the way they do against Sentinel.
+        self.upload_latency_s = 0.0
         #: Monotonic clock of the rate limiter (replaceable in tests).
         self.clock: Callable[[], float] = time.monotonic
         self.store = ObjectStore()
@@ -385,6 +389,8 @@ class SentinelSimulator(SimServer):
         if isinstance(body, web.Response):
             return body
         source, objects = body
+        if self.upload_latency_s > 0:
+            await asyncio.sleep(self.upload_latency_s)
         refusal = self.faults.take(api.route, _REFUSALS)
         if refusal is not None:
             return self._refuse(api, objects, refusal)
