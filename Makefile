@@ -51,7 +51,7 @@ fmt: venv
 	$(BIN)/ruff check --fix shared services simulators tests
 
 simulate: venv
-	$(BIN)/mati2sentinel simulate
+	$(BIN)/python -m simulators
 
 check-config: venv
 	@set -a; [ ! -f .env ] || . ./.env; set +a; $(BIN)/mati2sentinel check-config

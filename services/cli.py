@@ -25,13 +25,6 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate(args: argparse.Namespace) -> int:
-    # Imported here: the simulators are a development tool, never loaded by a service.
-    from simulators.__main__ import run
-
-    return run(args)
-
-
 def fetcher(args: argparse.Namespace) -> int:
     from services.fetcher.main import main
 
@@ -62,7 +55,10 @@ def run_local(args: argparse.Namespace) -> int:
 
     from services.local.supervisor import run_local as run
 
-    return asyncio.run(run(os.environ, Path(args.state_dir)))
+    try:
+        return asyncio.run(run(os.environ, Path(args.state_dir)))
+    except PipelineError as exc:
+        return _failed("run-local", exc)
 
 
 def _admin(command: str, work: Callable[[runtime.Runtime], object]) -> int:
@@ -247,18 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="check only what this service needs (default: all)",
     )
     check.set_defaults(handler=check_config)
-
-    sim = commands.add_parser(
-        "simulate", help="run the MATI, Entra ID and Sentinel simulators in the foreground"
-    )
-    sim.add_argument("--indicators", type=int, default=20_000, help="size of the simulated feed")
-    sim.add_argument("--days", type=float, default=30, help="days the feed spans")
-    sim.add_argument("--seed", type=int, default=7, help="seed of the feed generator")
-    sim.add_argument("--state-dir", default=".state/simulators", help="where the CA file goes")
-    sim.add_argument(
-        "--env-file", default=None, help="also write the settings that point at the simulators"
-    )
-    sim.set_defaults(handler=simulate)
     return parser
 
 

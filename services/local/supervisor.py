@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from services.local.redis import LocalRedis
+from shared.errors import ConfigError
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -106,7 +107,12 @@ async def run_local(env: Mapping[str, str], state_dir: Path) -> int:
     environment = dict(env)
     if "REDIS_URL" not in environment:
         redis = LocalRedis(state_dir / "redis")
-        await asyncio.to_thread(redis.start)
+        try:
+            await asyncio.to_thread(redis.start)
+        except OSError as exc:
+            raise ConfigError(
+                [f"--state-dir {state_dir}: {exc.strerror or exc}: give a writable directory"]
+            ) from None
         environment["REDIS_URL"] = redis.url
         print(f"redis: {redis.url} (AOF in {state_dir / 'redis'})", flush=True)
     # Each service takes its own default probe port (fetcher 8081, filter 8082, uploader

