@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -28,12 +27,7 @@ from shared import metrics, tracing
 from shared.bus.redis_streams import GROUP, RedisStreamsBus
 from shared.messages import INDICATORS, subscription, upload_queue
 from shared.settings import Service, Settings, load_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "deploy" / "k8s" / "mati2sentinel"
-TOOLS = ROOT / ".tools"
-HELM = TOOLS / "bin" / "helm"
-KUBE_VERSION = "1.32.0"
+from tests.helm_tools import CHART, ROOT, TOOLS, helm_template, install_chart_tools
 
 VARIANTS: dict[str, list[Path]] = {
     "servicebus": [CHART / "ci" / "site-values.yaml"],
@@ -62,20 +56,7 @@ Manifest = dict[str, Any]
 
 @pytest.fixture(scope="session", autouse=True)
 def _chart_tools() -> None:
-    """The pinned helm (and the KEDA validator's packages): installed once into .tools/."""
-    subprocess.run([str(ROOT / "scripts" / "install-chart-tools.sh")], check=True, cwd=ROOT)
-
-
-def helm_template(*files: Path, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    command = [str(HELM), "template", "m2s", str(CHART), "--namespace", "mati2sentinel"]
-    command += ["--kube-version", KUBE_VERSION]
-    for f in files:
-        command += ["-f", str(f)]
-    for s in sets:
-        # helm --set reads 60.5 as a string; a decimal goes through --set-json as a number.
-        decimal = re.fullmatch(r"[^=]+=-?[0-9]+\.[0-9]+", s)
-        command += ["--set-json" if decimal else "--set", s]
-    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
+    install_chart_tools()
 
 
 @cache
@@ -721,10 +702,16 @@ def test_schema_rejects_bad_values(bad: str) -> None:
 
 
 def test_schema_accepts_the_services_other_spellings() -> None:
-    docs = render("servicebus", "settings.EXCLUDE_OSINT=FALSE", "settings.HASH_TYPE=all")
+    docs = render(
+        "servicebus",
+        "settings.EXCLUDE_OSINT=FALSE",
+        "settings.HASH_TYPE=all",
+        "settings.AZURE_AUTHORITY_HOST=https://login.example:8443",
+    )
     env = configmap_env(docs)
     assert env["EXCLUDE_OSINT"] == "FALSE"
     assert env["HASH_TYPE"] == "all"
+    assert env["AZURE_AUTHORITY_HOST"] == "https://login.example:8443"
 
 
 # --------------------------------------------------------------------------------------------
