@@ -1,6 +1,7 @@
 # One image for the three services; the Helm chart picks one per Deployment:
 #   python -m services.fetcher | services.filter | services.uploader
 # Build: docker build --build-arg PYTHON_IMAGE=<slim Python 3.11 base> -t mati2sentinel .
+#    or: make image (buildah, no Docker engine; scripts/build-image.sh)
 # The base is an ARG so a site can use its own mirrored or hardened Python 3.11 slim image.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -18,7 +19,7 @@ COPY services ./services
 # Only wheels: nothing is compiled, so the build stage needs no compiler either.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --only-binary=:all: /wheels/mati2sentinel-*.whl \
-    && /opt/venv/bin/pip uninstall --yes pip \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/venv/bin/python -c "import services.fetcher.main, services.filter.main, services.uploader.main"
 
 # --- runtime: the interpreter, the virtualenv, a numeric non-root user; no build tools ------

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo bench clean
+.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo bench image clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench     the performance figures on this machine (table + bench-results.json)"
 	@echo "make run       the three services against the real APIs, settings from .env"
 	@echo "make simulate  run the MATI, Entra ID and Sentinel simulators in the foreground"
+	@echo "make image     build the container image with buildah (no Docker engine needed)"
 	@echo "make fmt       format the code"
 
 venv: $(STAMP)
@@ -72,6 +73,12 @@ bench: venv redis
 run: venv redis
 	@test -f .env || { echo "make run needs a .env: cp .env.example .env and fill it in"; exit 2; }
 	@set -a; . ./.env; set +a; $(BIN)/mati2sentinel run-local --state-dir .state
+
+# The image from the Dockerfile with Debian's buildah (installed when missing, as root): no
+# Docker engine, no registry. PYTHON_IMAGE=<base> builds on that base; unset, on a local
+# stand-in for python:3.11-slim-bookworm built once with debootstrap. Prints the image's size.
+image:
+	scripts/build-image.sh $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
