@@ -100,6 +100,20 @@ def podman(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
+async def podman_captured(*args: str, timeout_s: float) -> CliResult:
+    """``podman args`` run to its end: its exit code (a container's, for run and exec), its
+    stdout and its stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *PODMAN,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    return CliResult(process.returncode or 0, out.decode(), err.decode())
+
+
 # ---- the chart's pods ----------------------------------------------------------------------
 
 
@@ -247,31 +261,11 @@ class Host:
         name = f"m2s-e2e-{label}-{uuid.uuid4().hex[:8]}"
         settings = {k: v for k, v in {**spec.env, **(env or {})}.items() if k not in unset}
         args = self.run_args(spec, name, settings)
-        process = await asyncio.create_subprocess_exec(
-            *PODMAN,
-            *args,
-            self.image,
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 120)
-        return CliResult(process.returncode or 0, out.decode(), err.decode())
+        return await podman_captured(*args, self.image, *command, timeout_s=120)
 
     async def exec(self, container: Container, *command: str) -> CliResult:
         """``podman exec`` into a running container, as ``kubectl exec`` into a pod."""
-        process = await asyncio.create_subprocess_exec(
-            *PODMAN,
-            "exec",
-            container.name,
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        return CliResult(process.returncode or 0, out.decode(), err.decode())
+        return await podman_captured("exec", container.name, *command, timeout_s=60)
 
     def log(self, container: Container) -> str:
         return (self.logs / f"{container.label}.log").read_text(errors="replace")
