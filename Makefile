@@ -30,8 +30,9 @@ redis: venv
 	@scripts/ensure-redis.sh $(VENV) >/dev/null
 
 lint: venv
-	$(BIN)/ruff check shared services simulators tests
-	$(BIN)/ruff format --check shared services simulators tests
+	$(BIN)/ruff check shared services simulators harness tests
+	$(BIN)/ruff format --check shared services simulators harness tests
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
@@ -48,8 +49,8 @@ test: lint typecheck redis chart
 	$(BIN)/pytest -q
 
 fmt: venv
-	$(BIN)/ruff format shared services simulators tests
-	$(BIN)/ruff check --fix shared services simulators tests
+	$(BIN)/ruff format shared services simulators harness tests
+	$(BIN)/ruff check --fix shared services simulators harness tests
 
 simulate: venv
 	$(BIN)/python -m simulators
@@ -60,7 +61,7 @@ check-config: venv
 # The whole pipeline on this machine against the simulators: a private Redis, the simulated
 # MATI, Entra ID and Sentinel, the three services; two checked syncs; exit 0 only if both hold.
 demo: venv redis
-	$(BIN)/python -m simulators.demo
+	$(BIN)/python -m harness.demo
 
 # The performance figures on this machine against a private Redis and the simulators: a table
 # on stdout and bench-results.json (ignored by git). About 9 minutes; installs py-spy into the

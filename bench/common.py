@@ -19,8 +19,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
-from shared.redis_connect import CPackedConnection
+from services.cli.redis_server import LocalRedis
+from shared.adapters.redis_connect import CPackedConnection
 
 #: Filters that let every record through, so a feed of N indicators is N uploads: the worst
 #: case for throughput (nothing is dropped early), and the figures stay per indicator.

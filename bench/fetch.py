@@ -20,13 +20,13 @@ from redis.asyncio import Redis
 
 from bench.common import Figure, private_redis
 from services.fetcher.sync import Fetcher, FetcherConfig, Outcome
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.http import open_session
-from shared.mati_client import IndicatorQuery, MatiClient, RawPage
-from shared.messages import subscription
-from shared.secrets import Secret
-from shared.state import FeedState, FetcherLease
-from shared.tls import client_context
+from shared.adapters.http import open_session
+from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import FeedState, FetcherLease
+from shared.adapters.tls import client_context
+from shared.contract.messages import subscription
+from shared.core.secrets import Secret
 from simulators.feed import Feed
 from simulators.harness import Simulators
 

@@ -22,12 +22,18 @@ from typing import Any
 
 from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
 from services.filter.worker import BatchOutcome, FilterWorker
-from shared.bus import Delivery, Message
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.fingerprint import SeenEntry
-from shared.messages import INDICATORS, raw_message, read_upload, subscription, upload_queue
-from shared.settings import Service, load_settings
-from shared.state import DestinationState
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import DestinationState
+from shared.contract.bus import Delivery, Message
+from shared.contract.messages import (
+    INDICATORS,
+    raw_message,
+    read_upload,
+    subscription,
+    upload_queue,
+)
+from shared.core.fingerprint import SeenEntry
+from shared.core.settings import Service, load_settings
 from simulators.feed import Feed
 
 DESTINATION = "bench"

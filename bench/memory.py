@@ -18,10 +18,10 @@ from typing import Any
 
 from bench.common import Figure, mib
 from bench.runs import NO_QUOTA, Run, first_page, pipeline_run
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.messages import subscription, upload_queue
-from shared.state import DestinationState, FeedState, default_rate_margin_s
-from simulators.pipeline import DESTINATION
+from harness.pipeline import DESTINATION
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import DestinationState, FeedState, default_rate_margin_s
+from shared.contract.messages import subscription, upload_queue
 
 #: The widest budget the settings allow (SENTINEL_REQUESTS_PER_MINUTE ≤ 100, window ≥ 1 s).
 WIDE_OPEN = {"SENTINEL_REQUESTS_PER_MINUTE": "100", "SENTINEL_RATE_WINDOW_SECONDS": "1"}

@@ -44,7 +44,7 @@ def _project(frame: str) -> bool:
 
 
 def _short(frame: str) -> str:
-    """``function (shared/parsing.py:155)`` from py-spy's ``function (/abs/path.py:155)``."""
+    """``function (shared/core/parsing.py:155)`` from py-spy's ``function (/abs/path.py:155)``."""
     return frame.replace(str(ROOT) + "/", "")
 
 

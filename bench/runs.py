@@ -1,4 +1,4 @@
-"""Driving the whole product (``simulators.pipeline.Pipeline``: Redis, simulators, services as
+"""Driving the whole product (``harness.pipeline.Pipeline``: Redis, simulators, services as
 processes) for the figures that need it, and reading what happened from the simulators."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import PIPELINE_ENV, cpu_seconds, poll_until, vm_hwm_bytes
-from services.local.supervisor import Child
+from harness.pipeline import Pipeline
+from services.cli.supervisor import Child
 from services.runtime import tune_gc
-from shared.mati_client import IndicatorQuery
+from shared.adapters.mati_client import IndicatorQuery
 from simulators.feed import Feed
-from simulators.pipeline import Pipeline
 
 #: A simulated Sentinel that never throttles.
 NO_QUOTA = 1_000_000_000

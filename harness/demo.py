@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.pipeline import Expected, Pipeline, mati_properties
 from simulators.feed import Feed
-from simulators.pipeline import Expected, Pipeline, mati_properties
 
 
 def say(text: str = "") -> None:
@@ -134,7 +134,7 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulators.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__)
     parser.add_argument("--indicators", type=int, default=20_000)
     parser.add_argument("--days", type=float, default=29)
     parser.add_argument("--state-dir", type=Path, default=Path(".state/demo"))

@@ -19,25 +19,25 @@ from typing import Any, Final, Self
 
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
-from services.local.supervisor import Child, ServiceProcesses
-from shared.bus import Bus
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.filters import evaluate
-from shared.fingerprint import fingerprint
-from shared.indicator import Indicator
-from shared.messages import subscription, upload_queue
-from shared.parsing import parse_indicator
-from shared.settings import Service, Settings, load_settings
-from shared.state import DestinationState, FeedState
-from shared.stix import content, stix_id
+from services.cli.redis_server import LocalRedis
+from services.cli.supervisor import Child, ServiceProcesses
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import DestinationState, FeedState
+from shared.contract.bus import Bus
+from shared.contract.messages import subscription, upload_queue
+from shared.core.filters import evaluate
+from shared.core.fingerprint import fingerprint
+from shared.core.indicator import Indicator
+from shared.core.parsing import parse_indicator
+from shared.core.settings import Service, Settings, load_settings
+from shared.core.stix import content, stix_id
 from simulators.feed import Feed
 from simulators.harness import Simulators
 
 DESTINATION = "demo"
 #: The product's STIX property extension (MATI id, threat score, fingerprint), spelled out
 #: rather than imported, so the checks notice if the product ever writes another one;
-#: tests/simulators/test_harness.py pins it to ``shared.fingerprint.EXTENSION_ID``.
+#: tests/simulators/test_harness.py pins it to ``shared.core.fingerprint.EXTENSION_ID``.
 MATI_EXTENSION: Final = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
 
 
@@ -104,7 +104,7 @@ class Pipeline:
     def _observer_bus(self, redis: Redis) -> Bus:
         """A bus client of our own, to watch the queues the services work on."""
         if self.env.get("BUS") == "servicebus":
-            from shared.bus.servicebus import ServiceBusBus
+            from shared.adapters.servicebus import ServiceBusBus
 
             return ServiceBusBus.from_connection_string(
                 self.env["SERVICEBUS_CONNECTION_STRING"], consumer="observer"

@@ -30,17 +30,18 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from shared import logs, metrics, tracing
-from shared.bus import Bus
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.bus.servicebus import ServiceBusBus
-from shared.errors import ConfigError, FatalError
-from shared.health import Health, HealthServer
-from shared.http import open_session
-from shared.redis_connect import connect
-from shared.secrets import Secret
-from shared.settings import Service, Settings, load_settings, url_password
-from shared.tls import client_context
+from services import observability
+from shared.adapters.http import open_session
+from shared.adapters.redis_connect import connect
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.servicebus import ServiceBusBus
+from shared.adapters.tls import client_context
+from shared.contract.bus import Bus
+from shared.core.errors import ConfigError, FatalError
+from shared.core.secrets import Secret
+from shared.core.settings import Service, Settings, load_settings, url_password
+from shared.telemetry import logs, tracing
+from shared.telemetry.health import Health, HealthServer
 
 log = logs.get_logger(__name__)
 
@@ -215,8 +216,8 @@ async def _serve(
 ) -> int:
     async with (
         open_runtime(settings, service, http=http) as runtime,
-        # Counters, gauges and upload latency; /metrics on the probes' port (shared.metrics).
-        metrics.serving(
+        # Counters, gauges and upload latency; /metrics on the probes' port.
+        observability.serving(
             service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
         ),
         _probes(runtime.health, settings.health_port if probes else None) as port,

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
-from shared.redis_connect import connect
-from shared.tls import client_context
+from services.cli.redis_server import LocalRedis
+from shared.adapters.redis_connect import connect
+from shared.adapters.tls import client_context
 from simulators.tls import SimulatorCA, mint_ca
 
 #: Variables a developer's shell may carry that would change what a test sees.

@@ -14,8 +14,8 @@ from typing import Literal
 import orjson
 
 from services.runtime import Runtime
-from shared.bus import DeadLetter, Source
-from shared.messages import subscription, upload_queue
+from shared.contract.bus import DeadLetter, Source
+from shared.contract.messages import subscription, upload_queue
 
 Which = Literal["upload", "indicators"]
 

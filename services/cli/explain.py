@@ -4,7 +4,7 @@ Nothing here stores anything per indicator (memory stays flat however large the 
 answer is re-derived from what the pipeline already keeps. ``gather`` asks MATI for the
 indicator as it is now and reads, for its STIX ids, the seen cache, the in-flight claims, the
 first ``scan_limit`` messages of the subscription and the upload queue (``Bus.peek``: nothing
-is locked or counted) and their dead letters. ``services.explain_core.judge`` (pure) turns
+is locked or counted) and their dead letters. ``services.cli.explain_core.judge`` (pure) turns
 those facts into the verdict; ``render`` prints it. The scans are bounded, and the answer says
 when one was cut.
 """
@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from services.explain_core import (
+from services.cli.explain_core import (
     DEFAULT_SCAN_LIMIT,
     Explanation,
     Facts,
@@ -29,11 +29,11 @@ from services.explain_core import (
     judge,
     read_query,
 )
-from shared.bus import Bus, DeadLetter, Peeked, Source
-from shared.messages import MalformedMessage, read_upload, subscription, upload_queue
-from shared.parsing import format_timestamp, parse_indicator
-from shared.settings import Settings
-from shared.state import DestinationState, FeedState
+from shared.adapters.state import DestinationState, FeedState
+from shared.contract.bus import Bus, DeadLetter, Peeked, Source
+from shared.contract.messages import MalformedMessage, read_upload, subscription, upload_queue
+from shared.core.parsing import format_timestamp, parse_indicator
+from shared.core.settings import Settings
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",
@@ -51,7 +51,7 @@ __all__ = [
 
 
 class Lookups(Protocol):
-    """What ``gather`` needs from ``shared.mati_client.MatiClient``."""
+    """What ``gather`` needs from ``shared.adapters.mati_client.MatiClient``."""
 
     async def lookup(
         self,

@@ -4,7 +4,7 @@ verdict, with no I/O (DESIGN §10: the core is tested without any server).
 ``judge`` applies the destination's filters to the record MATI holds now and, for each STIX id
 the indicator has (or may have had, under another ``HASH_TYPE``), says where it is, the most
 current place first: held or queued for upload, claimed, waiting for the filter, in Sentinel
-(up to date, refresh due, or stale), dead-lettered, or nowhere, and why. ``services.explain``
+(up to date, refresh due, or stale), dead-lettered, or nowhere, and why. ``services.cli.explain``
 reads the facts (``gather``) and prints the answer.
 """
 
@@ -19,13 +19,13 @@ from typing import Any, Final
 
 import orjson
 
-from shared.bus import Source, Subscription
-from shared.filters import DropReason, FilterPolicy, Observable, evaluate
-from shared.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
-from shared.indicator import HashType, Indicator, IndicatorType
-from shared.messages import subscription, upload_queue
-from shared.parsing import Rejection, format_timestamp, parse_indicator
-from shared.stix import StixPolicy, content, stix_id
+from shared.contract.bus import Source, Subscription
+from shared.contract.messages import subscription, upload_queue
+from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
+from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
+from shared.core.indicator import HashType, Indicator, IndicatorType
+from shared.core.parsing import Rejection, format_timestamp, parse_indicator
+from shared.core.stix import StixPolicy, content, stix_id
 
 #: How many messages of each queue and dead-letter queue one ``explain`` reads at most.
 DEFAULT_SCAN_LIMIT: Final = 1000

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from services import runtime
-from shared.errors import ConfigError, PipelineError
-from shared.settings import Service
+from shared.core.errors import ConfigError, PipelineError
+from shared.core.settings import Service
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def run_local(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from services.local.supervisor import run_local as run
+    from services.cli.supervisor import run_local as run
 
     try:
         return asyncio.run(run(os.environ, Path(args.state_dir)))
@@ -90,7 +90,7 @@ def _failed(command: str, exc: PipelineError) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from services import status as status_
+    from services.cli import status as status_
 
     async def show(rt: runtime.Runtime) -> None:
         current = await status_.collect(rt)
@@ -103,7 +103,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def dlq(args: argparse.Namespace) -> int:
-    from services import dlq as dlq_
+    from services.cli import dlq as dlq_
 
     async def work(rt: runtime.Runtime) -> None:
         if args.action == "replay":
@@ -124,9 +124,9 @@ def explain(args: argparse.Namespace) -> int:
     fetcher's settings; otherwise it reads state and queues like ``status``."""
     from datetime import UTC, datetime
 
-    from services import explain as explain_
-    from shared.mati_client import MatiClient
-    from shared.state import DestinationState, FeedState
+    from services.cli import explain as explain_
+    from shared.adapters.mati_client import MatiClient
+    from shared.adapters.state import DestinationState, FeedState
 
     try:
         query = explain_.read_query(args.indicator)
@@ -249,7 +249,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

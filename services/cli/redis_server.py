@@ -18,7 +18,7 @@ from typing import Self
 
 import redis
 
-from shared.errors import ConfigError
+from shared.core.errors import ConfigError
 
 
 def redis_server_binary() -> str:

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 
 from services.runtime import Runtime
-from shared.bus import Bus, EntityCounts, Source, Subscription
-from shared.messages import subscription, upload_queue
-from shared.settings import Settings
-from shared.state import DestinationState, FeedState, RateBudget
+from shared.adapters.state import DestinationState, FeedState, RateBudget
+from shared.contract.bus import Bus, EntityCounts, Source, Subscription
+from shared.contract.messages import subscription, upload_queue
+from shared.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from services.local.redis import LocalRedis
-from shared.errors import ConfigError
-from shared.logs import get_logger
+from services.cli.redis_server import LocalRedis
+from shared.core.errors import ConfigError
+from shared.telemetry.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -27,11 +27,11 @@ from services.fetcher.sync import (
     utc_now,
 )
 from services.runtime import Runtime, run_service
-from shared import logs
-from shared.errors import ConfigError
-from shared.mati_client import MatiClient
-from shared.settings import Service
-from shared.state import FeedState, FetcherLease
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.state import FeedState, FetcherLease
+from shared.core.errors import ConfigError
+from shared.core.settings import Service
+from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
 

@@ -27,14 +27,14 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Final
 
-from shared import logs, tracing
-from shared.bus import Bus
-from shared.errors import FatalError, PagingInterrupted, PipelineError
-from shared.mati_client import MAX_LIMIT, IndicatorQuery, MatiClient, RawPage
-from shared.messages import INDICATORS, raw_message, subscription
-from shared.parsing import parse_timestamp
-from shared.settings import Settings
-from shared.state import FeedState, FetcherLease
+from shared.adapters.mati_client import MAX_LIMIT, IndicatorQuery, MatiClient, RawPage
+from shared.adapters.state import FeedState, FetcherLease
+from shared.contract.bus import Bus
+from shared.contract.messages import INDICATORS, raw_message, subscription
+from shared.core.errors import FatalError, PagingInterrupted, PipelineError
+from shared.core.parsing import parse_timestamp
+from shared.core.settings import Settings
+from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
 
@@ -310,7 +310,7 @@ class Fetcher:
         """Publish the page whole, THEN move the checkpoint, THEN count it."""
         records, run_id = page.indicators, progress.run_id
         page_trace = tracing.inject({})  # every record carries the page's context
-        messages = [raw_message(r, run_id=run_id, carried=page_trace) for r in records]
+        messages = [raw_message(r, run_id=run_id, trace=page_trace) for r in records]
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
             await self._bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)
@@ -467,5 +467,5 @@ def _newest(records: Sequence[Any], limit: datetime) -> tuple[datetime | None, i
 
 
 def _describe(exc: BaseException) -> str:
-    """Class and message; adapters keep secrets out of their messages (shared.errors)."""
+    """Class and message; adapters keep secrets out of their messages (shared.core.errors)."""
     return f"{type(exc).__name__}: {exc}"[:500]

@@ -10,11 +10,11 @@ import random
 
 from services.filter.worker import UNAVAILABLE_BACKOFF, FilterWorker, wait_or_stop
 from services.runtime import Runtime, lanes_for, run_service
-from shared.errors import TransientError
-from shared.logs import get_logger
-from shared.messages import subscription, upload_queue
-from shared.settings import Service
-from shared.state import DestinationState
+from shared.adapters.state import DestinationState
+from shared.contract.messages import subscription, upload_queue
+from shared.core.errors import TransientError
+from shared.core.settings import Service
+from shared.telemetry.logs import get_logger
 
 log = get_logger(__name__)
 _JITTER = random.Random()  # noqa: S311 - back-off jitter, not a secret

@@ -5,7 +5,7 @@ A batch goes through four stages, and the Redis cost is per batch, never per mes
 script takes one ``redelivery`` flag per call), one ``count``; the bus adds one publish, one
 complete (each chunked by 500) and one call per dead letter, which only bad input costs.
 
-0. **Recognise** records already judged: each body's source tag (``shared.source_tag``) is
+0. **Recognise** records already judged: each body's source tag (``shared.core.source_tag``) is
    looked up, in the same ``MGET``, under the STIX ids the message's properties predict;
    a record whose every id was uploaded from these very bytes and needs no refresh is
    ``dropped_unchanged`` without being parsed. A steady-state sync costs a hash per record.
@@ -48,18 +48,23 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
-from shared import tracing
-from shared.backoff import Backoff
-from shared.bus import Bus, Delivery, Message
-from shared.bus.base import LockLost
-from shared.errors import TransientError
-from shared.filters import FilterPolicy
-from shared.fingerprint import SeenEntry, decide
-from shared.logs import get_logger
-from shared.messages import INDICATORS, UploadRequest, subscription, upload_message, upload_queue
-from shared.source_tag import Shortcut, predicted_ids
-from shared.state import DestinationState
-from shared.stix import StixPolicy
+from shared.adapters.state import DestinationState
+from shared.contract.bus import Bus, Delivery, LockLost, Message
+from shared.contract.messages import (
+    INDICATORS,
+    UploadRequest,
+    subscription,
+    upload_message,
+    upload_queue,
+)
+from shared.core.backoff import Backoff
+from shared.core.errors import TransientError
+from shared.core.filters import FilterPolicy
+from shared.core.fingerprint import SeenEntry, decide
+from shared.core.source_tag import Shortcut, predicted_ids
+from shared.core.stix import StixPolicy
+from shared.telemetry import tracing
+from shared.telemetry.logs import get_logger
 
 __all__ = ["FILTER_ERROR", "INVALID_RECORD", "BatchOutcome", "FilterWorker", "wait_or_stop"]
 
@@ -366,8 +371,11 @@ class FilterWorker:
                 source_message_id=item.delivery.message_id,
                 # The indicator's trace goes on: from our span, or, when nothing records
                 # spans, straight from the raw message's context.
-                context=tracing.context_of(item.span) if item.span.is_recording() else None,
-                carried=None if item.span.is_recording() else item.delivery.properties,
+                trace=(
+                    tracing.inject({}, tracing.context_of(item.span))
+                    if item.span.is_recording()
+                    else item.delivery.properties
+                ),
             )
             for item in forwarding
             for request in item.claimed

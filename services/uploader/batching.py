@@ -7,7 +7,7 @@ dropped, never retried forever); a message a newer version superseded, or one al
 second upload; everything else is uploaded.
 
 Each message carries the STIX object the filter mapped and fingerprinted
-(``shared.messages``), so the uploader only stamps it with the upload time: one mapping per
+(``shared.contract.messages``), so the uploader only stamps it with the upload time: one mapping per
 indicator, in one place, and the fingerprint always describes what Sentinel receives.
 """
 
@@ -22,12 +22,12 @@ from typing import Final
 
 from opentelemetry.trace import Span
 
-from shared import logs, tracing
-from shared.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
-from shared.fingerprint import decide, refresh_after_for
-from shared.messages import MalformedMessage, UploadRequest, read_upload
-from shared.state import DestinationState, StateUnavailable
-from shared.stix import UploadTime
+from shared.adapters.state import DestinationState, StateUnavailable
+from shared.contract.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
+from shared.contract.messages import MalformedMessage, UploadRequest, read_upload
+from shared.core.fingerprint import decide, refresh_after_for
+from shared.core.stix import UploadTime
+from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared import logs
-from shared.backoff import Backoff
-from shared.state import CircuitState, DestinationState, StateUnavailable
+from shared.adapters.state import CircuitState, DestinationState, StateUnavailable
+from shared.core.backoff import Backoff
+from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
 

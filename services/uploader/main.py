@@ -10,14 +10,14 @@ import asyncio
 
 from services.runtime import Runtime, lanes_for, run_service
 from services.uploader.worker import Uploader
-from shared import logs
-from shared.backoff import Backoff
-from shared.bus import BusUnavailable
-from shared.credentials import TokenProvider, credential_factory
-from shared.health import NotReady
-from shared.sentinel_client import SentinelClient
-from shared.settings import Service
-from shared.state import CircuitState, DestinationState, RateBudget
+from shared.adapters.credentials import TokenProvider, credential_factory
+from shared.adapters.sentinel_client import SentinelClient
+from shared.adapters.state import CircuitState, DestinationState, RateBudget
+from shared.contract.bus import BusUnavailable
+from shared.core.backoff import Backoff
+from shared.core.settings import Service
+from shared.telemetry import logs
+from shared.telemetry.health import NotReady
 
 log = logs.get_logger(__name__)
 

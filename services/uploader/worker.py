@@ -60,10 +60,12 @@ from services.uploader.batching import (
     receive_batch,
 )
 from services.uploader.circuit import Circuit
-from shared import logs, tracing
-from shared.backoff import Backoff
-from shared.bus import Bus, Delivery
-from shared.errors import (
+from shared.adapters.sentinel_client import UploadResult
+from shared.adapters.state import DestinationState, RateBudget, StateUnavailable
+from shared.contract.bus import Bus, Delivery
+from shared.contract.messages import upload_queue
+from shared.core.backoff import Backoff
+from shared.core.errors import (
     AuthenticationFailed,
     BatchRejected,
     DestinationNotFound,
@@ -74,11 +76,9 @@ from shared.errors import (
     TransientError,
     UpstreamUnavailable,
 )
-from shared.fingerprint import SeenEntry
-from shared.messages import upload_queue
-from shared.sentinel_client import UploadResult
-from shared.state import DestinationState, RateBudget, StateUnavailable
-from shared.stix import MAX_OBJECTS_PER_REQUEST, UploadTime
+from shared.core.fingerprint import SeenEntry
+from shared.core.stix import MAX_OBJECTS_PER_REQUEST, UploadTime
+from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
 
@@ -129,7 +129,7 @@ def _systemic_error(status: int, why: str) -> SystemicRejection:
 
 
 class Uploads(Protocol):
-    """What the worker needs from ``shared.sentinel_client.SentinelClient``."""
+    """What the worker needs from ``shared.adapters.sentinel_client.SentinelClient``."""
 
     async def upload(self, objects: Sequence[Mapping[str, Any]]) -> UploadResult: ...
 

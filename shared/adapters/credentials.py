@@ -28,7 +28,7 @@ message locks run out and without the shared pause that keeps every replica off 
 identity. So the credential is built with ``retry_total=0``: one token request per
 ``token()``/``refresh()``, and its failure comes back at once as a pipeline error. The uploader,
 which already owns back-off, the shared pause and lock renewal for Sentinel's own 429/5xx (see
-``shared.sentinel_client``), retries the batch — and with it the token request. Tokens live
+``shared.adapters.sentinel_client``), retries the batch — and with it the token request. Tokens live
 about an hour and are renewed ahead of expiry, so a failed renewal costs one retried batch.
 
 The token request's timeouts are the session's (``connection_timeout``/``read_timeout`` on the
@@ -59,16 +59,16 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.identity import CredentialUnavailableError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
-from shared.backoff import parse_retry_after
-from shared.errors import (
+from shared.adapters.http import MAX_PEER_MESSAGE, redact
+from shared.core.backoff import parse_retry_after
+from shared.core.errors import (
     AuthenticationFailed,
     ConfigError,
     RateLimited,
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import MAX_PEER_MESSAGE, redact
-from shared.secrets import Secret
+from shared.core.secrets import Secret
 
 #: Public Azure cloud; sovereign clouds and the simulator pass their own.
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"

@@ -1,8 +1,8 @@
 """The process's one aiohttp session, and safe messages built from what peers answer.
 
 One session per process so every client (MATI, Sentinel, and azure-identity's transport) shares
-one connection pool and, above all, one TLS context (``shared.tls.client_context``: the system
-store plus ``SSL_CERT_FILE``). Verification is never switched off anywhere.
+one connection pool and, above all, one TLS context (``shared.adapters.tls.client_context``: the
+system store plus ``SSL_CERT_FILE``). Verification is never switched off anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from shared.secrets import MASK
+from shared.core.secrets import MASK
 
 
 def _version() -> str:

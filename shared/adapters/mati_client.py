@@ -18,12 +18,13 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
   ``next``, so a short page ends paging only because it has no ``next``.
 - **Failures.** 429 waits ``Retry-After`` when the server sends one (it is not documented), else
   jittered back-off; 5xx, empty 500s, timeouts, connection resets and undecodable bodies back off
-  and retry the *same* request. Attempts and total waiting are both bounded (``shared.backoff``);
-  then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``. A 400 on a ``next``
-  request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``, restart the window.
-  Any other 4xx is ``QueryRejected`` with the server's message. A TLS handshake that refuses
-  the server (untrusted or expired certificate, wrong host) is ``TlsVerificationFailed`` at once:
-  no retry fixes a certificate, and retrying would hide a missing CA behind "MATI is down".
+  and retry the *same* request. Attempts and total waiting are both bounded
+  (``shared.core.backoff``); then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``.
+  A 400 on a ``next`` request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``,
+  restart the window. Any other 4xx is ``QueryRejected`` with the server's message. A TLS handshake
+  that refuses the server (untrusted or expired certificate, wrong host) is
+  ``TlsVerificationFailed`` at once: no retry fixes a certificate, and retrying would hide a missing
+  CA behind "MATI is down".
 - **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
   publishes no limit and ≈1 request/second is what survives (§8).
 
@@ -49,8 +50,9 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from shared.backoff import Backoff, parse_retry_after
-from shared.errors import (
+from shared.adapters.http import peer_message
+from shared.core.backoff import Backoff, parse_retry_after
+from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
     PagingInterrupted,
@@ -59,9 +61,8 @@ from shared.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import peer_message
-from shared.pacing import Clock, Pacer, Sleep
-from shared.secrets import Secret
+from shared.core.pacing import Clock, Pacer, Sleep
+from shared.core.secrets import Secret
 
 logger = logging.getLogger(__name__)
 

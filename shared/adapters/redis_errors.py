@@ -23,7 +23,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from shared.errors import FatalError, TransientError
+from shared.core.errors import FatalError, TransientError
 
 TRANSIENT_RESPONSES: Final = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
 #: The same, as error-reply prefixes: a Lua script relays them as plain errors.

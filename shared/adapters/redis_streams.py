@@ -3,7 +3,7 @@
 Why it looks like this
 ======================
 
-The contract is Service Bus peek-lock (``shared.bus.base``). Redis Streams has the pieces:
+The contract is Service Bus peek-lock (``shared.contract.bus``). Redis Streams has the pieces:
 a consumer group hands entries out once (``XREADGROUP >``), remembers who holds which entry and
 how often it was delivered (the pending entries list, PEL), and lets an expired holder's entries
 be taken over (``XPENDING … IDLE`` + ``XCLAIM``, minimum idle time = the lock duration). What
@@ -42,8 +42,8 @@ batch.
   entry was added: that is ``enqueued_at`` of a delivery and ``dead_lettered_at`` of a dead
   letter, so no field stores them twice and no client clock is trusted.
 - **Durability** is the server's: ``publish`` returns after the script's reply, which with
-  ``appendfsync always`` (``services.local.redis``: the demo and `make run`) means the AOF holds the
-  messages. With ``everysec`` a power loss can lose the last second; that is a deployment
+  ``appendfsync always`` (``services.cli.redis_server``: the demo and `make run`) means the AOF
+  holds the messages. With ``everysec`` a power loss can lose the last second; that is a deployment
   choice, not this module's.
 - **Blocking.** ``XREADGROUP BLOCK`` cannot run inside Lua, so ``receive`` alternates: reclaim
   expired locks (script), then block for new entries for at most a short slice (≤ 1 s, less
@@ -103,7 +103,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
-from shared.bus.base import (
+from shared.adapters.redis_connect import connect
+from shared.adapters.redis_errors import translated
+from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
     BusUnavailable,
@@ -118,9 +120,7 @@ from shared.bus.base import (
     Subscription,
     Target,
 )
-from shared.errors import FatalError
-from shared.redis_connect import connect
-from shared.redis_errors import translated
+from shared.core.errors import FatalError
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ _PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: ``XREADGROUP`` named with its first argument. redis-py sends a command name with a space as
-#: its words (as it sends ``CONFIG GET``; ``shared.redis_connect`` packs it the same way) but
-#: picks the reply's response callback by the name as given, and none is registered under this
+#: its words (as it sends ``CONFIG GET``; ``shared.adapters.redis_connect`` packs it the same way)
+#: but picks the reply's response callback by the name as given, and none is registered under this
 #: one: the reply comes back as the server sent it and ``_stream_entries`` reads its flat field
 #: lists directly, instead of redis-py first building a dict per entry that ``_delivery`` would
 #: take apart again (the two were most of the client's cost of receiving). Nothing of the

@@ -50,8 +50,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from shared.backoff import parse_retry_after, parse_try_again_text
-from shared.errors import (
+from shared.adapters.http import peer_message, redact
+from shared.core.backoff import parse_retry_after, parse_try_again_text
+from shared.core.errors import (
     AuthenticationFailed,
     BatchRejected,
     DestinationNotFound,
@@ -61,8 +62,7 @@ from shared.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import peer_message, redact
-from shared.stix import MAX_OBJECTS_PER_REQUEST, SentinelApi, check_source_system, upload_body
+from shared.core.stix import MAX_OBJECTS_PER_REQUEST, SentinelApi, check_source_system, upload_body
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -95,7 +95,7 @@ DEFAULT_BASE_URLS: Final = {
 #: Told of every ``upload`` call: ``(seconds it took, outcome)``; the outcome is one of
 #: ``accepted``, ``partial``, ``rate_limited``, ``unavailable``, ``malformed``, ``rejected``,
 #: ``auth``, ``not_found``, ``tls``, ``cancelled``, ``error``. It feeds the upload-latency
-#: histogram (shared.metrics).
+#: histogram (shared.telemetry.metrics).
 RequestObserver: TypeAlias = Callable[[float, str], None]
 _request_observers: list[RequestObserver] = []
 
@@ -145,7 +145,7 @@ def _observed(seconds: float, outcome: str, extra: RequestObserver | None) -> No
 
 
 class Tokens(Protocol):
-    """What the client needs from ``shared.credentials.TokenProvider``."""
+    """What the client needs from ``shared.adapters.credentials.TokenProvider``."""
 
     async def token(self, scope: str) -> str: ...
 
@@ -214,7 +214,7 @@ class SentinelClient:
         return f"SentinelClient(api={self._api.value!r}, url={self._url!r})"
 
     def body(self, objects: Sequence[Mapping[str, Any]]) -> bytes:
-        """The request body for ``objects`` (``shared.stix.upload_body``: ``sourcesystem`` plus
+        """The request body for ``objects`` (``shared.core.stix.upload_body``: ``sourcesystem`` plus
         the API's list key); ``ValueError`` for an empty list or more than 100 objects."""
         return orjson.dumps(upload_body(self._api, self._source_system, objects))
 

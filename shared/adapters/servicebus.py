@@ -3,7 +3,7 @@
 Why it looks like this
 ======================
 
-Service Bus *is* the contract (``shared.bus.base``): peek-lock, ``MaxDeliveryCount``, duplicate
+Service Bus *is* the contract (``shared.contract.bus``): peek-lock, ``MaxDeliveryCount``, duplicate
 detection and dead-letter sub-queues are entity features, so this module mostly maps the
 ``Bus`` calls onto SDK calls, and the entity properties onto what an operator creates ahead
 (docs/servicebus.md lists the entities and the ``az`` commands).
@@ -77,7 +77,7 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
-from shared.bus.base import (
+from shared.contract.bus import (
     Bus,
     BusUnavailable,
     DeadLetter,
@@ -92,7 +92,7 @@ from shared.bus.base import (
     Target,
     Topic,
 )
-from shared.errors import FatalError
+from shared.core.errors import FatalError
 
 logger = logging.getLogger(__name__)
 
@@ -659,7 +659,7 @@ def _replayed(message: ServiceBusReceivedMessage, source: Source) -> ServiceBusM
 def _wire_properties(properties: Mapping[str, str]) -> dict[str | bytes, _Primitive]:
     # Keys as bytes, the SDK's own spelling: with Azure SDK tracing on, the SDK adds its
     # ``traceparent`` only if absent (``setdefault`` on bytes keys), so the trace context the
-    # message carries (shared.tracing) is kept. A str key would not match, and the SDK's
+    # message carries (shared.telemetry.tracing) is kept. A str key would not match, and the SDK's
     # value, encoded after ours under the same AMQP string key, would win on receive.
     return {key.encode(): value for key, value in properties.items()}
 

@@ -98,9 +98,9 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-from shared.errors import FatalError, TransientError
-from shared.fingerprint import SeenEntry
-from shared.redis_errors import translated
+from shared.adapters.redis_errors import translated
+from shared.core.errors import FatalError, TransientError
+from shared.core.fingerprint import SeenEntry
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ RedisClient: TypeAlias = "Redis | RedisCluster"
 
 PREFIX: Final = "m2s"
 FETCHER_TAG: Final = "fetcher"
-#: The destination names ``DESTINATION`` accepts (shared.settings); anything else could break
+#: The destination names ``DESTINATION`` accepts (shared.core.settings); anything else could break
 #: out of the hash tag (``{``, ``}``) or the key structure (``:``).
 _DESTINATION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -125,8 +125,9 @@ _GRANTED: Final = ord("1")
 
 
 #: Told of every count Redis has taken: ``(destination, counts)``, with ``""`` as the destination
-#: for the fetcher's feed counters. Metrics mirror the counters through it (shared.metrics), so
-#: no service needs to know metrics exist and Redis and /metrics can never disagree on a name.
+#: for the fetcher's feed counters. Metrics mirror the counters through it
+#: (shared.telemetry.metrics), so no service needs to know metrics exist and Redis and /metrics can
+#: never disagree on a name.
 CountObserver: TypeAlias = Callable[[str, Mapping[str, int]], None]
 _count_observers: list[CountObserver] = []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from shared.errors import ConfigError
+from shared.core.errors import ConfigError
 
 
 def client_context(extra_ca_file: Path | None) -> ssl.SSLContext:

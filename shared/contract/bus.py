@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from shared.errors import TransientError
+from shared.core.errors import TransientError
 
 #: Reason the bus gives a message it dead-letters itself (Service Bus spells it this way).
 MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"

@@ -3,13 +3,14 @@
 - fetcher → topic ``indicators``: the raw MATI record, byte for byte as decoded, so the filter
   (and a replay months later) sees exactly what Mandiant sent.
 - filter → queue ``upload.<destination>``: the accepted indicator as the filter mapped and
-  fingerprinted it (the STIX object without its upload timestamps, ``shared.stix.Draft``) plus
+  fingerprinted it (the STIX object without its upload timestamps, ``shared.core.stix.Draft``) plus
   why it is forwarded. The uploader stamps and sends it: it never parses or maps a record, so
   the object Sentinel stores is the one the seen entry's fingerprint describes, even while a
   rolling upgrade runs filter and uploader of different versions.
 
-Every message carries the W3C trace context of the span it was built in (or of ``context``)
-in its application properties (``shared.tracing``), so one indicator's path is one trace.
+Every message carries a W3C trace context in its application properties (``TRACE_PROPERTIES``),
+so one indicator's path is one trace. The caller hands it over as those properties
+(``shared.telemetry.tracing.inject``): the contract knows their names, not the tracing library.
 
 ``message_id`` is derived from content, never random: the same indicator version published
 twice (a page re-fetched after a crash, an overlapping window) gets the same id, and the bus's
@@ -23,15 +24,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Final
 
 import orjson
-from opentelemetry.context import Context
 
-from shared import tracing
-from shared.bus import Message, Queue, Subscription, Topic
-from shared.fingerprint import EXTENSION_ID, SOURCE_TAG_BYTES, ForwardReason
-from shared.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
+from shared.contract.bus import Message, Queue, Subscription, Topic
+from shared.core.fingerprint import EXTENSION_ID, SOURCE_TAG_BYTES, ForwardReason
+from shared.core.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
 
 RAW_SCHEMA: Final = "mati.indicator/1"
 #: Version 3 carries the mapped object with MATI's data in our property extension. Version 2
@@ -45,6 +45,9 @@ _VERSION_2_PROPERTIES: Final = {
     "x_mati_threat_score": THREAT_SCORE_PROPERTY,
 }
 INDICATORS: Final = Topic("indicators")
+#: The W3C trace context's application properties (traceparent, and tracestate when set).
+TRACE_PROPERTIES: Final = ("traceparent", "tracestate")
+EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 _SOURCE_TAG: Final = re.compile(f"[0-9a-f]{{{2 * SOURCE_TAG_BYTES}}}")
 _FINGERPRINT: Final = re.compile("[0-9a-f]{32}")
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -67,18 +70,12 @@ def _text_field(record: object, key: str) -> str:
     return ""
 
 
-def raw_message(
-    record: object,
-    *,
-    run_id: str,
-    context: Context | None = None,
-    carried: Mapping[str, str] | None = None,
-) -> Message:
+def raw_message(record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY) -> Message:
     """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
     judging records is the filter's job (a bad one is dead-lettered there, with its reason).
 
-    The message carries the trace of ``context``, or the trace properties in ``carried``
-    as they are (a page's records share one context: it is formatted once, not per record)."""
+    The message carries the ``TRACE_PROPERTIES`` of ``trace`` as they are (a page's records
+    share one context: it is formatted once, not per record)."""
     body = orjson.dumps(record)
     indicator_id = _text_field(record, "id")
     last_updated = _text_field(record, "last_updated")
@@ -93,8 +90,7 @@ def raw_message(
                 "indicator_type": _text_field(record, "type"),
                 "run_id": run_id,
             },
-            context,
-            carried,
+            trace,
         ),
     )
 
@@ -105,7 +101,7 @@ class UploadRequest:
 
     draft: Draft
     reason: ForwardReason
-    #: The raw record's source tag (``shared.source_tag``), stored with the seen entry once
+    #: The raw record's source tag (``shared.core.source_tag``), stored with the seen entry once
     #: Sentinel accepted the upload; empty when the filter had none.
     source_tag: bytes = b""
     #: MATI's type of the record (``ipv4``, ``md5``...), for the message's properties.
@@ -135,16 +131,15 @@ def upload_message(
     *,
     run_id: str,
     source_message_id: str,
-    context: Context | None = None,
-    carried: Mapping[str, str] | None = None,
+    trace: Mapping[str, str] = EMPTY,
 ) -> Message:
     """``source_message_id`` is the raw message's id (MATI id and ``last_updated``): a raw
     message forwarded twice (redelivered after a failed forward) yields the same upload id and
     the bus drops the copy, while a later report of the indicator (a refresh, or a change and
     back within the duplicate window) yields a new one and gets through.
 
-    The message carries the trace of ``context``, or, given ``carried`` (the raw message's
-    properties, when the filter made no span for it), the raw message's own trace context."""
+    The message carries the ``TRACE_PROPERTIES`` of ``trace``: the filter's span for it, or
+    the raw message's own properties when the filter made no span for it."""
     draft = request.draft
     body = orjson.dumps(
         {
@@ -167,16 +162,15 @@ def upload_message(
     return Message(
         body=body,
         message_id=f"{request.stix_id}:{request.fingerprint[:16]}:{source_message_id}",
-        properties=_traced(properties, context, carried),
+        properties=_traced(properties, trace),
     )
 
 
-def _traced(
-    properties: dict[str, str], context: Context | None, carried: Mapping[str, str] | None
-) -> dict[str, str]:
-    if carried is not None:
-        return tracing.carry(properties, carried)
-    return tracing.inject(properties, context)
+def _traced(properties: dict[str, str], trace: Mapping[str, str]) -> dict[str, str]:
+    for key in TRACE_PROPERTIES:
+        if key in trace:
+            properties[key] = trace[key]
+    return properties
 
 
 def read_upload(body: bytes) -> UploadRequest:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.indicator import HashType, Indicator, IndicatorType
+from shared.core.indicator import HashType, Indicator, IndicatorType
 
 
 class DropReason(StrEnum):

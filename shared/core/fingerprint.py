@@ -24,8 +24,8 @@ import orjson
 #: The STIX 2.1 property extension every indicator we upload carries MATI's id and threat
 #: score and the fingerprint in, instead of top-level ``x_`` properties (Sentinel keeps unknown
 #: extension properties without indexing them). Its id is
-#: ``uuid5(shared.stix.NAMESPACE, "mati2sentinel/mati-properties")``, written out because
-#: ``shared.stix`` imports this module; tests pin both. Never change it: objects already in a
+#: ``uuid5(shared.core.stix.NAMESPACE, "mati2sentinel/mati-properties")``, written out because
+#: ``shared.core.stix`` imports this module; tests pin both. Never change it: objects already in a
 #: workspace would no longer be recognised as ours.
 EXTENSION_ID: Final = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
 #: The property of that extension that carries the fingerprint.
@@ -35,7 +35,7 @@ VOLATILE_PROPERTIES: Final = frozenset({"created", "modified", "valid_from", "va
 #: 128 bits: collisions are out of reach for any feed size, and a Redis value stays small.
 _DIGEST_BYTES: Final = 16
 _FINGERPRINT: Final = re.compile(rf"[0-9a-f]{{{2 * _DIGEST_BYTES}}}")
-#: A source tag (``shared.source_tag``): 64 bits tell versions of one record apart.
+#: A source tag (``shared.core.source_tag``): 64 bits tell versions of one record apart.
 SOURCE_TAG_BYTES: Final = 8
 #: The stored entry: a format letter, then fingerprint, source tag and ``valid_until`` in epoch
 #: ms in base64url. 44 ASCII bytes: Redis keeps it inside the value's object (an "embstr", up

@@ -1,8 +1,8 @@
 """The indicator model: one MATI indicator as the rest of the pipeline sees it.
 
-Only ``shared.parsing`` builds these from the wire; everything downstream (filters, fingerprint,
-STIX mapping) reads them and can rely on the invariants the parser guarantees: strings are
-non-empty where required, scores are ``None`` or in 0..100, timestamps are aware UTC, and at
+Only ``shared.core.parsing`` builds these from the wire; everything downstream (filters,
+fingerprint, STIX mapping) reads them and can rely on the invariants the parser guarantees: strings
+are non-empty where required, scores are ``None`` or in 0..100, timestamps are aware UTC, and at
 most one value is held per hash type.
 """
 

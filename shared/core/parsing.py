@@ -18,7 +18,7 @@ from typing import Final
 
 import orjson
 
-from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
+from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
 
 #: Longest ``Rejection.detail``: enough to act on, short enough for a log line or a
 #: dead-letter reason, and never a whole hostile payload.

@@ -16,10 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from shared.errors import ConfigError
-from shared.filters import FilterPolicy, HashSelection
-from shared.secrets import MASK, Secret
-from shared.stix import DefaultAction, SentinelApi, StixPolicy, check_source_system
+from shared.core.errors import ConfigError
+from shared.core.filters import FilterPolicy, HashSelection
+from shared.core.secrets import MASK, Secret
+from shared.core.stix import DefaultAction, SentinelApi, StixPolicy, check_source_system
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)

@@ -25,10 +25,10 @@ from typing import Final
 
 import orjson
 
-from shared.filters import FilterPolicy, HashSelection, ObservableKind, kind_of
-from shared.fingerprint import SOURCE_TAG_BYTES, SeenEntry, decide, refresh_after_for
-from shared.indicator import HashType, IndicatorType
-from shared.stix import StixPolicy, stix_id
+from shared.core.filters import FilterPolicy, HashSelection, ObservableKind, kind_of
+from shared.core.fingerprint import SOURCE_TAG_BYTES, SeenEntry, decide, refresh_after_for
+from shared.core.indicator import HashType, IndicatorType
+from shared.core.stix import StixPolicy, stix_id
 
 #: Bump when parsing, the STIX mapping or the fingerprint changes what one record becomes:
 #: every tag changes with it, so each record is judged afresh once (and re-uploaded only if

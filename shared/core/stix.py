@@ -17,10 +17,10 @@ from enum import StrEnum
 from typing import Final
 from urllib.parse import quote
 
-from shared.filters import Observable, ObservableKind
-from shared.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
-from shared.indicator import HashType, Indicator
-from shared.parsing import format_timestamp
+from shared.core.filters import Observable, ObservableKind
+from shared.core.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
+from shared.core.indicator import HashType, Indicator
+from shared.core.parsing import format_timestamp
 
 #: The uuid5 namespace of every STIX id we mint. Changing it re-keys every indicator: the
 #: next sync would upload each one again under a new id, next to the old one, in every
@@ -28,7 +28,7 @@ from shared.parsing import format_timestamp
 NAMESPACE: Final = uuid.UUID("1d560667-65d4-4cea-95f3-a08aad09ffae")
 _NAMESPACE_BYTES: Final = NAMESPACE.bytes
 
-#: Our one STIX property extension is ``EXTENSION_ID`` (``shared.fingerprint``), that is
+#: Our one STIX property extension is ``EXTENSION_ID`` (``shared.core.fingerprint``), that is
 #: ``extension-definition--`` + uuid5(NAMESPACE, EXTENSION_NAME). It carries MATI's id
 #: (``mati_id``), its threat score (``threat_score``, when MATI rates it) and our fingerprint
 #: (``fingerprint``, added when stamped). Product data lives there, not in top-level ``x_``
@@ -123,7 +123,7 @@ def stix_id(mati_id: str, hash_type: HashType | None) -> str:
     workspaces, and distinct per hash of one md5 indicator (``HASH_TYPE=all``).
 
     Cached for the records in hand: the filter derives each id twice, once predicted from
-    the message's properties (``shared.source_tag``), once from the parsed record."""
+    the message's properties (``shared.core.source_tag``), once from the parsed record."""
     name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
     # ``uuid.uuid5`` byte for byte (tests pin it), without building a UUID object.
     digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
@@ -270,7 +270,7 @@ class Draft:
     made once per indicator by the filter, which fingerprints it, carried on the upload
     message, and stamped (``at``) by the uploader once per request that carries it. What is
     uploaded is therefore exactly what was fingerprinted, whichever versions run where (but
-    for a version-2 message of an older filter, see ``shared.messages``).
+    for a version-2 message of an older filter, see ``shared.contract.messages``).
 
     ``extensions`` is the body's, with the fingerprint written into ours: made once per
     draft, so stamping copies no more than the top level of the body."""

@@ -1,4 +1,4 @@
-"""The gauges of shared.metrics: what is true *now*, read from Redis and the bus.
+"""The gauges of shared.telemetry.metrics: what is true *now*, read from Redis and the bus.
 
 OpenTelemetry calls a gauge's callback synchronously at each collection (a scrape, an OTLP
 export), but the values live behind async calls. So ``GaugeCache`` reads them in the event
@@ -17,16 +17,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final, TypeAlias
 
 from opentelemetry.metrics import Observation
 
-from shared import logs
-from shared.bus import Bus, Source, Subscription
-from shared.messages import subscription, upload_queue
-from shared.settings import Service, Settings
-from shared.state import CircuitState, DestinationState, FeedState, RateBudget, RedisClient
+from shared.contract.bus import Bus, Source, Subscription
+from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
 
@@ -68,7 +64,6 @@ GAUGES: Final = (
     Gauge("mati2sentinel_rate_budget_used_ratio", "Granted requests over the limit."),
     Gauge("mati2sentinel_rate_budget_pause_seconds", "Seconds the shared 429 pause lasts.", "s"),
 )
-_CIRCUIT_VALUES: Final = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 #: ``(gauge name, value, attributes)``.
 Reading: TypeAlias = tuple[str, float, dict[str, str]]
@@ -177,95 +172,3 @@ def queue_read(bus: Bus, source: Source, destination: str) -> Read:
         ]
 
     return read
-
-
-def feed_read(feed: FeedState, destination: str) -> Read:
-    """The checkpoint's ages, and how long ago the last sync finished and whether it
-    completed; an age nobody can know yet (no checkpoint, no sync) is left out, not made up."""
-    attributes = {"destination": destination}
-
-    async def read() -> list[Reading]:
-        checkpoint = await feed.checkpoint()
-        last_run = await feed.last_run()
-        now = datetime.now(UTC)
-        readings: list[Reading] = []
-        if checkpoint is not None:
-            age = (now - checkpoint.last_updated).total_seconds()
-            saved_age = max(0.0, (now - checkpoint.saved_at).total_seconds())
-            readings.append(("mati2sentinel_checkpoint_age_seconds", age, attributes))
-            readings.append(("mati2sentinel_checkpoint_saved_age_seconds", saved_age, attributes))
-        finished = _timestamp(last_run.get("finished_at")) if last_run else None
-        if last_run is not None and finished is not None:
-            completed = 1.0 if last_run.get("outcome") == "completed" else 0.0
-            sync_age = max(0.0, (now - finished).total_seconds())
-            readings.append(("mati2sentinel_last_sync_age_seconds", sync_age, attributes))
-            readings.append(("mati2sentinel_last_sync_completed", completed, attributes))
-        return readings
-
-    return read
-
-
-def _timestamp(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
-def circuit_read(state: DestinationState) -> Read:
-    attributes = {"destination": state.destination}
-
-    async def read() -> list[Reading]:
-        circuit, _, _ = await state.circuit()
-        return [("mati2sentinel_circuit_state", _CIRCUIT_VALUES[circuit], attributes)]
-
-    return read
-
-
-def rate_read(budget: RateBudget, destination: str) -> Read:
-    attributes = {"destination": destination}
-
-    async def read() -> list[Reading]:
-        used = await budget.in_window()
-        paused = await budget.paused_for()
-        return [
-            ("mati2sentinel_rate_budget_requests", used, attributes),
-            ("mati2sentinel_rate_budget_limit", budget.limit, attributes),
-            ("mati2sentinel_rate_budget_used_ratio", used / budget.limit, attributes),
-            ("mati2sentinel_rate_budget_pause_seconds", paused, attributes),
-        ]
-
-    return read
-
-
-#: What each service reports: the entity it consumes, and the state it owns.
-PARTS: Final[Mapping[Service, tuple[str, ...]]] = {
-    Service.FETCHER: ("feed",),
-    Service.FILTER: ("subscription",),
-    Service.UPLOADER: ("upload_queue", "circuit", "rate_budget"),
-}
-
-
-def gauge_reads(
-    service: Service, settings: Settings, redis: RedisClient, bus: Bus
-) -> dict[str, Read]:
-    destination = settings.destination
-    every: dict[str, Callable[[], Read]] = {
-        "feed": lambda: feed_read(FeedState(redis), destination),
-        "subscription": lambda: queue_read(bus, subscription(destination), destination),
-        "upload_queue": lambda: queue_read(bus, upload_queue(destination), destination),
-        "circuit": lambda: circuit_read(DestinationState(redis, destination)),
-        "rate_budget": lambda: rate_read(
-            RateBudget(
-                redis,
-                destination,
-                limit=settings.sentinel_requests_per_minute,
-                window_s=settings.sentinel_rate_window_seconds,
-            ),
-            destination,
-        ),
-    }
-    return {part: every[part]() for part in PARTS.get(service, ())}

@@ -8,8 +8,8 @@
 
 Checks run with a short timeout each, concurrently, so a probe never hangs on a dead peer.
 
-- ``/metrics``: the service's metrics in the Prometheus text format (shared.metrics), on the
-  same port as the probes, so the one port the chart exposes is the one Prometheus or KEDA
+- ``/metrics``: the service's metrics in the Prometheus text format (shared.telemetry.metrics), on
+  the same port as the probes, so the one port the chart exposes is the one Prometheus or KEDA
   scrapes; 404 until metrics are attached with ``Health.serve_metrics``.
 """
 

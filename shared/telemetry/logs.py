@@ -3,8 +3,9 @@
 Events are namespaced snake case (``fetch.page``, ``upload.rejected``) with their data in fields,
 never interpolated into the text, so a log pipeline can count and filter them. Context that
 belongs to a unit of work (destination, run id) is bound once with ``bind()`` and rides on
-every line logged inside it; the current span's ``trace_id`` and ``span_id`` (shared.tracing)
-are added to every line logged within a span, so a line leads to its trace.
+every line logged inside it; the current span's ``trace_id`` and ``span_id``
+(shared.telemetry.tracing) are added to every line logged within a span, so a line leads to its
+trace.
 
 Secrets are kept out twice: nothing logs them on purpose, and a last filter masks the configured
 secret values wherever they might still appear (an exception text from a third party, say).
@@ -24,7 +25,7 @@ from typing import Any, Final
 import orjson
 from opentelemetry import trace
 
-from shared.secrets import MASK, Secret
+from shared.core.secrets import MASK, Secret
 
 # Immutable default: bind() always builds a new mapping, never mutates the current one.
 _context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
@@ -68,7 +69,7 @@ class Log:
 
 
 def _trace_ids() -> tuple[str, str] | None:
-    """``(trace_id, span_id)`` of the current span (shared.tracing), None outside one."""
+    """``(trace_id, span_id)`` of the current span (shared.telemetry.tracing), None outside one."""
     span = trace.get_current_span().get_span_context()
     if not span.is_valid:
         return None

@@ -4,19 +4,19 @@ Where the numbers come from
 ===========================
 
 - **Counters** mirror the outcome counters every service already keeps in Redis
-  (``FeedState.count`` / ``DestinationState.count``): ``shared.state.observe_counts`` tells us
-  of every count Redis took, and ``counter_for`` maps its name to an instrument and a label
+  (``FeedState.count`` / ``DestinationState.count``): ``shared.adapters.state.observe_counts`` tells
+  us of every count Redis took, and ``counter_for`` maps its name to an instrument and a label
   (``dropped_low_confidence`` -> ``mati2sentinel_indicators_dropped{reason="low_confidence"}``).
   The mapping is total: a name nobody listed lands in ``mati2sentinel_events{event=...}``, so
   a new count is never lost, only less well named. Services need no metrics code at all, and
   ``status`` (Redis) and /metrics (this process since it started) use the same names.
 - **Gauges** (queue depth and oldest message, checkpoint age, circuit, rate budget) are read
-  from Redis and the bus into a cache the instruments' callbacks return (shared.gauges); each
-  service reports only what it owns.
-- **Upload latency**: ``shared.sentinel_client.observe_requests`` times every upload call.
+  from Redis and the bus into a cache the instruments' callbacks return (shared.telemetry.gauges);
+  each service reports only what it owns.
+- **Upload latency**: ``shared.adapters.sentinel_client.observe_requests`` times every upload call.
 
-Export: Prometheus text on ``/metrics`` of the probes port (shared.health), always; OTLP too
-when ``OTEL_METRICS_EXPORTER`` lists ``otlp`` (endpoint, headers, interval: the standard
+Export: Prometheus text on ``/metrics`` of the probes port (shared.telemetry.health), always; OTLP
+too when ``OTEL_METRICS_EXPORTER`` lists ``otlp`` (endpoint, headers, interval: the standard
 ``OTEL_*`` variables). Every label value is a code constant, the destination or a queue name,
 never a record field or an error message: bounded cardinality and nothing secret.
 docs/metrics.md lists every name for dashboards and alerts.
@@ -25,10 +25,8 @@ docs/metrics.md lists every name for dashboards and alerts.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,18 +37,13 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shared import logs
-from shared.bus import Bus
-from shared.errors import ConfigError
-from shared.filters import DropReason
-from shared.fingerprint import ForwardReason
-from shared.gauges import GAUGES, REFRESH_S, GaugeCache, gauge_reads
-from shared.health import Health
-from shared.parsing import RejectReason
-from shared.sentinel_client import observe_requests
-from shared.settings import Service, Settings
-from shared.state import RedisClient
-from shared.state import observe_counts as observe_state_counts
+from shared.core.errors import ConfigError
+from shared.core.filters import DropReason
+from shared.core.fingerprint import ForwardReason
+from shared.core.parsing import RejectReason
+from shared.core.settings import Service
+from shared.telemetry import logs
+from shared.telemetry.gauges import GAUGES, GaugeCache
 
 log = logs.get_logger(__name__)
 
@@ -286,7 +279,7 @@ class Metrics:
                     self._counter(family).add(0, {**attributes, label: value})
 
     def counted(self, destination: str, counts: Mapping[str, int]) -> None:
-        """Mirror counts Redis took (``shared.state.observe_counts``); the feed's come with
+        """Mirror counts Redis took (``shared.adapters.state.observe_counts``); the feed's come with
         ``""`` and are labelled with this process's destination."""
         for name, amount in counts.items():
             if amount <= 0:
@@ -298,7 +291,7 @@ class Metrics:
             self._counter(family).add(amount, attributes)
 
     def requested(self, seconds: float, outcome: str) -> None:
-        """One Sentinel upload call (``shared.sentinel_client.observe_requests``)."""
+        """One Sentinel upload call (``shared.adapters.sentinel_client.observe_requests``)."""
         self._latency.record(seconds, {"destination": self.destination, "outcome": outcome})
 
     def gauge_failed(self, part: str) -> None:
@@ -358,49 +351,3 @@ def exporter_readers(environ: Mapping[str, str]) -> list[MetricReader]:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     return [PeriodicExportingMetricReader(OTLPMetricExporter())]
-
-
-def configure_metrics(
-    service: Service,
-    settings: Settings,
-    *,
-    redis: RedisClient,
-    bus: Bus,
-    environ: Mapping[str, str] = os.environ,
-) -> Metrics:
-    """The metrics of ``service``: instruments, exporters, and the gauges it owns."""
-    return Metrics(
-        service=service,
-        destination=settings.destination,
-        gauges=GaugeCache(gauge_reads(service, settings, redis, bus)),
-        readers=exporter_readers(environ),
-    )
-
-
-@asynccontextmanager
-async def serving(
-    service: Service,
-    settings: Settings,
-    *,
-    redis: RedisClient,
-    bus: Bus,
-    health: Health,
-    environ: Mapping[str, str] = os.environ,
-    refresh_s: float = REFRESH_S,
-) -> AsyncIterator[Metrics]:
-    """Metrics for the life of a service: counts and upload calls mirrored, gauges refreshed,
-    ``/metrics`` on ``health``'s server; on the way out, a last OTLP export."""
-    metrics = configure_metrics(service, settings, redis=redis, bus=bus, environ=environ)
-    stop_counts = observe_state_counts(metrics.counted)
-    stop_requests = observe_requests(metrics.requested)
-    health.serve_metrics(metrics.scrape)
-    refresher = asyncio.create_task(metrics.gauges.run(refresh_s), name="metrics-refresher")
-    try:
-        yield metrics
-    finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
-        health.serve_metrics(None)
-        stop_requests()
-        stop_counts()
-        await asyncio.to_thread(metrics.shutdown)

@@ -11,7 +11,7 @@ Everything trace-shaped lives here, so no service handles trace headers by hand:
   spans altogether.
 - :func:`inject` / :func:`extract` carry the W3C trace context (``traceparent``,
   ``tracestate``) in a message's application properties, on both bus backends.
-  ``shared.messages`` injects when it builds a message, so a message carries the context of
+  ``shared.contract.messages`` injects when it builds a message, so a message carries the context of
   the span it was made in.
 - :func:`consumer_span`, :func:`producer_span`, :func:`batch_span` make spans with the
   messaging semantic-convention attributes; :func:`message_attributes` adds the indicator's
@@ -43,14 +43,14 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 from opentelemetry.trace import SpanKind as SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from shared.errors import ConfigError
+from shared.contract.messages import TRACE_PROPERTIES
+from shared.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 SERVICE_PREFIX: Final = "mati2sentinel-"
 INSTRUMENTATION: Final = "mati2sentinel"
 #: The W3C trace-context keys a message carries (the Service Bus SDK reads the same ones).
-TRACE_PROPERTIES: Final = ("traceparent", "tracestate")
 #: ``messaging.system`` values; Service Bus is the semantic conventions' ``servicebus``.
 REDIS_STREAMS: Final = "redis_streams"
 SERVICEBUS: Final = "servicebus"
@@ -181,16 +181,6 @@ def extract(properties: Mapping[str, str]) -> Context:
     """The context a message carried (an empty one when it carried none or a garbled one)."""
     carrier = {key: properties[key] for key in TRACE_PROPERTIES if key in properties}
     return _PROPAGATOR.extract(carrier, context=Context())
-
-
-def carry(properties: dict[str, str], carried: Mapping[str, str]) -> dict[str, str]:
-    """Copy the trace context ``carried`` (a received message's properties) onto
-    ``properties``, unparsed: how a message made without a span of its own (nothing is
-    recorded) continues the trace of the message it came from. Returns ``properties``."""
-    for key in TRACE_PROPERTIES:
-        if key in carried:
-            properties[key] = carried[key]
-    return properties
 
 
 def remote(properties: Mapping[str, str]) -> Span:

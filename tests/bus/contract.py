@@ -24,7 +24,7 @@ from typing import ClassVar, TypeVar
 
 import pytest
 
-from shared.bus import (
+from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
     DeadLetter,
@@ -32,13 +32,13 @@ from shared.bus import (
     EntityCounts,
     LockLost,
     Message,
+    Peeked,
     Queue,
     Source,
     Subscription,
     Target,
     Topic,
 )
-from shared.bus.base import Peeked
 
 T = TypeVar("T")
 
@@ -153,7 +153,7 @@ async def drain(
 
 
 class BusContract:
-    """Service Bus peek-lock semantics (``shared.bus.base``), held against one backend."""
+    """Service Bus peek-lock semantics (``shared.contract.bus``), held against one backend."""
 
     #: A lock short enough to watch expire in a test.
     SHORT_LOCK_S: ClassVar[float] = 0.5

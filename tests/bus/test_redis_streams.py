@@ -16,8 +16,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from services.local.redis import LocalRedis
-from shared.bus import (
+from services.cli.redis_server import LocalRedis
+from shared.adapters.redis_connect import connect
+from shared.adapters.redis_streams import RedisStreamsBus, _deliveries, _stream_entries
+from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
     BusUnavailable,
@@ -25,12 +27,9 @@ from shared.bus import (
     LockLost,
     Message,
     Queue,
-    RedisStreamsBus,
     Subscription,
     Topic,
 )
-from shared.bus.redis_streams import _deliveries, _stream_entries
-from shared.redis_connect import connect
 from tests.bus.contract import BusContract, BusFactory, BusSettings, ids, message
 
 pytestmark = pytest.mark.timeout(30)

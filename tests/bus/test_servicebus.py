@@ -26,14 +26,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
-from shared.bus import Bus, BusUnavailable, LockLost, Message, Queue, Subscription, Topic
-from shared.bus.servicebus import (
+from shared.adapters.servicebus import (
     ORIGINAL_MESSAGE_ID,
     REPLAY_TO,
     BusEntityMissing,
     ServiceBusBus,
     replay_rule,
 )
+from shared.contract.bus import Bus, BusUnavailable, LockLost, Message, Queue, Subscription, Topic
 from tests.bus.contract import BusContract, BusFactory, BusSettings, message
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
 

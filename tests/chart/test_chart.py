@@ -23,10 +23,10 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from shared import metrics, tracing
-from shared.bus.redis_streams import GROUP, RedisStreamsBus
-from shared.messages import INDICATORS, subscription, upload_queue
-from shared.settings import Service, Settings, load_settings
+from shared.adapters.redis_streams import GROUP, RedisStreamsBus
+from shared.contract.messages import INDICATORS, subscription, upload_queue
+from shared.core.settings import Service, Settings, load_settings
+from shared.telemetry import metrics, tracing
 from tests.helm_tools import CHART, ROOT, TOOLS, helm_template, install_chart_tools
 
 VARIANTS: dict[str, list[Path]] = {
@@ -605,7 +605,7 @@ def test_values_defaults_are_the_services_defaults() -> None:
     # NetworkPolicy name, whatever a service's own default is when it runs beside the others.
     assert env.pop("HEALTH_PORT") == "8080"
     loaded = load_settings(env, Service.ADMIN)
-    assert loaded == Settings(), "values.yaml drifted from shared/settings.py defaults"
+    assert loaded == Settings(), "values.yaml drifted from shared/core/settings.py defaults"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -17,8 +17,10 @@ from aiohttp import web
 from azure.core.exceptions import ClientAuthenticationError, ServiceResponseTimeoutError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
-from shared.credentials import CredentialFactory, TokenProvider, credential_factory
-from shared.errors import (
+from shared.adapters.credentials import CredentialFactory, TokenProvider, credential_factory
+from shared.adapters.http import open_session
+from shared.adapters.tls import client_context
+from shared.core.errors import (
     AuthenticationFailed,
     ConfigError,
     PipelineError,
@@ -26,9 +28,7 @@ from shared.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import open_session
-from shared.secrets import Secret
-from shared.tls import client_context
+from shared.core.secrets import Secret
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
 from simulators.tokens import TokenMinter
@@ -265,8 +265,8 @@ async def test_an_echoed_secret_is_redacted_from_the_error(
 
 
 # Through the real async ClientSecretCredential against the Entra simulator's faults. azure-core's
-# own retries are off by design (shared.credentials docstring), so each failure is exactly one
-# token request, answered at once as a pipeline error, and the next call starts afresh.
+# own retries are off by design (shared.adapters.credentials docstring), so each failure is exactly
+# one token request, answered at once as a pipeline error, and the next call starts afresh.
 
 
 async def _fails_once(w: SimpleNamespace, **fault: Any) -> PipelineError:

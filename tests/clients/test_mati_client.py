@@ -21,8 +21,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.backoff import Backoff
-from shared.errors import (
+from shared.adapters.http import open_session
+from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.adapters.tls import client_context
+from shared.core.backoff import Backoff
+from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
     PagingInterrupted,
@@ -31,10 +34,7 @@ from shared.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import open_session
-from shared.mati_client import IndicatorQuery, MatiClient, RawPage
-from shared.secrets import Secret
-from shared.tls import client_context
+from shared.core.secrets import Secret
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator

@@ -21,8 +21,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shared.credentials import TokenProvider, credential_factory
-from shared.errors import (
+from shared.adapters.credentials import TokenProvider, credential_factory
+from shared.adapters.http import open_session
+from shared.adapters.sentinel_client import RecordError, SentinelApi, SentinelClient, UploadResult
+from shared.adapters.tls import client_context
+from shared.core.errors import (
     AuthenticationFailed,
     BatchRejected,
     DestinationNotFound,
@@ -31,10 +34,7 @@ from shared.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.http import open_session
-from shared.secrets import Secret
-from shared.sentinel_client import RecordError, SentinelApi, SentinelClient, UploadResult
-from shared.tls import client_context
+from shared.core.secrets import Secret
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.sentinel import SentinelSimulator

@@ -1,5 +1,5 @@
 """End-to-end fixtures: the whole product against the simulators, with real Redis and the
-services as real child processes (``simulators.pipeline.Pipeline``).
+services as real child processes (``harness.pipeline.Pipeline``).
 
 These tests prove the delivery guarantees of DESIGN §2-§4 from the outside: what the
 simulated workspace holds is compared with what it must hold (``Pipeline.expected``), key by
@@ -21,12 +21,12 @@ import orjson
 import pytest
 from redis.exceptions import RedisError
 
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.bus.servicebus import REPLAY_TO
-from shared.messages import INDICATORS, subscription, upload_queue
-from shared.state import FetcherLease
+from harness.pipeline import DESTINATION, Expected, Pipeline, mati_properties
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.servicebus import REPLAY_TO
+from shared.adapters.state import FetcherLease
+from shared.contract.messages import INDICATORS, subscription, upload_queue
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Expected, Pipeline, mati_properties
 from simulators.sentinel import ObjectStore
 from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus, ReplayRule

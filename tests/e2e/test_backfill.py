@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.filters import Observable, evaluate
-from shared.fingerprint import SeenEntry, fingerprint
-from shared.indicator import Indicator
-from shared.parsing import parse_indicator, parse_timestamp
-from shared.state import DestinationState
-from shared.stix import StixPolicy, content, pattern, stix_id
+from harness.pipeline import DESTINATION, Pipeline, mati_properties
+from shared.adapters.state import DestinationState
+from shared.core.filters import Observable, evaluate
+from shared.core.fingerprint import SeenEntry, fingerprint
+from shared.core.indicator import Indicator
+from shared.core.parsing import parse_indicator, parse_timestamp
+from shared.core.stix import StixPolicy, content, pattern, stix_id
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline, mati_properties
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Malformed MATI input (DESIGN §4): a page that is not JSON is retried; broken records on a
 page are counted and dead-lettered with a reason (or, for a wrongly typed optional field, read
-leniently as ``shared.parsing`` documents); the sync goes on and everything else arrives.
+leniently as ``shared.core.parsing`` documents); the sync goes on and everything else arrives.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from shared.parsing import parse_json
+from harness.pipeline import DESTINATION
+from shared.core.parsing import parse_json
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import BAD_RECORD_KINDS, _corrupt
-from simulators.pipeline import DESTINATION
 from tests.e2e.conftest import PipelineFactory, assert_delivered, run_cli
 
 #: Corruptions that break a required field (``id``, ``value``): the record cannot be an

@@ -15,9 +15,9 @@ from functools import partial
 
 import pytest
 
-from services.local.supervisor import Child
+from harness.pipeline import Pipeline
+from services.cli.supervisor import Child
 from simulators.feed import Feed
-from simulators.pipeline import Pipeline
 from tests.e2e.conftest import (
     ACCEPT_ALL,
     PipelineFactory,

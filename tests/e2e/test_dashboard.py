@@ -30,10 +30,10 @@ import aiohttp
 import pytest
 import yaml
 
+from harness.pipeline import DESTINATION, Pipeline
+from services.cli.redis_server import free_port
 from services.fetcher.sync import Outcome
-from services.local.redis import free_port
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline
 from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
 from tests.prometheus_tools import ensure_prometheus
 

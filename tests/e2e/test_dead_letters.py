@@ -13,12 +13,12 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from shared.indicator import HashType
-from shared.state import CircuitState, DestinationState
-from shared.stix import stix_id
+from harness.pipeline import DESTINATION
+from shared.adapters.state import CircuitState, DestinationState
+from shared.core.indicator import HashType
+from shared.core.stix import stix_id
 from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import (
     ACCEPT_ALL,

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from shared.filters import DropReason, evaluate
-from shared.indicator import Indicator
-from shared.parsing import parse_indicator
+from harness.pipeline import DESTINATION, Pipeline, mati_properties
+from shared.core.filters import DropReason, evaluate
+from shared.core.indicator import Indicator
+from shared.core.parsing import parse_indicator
 from simulators.faults import FaultKind
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline, mati_properties
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import PipelineFactory, queue_counts, run_cli, wait_for
 

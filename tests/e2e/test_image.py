@@ -34,9 +34,9 @@ import orjson
 import pytest
 import yaml
 
-from services.local.redis import free_port
+from harness.pipeline import DESTINATION, Pipeline, mati_properties
+from services.cli.redis_server import free_port
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline, mati_properties
 from tests.commands import CliResult
 from tests.e2e.conftest import (
     PipelineFactory,

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.pipeline import DESTINATION, Pipeline
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline
 from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
 from tests.unit.test_dashboard import referenced_metrics
 

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import pytest
 
-from services.local.redis import LocalRedis
+from services.cli.redis_server import LocalRedis
 from tests.e2e.conftest import wait_for
 
 #: The README's sequence, after Redis: (command line, runs in the background).

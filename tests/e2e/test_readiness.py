@@ -6,9 +6,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from shared.state import CircuitState, DestinationState
+from harness.pipeline import DESTINATION
+from shared.adapters.state import CircuitState, DestinationState
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION
 from tests.e2e.conftest import PipelineFactory, log_events, wait_for
 
 

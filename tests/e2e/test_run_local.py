@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.pipeline import Pipeline
 from simulators.feed import Feed
-from simulators.pipeline import Pipeline
 
 
 def port_open(url: str) -> bool:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus.servicebus import REPLAY_TO
-from shared.messages import INDICATORS, upload_queue
+from harness.pipeline import DESTINATION, Pipeline
+from shared.adapters.servicebus import REPLAY_TO
+from shared.contract.messages import INDICATORS, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed
-from simulators.pipeline import DESTINATION, Pipeline
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import (
     ACCEPT_ALL,

@@ -28,9 +28,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from harness.pipeline import Pipeline
 from simulators.faults import FaultKind
 from simulators.feed import Feed
-from simulators.pipeline import Pipeline
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.conftest import ACCEPT_ALL, BASE_ENV, log_events, wait_for
 

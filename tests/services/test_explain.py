@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.explain import (
+from services.cli.explain import (
     Explanation,
     Verdict,
     gather,
@@ -24,14 +24,12 @@ from services.explain import (
     read_query,
     render,
 )
-from shared.bus import Message
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.filters import DropReason, evaluate
-from shared.fingerprint import EXTENSION_ID, ForwardReason, SeenEntry, fingerprint
-from shared.http import open_session
-from shared.indicator import Indicator, IndicatorType
-from shared.mati_client import MatiClient
-from shared.messages import (
+from shared.adapters.http import open_session
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import DestinationState, FeedState
+from shared.contract.bus import Message
+from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
     raw_message,
@@ -39,11 +37,13 @@ from shared.messages import (
     upload_message,
     upload_queue,
 )
-from shared.parsing import parse_indicator
-from shared.secrets import Secret
-from shared.settings import Service, Settings, load_settings
-from shared.state import DestinationState, FeedState
-from shared.stix import Draft, content, stix_id
+from shared.core.filters import DropReason, evaluate
+from shared.core.fingerprint import EXTENSION_ID, ForwardReason, SeenEntry, fingerprint
+from shared.core.indicator import Indicator, IndicatorType
+from shared.core.parsing import parse_indicator
+from shared.core.secrets import Secret
+from shared.core.settings import Service, Settings, load_settings
+from shared.core.stix import Draft, content, stix_id
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
 

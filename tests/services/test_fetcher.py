@@ -37,14 +37,15 @@ from services.fetcher.sync import (
     new_run_id,
 )
 from services.runtime import Runtime
-from shared.bus import Bus, BusUnavailable, Delivery, Message, RedisStreamsBus, Target
-from shared.http import open_session
-from shared.mati_client import MatiClient
-from shared.messages import INDICATORS, raw_message, subscription
-from shared.parsing import parse_timestamp
-from shared.secrets import Secret
-from shared.settings import Service, Settings
-from shared.state import FeedState, FetcherLease
+from shared.adapters.http import open_session
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import FeedState, FetcherLease
+from shared.contract.bus import Bus, BusUnavailable, Delivery, Message, Target
+from shared.contract.messages import INDICATORS, raw_message, subscription
+from shared.core.parsing import parse_timestamp
+from shared.core.secrets import Secret
+from shared.core.settings import Service, Settings
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator

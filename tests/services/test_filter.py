@@ -21,17 +21,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from services.cli.redis_server import LocalRedis
 from services.filter.main import loop
 from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
-from services.local.redis import LocalRedis
 from services.runtime import Runtime
-from shared.bus import Delivery, Message
-from shared.bus.base import BusUnavailable, Target
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.filters import DropReason, FilterPolicy, HashSelection, evaluate
-from shared.fingerprint import ForwardReason, SeenEntry, fingerprint
-from shared.indicator import HashType
-from shared.messages import (
+from shared.adapters.redis_connect import connect
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import DestinationState
+from shared.contract.bus import BusUnavailable, Delivery, Message, Target
+from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
     raw_message,
@@ -39,11 +37,12 @@ from shared.messages import (
     subscription,
     upload_queue,
 )
-from shared.parsing import Rejection, parse_indicator
-from shared.redis_connect import connect
-from shared.settings import Service, load_settings
-from shared.state import DestinationState
-from shared.stix import StixPolicy, content, stix_id
+from shared.core.filters import DropReason, FilterPolicy, HashSelection, evaluate
+from shared.core.fingerprint import ForwardReason, SeenEntry, fingerprint
+from shared.core.indicator import HashType
+from shared.core.parsing import Rejection, parse_indicator
+from shared.core.settings import Service, load_settings
+from shared.core.stix import StixPolicy, content, stix_id
 from simulators.feed import Feed
 from tests.state.lost_replies import LostReplies
 

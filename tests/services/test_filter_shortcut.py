@@ -1,4 +1,4 @@
-"""The filter's shortcut (``shared.source_tag``) against real parts: a record already uploaded
+"""The filter's shortcut (``shared.core.source_tag``) against real parts: a record already uploaded
 from the very same bytes is dropped unchanged without being parsed, and anything else (other
 bytes, other settings, a refresh due, properties that lie) still takes the full path.
 
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from services.filter import judging
-from shared.bus import Message
-from shared.filters import FilterPolicy, HashSelection
-from shared.fingerprint import SeenEntry
-from shared.messages import UploadRequest, raw_message
-from shared.parsing import parse_indicator
+from shared.contract.bus import Message
+from shared.contract.messages import UploadRequest, raw_message
+from shared.core.filters import FilterPolicy, HashSelection
+from shared.core.fingerprint import SeenEntry
+from shared.core.parsing import parse_indicator
 from tests.services.test_filter import (
     SOURCE,
     BatchOutcome,

@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
-from shared.health import Health, HealthServer, NotReady
+from services.cli.redis_server import LocalRedis
+from shared.telemetry.health import Health, HealthServer, NotReady
 
 
 class Clock:

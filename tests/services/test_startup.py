@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.local.redis import LocalRedis, free_port
-from shared.settings import DEFAULT_HEALTH_PORTS, Service
+from services.cli.redis_server import LocalRedis, free_port
+from shared.core.settings import DEFAULT_HEALTH_PORTS, Service
 from tests.commands import CliResult, run_command
 from tests.servicebus_peer import FakeServiceBus
 

@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
+from services.cli.redis_server import LocalRedis
+from services.cli.status import collect, render
 from services.runtime import Runtime
-from services.status import collect, render
-from shared.bus import Message
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.messages import INDICATORS, raw_message, subscription, upload_queue
-from shared.settings import Service, load_settings
-from shared.state import CircuitState, DestinationState, FeedState
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.state import CircuitState, DestinationState, FeedState
+from shared.contract.bus import Message
+from shared.contract.messages import INDICATORS, raw_message, subscription, upload_queue
+from shared.core.settings import Service, load_settings
 
 
 def runtime_for(redis: Redis, url: str) -> Runtime:

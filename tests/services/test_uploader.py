@@ -23,24 +23,25 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.local.redis import LocalRedis
+from services.cli.redis_server import LocalRedis
+from services.cli.status import collect, render
 from services.runtime import Runtime
-from services.status import collect, render
 from services.uploader.main import loop
 from services.uploader.worker import Uploader, Uploads
-from shared.backoff import Backoff
-from shared.bus import Message, RedisStreamsBus
-from shared.credentials import TokenProvider, credential_factory
-from shared.filters import FilterPolicy, Observable, evaluate
-from shared.fingerprint import ForwardReason, SeenEntry
-from shared.http import open_session
-from shared.messages import UploadRequest, raw_message, upload_message, upload_queue
-from shared.parsing import Rejection, parse_indicator, parse_timestamp
-from shared.secrets import Secret
-from shared.sentinel_client import SentinelClient, UploadResult
-from shared.settings import Service, load_settings
-from shared.state import CircuitState, DestinationState, RateBudget
-from shared.stix import Draft, StixPolicy, pattern
+from shared.adapters.credentials import TokenProvider, credential_factory
+from shared.adapters.http import open_session
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.sentinel_client import SentinelClient, UploadResult
+from shared.adapters.state import CircuitState, DestinationState, RateBudget
+from shared.contract.bus import Message
+from shared.contract.messages import UploadRequest, raw_message, upload_message, upload_queue
+from shared.core.backoff import Backoff
+from shared.core.filters import FilterPolicy, Observable, evaluate
+from shared.core.fingerprint import ForwardReason, SeenEntry
+from shared.core.parsing import Rejection, parse_indicator, parse_timestamp
+from shared.core.secrets import Secret
+from shared.core.settings import Service, load_settings
+from shared.core.stix import Draft, StixPolicy, pattern
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed

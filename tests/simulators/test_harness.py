@@ -13,12 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shared.fingerprint import EXTENSION_ID
-from shared.settings import load_settings
-from shared.tls import client_context
+from harness.pipeline import MATI_EXTENSION, mati_properties
+from shared.adapters.tls import client_context
+from shared.core.fingerprint import EXTENSION_ID
+from shared.core.settings import load_settings
 from simulators.feed import Feed
 from simulators.harness import Simulators
-from simulators.pipeline import MATI_EXTENSION, mati_properties
 
 
 async def test_environment_points_the_product_at_every_simulator(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from azure.identity.aio import ClientSecretCredential
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.filters import Observable
-from shared.stix import StixPolicy, indicator_object
+from shared.core.filters import Observable
+from shared.core.stix import StixPolicy, indicator_object
 from simulators import sentinel as sentinel_module
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind

@@ -1,4 +1,4 @@
-"""The services' Redis clients (``shared.redis_connect``): hiredis packs exactly the bytes
+"""The services' Redis clients (``shared.adapters.redis_connect``): hiredis packs exactly the bytes
 redis-py's own packer makes, for every scheme, and the real server answers them."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from services.local.redis import LocalRedis
-from shared.redis_connect import (
+from services.cli.redis_server import LocalRedis
+from shared.adapters.redis_connect import (
     CPackedConnection,
     CPackedSSLConnection,
     CPackedUnixConnection,

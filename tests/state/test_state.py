@@ -33,11 +33,9 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from services.local.redis import LocalRedis, free_port
-from shared.errors import FatalError, TransientError
-from shared.fingerprint import SeenEntry
-from shared.redis_connect import connect
-from shared.state import (
+from services.cli.redis_server import LocalRedis, free_port
+from shared.adapters.redis_connect import connect
+from shared.adapters.state import (
     CLAIM_RECEIPT_TTL_S,
     Checkpoint,
     CircuitState,
@@ -51,7 +49,9 @@ from shared.state import (
     compact_id,
     destination_prefix,
 )
-from shared.stix import stix_id
+from shared.core.errors import FatalError, TransientError
+from shared.core.fingerprint import SeenEntry
+from shared.core.stix import stix_id
 from tests.state.lost_replies import LostReplies
 
 FP_A = "a" * 32

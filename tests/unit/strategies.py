@@ -14,10 +14,10 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from shared.filters import FilterPolicy, HashSelection, Observable, ObservableKind
-from shared.indicator import HashType, Indicator, IndicatorType
-from shared.parsing import HASH_HEX_DIGITS, Rejection, parse_indicator
-from shared.stix import DefaultAction, StixPolicy
+from shared.core.filters import FilterPolicy, HashSelection, Observable, ObservableKind
+from shared.core.indicator import HashType, Indicator, IndicatorType
+from shared.core.parsing import HASH_HEX_DIGITS, Rejection, parse_indicator
+from shared.core.stix import DefaultAction, StixPolicy
 
 #: Settings for every property test here: enough examples to find edge cases, few enough that
 #: the whole unit suite stays well under 20 s; no deadline, as the OASIS parsers vary in speed.

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.backoff import Backoff, parse_retry_after, parse_try_again_text
+from shared.core.backoff import Backoff, parse_retry_after, parse_try_again_text
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

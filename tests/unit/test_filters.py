@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 
-from shared.filters import (
+from shared.core.filters import (
     DropReason,
     FilterPolicy,
     HashSelection,
@@ -16,7 +16,7 @@ from shared.filters import (
     ObservableKind,
     evaluate,
 )
-from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
+from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
 from tests.unit.strategies import PROPERTY, example_indicator, filter_policies, indicators
 
 MD5 = "b3becab76a6d36861357bfa3fe966003"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.fingerprint import (
+from shared.core.fingerprint import (
     EXTENSION_ID,
     FINGERPRINT_PROPERTY,
     VOLATILE_PROPERTIES,

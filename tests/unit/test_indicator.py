@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from hypothesis import given
 
-from shared.indicator import MALWARE, THREAT_ACTOR, Association, HashType, Indicator, Source
+from shared.core.indicator import MALWARE, THREAT_ACTOR, Association, HashType, Indicator, Source
 from tests.unit.strategies import PROPERTY, example_indicator, indicators
 
 

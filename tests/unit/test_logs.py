@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from shared.logs import bind, configure, get_logger
-from shared.secrets import MASK, Secret
+from shared.core.secrets import MASK, Secret
+from shared.telemetry.logs import bind, configure, get_logger
 
 SECRET = "s3cr3t-value-Qx81"
 

@@ -10,9 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.filters import Observable, ObservableKind
-from shared.fingerprint import EXTENSION_ID, ForwardReason, fingerprint
-from shared.messages import (
+from shared.contract.messages import (
     RAW_SCHEMA,
     UPLOAD_SCHEMA,
     MalformedMessage,
@@ -23,7 +21,9 @@ from shared.messages import (
     upload_message,
     upload_queue,
 )
-from shared.stix import Draft, StixPolicy, UploadTime
+from shared.core.filters import Observable, ObservableKind
+from shared.core.fingerprint import EXTENSION_ID, ForwardReason, fingerprint
+from shared.core.stix import Draft, StixPolicy, UploadTime
 from tests.unit.strategies import example_indicator
 
 RECORD = {
@@ -47,7 +47,7 @@ def test_raw_message_keeps_the_record_and_names_it() -> None:
 
 def test_raw_messages_of_a_page_carry_its_trace_as_is() -> None:
     page = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "a=b"}
-    message = raw_message(RECORD, run_id="run-1", carried=page)
+    message = raw_message(RECORD, run_id="run-1", trace=page)
     assert message.properties == {
         "schema": RAW_SCHEMA,
         "indicator_id": "md5--1",
@@ -246,6 +246,6 @@ def test_an_upload_without_a_source_tag_or_first_sighting_reads_without_them() -
 def test_an_upload_message_can_carry_the_raw_messages_trace_as_is() -> None:
     request = _request()
     carried = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-00", "schema": "raw"}
-    message = upload_message(request, run_id="r", source_message_id="m", carried=carried)
+    message = upload_message(request, run_id="r", source_message_id="m", trace=carried)
     assert message.properties["traceparent"] == carried["traceparent"]
     assert message.properties["schema"] == UPLOAD_SCHEMA

@@ -22,23 +22,23 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from shared.bus.redis_streams import RedisStreamsBus
-from shared.errors import BatchRejected, ConfigError, RateLimited, UpstreamUnavailable
-from shared.gauges import GaugeCache, Reading, gauge_reads
-from shared.health import Health, HealthServer
-from shared.messages import upload_queue
-from shared.metrics import (
+from services.observability import gauge_reads, serving
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.sentinel_client import SentinelClient, observe_requests
+from shared.adapters.state import CircuitState, DestinationState, FeedState, observe_counts
+from shared.contract.messages import upload_queue
+from shared.core.errors import BatchRejected, ConfigError, RateLimited, UpstreamUnavailable
+from shared.core.settings import Service, Settings
+from shared.telemetry.gauges import GaugeCache, Reading
+from shared.telemetry.health import Health, HealthServer
+from shared.telemetry.metrics import (
     EVENTS,
     EXACT,
     PREFIXED,
     Metrics,
     counter_for,
     exporter_readers,
-    serving,
 )
-from shared.sentinel_client import SentinelClient, observe_requests
-from shared.settings import Service, Settings
-from shared.state import CircuitState, DestinationState, FeedState, observe_counts
 from simulators.tls import SimulatorCA
 from tests.clients.peers import one_route
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.pacing import Pacer
+from shared.core.pacing import Pacer
 
 
 class FakeTime:

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
-from shared.parsing import (
+from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
+from shared.core.parsing import (
     MAX_DETAIL_CHARS,
     MAX_ID_CHARS,
     Page,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.filters import FilterPolicy, HashSelection
-from shared.secrets import MASK, Secret
-from shared.settings import REMOVED_SETTINGS, Service, Settings, load_settings, url_password
-from shared.stix import StixPolicy
+from shared.core.errors import ConfigError
+from shared.core.filters import FilterPolicy, HashSelection
+from shared.core.secrets import MASK, Secret
+from shared.core.settings import REMOVED_SETTINGS, Service, Settings, load_settings, url_password
+from shared.core.stix import StixPolicy
 
 WORKSPACE = "6f2a3c4d-1b2e-4f60-9a7b-0c1d2e3f4a5b"
 CLIENT = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"

@@ -1,4 +1,4 @@
-"""Source tags (``shared.source_tag``): what the key covers, what a prediction names, when the
+"""Source tags (``shared.core.source_tag``): what the key covers, what a prediction names, when the
 shortcut may skip a record, and the pin that keeps ``MAPPING_VERSION`` honest."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from shared.filters import DropReason, FilterPolicy, HashSelection, evaluate
-from shared.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
-from shared.indicator import HashType
-from shared.messages import raw_message
-from shared.source_tag import (
+from shared.contract.messages import raw_message
+from shared.core.filters import DropReason, FilterPolicy, HashSelection, evaluate
+from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
+from shared.core.indicator import HashType
+from shared.core.source_tag import (
     MAPPING_VERSION,
     Prediction,
     Shortcut,
@@ -25,7 +25,7 @@ from shared.source_tag import (
     predicted_ids,
     source_tag,
 )
-from shared.stix import StixPolicy, content, stix_id
+from shared.core.stix import StixPolicy, content, stix_id
 from tests.unit.strategies import PROPERTY, example_record, mati_records, must_parse
 
 NOW = datetime(2025, 3, 9, 8, 0, tzinfo=UTC)

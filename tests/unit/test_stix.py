@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 from stix2patterns.pattern import Pattern
 from stix2patterns.validator import run_validator
 
-from shared.filters import Observable, ObservableKind
-from shared.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
-from shared.indicator import Association, HashType, Indicator, IndicatorType, Source
-from shared.parsing import format_timestamp, parse_timestamp
-from shared.stix import (
+from shared.core.filters import Observable, ObservableKind
+from shared.core.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, fingerprint
+from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
+from shared.core.parsing import format_timestamp, parse_timestamp
+from shared.core.stix import (
     EXTENSION_NAME,
     MAX_OBJECTS_PER_REQUEST,
     NAMESPACE,
@@ -668,7 +668,7 @@ def test_the_pure_core_imports_no_io_module() -> None:
     # DESIGN §10. A fresh interpreter, because pytest itself has imported logging and asyncio.
     probe = (
         "import sys\n"
-        + "".join(f"import shared.{name}\n" for name in _CORE)
+        + "".join(f"import shared.core.{name}\n" for name in _CORE)
         + "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     loaded = subprocess.run(

@@ -1,5 +1,5 @@
-"""shared.tracing: the W3C context a message carries, the spans' shape, logs that name their
-trace, and the exporters chosen by ``OTEL_TRACES_EXPORTER``."""
+"""shared.telemetry.tracing: the W3C context a message carries, the spans' shape, logs that name
+their trace, and the exporters chosen by ``OTEL_TRACES_EXPORTER``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import tracing
-from shared.bus import Message
-from shared.errors import ConfigError
-from shared.logs import JsonFormatter, get_logger
-from shared.messages import raw_message
+from shared.contract.bus import Message
+from shared.contract.messages import raw_message
+from shared.core.errors import ConfigError
+from shared.telemetry import tracing
+from shared.telemetry.logs import JsonFormatter, get_logger
 
 RECORD = {"id": "md5--0123", "type": "md5", "value": "0" * 32, "last_updated": "2025-06-01"}
 
@@ -67,11 +67,11 @@ def test_without_a_span_nothing_is_injected_and_garbage_extracts_to_nothing() ->
         assert tracing.link_to(garbage) is None
 
 
-def test_messages_carry_the_context_they_were_built_in(spans: InMemorySpanExporter) -> None:
+def test_messages_carry_the_context_they_are_given(spans: InMemorySpanExporter) -> None:
     with tracing.span("page", {}, root=True) as page:
-        message = raw_message(RECORD, run_id="r")
+        message = raw_message(RECORD, run_id="r", trace=tracing.inject({}))
     other = tracing.tracer().start_span("other")
-    explicit = raw_message(RECORD, run_id="r", context=tracing.context_of(other))
+    explicit = raw_message(RECORD, run_id="r", trace=tracing.inject({}, tracing.context_of(other)))
     other.end()
     for built, source in ((message, page), (explicit, other)):
         carried = trace.get_current_span(tracing.extract(built.properties)).get_span_context()
@@ -84,7 +84,7 @@ def test_a_consumer_span_continues_the_message_trace_with_ids_only(
     spans: InMemorySpanExporter,
 ) -> None:
     with tracing.span("page", {}, root=True) as page:
-        message = raw_message(RECORD, run_id="r")
+        message = raw_message(RECORD, run_id="r", trace=tracing.inject({}))
     attributes = tracing.destination_attributes(
         tracing.REDIS_STREAMS, "indicators", "process", subscription="demo"
     )
@@ -111,7 +111,10 @@ def test_a_batch_span_links_its_messages_and_records_errors_by_type_only(
     spans: InMemorySpanExporter,
 ) -> None:
     with tracing.span("page", {}, root=True):
-        messages = [raw_message({**RECORD, "id": f"md5--{i}"}, run_id="r") for i in range(3)]
+        messages = [
+            raw_message({**RECORD, "id": f"md5--{i}"}, run_id="r", trace=tracing.inject({}))
+            for i in range(3)
+        ]
     unrelated = Message(b"{}", "no-context", {})
     links = tracing.links_to((m.properties, m.message_id) for m in [*messages, unrelated])
     with (
@@ -163,8 +166,8 @@ def test_exporters_come_from_otel_traces_exporter() -> None:
 
 
 def test_the_bus_backend_names_the_messaging_system() -> None:
-    from shared.bus.redis_streams import RedisStreamsBus
-    from shared.bus.servicebus import ServiceBusBus
+    from shared.adapters.redis_streams import RedisStreamsBus
+    from shared.adapters.servicebus import ServiceBusBus
 
     class Wrapped(RedisStreamsBus):
         pass
@@ -197,10 +200,12 @@ def test_a_message_made_without_a_span_carries_its_source_trace(
     spans: InMemorySpanExporter,
 ) -> None:
     with tracing.span("fetch page", {}, root=True) as page:
-        raw = raw_message(RECORD, run_id="r")
-    properties = tracing.carry({"schema": "x"}, raw.properties)
-    assert properties["traceparent"] == raw.properties["traceparent"]
-    assert tracing.carry({}, {"schema": "x"}) == {}, "nothing to carry, nothing added"
+        raw = raw_message(RECORD, run_id="r", trace=tracing.inject({}))
+    forwarded = raw_message(RECORD, run_id="r2", trace=raw.properties)
+    assert forwarded.properties["traceparent"] == raw.properties["traceparent"]
+    untraced = raw_message(RECORD, run_id="r", trace={"schema": "x"})
+    assert "traceparent" not in untraced.properties, "nothing to carry, nothing added"
+    assert untraced.properties["schema"] != "x", "only the trace properties are carried"
     remote = tracing.remote(raw.properties)
     assert not remote.is_recording()
     assert remote.get_span_context().span_id == page.get_span_context().span_id

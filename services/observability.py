@@ -1,0 +1,164 @@
+"""Telemetry wired to the adapters, for every service: the gauges each one reads from its Redis
+state and its bus (``PARTS``), and the observers that mirror Redis's counts and Sentinel's
+upload calls into metrics. It lives with the composition root, so that ``shared.telemetry``
+never imports an adapter and the adapters never import telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Final
+
+from shared.adapters.sentinel_client import observe_requests
+from shared.adapters.state import CircuitState, DestinationState, FeedState, RateBudget, RedisClient
+from shared.adapters.state import observe_counts as observe_state_counts
+from shared.contract.bus import Bus
+from shared.contract.messages import subscription, upload_queue
+from shared.core.settings import Service, Settings
+from shared.telemetry.gauges import REFRESH_S, GaugeCache, Read, Reading, queue_read
+from shared.telemetry.health import Health
+from shared.telemetry.metrics import Metrics, exporter_readers
+
+_CIRCUIT_VALUES: Final = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+def feed_read(feed: FeedState, destination: str) -> Read:
+    """The checkpoint's ages, and how long ago the last sync finished and whether it
+    completed; an age nobody can know yet (no checkpoint, no sync) is left out, not made up."""
+    attributes = {"destination": destination}
+
+    async def read() -> list[Reading]:
+        checkpoint = await feed.checkpoint()
+        last_run = await feed.last_run()
+        now = datetime.now(UTC)
+        readings: list[Reading] = []
+        if checkpoint is not None:
+            age = (now - checkpoint.last_updated).total_seconds()
+            saved_age = max(0.0, (now - checkpoint.saved_at).total_seconds())
+            readings.append(("mati2sentinel_checkpoint_age_seconds", age, attributes))
+            readings.append(("mati2sentinel_checkpoint_saved_age_seconds", saved_age, attributes))
+        finished = _timestamp(last_run.get("finished_at")) if last_run else None
+        if last_run is not None and finished is not None:
+            completed = 1.0 if last_run.get("outcome") == "completed" else 0.0
+            sync_age = max(0.0, (now - finished).total_seconds())
+            readings.append(("mati2sentinel_last_sync_age_seconds", sync_age, attributes))
+            readings.append(("mati2sentinel_last_sync_completed", completed, attributes))
+        return readings
+
+    return read
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def circuit_read(state: DestinationState) -> Read:
+    attributes = {"destination": state.destination}
+
+    async def read() -> list[Reading]:
+        circuit, _, _ = await state.circuit()
+        return [("mati2sentinel_circuit_state", _CIRCUIT_VALUES[circuit], attributes)]
+
+    return read
+
+
+def rate_read(budget: RateBudget, destination: str) -> Read:
+    attributes = {"destination": destination}
+
+    async def read() -> list[Reading]:
+        used = await budget.in_window()
+        paused = await budget.paused_for()
+        return [
+            ("mati2sentinel_rate_budget_requests", used, attributes),
+            ("mati2sentinel_rate_budget_limit", budget.limit, attributes),
+            ("mati2sentinel_rate_budget_used_ratio", used / budget.limit, attributes),
+            ("mati2sentinel_rate_budget_pause_seconds", paused, attributes),
+        ]
+
+    return read
+
+
+#: What each service reports: the entity it consumes, and the state it owns.
+PARTS: Final[Mapping[Service, tuple[str, ...]]] = {
+    Service.FETCHER: ("feed",),
+    Service.FILTER: ("subscription",),
+    Service.UPLOADER: ("upload_queue", "circuit", "rate_budget"),
+}
+
+
+def gauge_reads(
+    service: Service, settings: Settings, redis: RedisClient, bus: Bus
+) -> dict[str, Read]:
+    destination = settings.destination
+    every: dict[str, Callable[[], Read]] = {
+        "feed": lambda: feed_read(FeedState(redis), destination),
+        "subscription": lambda: queue_read(bus, subscription(destination), destination),
+        "upload_queue": lambda: queue_read(bus, upload_queue(destination), destination),
+        "circuit": lambda: circuit_read(DestinationState(redis, destination)),
+        "rate_budget": lambda: rate_read(
+            RateBudget(
+                redis,
+                destination,
+                limit=settings.sentinel_requests_per_minute,
+                window_s=settings.sentinel_rate_window_seconds,
+            ),
+            destination,
+        ),
+    }
+    return {part: every[part]() for part in PARTS.get(service, ())}
+
+
+def configure_metrics(
+    service: Service,
+    settings: Settings,
+    *,
+    redis: RedisClient,
+    bus: Bus,
+    environ: Mapping[str, str] = os.environ,
+) -> Metrics:
+    """The metrics of ``service``: instruments, exporters, and the gauges it owns."""
+    return Metrics(
+        service=service,
+        destination=settings.destination,
+        gauges=GaugeCache(gauge_reads(service, settings, redis, bus)),
+        readers=exporter_readers(environ),
+    )
+
+
+@asynccontextmanager
+async def serving(
+    service: Service,
+    settings: Settings,
+    *,
+    redis: RedisClient,
+    bus: Bus,
+    health: Health,
+    environ: Mapping[str, str] = os.environ,
+    refresh_s: float = REFRESH_S,
+) -> AsyncIterator[Metrics]:
+    """Metrics for the life of a service: counts and upload calls mirrored, gauges refreshed,
+    ``/metrics`` on ``health``'s server; on the way out, a last OTLP export."""
+    metrics = configure_metrics(service, settings, redis=redis, bus=bus, environ=environ)
+    stop_counts = observe_state_counts(metrics.counted)
+    stop_requests = observe_requests(metrics.requested)
+    health.serve_metrics(metrics.scrape)
+    refresher = asyncio.create_task(metrics.gauges.run(refresh_s), name="metrics-refresher")
+    try:
+        yield metrics
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+        health.serve_metrics(None)
+        stop_requests()
+        stop_counts()
+        await asyncio.to_thread(metrics.shutdown)

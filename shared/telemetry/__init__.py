@@ -1,0 +1,1 @@
+"""Logs, traces, metrics, gauges and the health endpoints; the composition root feeds them."""
