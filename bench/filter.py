@@ -17,10 +17,12 @@ import io
 import pstats
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
+from services.filter.config import FilterConfig
 from services.filter.worker import BatchOutcome, FilterWorker
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.state import DestinationState
@@ -66,8 +68,8 @@ async def publish(bus: RedisStreamsBus, records: Sequence[dict[str, Any]], run_i
 class TallyingWorker(FilterWorker):
     """The product's worker, summing the outcomes of the batches it handles."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, config: FilterConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self.total = BatchOutcome()
 
     async def handle(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
@@ -131,18 +133,9 @@ async def run(
         bus = RedisStreamsBus(client, consumer="bench-filter", lock_duration_s=60)
         publisher = RedisStreamsBus(client, consumer="bench-fetcher", duplicate_window_s=0)
         state = DestinationState(client, DESTINATION)
-        worker = TallyingWorker(
-            bus=bus,
-            state=state,
-            filter_policy=settings.filter_policy(),
-            stix_policy=settings.stix_policy(),
-            destination=DESTINATION,
-            deduplication=settings.enable_deduplication,
-            refresh_ratio=settings.validity_refresh_ratio,
-            batch_size=settings.filter_batch_size,
-            receive_wait_s=0.05,
-            lanes=2,  # as services/filter/main.py runs it on Redis
-        )
+        # Two lanes, as services/filter/main.py runs it on Redis.
+        config = FilterConfig.from_settings(settings, lanes=2)
+        worker = TallyingWorker(replace(config, receive_wait_s=0.05), bus=bus, state=state)
         await bus.ensure(subscription(DESTINATION))
         await bus.ensure(upload_queue(DESTINATION))
         try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 
-from services.filter.worker import UNAVAILABLE_BACKOFF, FilterWorker, wait_or_stop
+from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
+from services.filter.worker import FilterWorker
 from services.runtime import Runtime, lanes_for, run_service
 from shared.adapters.state import DestinationState
 from shared.contract.messages import subscription, upload_queue
 from shared.core.errors import TransientError
+from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.settings import Service
 from shared.telemetry.logs import get_logger
 
@@ -23,15 +25,9 @@ _JITTER = random.Random()  # noqa: S311 - back-off jitter, not a secret
 def build_worker(runtime: Runtime) -> FilterWorker:
     settings = runtime.settings
     return FilterWorker(
+        FilterConfig.from_settings(settings, lanes=lanes_for(runtime.bus)),
         bus=runtime.bus,
         state=DestinationState(runtime.redis, settings.destination),
-        filter_policy=settings.filter_policy(),
-        stix_policy=settings.stix_policy(),
-        destination=settings.destination,
-        deduplication=settings.enable_deduplication,
-        refresh_ratio=settings.validity_refresh_ratio,
-        batch_size=settings.filter_batch_size,
-        lanes=lanes_for(runtime.bus),
     )
 
 
@@ -40,19 +36,22 @@ async def ensure_entities(runtime: Runtime) -> bool:
     topic without subscribers) and the upload queue; retried while the bus is unavailable, so
     a pod that starts before Redis does waits instead of crash-looping. False if stopped."""
     destination = runtime.settings.destination
-    failures = 0
-    while not runtime.stop.is_set():
-        try:
-            await runtime.bus.ensure(subscription(destination))
-            await runtime.bus.ensure(upload_queue(destination))
-        except TransientError as exc:
-            failures += 1
-            wait = UNAVAILABLE_BACKOFF.jittered(failures, _JITTER)
-            log.warning("filter.ensure_failed", error=str(exc)[:200], retry_in_s=round(wait, 3))
-            await wait_or_stop(runtime.stop, wait)
-        else:
-            return True
-    return False
+
+    async def ensure() -> None:
+        await runtime.bus.ensure(subscription(destination))
+        await runtime.bus.ensure(upload_queue(destination))
+
+    def failed(exc: BaseException, wait: float) -> None:
+        log.warning("filter.ensure_failed", error=str(exc)[:200], retry_in_s=round(wait, 3))
+
+    if runtime.stop.is_set():
+        return False
+    retrier = Retrier(UNAVAILABLE_BACKOFF, _JITTER, bounded=False)
+    try:
+        await retry(ensure, on=TransientError, retrier=retrier, stop=runtime.stop, on_retry=failed)
+    except Stopped:
+        return False
+    return True
 
 
 async def loop(runtime: Runtime) -> None:

@@ -37,16 +37,16 @@ batch settled; a message that comes back is counted again when it is settled aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
+from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from shared.adapters.state import DestinationState
 from shared.contract.bus import Bus, Delivery, LockLost, Message
@@ -57,37 +57,19 @@ from shared.contract.messages import (
     upload_message,
     upload_queue,
 )
-from shared.core.backoff import Backoff
 from shared.core.errors import TransientError
-from shared.core.filters import FilterPolicy
 from shared.core.fingerprint import SeenEntry, decide
+from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.source_tag import Shortcut, predicted_ids
-from shared.core.stix import StixPolicy
+from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import tracing
 from shared.telemetry.logs import get_logger
 
-__all__ = ["FILTER_ERROR", "INVALID_RECORD", "BatchOutcome", "FilterWorker", "wait_or_stop"]
+__all__ = ["FILTER_ERROR", "INVALID_RECORD", "BatchOutcome", "FilterWorker"]
 
 log = get_logger(__name__)
 
-#: How long an in-flight claim lives. It must outlast a realistic upload-queue backlog (an
-#: initial 90-day backfill at Sentinel's 10 000 objects a minute drains in hours, a long 429
-#: pause or an open circuit adds more): a claim that expires while its message is still queued
-#: lets the next sync queue the same version again, a harmless but wasted upload. It must not
-#: be forever: a claim whose message was lost (dead-lettered by the uploader, an operator
-#: purging the queue) would then block that indicator until it changed.
-CLAIM_TTL_S: Final = 6 * 3600.0
-#: Longest wait for the first message of a batch; also bounds how long ``run`` takes to notice
-#: ``stop`` while the subscription is idle.
-RECEIVE_WAIT_S: Final = 1.0
-#: Back-off while Redis or the bus is unavailable: short first (a failover takes seconds),
-#: capped so the filter notices recovery within half a minute.
-UNAVAILABLE_BACKOFF: Final = Backoff(base_s=0.5, cap_s=30.0)
 _MAX_ERROR_CHARS: Final = 200
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -105,48 +87,27 @@ class FilterWorker:
 
     def __init__(
         self,
+        config: FilterConfig,
         *,
         bus: Bus,
         state: DestinationState,
-        filter_policy: FilterPolicy,
-        stix_policy: StixPolicy,
-        destination: str,
-        deduplication: bool = True,
-        refresh_ratio: float = 0.5,
-        batch_size: int = 500,
-        claim_ttl_s: float = CLAIM_TTL_S,
-        receive_wait_s: float = RECEIVE_WAIT_S,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: UtcClock = utc_now,
         rng: random.Random | None = None,
-        lanes: int = 1,
     ) -> None:
-        if state.destination != destination:
-            raise ValueError(f"state is for destination {state.destination!r}, not {destination!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {lanes}")
-        if not claim_ttl_s > 0:
-            raise ValueError(f"claim_ttl_s must be positive, got {claim_ttl_s}")
-        if not 0.0 <= refresh_ratio <= 1.0:
-            raise ValueError(f"refresh_ratio must be within 0..1, got {refresh_ratio}")
-        self.destination = destination
-        self.source = subscription(destination)
-        self.target = upload_queue(destination)
+        if state.destination != config.destination:
+            raise ValueError(
+                f"state is for destination {state.destination!r}, not {config.destination!r}"
+            )
+        self.config = config
+        self.destination = config.destination
+        self.source = subscription(config.destination)
+        self.target = upload_queue(config.destination)
         self._bus = bus
         self._state = state
-        self._filter_policy = filter_policy
-        self._stix_policy = stix_policy
-        self._deduplication = deduplication
-        self._refresh_ratio = refresh_ratio
-        self._batch_size = batch_size
-        self._claim_ttl_s = claim_ttl_s
-        self._receive_wait_s = receive_wait_s
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._system = tracing.messaging_system(bus)
-        self._shortcut = Shortcut(filter_policy, stix_policy, refresh_ratio)
-        self._lanes = lanes
+        self._shortcut = Shortcut(config.filter_policy, config.stix_policy, config.refresh_ratio)
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -165,31 +126,38 @@ class FilterWorker:
         back (abandoning them instead would burn their delivery count on every retry).
         """
         async with asyncio.TaskGroup() as lanes:
-            for _ in range(self._lanes):
+            for _ in range(self.config.lanes):
                 lanes.create_task(self._lane(stop))
 
     async def _lane(self, stop: asyncio.Event) -> None:
-        failures = 0
+        retrier = Retrier(UNAVAILABLE_BACKOFF, self._rng, bounded=False)
+
+        async def once() -> None:
+            deliveries = await self._receive()
+            if deliveries:
+                await self.handle(deliveries)
+
+        def unavailable(exc: BaseException, wait: float) -> None:
+            log.warning(
+                "filter.unavailable",
+                error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
+                failures=retrier.failures,
+                retry_in_s=round(wait, 3),
+            )
+
         while not stop.is_set():
             try:
-                deliveries = await self._receive()
-                if deliveries:
-                    await self.handle(deliveries)
-                failures = 0
-            except TransientError as exc:
-                failures += 1
-                wait = UNAVAILABLE_BACKOFF.jittered(failures, self._rng)
-                log.warning(
-                    "filter.unavailable",
-                    error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
-                    failures=failures,
-                    retry_in_s=round(wait, 3),
+                await retry(
+                    once, on=TransientError, retrier=retrier, stop=stop, on_retry=unavailable
                 )
-                await wait_or_stop(stop, wait)
+            except Stopped:
+                return
 
     async def _receive(self) -> list[Delivery]:
         return await self._bus.receive(
-            self.source, max_messages=self._batch_size, max_wait_s=self._receive_wait_s
+            self.source,
+            max_messages=self.config.batch_size,
+            max_wait_s=self.config.receive_wait_s,
         )
 
     async def handle(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
@@ -213,7 +181,7 @@ class FilterWorker:
             now = self._clock()
             tags = [self._shortcut.tag(delivery.body) for delivery in deliveries]
             predictions = [
-                self._shortcut.predict(delivery.properties) if self._deduplication else None
+                self._shortcut.predict(delivery.properties) if self.config.deduplication else None
                 for delivery in deliveries
             ]
             known = await self._seen(predicted_ids(predictions), {})
@@ -238,9 +206,9 @@ class FilterWorker:
                         delivery,
                         source=tag,
                         now=now,
-                        filter_policy=self._filter_policy,
-                        stix_policy=self._stix_policy,
-                        refresh_ratio=self._refresh_ratio,
+                        filter_policy=self.config.filter_policy,
+                        stix_policy=self.config.stix_policy,
+                        refresh_ratio=self.config.refresh_ratio,
                     )
                 item.span = span
                 items.append(item)
@@ -310,13 +278,13 @@ class FilterWorker:
         pending = [forward for item in items for forward in item.observables]
         if not pending:
             return
-        if self._deduplication:
+        if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             await self._seen(list(dict.fromkeys(missing)), known)
         for item in items:
             for forward in item.observables:
                 reason = decide(
-                    known.get(forward.draft.stix_id) if self._deduplication else None,
+                    known.get(forward.draft.stix_id) if self.config.deduplication else None,
                     forward.draft.fingerprint,
                     now,
                     forward.valid_until,
@@ -348,7 +316,7 @@ class FilterWorker:
                 continue
             granted = await self._state.claim(
                 [(request.stix_id, request.fingerprint) for _, request in group],
-                ttl_s=self._claim_ttl_s,
+                ttl_s=self.config.claim_ttl_s,
                 redelivery=redelivery,
             )
             for (item, request), ok in zip(group, granted, strict=True):
@@ -449,9 +417,3 @@ class FilterWorker:
         if lost:
             log.warning("filter.lock_lost", messages=lost)
         return lost
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))

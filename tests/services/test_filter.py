@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.cli.redis_server import LocalRedis
+from services.filter.config import FilterConfig
 from services.filter.main import loop
 from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
 from services.runtime import Runtime
@@ -79,15 +80,9 @@ class Rig:
         return RedisStreamsBus(self.redis, consumer="filter-1", duplicate_window_s=0)
 
     def worker(self, bus: RedisStreamsBus | None = None, **options: Any) -> FilterWorker:
+        config = FilterConfig(DEST, stix_policy=STIX, **options)
         return FilterWorker(
-            bus=bus or self.bus,
-            state=self.state,
-            filter_policy=options.pop("filter_policy", FilterPolicy()),
-            stix_policy=STIX,
-            destination=DEST,
-            clock=self.clock,
-            rng=random.Random(1),
-            **options,
+            config, bus=bus or self.bus, state=self.state, clock=self.clock, rng=random.Random(1)
         )
 
 
@@ -400,11 +395,9 @@ async def test_a_claim_whose_reply_was_lost_still_forwards_its_batch(
             await state.claim([("warm-up", "0")], ttl_s=1)  # loads the script: no NOSCRIPT
             proxy.lose_reply_to(b":inflight:")
             worker = FilterWorker(
+                FilterConfig(DEST, stix_policy=STIX),
                 bus=rig.bus,
                 state=state,
-                filter_policy=FilterPolicy(),
-                stix_policy=STIX,
-                destination=DEST,
                 clock=rig.clock,
                 rng=random.Random(1),
             )
@@ -566,12 +559,9 @@ async def test_unavailable_state_is_waited_out_without_completing_anything(rig: 
     )
     try:
         worker = FilterWorker(
+            FilterConfig(DEST, stix_policy=STIX, receive_wait_s=0.1),
             bus=bus,
             state=DestinationState(down, DEST),
-            filter_policy=FilterPolicy(),
-            stix_policy=STIX,
-            destination=DEST,
-            receive_wait_s=0.1,
             rng=random.Random(1),
         )
         await publish(rig.bus, passing(of_type("ipv4")))
@@ -598,11 +588,9 @@ async def test_unavailable_state_is_waited_out_without_completing_anything(rig: 
 def test_the_worker_refuses_a_state_of_another_destination(rig: Rig) -> None:
     with pytest.raises(ValueError, match="destination"):
         FilterWorker(
+            FilterConfig(DEST, stix_policy=STIX),
             bus=rig.bus,
             state=DestinationState(rig.redis, "other"),
-            filter_policy=FilterPolicy(),
-            stix_policy=STIX,
-            destination=DEST,
         )
 
 
