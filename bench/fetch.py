@@ -19,7 +19,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.common import Figure, private_redis
-from services.fetcher.sync import Fetcher, FetcherConfig, Outcome
+from services.fetcher.config import FetcherConfig
+from services.fetcher.sync import Fetcher, Outcome
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
 from shared.adapters.redis_streams import RedisStreamsBus

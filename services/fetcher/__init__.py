@@ -2,6 +2,7 @@
 raw indicator to the ``indicators`` topic, moving its checkpoint only after the bus confirmed a
 page (DESIGN §2). One is active at a time, by a Redis lease.
 
-``sync`` holds one sync (:class:`~services.fetcher.sync.Fetcher`); ``main`` wires it to the
-runtime and runs it on schedule or once.
+``sync`` holds one sync (:class:`~services.fetcher.sync.Fetcher`), ``config`` what it asks
+MATI for, ``pushdown`` which filters MATI applies for us (``explain`` reads it too); ``main``
+wires it to the runtime and runs it on schedule or once.
 """

@@ -17,10 +17,10 @@ import time
 from datetime import timedelta
 from typing import Final
 
+from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import (
     Clock,
     Fetcher,
-    FetcherConfig,
     Outcome,
     SyncSummary,
     new_run_id,

@@ -27,34 +27,24 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Final
 
-from shared.adapters.mati_client import MAX_LIMIT, IndicatorQuery, MatiClient, RawPage
+from services.fetcher.config import FetcherConfig
+from services.fetcher.pushdown import PushDown
+from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
 from shared.adapters.state import FeedState, FetcherLease
 from shared.contract.bus import Bus
 from shared.contract.messages import INDICATORS, raw_message, subscription
 from shared.core.errors import FatalError, PagingInterrupted, PipelineError
 from shared.core.parsing import parse_timestamp
-from shared.core.settings import Settings
 from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
 
-#: A later sync starts this far before the checkpoint. MATI's index is eventually consistent:
-#: an indicator can become visible a little after a later one with an older ``last_updated``,
-#: and many indicators share one ``last_updated`` (a bulk re-scoring stamps them all alike), so
-#: starting exactly at the checkpoint could skip the ones that arrived late or sat on the edge.
-#: The re-published overlap costs nothing: its message ids are the ones already published, so
-#: the bus drops them (within its duplicate window), and the filter's seen cache after that.
-OVERLAP: Final = timedelta(minutes=5)
 #: MATI serves indicators updated within the last 90 days and answers 400 to an older
 #: ``start_epoch`` (specs/mati-api-v4.md §3.1): a query never reaches further back.
 MATI_RETENTION: Final = timedelta(days=90)
 #: Kept inside the 90 days for clock skew between us and MATI, and for the time between
 #: computing a window and a later cursor restart re-sending it.
 RETENTION_MARGIN: Final = timedelta(hours=1)
-#: Restarts of the window after an expired cursor, in a row without a confirmed page. A cursor
-#: lives about ten minutes, so expiries are rare; one that keeps expiring before any progress
-#: is a problem for the next run (and an operator), not a reason to loop.
-MAX_RESTARTS: Final = 3
 
 Clock = Callable[[], datetime]
 
@@ -75,28 +65,6 @@ class Outcome(StrEnum):
     LEASE_LOST = "lease_lost"  # another fetcher holds the lease now; it carries on
     FAILED = "failed"  # MATI, the bus or Redis failed; the next run resumes
     STANDBY = "standby"  # another fetcher holds the lease; nothing was done
-
-
-@dataclass(frozen=True, slots=True)
-class FetcherConfig:
-    """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default."""
-
-    destination: str
-    initial_lookback: timedelta
-    minimum_confidence: int
-    exclude_osint: bool
-    page_size: int = MAX_LIMIT
-    overlap: timedelta = OVERLAP
-    max_restarts: int = MAX_RESTARTS
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FetcherConfig:
-        return cls(
-            destination=settings.destination,
-            initial_lookback=timedelta(days=settings.initial_lookback),
-            minimum_confidence=settings.minimum_confidence,
-            exclude_osint=settings.exclude_osint,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +214,14 @@ class Fetcher:
                 )
 
     def _query(self, start: datetime, end: datetime) -> IndicatorQuery:
-        config = self._config
+        push_down = PushDown.of(self._config)
         return IndicatorQuery(
             start_epoch=math.floor(start.timestamp()),
             # Rounded up: a record stamped within the current second is inside the window.
             end_epoch=math.ceil(end.timestamp()),
-            limit=config.page_size,
-            gte_mscore=config.minimum_confidence,
-            exclude_osint=config.exclude_osint,
+            limit=self._config.page_size,
+            gte_mscore=push_down.gte_mscore,
+            exclude_osint=push_down.exclude_osint,
             sort_by="last_updated:asc",
         )
 

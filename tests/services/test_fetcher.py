@@ -25,13 +25,12 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.fetcher.config import OVERLAP, FetcherConfig
 from services.fetcher.main import loop, next_delay_s, sync_once
 from services.fetcher.sync import (
     MATI_RETENTION,
-    OVERLAP,
     RETENTION_MARGIN,
     Fetcher,
-    FetcherConfig,
     Outcome,
     SyncSummary,
     new_run_id,
@@ -41,8 +40,9 @@ from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.state import FeedState, FetcherLease
-from shared.contract.bus import Bus, BusUnavailable, Delivery, Message, Target
+from shared.contract.bus import Bus, Delivery, Message, Target
 from shared.contract.messages import INDICATORS, raw_message, subscription
+from shared.core.errors import BusUnavailable
 from shared.core.parsing import parse_timestamp
 from shared.core.secrets import Secret
 from shared.core.settings import Service, Settings

@@ -1,0 +1,47 @@
+"""What the fetcher asks MATI for, built from the settings once (``FetcherConfig.from_settings``),
+and how far a window reaches back past the checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+from shared.adapters.mati_client import MAX_LIMIT
+from shared.core.settings import Settings
+
+#: A later sync starts this far before the checkpoint. MATI's index is eventually consistent:
+#: an indicator can become visible a little after a later one with an older ``last_updated``,
+#: and many indicators share one ``last_updated`` (a bulk re-scoring stamps them all alike), so
+#: starting exactly at the checkpoint could skip the ones that arrived late or sat on the edge.
+#: The re-published overlap costs nothing: its message ids are the ones already published, so
+#: the bus drops them (within its duplicate window), and the filter's seen cache after that.
+OVERLAP: Final = timedelta(minutes=5)
+#: Restarts of the window after an expired cursor, in a row without a confirmed page. A cursor
+#: lives about ten minutes, so expiries are rare; one that keeps expiring before any progress
+#: is a problem for the next run (and an operator), not a reason to loop.
+MAX_RESTARTS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FetcherConfig:
+    """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default.
+    ``minimum_confidence`` and ``exclude_osint`` reach MATI as ``services.fetcher.pushdown``
+    says."""
+
+    destination: str
+    initial_lookback: timedelta
+    minimum_confidence: int
+    exclude_osint: bool
+    page_size: int = MAX_LIMIT
+    overlap: timedelta = OVERLAP
+    max_restarts: int = MAX_RESTARTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetcherConfig:
+        return cls(
+            destination=settings.destination,
+            initial_lookback=timedelta(days=settings.initial_lookback),
+            minimum_confidence=settings.minimum_confidence,
+            exclude_osint=settings.exclude_osint,
+        )
