@@ -13,7 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from simulators.feed import CATEGORIES, NAMESPACE, Feed, to_ms
+from simulators.feed import Feed
+from simulators.feed_attributes import NAMESPACE
+from simulators.feed_stamps import to_ms
+from simulators.feed_vocabulary import CATEGORIES
 
 NOW = datetime(2025, 3, 9, 8, 0, 0, tzinfo=UTC)
 LAST_UPDATED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -1,0 +1,192 @@
+"""The words and values the generated MATI feed draws from (specs/mati-api-v4.md §5.2).
+
+Data, kept apart from the code that draws from it. The records index into these tables by
+position, so changing a table (an entry, or the order) changes the records of every seed.
+"""
+
+from __future__ import annotations
+
+#: Source categories seen in recorded traffic (§5.2).
+CATEGORIES = (
+    "malware",
+    "control-server",
+    "botnet",
+    "infostealer",
+    "banker",
+    "phishing",
+    "exploit",
+    "exploit/vuln-scanning",
+)
+
+#: OSINT feeds by indicator type, names as seen in recorded traffic (§5.2).
+OSINT_SOURCES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "ipv4": (
+        ("blocklist_de", ("exploit/vuln-scanning",)),
+        ("blocklist_net_ua", ()),
+        ("greensnow", ("exploit/vuln-scanning",)),
+        ("voipbl", ()),
+        ("myip_blacklist", ()),
+        ("the_haleys_ssh_dict_attack", ("exploit",)),
+    ),
+    "fqdn": (
+        ("dtm.blackbeard", ("phishing",)),
+        ("dtm.vanellope", ()),
+        ("futex.re", ("malware",)),
+    ),
+    "url": (
+        ("phishtank", ("phishing",)),
+        ("phishstats", ("phishing",)),
+        ("urlhaus", ("malware",)),
+    ),
+    "md5": (
+        ("urlhaus", ("malware",)),
+        ("dtm.vanellope", ()),
+    ),
+}
+
+MISP_KEYS = (
+    "akamai",
+    "alexa",
+    "alexa_1M",
+    "amazon-aws",
+    "apple",
+    "automated-malware-analysis",
+    "bank-website",
+    "cisco_1M",
+    "cisco_top1000",
+    "cisco_top10k",
+    "cisco_top20k",
+    "cisco_top5k",
+    "cloudflare",
+    "common-contact-emails",
+    "common-ioc-false-positive",
+    "covid",
+    "covid-19-cyber-threat-coalition-whitelist",
+    "covid-19-krassi-whitelist",
+    "crl-hostname",
+    "crl-ip",
+    "dax30",
+    "disposable-email",
+    "dynamic-dns",
+    "eicar.com",
+    "empty-hashes",
+    "fastly",
+    "google",
+    "google-chrome-crux-1million",
+    "google-gcp",
+    "google-gmail-sending-ips",
+    "googlebot",
+    "ipv6-linklocal",
+    "majestic_million",
+    "majestic_million_1M",
+    "microsoft",
+    "microsoft-attack-simulator",
+    "microsoft-azure",
+    "microsoft-azure-china",
+    "microsoft-azure-germany",
+    "microsoft-azure-us-gov",
+    "microsoft-office365",
+    "microsoft-office365-cn",
+    "microsoft-office365-ip",
+    "microsoft-win10-connection-endpoints",
+    "moz-top500",
+    "mozilla-CA",
+    "mozilla-IntermediateCA",
+    "multicast",
+    "nioc-filehash",
+    "ovh-cluster",
+    "parking-domain",
+    "parking-domain-ns",
+    "phone_numbers",
+    "public-dns-hostname",
+    "public-dns-v4",
+    "public-dns-v6",
+    "rfc1918",
+    "rfc3849",
+    "rfc5735",
+    "rfc6598",
+    "rfc6761",
+    "second-level-tlds",
+    "security-provider-blogpost",
+    "sinkholes",
+    "smtp-receiving-ips",
+    "smtp-sending-ips",
+    "stackpath",
+    "tenable-cloud-ipv4",
+    "tenable-cloud-ipv6",
+    "ti-falsepositives",
+    "tlds",
+    "tranco",
+    "tranco10k",
+    "university_domains",
+    "url-shortener",
+    "vpn-ipv4",
+    "vpn-ipv6",
+    "whats-my-ip",
+    "wikimedia",
+)
+
+THREAT_ACTORS = (
+    "APT28",
+    "APT29",
+    "APT41",
+    "FIN7",
+    "FIN11",
+    "UNC961",
+    "UNC2452",
+    "UNC3944",
+    "UNC4736",
+    "UNC9999",
+)
+MALWARE = (
+    "BEATDROP",
+    "BEACON",
+    "FAKEGATE",
+    "QAKBOT",
+    "ICEDID",
+    "DARKGATE",
+    "SMOKELOADER",
+    "LOCKBIT",
+    "SUNBURST",
+    "GOOTLOADER",
+)
+CAMPAIGNS = (
+    ("CAMP.24.012", "UNC3944 Targets Telecommunications Help Desks with SMS Phishing"),
+    ("CAMP.24.031", "APT29 Phishing Campaign Delivering BEATDROP to Diplomatic Entities"),
+    ("CAMP.25.014", "UNC9999 Targets Logistics Firms with FAKEGATE Loader"),
+    ("GLOBAL.21.005", "Widespread Exploitation of Edge Devices by Multiple Actors"),
+    ("CAMP.23.077", "FIN7 Uses Malvertising to Distribute DARKGATE"),
+)
+REPORT_TYPES = (
+    "Threat Activity Report",
+    "Event Coverage/Implication",
+    "Actor Overview",
+    "Malware Profile",
+    "Vulnerability Report",
+)
+AUDIENCES = ("cyber crime", "cyber espionage", "fusion", "vulnerability", "operational")
+
+WORDS = (
+    "update",
+    "cdn",
+    "sync",
+    "secure",
+    "login",
+    "cloud",
+    "mail",
+    "portal",
+    "api",
+    "static",
+    "office",
+    "verify",
+    "account",
+    "files",
+    "drive",
+    "support",
+    "auth",
+    "gate",
+    "service",
+    "data",
+)
+TLDS = ("com", "net", "org", "info", "xyz", "top", "ru", "biz", "online", "site", "io", "cc")
+URL_PATHS = ("gate.php", "index.php", "login.html", "dl/payload.exe", "wp-admin/x.php", "a/b/c.js")
