@@ -19,6 +19,7 @@ from typing import Any, Final, Self
 
 from redis.asyncio import Redis
 
+from harness import oracle
 from services.cli.redis_server import LocalRedis
 from services.cli.supervisor import Child, ServiceProcesses
 from shared.adapters.redis_streams import RedisStreamsBus
@@ -183,19 +184,23 @@ class Pipeline:
         destination = await DestinationState(self.redis, DESTINATION).counters()
         return feed, destination
 
-    def expected(self, records: Iterable[Mapping[str, object]] | None = None) -> Expected:
-        """The objects the filters accept from ``records`` (default: the whole feed now)."""
+    def expected(self, records: Iterable[Mapping[str, Any]] | None = None) -> Expected:
+        """The objects the filters accept from ``records`` (default: the whole feed now).
+
+        Computed with the product's parse, filter and mapping (the ids and fingerprints the
+        workspace must hold), then checked against ``harness.oracle``, which decides from the
+        feed's own truth: a parser or filter bug fails here instead of agreeing with itself."""
         settings = self.settings
         policy, stix_policy = settings.filter_policy(), settings.stix_policy()
         objects: dict[str, str] = {}
         drops: Counter[str] = Counter()
-        source = records if records is not None else self.feed.records(range(len(self.feed)))
+        product: set[oracle.Accepted] = set()
+        current = records is None
+        source = list(self.feed.records(range(len(self.feed))) if records is None else records)
         for record in source:
             indicator = parse_indicator(record)
             if not isinstance(indicator, Indicator):
-                drops[f"rejected_{indicator.reason}"] = (
-                    drops.get(f"rejected_{indicator.reason}", 0) + 1
-                )
+                drops[f"rejected_{indicator.reason}"] += 1
                 continue
             verdict = evaluate(indicator, policy)
             if not isinstance(verdict, tuple):
@@ -204,4 +209,14 @@ class Pipeline:
             for observable in verdict:
                 key = stix_id(indicator.id, observable.hash_type)
                 objects[key] = fingerprint(content(observable, stix_policy))
+                hash_type = observable.hash_type.value if observable.hash_type else None
+                product.add((indicator.id, hash_type))
+        truth, judged = oracle.accepted(self.feed, source, policy, current=current)
+        mine = {entry for entry in product if entry[0] in judged}
+        if mine != truth:
+            raise AssertionError(
+                "the product's parse and filters disagree with the feed's truth: "
+                f"accepted but not true {sorted(mine - truth)[:5]}, "
+                f"true but not accepted {sorted(truth - mine)[:5]}"
+            )
         return Expected(objects, dict(drops))
