@@ -17,6 +17,7 @@ they come from the load balancers in front of a service, which know nothing of i
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 from collections import deque
@@ -174,6 +175,24 @@ class Recorder:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def noting_status(
+    request: web.Request, handler: Handler, note: Callable[[int | None], None]
+) -> web.StreamResponse:
+    """``handler(request)``, then ``note`` the status it went out with however it ended: an
+    HTTP exception's own status, or None when there was no answer (a reset). Request logs
+    count what a client sent, so a request whose answer failed is noted all the same."""
+    status: int | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        note(status)
+
+
 def _route_name(request: web.Request) -> str | None:
     return request.match_info.route.name
 
@@ -274,21 +293,15 @@ def fault_middleware(plan: FaultPlan, recorder: Recorder) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
         route = _route_name(request)
-        fault = None if route is None or route.startswith("sim.") else plan.take(route, GENERIC)
-        status: int | None = None
-        try:
-            if fault is not None:
-                answers = request.app.get(FAULT_ANSWERS, _DEFAULT_ANSWERS)
-                response = await answer_generic(request, fault, answers)
-            else:
-                response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            if route is None or not route.startswith("sim."):
+        internal = route is not None and route.startswith("sim.")
+        fault = None if route is None or internal else plan.take(route, GENERIC)
+        answer = handler
+        if fault is not None:
+            answers = request.app.get(FAULT_ANSWERS, _DEFAULT_ANSWERS)
+            answer = functools.partial(answer_generic, fault=fault, answers=answers)
+
+        def note(status: int | None) -> None:
+            if not internal:
                 recorder.requests.append(
                     RecordedRequest(
                         route=route,
@@ -301,5 +314,7 @@ def fault_middleware(plan: FaultPlan, recorder: Recorder) -> Any:
                         fault=fault.kind if fault else None,
                     )
                 )
+
+        return await noting_status(request, answer, note)
 
     return middleware

@@ -1,10 +1,14 @@
 """What every simulator shares: a TLS aiohttp server on loopback, faults, the request record
-and the ``/_sim/*`` control routes that let another process (``make demo``) drive it.
+and the ``/_sim/*`` control routes that let another process (``make demo``) drive it, and the
+reading of credentials and writing of JSON that every API does alike.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ssl
+from collections.abc import Mapping
 from typing import Any, Self
 
 import orjson
@@ -68,7 +72,7 @@ class SimServer:
     async def _add_fault(self, request: web.Request) -> web.Response:
         fault = Fault.from_json(orjson.loads(await request.read()))
         self.faults.add(fault)
-        return _json(fault.to_json(), status=201)
+        return json_response(fault.to_json(), status=201)
 
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self.faults.clear()
@@ -79,8 +83,36 @@ class SimServer:
             {"route": r.route, "method": r.method, "path": r.path, "status": r.status}
             for r in self.recorder.requests
         ]
-        return _json(rows)
+        return json_response(rows)
 
 
-def _json(obj: Any, *, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+def json_response(
+    obj: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``obj`` as orjson writes it: the bytes a test compares are the bytes that were sent."""
+    return web.Response(
+        body=orjson.dumps(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``; None when the header carries none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """The ``(user, password)`` of an ``Authorization: Basic`` header, decoded by hand: aiohttp
+    deprecates ``BasicAuth``, and a simulator must not lean on client code. None when the header
+    is not Basic or does not decode to ``user:password``."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None

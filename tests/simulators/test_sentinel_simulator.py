@@ -27,16 +27,12 @@ from hypothesis import strategies as st
 
 from shared.core.filters import Observable
 from shared.core.stix import StixPolicy, indicator_object
-from simulators import sentinel as sentinel_module
+from simulators import sentinel_validation
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind
-from simulators.sentinel import (
-    DEFAULT_WORKSPACE_ID,
-    ObjectStore,
-    SentinelSimulator,
-    split_observable,
-    validate_object,
-)
+from simulators.sentinel import DEFAULT_WORKSPACE_ID, ObjectStore, SentinelSimulator
+from simulators.sentinel_rows import split_observable
+from simulators.sentinel_validation import validate_object
 from simulators.tokens import TokenMinter
 from tests.unit.strategies import (
     PROPERTY,
@@ -288,7 +284,7 @@ def test_the_quick_acceptance_check_never_disagrees_with_the_full_checks() -> No
     accepted = 0
     for obj in variants:
         for legacy in (False, True):
-            full = sentinel_module._problems(obj, legacy=legacy)
+            full = sentinel_validation._problems(obj, legacy=legacy)
             assert validate_object(obj, legacy=legacy) == full, obj
             accepted += not full
     assert accepted > 20  # the trials include objects that are fine, not only broken ones
@@ -415,7 +411,7 @@ def test_every_object_the_product_maps_is_accepted(
     obj = indicator_object(obs, policy, now)
     for legacy in (False, True):
         assert validate_object(obj, legacy=legacy) == []
-        assert sentinel_module._problems(obj, legacy=legacy) == []
+        assert sentinel_validation._problems(obj, legacy=legacy) == []
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
