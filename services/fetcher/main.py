@@ -18,19 +18,13 @@ from datetime import timedelta
 from typing import Final
 
 from services.fetcher.config import FetcherConfig
-from services.fetcher.sync import (
-    Clock,
-    Fetcher,
-    Outcome,
-    SyncSummary,
-    new_run_id,
-    utc_now,
-)
+from services.fetcher.sync import Fetcher, Outcome, SyncSummary, new_run_id
 from services.runtime import Runtime, run_service
 from shared.adapters.mati_client import MatiClient
 from shared.adapters.state import FeedState, FetcherLease
 from shared.core.errors import ConfigError
 from shared.core.settings import Service
+from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
@@ -43,7 +37,7 @@ LEASE_WAIT_S: Final = 120.0
 LEASE_POLL_S: Final = 2.0
 
 
-def build(runtime: Runtime, *, clock: Clock = utc_now) -> Fetcher:
+def build(runtime: Runtime, *, clock: UtcClock = utc_now) -> Fetcher:
     """The fetcher over the runtime's connections and settings."""
     settings = runtime.settings
     if runtime.http is None:

@@ -21,7 +21,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
@@ -35,6 +35,7 @@ from shared.contract.bus import Bus
 from shared.contract.messages import INDICATORS, raw_message, subscription
 from shared.core.errors import FatalError, PagingInterrupted, PipelineError
 from shared.core.parsing import parse_timestamp
+from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
@@ -45,12 +46,6 @@ MATI_RETENTION: Final = timedelta(days=90)
 #: Kept inside the 90 days for clock skew between us and MATI, and for the time between
 #: computing a window and a later cursor restart re-sending it.
 RETENTION_MARGIN: Final = timedelta(hours=1)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -128,7 +123,7 @@ class Fetcher:
         feed: FeedState,
         lease: FetcherLease,
         config: FetcherConfig,
-        clock: Clock = utc_now,
+        clock: UtcClock = utc_now,
     ) -> None:
         self._client = client
         self._bus = bus
