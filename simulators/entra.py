@@ -9,8 +9,6 @@ and only the real client libraries talking to a real HTTPS endpoint exercise it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ssl
 import time
 import urllib.parse
@@ -18,14 +16,20 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-import orjson
 from aiohttp import web
 
+from simulators.entra_errors import (
+    EntraError,
+    assertion_error,
+    missing_credential,
+    required,
+    resource_not_found,
+)
 from simulators.faults import FAULT_ANSWERS, Fault, FaultAnswers, FaultKind, retry_after_header
-from simulators.server import SimServer
-from simulators.tokens import TokenError, TokenMinter, TokenProblem
+from simulators.server import SimServer, basic_credentials, json_response
+from simulators.tokens import TokenError, TokenMinter
 
 #: The resources a fresh simulated tenant knows (``<resource>/.default`` scopes). Entra refuses
 #: a scope for a resource it has no service principal for (AADSTS500011); the classic way to hit
@@ -65,17 +69,6 @@ class _FederatedClient:
     audience: str
     issuer: str
     subject: str
-
-
-class _EntraError(Exception):
-    """An AADSTS error answer; raised inside the handler, rendered in one place."""
-
-    def __init__(self, status: int, error: str, code: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.code = code
-        self.message = message
 
 
 class EntraSimulator(SimServer):
@@ -171,7 +164,7 @@ class EntraSimulator(SimServer):
         tenant = request.match_info["tenant"]
         try:
             self._check_tenant(tenant)
-        except _EntraError as exc:
+        except EntraError as exc:
             return self._error(request, exc)
         base = f"{self.url}/{tenant}"
         doc = {
@@ -200,11 +193,11 @@ class EntraSimulator(SimServer):
     async def _token_v2(self, request: web.Request) -> web.Response:
         try:
             form = await self._read_form(request)
-            scope = _required(form, "scope")
+            scope = required(form, "scope")
             audience = self._audience_from_scope(scope)
             client_id = await self._authenticate(request, form)
             issued = self._issue(request, client_id, audience, issuer_suffix="v2.0")
-        except _EntraError as exc:
+        except EntraError as exc:
             return self._error(request, exc)
         ttl = max(issued.expires_at - int(time.time()), 1)
         return _json(
@@ -220,12 +213,12 @@ class EntraSimulator(SimServer):
         """The v1 endpoint: ``resource=`` instead of ``scope``, and numbers sent as strings."""
         try:
             form = await self._read_form(request)
-            resource = _required(form, "resource")
+            resource = required(form, "resource")
             if resource not in self.resources:
-                raise _resource_not_found(resource, self.tenant_id)
+                raise resource_not_found(resource, self.tenant_id)
             client_id = await self._authenticate(request, form)
             issued = self._issue(request, client_id, resource, issuer_suffix="")
-        except _EntraError as exc:
+        except EntraError as exc:
             return self._error(request, exc)
         now = int(time.time())
         ttl = max(issued.expires_at - now, 1)
@@ -250,24 +243,25 @@ class EntraSimulator(SimServer):
         if request.content_type == "application/x-www-form-urlencoded":
             text = (await request.read()).decode("utf-8", errors="replace")
             form = dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
-        grant_type = _required(form, "grant_type")
+        grant_type = required(form, "grant_type")
         if grant_type != "client_credentials":
-            raise _EntraError(
+            raise EntraError(
                 400,
                 "unsupported_grant_type",
                 70003,
                 f"The app requested an unsupported grant type '{grant_type}'.",
             )
-        basic = _basic_credentials(request)
+        basic = basic_credentials(request.headers.get("Authorization", ""))
         if basic is not None:
-            form.setdefault("client_id", basic[0])
-            form.setdefault("client_secret", basic[1])
-        _required(form, "client_id")
+            # client_secret_basic: both halves are form-urlencoded before base64 (RFC 6749).
+            form.setdefault("client_id", urllib.parse.unquote_plus(basic[0]))
+            form.setdefault("client_secret", urllib.parse.unquote_plus(basic[1]))
+        required(form, "client_id")
         return form
 
     def _check_tenant(self, tenant: str) -> None:
         if tenant.lower() != self.tenant_id.lower():
-            raise _EntraError(
+            raise EntraError(
                 400,
                 "invalid_request",
                 90002,
@@ -279,7 +273,7 @@ class EntraSimulator(SimServer):
         """``<resource>/.default``, one resource only, as the client-credentials flow demands."""
         scopes = scope.split()
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
-            raise _EntraError(
+            raise EntraError(
                 400,
                 "invalid_scope",
                 70011,
@@ -290,7 +284,7 @@ class EntraSimulator(SimServer):
             )
         resource = scopes[0].removesuffix("/.default")
         if resource not in self.resources:
-            raise _resource_not_found(resource, self.tenant_id)
+            raise resource_not_found(resource, self.tenant_id)
         return resource
 
     async def _authenticate(self, request: web.Request, form: Mapping[str, str]) -> str:
@@ -298,15 +292,9 @@ class EntraSimulator(SimServer):
         if client_id in self._secrets:
             secret = form.get("client_secret")
             if not secret:
-                raise _EntraError(
-                    401,
-                    "invalid_client",
-                    7000218,
-                    "The request body must contain the following parameter: "
-                    "'client_assertion' or 'client_secret'.",
-                )
+                raise missing_credential()
             if secret != self._secrets[client_id]:
-                raise _EntraError(
+                raise EntraError(
                     401,
                     "invalid_client",
                     7000215,
@@ -318,7 +306,7 @@ class EntraSimulator(SimServer):
         if client_id in self._federated:
             self._check_assertion(client_id, form)
             return client_id
-        raise _EntraError(
+        raise EntraError(
             400,
             "unauthorized_client",
             700016,
@@ -332,19 +320,13 @@ class EntraSimulator(SimServer):
         fed = self._federated[client_id]
         assertion = form.get("client_assertion")
         if not assertion or form.get("client_assertion_type") != JWT_BEARER:
-            raise _EntraError(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: "
-                "'client_assertion' or 'client_secret'.",
-            )
+            raise missing_credential()
         try:
             claims = self.minter.validate(assertion, [fed.audience]).raw
         except TokenError as exc:
-            raise _assertion_error(exc) from exc
+            raise assertion_error(exc) from exc
         if claims.get("iss") != fed.issuer:
-            raise _EntraError(
+            raise EntraError(
                 400,
                 "invalid_client",
                 700211,
@@ -352,7 +334,7 @@ class EntraSimulator(SimServer):
                 f"'{claims.get('iss')}'.",
             )
         if claims.get("sub") != fed.subject:
-            raise _EntraError(
+            raise EntraError(
                 400,
                 "invalid_client",
                 700213,
@@ -391,7 +373,7 @@ class EntraSimulator(SimServer):
         return issued
 
     def _error(
-        self, request: web.Request, exc: _EntraError, headers: Mapping[str, str] | None = None
+        self, request: web.Request, exc: EntraError, headers: Mapping[str, str] | None = None
     ) -> web.Response:
         trace_id = str(uuid.uuid4())
         correlation_id = (
@@ -437,7 +419,7 @@ class _EntraFaultAnswers(FaultAnswers):
         self._sim = sim
 
     def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
-        error = _EntraError(
+        error = EntraError(
             429,
             "temporarily_unavailable",
             90055,
@@ -446,7 +428,7 @@ class _EntraFaultAnswers(FaultAnswers):
         return self._sim._error(request, error, retry_after_header(fault))
 
     def server_error(self, request: web.Request, fault: Fault) -> web.StreamResponse:
-        error = _EntraError(
+        error = EntraError(
             fault.status,
             "temporarily_unavailable",
             90033,
@@ -455,75 +437,9 @@ class _EntraFaultAnswers(FaultAnswers):
         return self._sim._error(request, error)
 
 
-def _required(form: Mapping[str, str], name: str) -> str:
-    value = form.get(name)
-    if not value:
-        raise _EntraError(
-            400,
-            "invalid_request",
-            900144,
-            f"The request body must contain the following parameter: '{name}'.",
-        )
-    return value
-
-
-def _resource_not_found(resource: str, tenant_id: str) -> _EntraError:
-    return _EntraError(
-        400,
-        "invalid_resource",
-        500011,
-        f"The resource principal named {resource} was not found in the tenant named "
-        f"{tenant_id}. This can happen if the application has not been installed by the "
-        "administrator of the tenant or consented to by any user in the tenant.",
-    )
-
-
-def _assertion_error(exc: TokenError) -> _EntraError:
-    if exc.problem in (TokenProblem.EXPIRED, TokenProblem.NOT_YET_VALID, TokenProblem.REVOKED):
-        return _EntraError(
-            400,
-            "invalid_client",
-            700024,
-            "Client assertion is not within its valid time range.",
-        )
-    if exc.problem is TokenProblem.WRONG_AUDIENCE:
-        audiences = exc.claims.get("aud")
-        offered = audiences if isinstance(audiences, list) else [audiences]
-        return _EntraError(
-            400,
-            "invalid_client",
-            700212,
-            "No matching federated identity record found for presented assertion audience "
-            f"'{','.join(str(a) for a in offered)}'.",
-        )
-    if exc.problem is TokenProblem.BAD_SIGNATURE:
-        return _EntraError(
-            401, "invalid_client", 700027, "Client assertion failed signature validation."
-        )
-    return _EntraError(400, "invalid_request", 50027, "JWT token is invalid or malformed.")
-
-
-def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
-    """``client_secret_basic``: both halves are form-urlencoded before base64, per RFC 6749."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password)
+#: Entra never lets a token response be cached by an intermediary.
+_NO_STORE: Final = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 
 
 def _json(obj: Any, *, status: int = 200) -> web.Response:
-    # Entra never lets a token response be cached by an intermediary.
-    return web.Response(
-        body=orjson.dumps(obj),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"},
-    )
+    return json_response(obj, status=status, headers=_NO_STORE)
