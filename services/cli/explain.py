@@ -31,7 +31,8 @@ from services.cli.explain_core import (
 )
 from shared.adapters.state import DestinationState, FeedState
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
-from shared.contract.messages import MalformedMessage, read_upload, subscription, upload_queue
+from shared.contract.messages import read_upload, subscription, upload_queue
+from shared.core.errors import MalformedMessage
 from shared.core.parsing import format_timestamp, parse_indicator
 from shared.core.settings import Settings
 

@@ -49,7 +49,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from shared.adapters.state import DestinationState
-from shared.contract.bus import Bus, Delivery, LockLost, Message
+from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
@@ -57,7 +57,7 @@ from shared.contract.messages import (
     upload_message,
     upload_queue,
 )
-from shared.core.errors import TransientError
+from shared.core.errors import LockLost, TransientError
 from shared.core.fingerprint import SeenEntry, decide
 from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.source_tag import Shortcut, predicted_ids

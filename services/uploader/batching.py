@@ -22,9 +22,10 @@ from typing import Final
 
 from opentelemetry.trace import Span
 
-from shared.adapters.state import DestinationState, StateUnavailable
-from shared.contract.bus import Bus, BusUnavailable, Delivery, LockLost, Queue, Source
-from shared.contract.messages import MalformedMessage, UploadRequest, read_upload
+from shared.adapters.state import DestinationState
+from shared.contract.bus import Bus, Delivery, Queue, Source
+from shared.contract.messages import UploadRequest, read_upload
+from shared.core.errors import BusUnavailable, LockLost, MalformedMessage, StateUnavailable
 from shared.core.fingerprint import decide, refresh_after_for
 from shared.core.stix import UploadTime
 from shared.telemetry import logs, tracing

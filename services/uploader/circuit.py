@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.adapters.state import CircuitState, DestinationState, StateUnavailable
+from shared.adapters.state import CircuitState, DestinationState
 from shared.core.backoff import Backoff
+from shared.core.errors import StateUnavailable
 from shared.telemetry import logs
 
 log = logs.get_logger(__name__)

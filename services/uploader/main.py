@@ -13,11 +13,10 @@ from services.uploader.worker import Uploader
 from shared.adapters.credentials import TokenProvider, credential_factory
 from shared.adapters.sentinel_client import SentinelClient
 from shared.adapters.state import CircuitState, DestinationState, RateBudget
-from shared.contract.bus import BusUnavailable
 from shared.core.backoff import Backoff
+from shared.core.errors import BusUnavailable, NotReady
 from shared.core.settings import Service
 from shared.telemetry import logs
-from shared.telemetry.health import NotReady
 
 log = logs.get_logger(__name__)
 

@@ -61,7 +61,7 @@ from services.uploader.batching import (
 )
 from services.uploader.circuit import Circuit
 from shared.adapters.sentinel_client import UploadResult
-from shared.adapters.state import DestinationState, RateBudget, StateUnavailable
+from shared.adapters.state import DestinationState, RateBudget
 from shared.contract.bus import Bus, Delivery
 from shared.contract.messages import upload_queue
 from shared.core.backoff import Backoff
@@ -71,6 +71,7 @@ from shared.core.errors import (
     DestinationNotFound,
     MalformedResponse,
     RateLimited,
+    StateUnavailable,
     SystemicRejection,
     TlsVerificationFailed,
     TransientError,

@@ -108,11 +108,9 @@ from shared.adapters.redis_errors import translated
 from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
-    BusUnavailable,
     DeadLetter,
     Delivery,
     EntityCounts,
-    LockLost,
     Message,
     Peeked,
     Queue,
@@ -120,7 +118,7 @@ from shared.contract.bus import (
     Subscription,
     Target,
 )
-from shared.core.errors import FatalError
+from shared.core.errors import BusRefused, BusUnavailable, LockLost
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +149,6 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _XREADGROUP: Final = "XREADGROUP GROUP"
 #: The fields ``_PUBLISH`` writes, in its order (``_REPLAY`` and the dead-letter copies too).
 _OUR_FIELDS: Final = (b"body", b"message_id", b"properties")
-
-
-class BusRefused(FatalError):
-    """Raised when Redis refuses a bus operation in a way a retry cannot fix (a key of ours
-    holds a foreign type, an ACL denial, a script error): an operator must look."""
 
 
 # --------------------------------------------------------------------------------------------

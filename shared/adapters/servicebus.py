@@ -79,11 +79,9 @@ from azure.servicebus.exceptions import (
 
 from shared.contract.bus import (
     Bus,
-    BusUnavailable,
     DeadLetter,
     Delivery,
     EntityCounts,
-    LockLost,
     Message,
     Peeked,
     Queue,
@@ -92,7 +90,7 @@ from shared.contract.bus import (
     Target,
     Topic,
 )
-from shared.core.errors import FatalError
+from shared.core.errors import BusAccessDenied, BusEntityMissing, BusUnavailable, LockLost
 
 logger = logging.getLogger(__name__)
 
@@ -123,15 +121,6 @@ def replay_rule(subscription: str) -> str:
     if "'" in subscription:
         raise ValueError(f"subscription name must not contain a quote: {subscription!r}")
     return f"NOT EXISTS({REPLAY_TO}) OR {REPLAY_TO} = '{subscription}'"
-
-
-class BusEntityMissing(FatalError):
-    """Raised when a queue, topic or subscription does not exist or is disabled: create it as
-    docs/servicebus.md says; the services never create entities."""
-
-
-class BusAccessDenied(FatalError):
-    """Raised when Service Bus refuses the credentials or the role assignment."""
 
 
 @dataclass(slots=True)

@@ -99,7 +99,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 from shared.adapters.redis_errors import translated
-from shared.core.errors import FatalError, TransientError
+from shared.core.errors import StateRefused, StateUnavailable
 from shared.core.fingerprint import SeenEntry
 
 logger = logging.getLogger(__name__)
@@ -151,20 +151,6 @@ def _counted(destination: str, counts: Mapping[str, int]) -> None:
             observer(destination, counts)
         except Exception:  # telemetry must not break the pipeline
             logger.exception("a count observer failed")
-
-
-class StateUnavailable(TransientError):
-    """Raised when Redis cannot be reached or cannot serve for now (connection refused or
-    reset, timeout, loading, failover, out of memory): retry later, the work is fine.
-
-    Refused credentials land here too: access keys and Entra tokens for Azure Cache for Redis
-    rotate, and a service that backs off (readiness false) recovers once they are right again.
-    """
-
-
-class StateRefused(FatalError):
-    """Raised when Redis refuses an operation in a way a retry cannot fix (a key of ours holds
-    a foreign type, a script error, an ACL denial): an operator must look."""
 
 
 class CircuitState(StrEnum):

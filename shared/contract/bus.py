@@ -16,6 +16,7 @@ runs on and the contract tests hold both to it:
 
 Settling a message whose lock was lost (it expired and someone else received it) raises
 ``LockLost``: the other holder owns it now, and the caller must not act as if it settled it.
+``LockLost`` and ``BusUnavailable`` live in ``shared.core.errors`` with the rest of the tree.
 """
 
 from __future__ import annotations
@@ -25,22 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from shared.core.errors import TransientError
-
 #: Reason the bus gives a message it dead-letters itself (Service Bus spells it this way).
 MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
-
-
-class BusUnavailable(TransientError):
-    """Raised when the bus cannot be reached or refuses an operation for now."""
-
-
-class LockLost(TransientError):
-    """Raised when settling messages whose lock expired; ``message_ids`` names them."""
-
-    def __init__(self, message: str, *, message_ids: Sequence[str]) -> None:
-        super().__init__(message)
-        self.message_ids = tuple(message_ids)
 
 
 @dataclass(frozen=True, slots=True)

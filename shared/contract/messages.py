@@ -30,6 +30,7 @@ from typing import Final
 import orjson
 
 from shared.contract.bus import Message, Queue, Subscription, Topic
+from shared.core.errors import MalformedMessage
 from shared.core.fingerprint import EXTENSION_ID, SOURCE_TAG_BYTES, ForwardReason
 from shared.core.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
 
@@ -120,10 +121,6 @@ class UploadRequest:
         """MATI's id of the record, as the object's extension names it."""
         ours = extension_of(self.draft.body)
         return _text_field(ours, MATI_ID_PROPERTY)
-
-
-class MalformedMessage(ValueError):
-    """Raised when a message body is not the contract's shape (a poison message)."""
 
 
 def upload_message(

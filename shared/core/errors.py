@@ -7,17 +7,26 @@
     ├── TransientError              retry later; the work is fine
     │   ├── RateLimited             wait ``retry_after_s``, then retry the same work
     │   ├── UpstreamUnavailable     5xx, timeout, connection reset: back off and retry
-    │   └── PagingInterrupted       a MATI cursor expired: restart the window from the checkpoint
+    │   ├── PagingInterrupted       a MATI cursor expired: restart the window from the checkpoint
+    │   ├── BusUnavailable          the bus cannot serve now: back off, leave the messages locked
+    │   ├── LockLost                another receiver owns these messages now: do not act on them
+    │   ├── StateUnavailable        Redis state cannot serve now: back off, readiness false
+    │   └── NotReady                a readiness check says "not now": report 503, ask again later
     ├── PermanentError              this piece of work can never succeed: dead-letter it
     │   ├── MalformedResponse       a peer answered with a body we cannot read
     │   ├── QueryRejected           MATI refused the query itself (a 4xx that is not auth)
-    │   └── BatchRejected           Sentinel refused the whole request (400), naming the
-    │                               records at fault when its body does (``records``)
+    │   ├── BatchRejected           Sentinel refused the whole request (400), naming the
+    │   │                           records at fault when its body does (``records``)
+    │   └── MalformedMessage        a bus message is not the contract's shape (a poison message)
     └── FatalError                  stop taking work for this destination and alert
         ├── AuthenticationFailed    credentials refused even after a fresh token
         ├── DestinationNotFound     the workspace does not exist (404)
         ├── TlsVerificationFailed   the peer's certificate or TLS handshake was refused
-        └── SystemicRejection       Sentinel refuses every record for one reason no record owns
+        ├── SystemicRejection       Sentinel refuses every record for one reason no record owns
+        ├── BusRefused              Redis refuses a bus operation a retry cannot fix
+        ├── BusEntityMissing        a Service Bus entity is missing or disabled: create it
+        ├── BusAccessDenied         Service Bus refuses the credentials or the role
+        └── StateRefused            Redis refuses a state operation a retry cannot fix
 
 Adapters translate third-party exceptions (aiohttp, redis, azure) into these classes at the
 point where they meet them. Messages never carry a secret: adapters build them from status
@@ -26,6 +35,7 @@ codes and peer messages, never from request headers or URLs with credentials.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -63,6 +73,39 @@ class UpstreamUnavailable(TransientError):
 
 class PagingInterrupted(TransientError):
     """Raised when MATI no longer honours a paging cursor (it lives about ten minutes)."""
+
+
+class BusUnavailable(TransientError):
+    """Raised when the bus cannot be reached or refuses an operation for now.
+
+    The caller backs off and tries again; messages it holds stay locked until their lock runs
+    out, then they are delivered again."""
+
+
+class LockLost(TransientError):
+    """Raised when settling messages whose lock expired; ``message_ids`` names them.
+
+    The other holder owns them now: the caller must not act as if it settled them (no count,
+    no commit for them); the rest of the batch was settled."""
+
+    def __init__(self, message: str, *, message_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.message_ids = tuple(message_ids)
+
+
+class StateUnavailable(TransientError):
+    """Raised when Redis cannot be reached or cannot serve for now (connection refused or
+    reset, timeout, loading, failover, out of memory): retry later, the work is fine.
+
+    Refused credentials land here too: access keys and Entra tokens for Azure Cache for Redis
+    rotate, and a service that backs off (readiness false) recovers once they are right again.
+    """
+
+
+class NotReady(TransientError):
+    """Raised by a readiness check that ran fine but says "not now" (an open circuit).
+
+    The probe answers 503 with the message; the kubelet asks again, nothing else is to do."""
 
 
 class PermanentError(PipelineError):
@@ -112,6 +155,12 @@ class BatchRejected(PermanentError):
         self.records = records
 
 
+class MalformedMessage(PermanentError):
+    """Raised when a message body is not the contract's shape (a poison message).
+
+    No retry can fix it: the caller dead-letters the message with this message as the reason."""
+
+
 class FatalError(PipelineError):
     """Raised when a destination cannot be served until an operator acts."""
 
@@ -143,3 +192,23 @@ class TlsVerificationFailed(FatalError):
     hides what is usually a missing CA (``SSL_CERT_FILE``), a TLS-intercepting proxy or a wrong
     host — all things an operator must fix. Verification is never switched off instead.
     """
+
+
+class BusRefused(FatalError):
+    """Raised when Redis refuses a bus operation in a way a retry cannot fix (a key of ours
+    holds a foreign type, an ACL denial, a script error): an operator must look."""
+
+
+class BusEntityMissing(FatalError):
+    """Raised when a queue, topic or subscription does not exist or is disabled: create it as
+    docs/servicebus.md says; the services never create entities."""
+
+
+class BusAccessDenied(FatalError):
+    """Raised when Service Bus refuses the credentials or the role assignment: an operator
+    grants the Data Sender / Data Receiver role or fixes the credentials."""
+
+
+class StateRefused(FatalError):
+    """Raised when Redis refuses an operation in a way a retry cannot fix (a key of ours holds
+    a foreign type, a script error, an ACL denial): an operator must look."""

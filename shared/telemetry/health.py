@@ -23,15 +23,13 @@ from typing import Final, Self
 import orjson
 from aiohttp import web
 
+from shared.core.errors import NotReady
+
 Check = Callable[[], Awaitable[None]]
 #: Renders the metrics for one scrape: ``(body, content type)``.
 Scrape = Callable[[], Awaitable[tuple[bytes, str]]]
 
 CHECK_TIMEOUT_S: Final = 2.0
-
-
-class NotReady(Exception):
-    """Raised by a readiness check that ran fine but says "not now" (an open circuit)."""
 
 
 class Health:

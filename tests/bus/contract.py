@@ -30,7 +30,6 @@ from shared.contract.bus import (
     DeadLetter,
     Delivery,
     EntityCounts,
-    LockLost,
     Message,
     Peeked,
     Queue,
@@ -39,6 +38,7 @@ from shared.contract.bus import (
     Target,
     Topic,
 )
+from shared.core.errors import LockLost
 
 T = TypeVar("T")
 

@@ -22,14 +22,13 @@ from shared.adapters.redis_streams import RedisStreamsBus, _deliveries, _stream_
 from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
-    BusUnavailable,
     Delivery,
-    LockLost,
     Message,
     Queue,
     Subscription,
     Topic,
 )
+from shared.core.errors import BusUnavailable, LockLost
 from tests.bus.contract import BusContract, BusFactory, BusSettings, ids, message
 
 pytestmark = pytest.mark.timeout(30)

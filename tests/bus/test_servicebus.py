@@ -29,11 +29,11 @@ from azure.servicebus.aio import ServiceBusClient
 from shared.adapters.servicebus import (
     ORIGINAL_MESSAGE_ID,
     REPLAY_TO,
-    BusEntityMissing,
     ServiceBusBus,
     replay_rule,
 )
-from shared.contract.bus import Bus, BusUnavailable, LockLost, Message, Queue, Subscription, Topic
+from shared.contract.bus import Bus, Message, Queue, Subscription, Topic
+from shared.core.errors import BusEntityMissing, BusUnavailable, LockLost
 from tests.bus.contract import BusContract, BusFactory, BusSettings, message
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
 

@@ -29,7 +29,7 @@ from services.runtime import Runtime
 from shared.adapters.redis_connect import connect
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.state import DestinationState
-from shared.contract.bus import BusUnavailable, Delivery, Message, Target
+from shared.contract.bus import Delivery, Message, Target
 from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
@@ -38,6 +38,7 @@ from shared.contract.messages import (
     subscription,
     upload_queue,
 )
+from shared.core.errors import BusUnavailable
 from shared.core.filters import DropReason, FilterPolicy, HashSelection, evaluate
 from shared.core.fingerprint import ForwardReason, SeenEntry, fingerprint
 from shared.core.indicator import HashType

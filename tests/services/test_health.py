@@ -9,7 +9,8 @@ import aiohttp
 from redis.asyncio import Redis
 
 from services.cli.redis_server import LocalRedis
-from shared.telemetry.health import Health, HealthServer, NotReady
+from shared.core.errors import NotReady
+from shared.telemetry.health import Health, HealthServer
 
 
 class Clock:

@@ -43,13 +43,11 @@ from shared.adapters.state import (
     FeedState,
     FetcherLease,
     RateBudget,
-    StateRefused,
-    StateUnavailable,
     _translated,
     compact_id,
     destination_prefix,
 )
-from shared.core.errors import FatalError, TransientError
+from shared.core.errors import FatalError, StateRefused, StateUnavailable, TransientError
 from shared.core.fingerprint import SeenEntry
 from shared.core.stix import stix_id
 from tests.state.lost_replies import LostReplies

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from shared.contract.messages import (
     RAW_SCHEMA,
     UPLOAD_SCHEMA,
-    MalformedMessage,
     UploadRequest,
     raw_message,
     read_upload,
@@ -21,6 +20,7 @@ from shared.contract.messages import (
     upload_message,
     upload_queue,
 )
+from shared.core.errors import MalformedMessage
 from shared.core.filters import Observable, ObservableKind
 from shared.core.fingerprint import EXTENSION_ID, ForwardReason, fingerprint
 from shared.core.stix import Draft, StixPolicy, UploadTime
