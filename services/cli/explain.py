@@ -25,7 +25,6 @@ from services.cli.explain_core import (
     Scan,
     Verdict,
     candidates,
-    entity_name,
     judge,
     read_query,
 )
@@ -35,6 +34,7 @@ from shared.contract.messages import read_upload, subscription, upload_queue
 from shared.core.errors import MalformedMessage
 from shared.core.parsing import format_timestamp, parse_indicator
 from shared.core.settings import Settings
+from shared.telemetry.gauges import entity_name
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",

@@ -19,13 +19,15 @@ from typing import Any, Final
 
 import orjson
 
-from shared.contract.bus import Source, Subscription
+from services.fetcher.pushdown import PushDown
+from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.contract.messages import subscription, upload_queue
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
 from shared.core.indicator import HashType, Indicator, IndicatorType
 from shared.core.parsing import Rejection, format_timestamp, parse_indicator
 from shared.core.stix import StixPolicy, content, stix_id
+from shared.telemetry.gauges import entity_name
 
 #: How many messages of each queue and dead-letter queue one ``explain`` reads at most.
 DEFAULT_SCAN_LIMIT: Final = 1000
@@ -36,8 +38,6 @@ MATI_ID: Final = re.compile(
 _IPV4: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _MD5: Final = re.compile(r"[0-9a-fA-F]{32}")
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-#: Dead-letter reasons the services use (their own constants; no service imports another).
-REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
 
 
 class Verdict(StrEnum):
@@ -268,21 +268,12 @@ def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) 
     else:
         wanted = policy.hash_selection.value
         text = f"no {wanted} hash in associated_hashes (HASH_TYPE={wanted})"
-    server_side = _server_side(indicator, policy)
+    # What the fetcher's query asks MATI to leave out never reaches the filter, whichever
+    # filter is named first.
+    server_side = PushDown.of(policy).leaves_out(indicator)
     if server_side:
         text += f"; MATI leaves it out server-side ({server_side}), so it is never fetched"
     return text
-
-
-def _server_side(indicator: Indicator, policy: FilterPolicy) -> str | None:
-    """The fetcher's query asks MATI to drop these (``gte_mscore``, ``exclude_osint``): such
-    an indicator never reaches the filter, whichever filter is named first."""
-    mscore = indicator.mscore
-    if policy.minimum_confidence and (mscore is None or mscore < policy.minimum_confidence):
-        return f"gte_mscore={policy.minimum_confidence}"
-    if policy.exclude_osint and indicator.is_osint:
-        return "exclude_osint=true"
-    return None
 
 
 def _leftovers(
@@ -452,7 +443,3 @@ def _describe(parsed: Indicator | Rejection | None, record: Mapping[str, Any] | 
         "categories": list(parsed.categories),
         "last_updated": format_timestamp(parsed.last_updated) if parsed.last_updated else None,
     }
-
-
-def entity_name(source: Source) -> str:
-    return f"{source.topic}/{source.name}" if isinstance(source, Subscription) else source.name

@@ -12,9 +12,10 @@ import orjson
 
 from services.runtime import Runtime
 from shared.adapters.state import DestinationState, FeedState, RateBudget
-from shared.contract.bus import Bus, EntityCounts, Source, Subscription
+from shared.contract.bus import Bus, EntityCounts, Source
 from shared.contract.messages import subscription, upload_queue
 from shared.core.settings import Settings
+from shared.telemetry.gauges import entity_name
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class Status:
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
-
-
-def entity_name(source: Source) -> str:
-    if isinstance(source, Subscription):
-        return f"{source.topic}/{source.name}"
-    return source.name
 
 
 async def _entity(bus: Bus, source: Source) -> EntityStatus:
