@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
 
 from opentelemetry.trace import Span
 
+from services.uploader.reasons import MALFORMED_MESSAGE, REJECTED_BY_SENTINEL
 from shared.adapters.state import DestinationState
 from shared.contract.bus import Bus, Delivery, Queue, Source
 from shared.contract.messages import UploadRequest, read_upload
@@ -31,10 +31,6 @@ from shared.core.stix import UploadTime
 from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
-
-#: Dead-letter reasons of the uploader (each is also counted as ``dead_lettered_<reason>``).
-MALFORMED_MESSAGE: Final = "malformed_message"
-REJECTED_BY_SENTINEL: Final = "rejected_by_sentinel"
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from services.runtime import Runtime, lanes_for, run_service
+from services.uploader.config import UploaderConfig
 from services.uploader.worker import Uploader
 from shared.adapters.credentials import TokenProvider, credential_factory
 from shared.adapters.sentinel_client import SentinelClient
@@ -64,13 +65,7 @@ async def loop(runtime: Runtime) -> None:
                 window_s=settings.sentinel_rate_window_seconds,
             ),
             client=client,
-            destination=destination,
-            refresh_ratio=settings.validity_refresh_ratio,
-            linger_s=settings.upload_linger_seconds,
-            lock_duration_s=settings.bus_lock_duration_seconds,
-            drain_timeout_s=settings.drain_timeout_seconds,
-            skip_uploaded=settings.enable_deduplication,
-            lanes=lanes_for(runtime.bus),
+            config=UploaderConfig.from_settings(settings, lanes=lanes_for(runtime.bus)),
         )
         if await _ensure_queue(runtime, uploader):
             await uploader.run(runtime.stop)

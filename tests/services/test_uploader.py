@@ -26,8 +26,10 @@ from redis.asyncio import Redis
 from services.cli.redis_server import LocalRedis
 from services.cli.status import collect, render
 from services.runtime import Runtime
+from services.uploader.config import UploaderConfig
 from services.uploader.main import loop
-from services.uploader.worker import Uploader, Uploads
+from services.uploader.request import Uploads
+from services.uploader.worker import Uploader
 from shared.adapters.credentials import TokenProvider, credential_factory
 from shared.adapters.http import open_session
 from shared.adapters.redis_streams import RedisStreamsBus
@@ -61,6 +63,16 @@ POLICY = StixPolicy()
 #: Everything the feed holds passes, so the tests choose exactly which records are queued.
 FILTERS = FilterPolicy(minimum_confidence=0, minimum_threat_score=0, exclude_osint=False)
 FEED = Feed(seed=11, count=40, now=datetime(2025, 5, 1, tzinfo=UTC))
+#: Short real durations, so the file stays fast; a test changes what it is about.
+CONFIG = UploaderConfig(
+    destination=DEST,
+    linger_s=0.05,
+    lock_duration_s=LOCK_S,
+    receive_wait_s=0.1,
+    drain_timeout_s=5.0,
+    retry=Backoff(base_s=0.05, cap_s=0.2),
+    probe=Backoff(base_s=0.1, cap_s=0.4),
+)
 #: The circuit's reason (what readiness and ``status`` show) while Sentinel refuses everything
 #: for the REJECT_ALL fault's default cause.
 SYSTEMIC = (
@@ -126,8 +138,10 @@ class World:
         consumer: str = "uploader-1",
         budget: RateBudget | None = None,
         wrap: Callable[[SentinelClient], Uploads] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         **options: Any,
     ) -> Uploader:
+        """An uploader of ``DEST``; ``options`` change ``CONFIG``."""
         client = redis or self.redis
         bus = (
             self.bus
@@ -146,21 +160,13 @@ class World:
         sentinel = SentinelClient(
             self.session, tokens, base_url=self.sentinel.url, workspace_id=WORKSPACE
         )
-        defaults: dict[str, Any] = {
-            "linger_s": 0.05,
-            "lock_duration_s": LOCK_S,
-            "receive_wait_s": 0.1,
-            "drain_timeout_s": 5.0,
-            "retry": Backoff(base_s=0.05, cap_s=0.2),
-            "probe": Backoff(base_s=0.1, cap_s=0.4),
-        }
         return Uploader(
             bus=bus,
             state=DestinationState(client, DEST),
             budget=budget or RateBudget(client, DEST, limit=100, window_s=WINDOW_S),
             client=wrap(sentinel) if wrap else sentinel,
-            destination=DEST,
-            **{**defaults, **options},
+            config=replace(CONFIG, **options),
+            sleep=sleep,
         )
 
     async def drained(self) -> bool:
@@ -836,6 +842,36 @@ async def running_service(w: World) -> AsyncIterator[Runtime]:
     finally:
         runtime.stop.set()
         await task
+
+
+def test_the_config_takes_the_settings_once_and_checks_what_the_code_chooses() -> None:
+    environ = {
+        "DESTINATION": DEST,
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_CLIENT_ID": CLIENT_ID,
+        "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+        "AZURE_WORKSPACE_ID": WORKSPACE,
+        "VALIDITY_REFRESH_RATIO": "0.25",
+        "UPLOAD_LINGER_SECONDS": "0.5",
+        "BUS_LOCK_DURATION_SECONDS": "30",
+        "DRAIN_TIMEOUT_SECONDS": "10",
+        "ENABLE_DEDUPLICATION": "false",
+    }
+    config = UploaderConfig.from_settings(load_settings(environ, Service.UPLOADER), lanes=2)
+
+    assert config == UploaderConfig(
+        destination=DEST,
+        refresh_ratio=0.25,
+        linger_s=0.5,
+        lock_duration_s=30.0,
+        drain_timeout_s=10.0,
+        skip_uploaded=False,
+        lanes=2,
+    )
+    assert config.slice_s == 10.0
+    for bad in ({"batch_size": 0}, {"batch_size": 101}, {"lanes": 0}, {"systemic_after": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            replace(config, **bad)
 
 
 async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -> None:
