@@ -36,14 +36,12 @@ It never imports the product (``shared/``): its parser must not share the produc
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import secrets
 import ssl
 import time
 from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -51,37 +49,23 @@ from aiohttp import web
 
 from simulators.faults import FAULT_ANSWERS, FaultAnswers, FaultKind
 from simulators.feed import Feed
-from simulators.server import SimServer
+from simulators.mati_pages import PageRenderer
+from simulators.mati_query import (
+    DEFAULT_REPORT_LIMIT,
+    OPTIONAL_KEYS,
+    BadRequest,
+    include_flags,
+    lookup_key,
+    omitted,
+    parse_query,
+    shape,
+)
+from simulators.mati_scroll import Cursors, Scroll
+from simulators.server import SimServer, basic_credentials, bearer_token
 
 EndOfPaging = Literal["short", "empty", "204"]
 
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 25
-DEFAULT_REPORT_LIMIT = 25
-
-#: ``include_*`` query flags and their defaults: only ``misp`` is on unless asked (§3.1).
-INCLUDE_DEFAULTS: Mapping[str, bool] = {
-    "include_misp": True,
-    "include_threat_rating": False,
-    "include_category": False,
-    "include_campaigns": False,
-    "include_reports": False,
-}
-#: Record key each flag controls.
-_INCLUDE_KEYS = {
-    "include_misp": "misp",
-    "include_threat_rating": "threat_rating",
-    "include_category": "category",
-    "include_campaigns": "campaigns",
-    "include_reports": "reports",
-}
-
-#: Every optional block: what a look-up that only needs ``value`` leaves out.
-_OPTIONAL_KEYS = frozenset(_INCLUDE_KEYS.values())
-
-_TRUE = frozenset({"true", "1", "yes", "t", "y", "on"})
-_FALSE = frozenset({"false", "0", "no", "f", "n", "off"})
 
 #: How bad records are broken, in the order positions of a fault take them.
 BAD_RECORD_KINDS = (
@@ -94,18 +78,6 @@ BAD_RECORD_KINDS = (
     "duplicate_key",
 )
 
-#: Random bytes in a cursor's scroll-id part: 2401 bytes -> 3204 base64 chars with ``==``
-#: padding, so a client must handle both the length and the ``%3D`` encoding (§3.2).
-_SCROLL_ID_BYTES = 2401
-
-
-class _BadRequest(Exception):
-    """A 400 the handler answers with a JSON error body."""
-
-    def __init__(self, message: str, error: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.error = error
-
 
 @dataclass(frozen=True, slots=True)
 class BadRecord:
@@ -115,37 +87,6 @@ class BadRecord:
     position: int
     id: str
     kind: str
-
-
-@dataclass(slots=True)
-class _Scroll:
-    """A pinned query result: ordered feed indexes, the feed generation, the original flags."""
-
-    indexes: array[int]
-    generation: int
-    include: dict[str, bool]
-    report_limit: int
-
-
-@dataclass(slots=True)
-class _Cursor:
-    scroll: _Scroll
-    issued_at: float
-
-
-@dataclass(slots=True)
-class _Query:
-    """Parameters of a first request (a ``next`` request takes them from its cursor)."""
-
-    start_epoch: int
-    end_epoch: int
-    limit: int
-    gte_mscore: int | None
-    gte_threatscore: int | None
-    exclude_osint: bool
-    descending: bool
-    report_limit: int
-    include: dict[str, bool] = field(default_factory=dict)
 
 
 class MatiSimulator(SimServer):
@@ -201,14 +142,12 @@ class MatiSimulator(SimServer):
         self._tokens: dict[str, float] = {}  # token -> expires at (clock seconds)
         self._revoked: set[str] = set()
         self._current: str | None = None
-        self._cursors: dict[str, _Cursor] = {}
+        self._cursors = Cursors()
         #: (type, normalised value) -> feed index, built lazily for value look-ups; values
         #: never change with a mutation, so the map only grows with the feed.
         self._by_value: dict[tuple[str, str], int] = {}
         self._values_indexed = 0
-        #: (blocks left out, report limit) -> index -> (record version, rendered bytes); only
-        #: for the queries ``prerender`` was asked to serve.
-        self._rendered: dict[tuple[frozenset[str], int], dict[int, tuple[int, bytes]]] = {}
+        self._pages = PageRenderer(feed)
         super().__init__(ssl_context, host=host, port=port)
         # A page cut off inside its first record (the generic answers are otherwise APIM-style).
         self.app[FAULT_ANSWERS] = FaultAnswers(b'{"indicators": [{"id": "indicator--trunc')
@@ -238,24 +177,11 @@ class MatiSimulator(SimServer):
     def prerender(self, include_params: Mapping[str, str]) -> int:
         """Render every record as a query with ``include_params`` (its ``include_*`` flags)
         gets it, and keep the bytes until the record changes: that query's pages are then
-        joined, not built. Returns how many records were rendered.
-
-        For benchmarks: this simulator shares the machine with the pipeline it serves, and
-        building records is most of its work while a sync runs, work the real MATI does on
-        its own servers. Costs the serialized size of the feed (about 1.2 KB a record).
+        joined, not built. Returns how many records were rendered; costs the serialized size
+        of the feed (about 1.2 KB a record). For benchmarks: ``simulators.mati_pages`` says why.
         """
-        omit = _omitted(_include_flags(include_params, only_present=False))
-        rendered = self._rendered.setdefault((omit, DEFAULT_REPORT_LIMIT), {})
-        for i in range(len(self.feed)):
-            rendered[i] = self._rendition(i, None, omit, DEFAULT_REPORT_LIMIT)
-        return len(rendered)
-
-    def _rendition(
-        self, i: int, generation: int | None, omit: frozenset[str], report_limit: int
-    ) -> tuple[int, bytes]:
-        record = self.feed.record(i, generation=generation, omit=omit)
-        _cap_reports(record, report_limit)
-        return self.feed.version_of(i, generation), orjson.dumps(record)
+        omit = omitted(include_flags(include_params, only_present=False))
+        return self._pages.prerender(omit, DEFAULT_REPORT_LIMIT)
 
     def expire_tokens(self) -> None:
         """Revoke every issued token: the next API call with one gets the expired answer."""
@@ -268,39 +194,45 @@ class MatiSimulator(SimServer):
     # ------------------------------------------------------------------ auth
 
     def _basic_ok(self, header: str) -> bool:
-        """``Authorization: Basic base64(key:secret)`` with our credentials (decoded by hand:
-        aiohttp deprecates ``BasicAuth``, and the simulator must not lean on client code)."""
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        login, sep, password = decoded.partition(":")
+        """``Authorization: Basic base64(key:secret)`` with our credentials."""
+        pair = basic_credentials(header)
         return (
-            bool(sep)
-            and secrets.compare_digest(login.encode(), self.api_key.encode())
-            and secrets.compare_digest(password.encode(), self.api_secret.encode())
+            pair is not None
+            and secrets.compare_digest(pair[0].encode(), self.api_key.encode())
+            and secrets.compare_digest(pair[1].encode(), self.api_secret.encode())
         )
 
     def _authorize(self, request: web.Request) -> web.Response | None:
         """None when the request may proceed, else the 401/403 to answer."""
         header = request.headers.get("Authorization", "")
-        scheme, _, credential = header.partition(" ")
-        if scheme.lower() == "basic":
+        if header.partition(" ")[0].lower() == "basic":
             if self._basic_ok(header):
                 return None
             return _auth_error(401, "invalid_client", "Invalid key id or secret.")
-        if scheme.lower() != "bearer" or not credential.strip():
+        token = bearer_token(request)
+        if token is None:
             return _auth_error(401, "invalid_request", "Missing Authorization header.")
-        token = credential.strip()
         expires_at = self._tokens.get(token)
         if expires_at is None:
             return _auth_error(401, "invalid_token", "The access token is invalid.")
         if token in self._revoked or self.clock() >= expires_at:
-            return _auth_error(self.expired_auth_status, "invalid_token", "The token has expired.")
+            return self._expired()
         return None
+
+    def _denied(self, request: web.Request) -> web.Response | None:
+        """``_authorize``, then the EXPIRED_TOKEN fault of the request's route: the answer as
+        if the token had expired, and the token really revoked."""
+        denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        route = request.match_info.route.name
+        if self.faults.take(route, frozenset({FaultKind.EXPIRED_TOKEN})) is not None:
+            self.expire_tokens()
+            return self._expired()
+        return None
+
+    def _expired(self) -> web.Response:
+        return _auth_error(self.expired_auth_status, "invalid_token", "The token has expired.")
 
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
@@ -336,24 +268,21 @@ class MatiSimulator(SimServer):
     # ------------------------------------------------------------------ indicators
 
     async def _indicator(self, request: web.Request) -> web.StreamResponse:
-        denied = self._authorize(request)
+        denied = self._denied(request)
         if denied is not None:
             return denied
-        if self.faults.take("indicator", frozenset({FaultKind.EXPIRED_TOKEN})) is not None:
-            self.expire_tokens()
-            return _auth_error(self.expired_auth_status, "invalid_token", "The token has expired.")
         try:
             scroll, state = self._resolve(request.query)
             # include_* flags sent next to a cursor override the scroll's for this page (§10.4).
-            include = {**scroll.include, **_include_flags(request.query, only_present=True)}
-        except _BadRequest as exc:
+            include = {**scroll.include, **include_flags(request.query, only_present=True)}
+        except BadRequest as exc:
             return _error(400, exc.error, str(exc))
         if self.page_latency_s > 0:
             await asyncio.sleep(self.page_latency_s)
         return self._page(scroll, include, state)
 
     async def _indicator_by_id(self, request: web.Request) -> web.Response:
-        denied = self._lookup_denied(request)
+        denied = self._denied(request)
         if denied is not None:
             return denied
         try:
@@ -363,49 +292,38 @@ class MatiSimulator(SimServer):
         return self._one(request, index)
 
     async def _indicator_by_value(self, request: web.Request) -> web.Response:
-        denied = self._lookup_denied(request)
+        denied = self._denied(request)
         if denied is not None:
             return denied
         kind = request.match_info["type"]
-        key = (kind, _lookup_key(kind, request.match_info["value"]))
+        key = (kind, lookup_key(kind, request.match_info["value"]))
         if key not in self._by_value:
             for i in range(self._values_indexed, len(self.feed)):
                 found = self.feed.type_of(i)
-                record = self.feed.record(i, omit=_OPTIONAL_KEYS)
-                value = _lookup_key(found, str(record["value"]))
+                record = self.feed.record(i, omit=OPTIONAL_KEYS)
+                value = lookup_key(found, str(record["value"]))
                 self._by_value.setdefault((found, value), i)
             self._values_indexed = len(self.feed)
         return self._one(request, self._by_value.get(key))
 
-    def _lookup_denied(self, request: web.Request) -> web.Response | None:
-        denied = self._authorize(request)
-        if denied is not None:
-            return denied
-        route = request.match_info.route.name
-        if self.faults.take(route, frozenset({FaultKind.EXPIRED_TOKEN})) is not None:
-            self.expire_tokens()
-            return _auth_error(self.expired_auth_status, "invalid_token", "The token has expired.")
-        return None
-
     def _one(self, request: web.Request, index: int | None) -> web.Response:
         """One indicator, no envelope (§4), or the 404 of an unknown one."""
         try:
-            include = _include_flags(request.query, only_present=False)
-        except _BadRequest as exc:
+            include = include_flags(request.query, only_present=False)
+        except BadRequest as exc:
             return _error(400, exc.error, str(exc))
         if index is None:
             return _error(404, "not_found", "Indicator not found.")
-        record = self.feed.record(index, omit=_omitted(include))
-        return _json(_shape(record, include, DEFAULT_REPORT_LIMIT))
+        record = self.feed.record(index, omit=omitted(include))
+        return _json(shape(record, include, DEFAULT_REPORT_LIMIT))
 
-    def _resolve(self, query: Mapping[str, str]) -> tuple[_Scroll, dict[str, Any]]:
+    def _resolve(self, query: Mapping[str, str]) -> tuple[Scroll, dict[str, Any]]:
         """The scroll and the cursor state (page size, page number) this request asks for."""
         self._prune_cursors()
         cursor = query.get("next")
         if cursor:
-            entry, state = self._decode_cursor(cursor)
-            return entry.scroll, state
-        q = self._parse_query(query)
+            return self._cursors.resolve(cursor)
+        q = parse_query(query, int(self.clock()), self.lookback_limit_days, self.lookback_clamp)
         indexes = self.feed.window_ms(
             q.start_epoch * 1000,
             q.end_epoch * 1000,
@@ -415,7 +333,7 @@ class MatiSimulator(SimServer):
         )
         if q.descending:
             indexes.reverse()
-        scroll = _Scroll(array("q", indexes), self.feed.generation, q.include, q.report_limit)
+        scroll = Scroll(array("q", indexes), self.feed.generation, q.include, q.report_limit)
         fresh: dict[str, Any] = {
             "exclude_os_int": q.exclude_osint,
             "limit": q.limit,
@@ -432,67 +350,11 @@ class MatiSimulator(SimServer):
         self.scrolls_opened += 1
         return scroll, fresh
 
-    def _parse_query(self, query: Mapping[str, str]) -> _Query:
-        now = int(self.clock())
-        if "start_epoch" not in query:
-            raise _BadRequest("start_epoch is required unless next is given.")
-        start = _int_param(query, "start_epoch", 0, None)
-        end = _int_param(query, "end_epoch", 0, None, default=now)
-        if start is None:
-            raise _BadRequest("start_epoch must not be empty.")
-        oldest = now - self.lookback_limit_days * 86_400
-        if start < oldest:
-            if not self.lookback_clamp:
-                raise _BadRequest(
-                    f"start_epoch may not be more than {self.lookback_limit_days} days ago."
-                )
-            start = oldest
-        if end is None or end < start:
-            raise _BadRequest("end_epoch must not be before start_epoch.")
-        limit = _int_param(query, "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
-        report_limit = _int_param(query, "report_limit", 0, MAX_LIMIT, DEFAULT_REPORT_LIMIT)
-        return _Query(
-            start_epoch=start,
-            end_epoch=end,
-            limit=limit or DEFAULT_LIMIT,
-            gte_mscore=_int_param(query, "gte_mscore", 0, 100),
-            gte_threatscore=_int_param(query, "gte_threatscore", 0, 100),
-            exclude_osint=_bool_param(query, "exclude_osint", default=False),
-            descending=_descending(query),
-            report_limit=DEFAULT_REPORT_LIMIT if report_limit is None else report_limit,
-            include=_include_flags(query, only_present=False),
-        )
-
-    def _decode_cursor(self, cursor: str) -> tuple[_Cursor, dict[str, Any]]:
-        scroll_id, dot, encoded = cursor.rpartition(".")
-        if not dot:
-            raise _BadRequest("Malformed next token.", "invalid_cursor")
-        try:
-            state = orjson.loads(base64.b64decode(encoded, validate=True))
-            valid = int(state["next_page_index"]) >= 0 and 1 <= int(state["limit"]) <= MAX_LIMIT
-        except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise _BadRequest("Malformed next token.", "invalid_cursor") from exc
-        if not valid:
-            raise _BadRequest("Malformed next token.", "invalid_cursor")
-        entry = self._cursors.get(scroll_id)
-        if entry is None:
-            raise _BadRequest(
-                "The next token is invalid or has expired; start a new query.", "invalid_cursor"
-            )
-        return entry, state
-
     def _prune_cursors(self) -> None:
-        deadline = self.clock() - self.cursor_ttl_s
-        for key in [k for k, c in self._cursors.items() if c.issued_at <= deadline]:
-            del self._cursors[key]
-
-    def _issue_cursor(self, scroll: _Scroll, state: dict[str, Any]) -> str:
-        scroll_id = base64.b64encode(secrets.token_bytes(_SCROLL_ID_BYTES)).decode()
-        self._cursors[scroll_id] = _Cursor(scroll, self.clock())
-        return f"{scroll_id}.{base64.b64encode(orjson.dumps(state)).decode()}"
+        self._cursors.expire(self.clock() - self.cursor_ttl_s)
 
     def _page(
-        self, scroll: _Scroll, include: dict[str, bool], state: dict[str, Any]
+        self, scroll: Scroll, include: dict[str, bool], state: dict[str, Any]
     ) -> web.StreamResponse:
         page, limit = int(state["next_page_index"]), int(state["limit"])
         total = len(scroll.indexes)
@@ -506,7 +368,8 @@ class MatiSimulator(SimServer):
             return web.Response(status=204, headers=_EDGE_HEADERS)
         body = b'{"indicators":' + self._render(scroll, include, page, scroll.indexes[lo:hi])
         if has_next:
-            cursor = self._issue_cursor(scroll, {**state, "next_page_index": page + 1})
+            following = {**state, "next_page_index": page + 1}
+            cursor = self._cursors.issue(scroll, following, self.clock())
             body += b',"next":' + orjson.dumps(cursor)
         body += b"}"
         self.indicators_served += hi - lo
@@ -525,52 +388,22 @@ class MatiSimulator(SimServer):
         return positions
 
     def _render(
-        self, scroll: _Scroll, include: dict[str, bool], page: int, indexes: array[int]
+        self, scroll: Scroll, include: dict[str, bool], page: int, indexes: array[int]
     ) -> bytes:
-        """The page's ``indicators`` array, serialized.
-
-        Blocks the query leaves out are never built (``Feed.record(omit=...)``), and the
-        array is one ``orjson.dumps``: rendering the page is most of the simulator's work
-        while a sync runs. Only a page with bad records is assembled record by record.
-        """
-        generation = scroll.generation
-        omit = _omitted(include)
-        report_limit = scroll.report_limit
+        """The page's ``indicators`` array, serialized; only a page with bad records is
+        assembled record by record."""
+        generation, report_limit = scroll.generation, scroll.report_limit
+        omit = omitted(include)
         positions = self._bad_positions(len(indexes))
-        rendered = self._rendered.get((omit, report_limit))
-        if rendered is not None and not positions:
-            return self._join(rendered, indexes, generation, omit, report_limit)
-        record = self.feed.record
-        records = [record(i, generation=generation, omit=omit) for i in indexes]
-        if "reports" not in omit:
-            for r in records:
-                _cap_reports(r, report_limit)
         if not positions:
-            return orjson.dumps(records)
+            return self._pages.page(indexes, generation, omit, report_limit)
+        records = self._pages.records(indexes, generation, omit, report_limit)
         parts = [orjson.dumps(r) for r in records]
         for n, position in enumerate(positions):
             kind = BAD_RECORD_KINDS[n % len(BAD_RECORD_KINDS)]
             original_id = str(records[position]["id"])
             parts[position] = _corrupt(records[position], kind)
             self.bad_records.append(BadRecord(page, position, original_id, kind))
-        return b"[" + b",".join(parts) + b"]"
-
-    def _join(
-        self,
-        rendered: dict[int, tuple[int, bytes]],
-        indexes: array[int],
-        generation: int,
-        omit: frozenset[str],
-        report_limit: int,
-    ) -> bytes:
-        """The page from kept renditions; a record changed since is rendered again."""
-        version_of = self.feed.version_of
-        parts = []
-        for i in indexes:
-            kept = rendered.get(i)
-            if kept is None or kept[0] != version_of(i, generation):
-                kept = rendered[i] = self._rendition(i, generation, omit, report_limit)
-            parts.append(kept[1])
         return b"[" + b",".join(parts) + b"]"
 
 
@@ -600,90 +433,6 @@ def _auth_error(status: int, error: str, description: str) -> web.Response:
         status=status,
         headers={"WWW-Authenticate": f'Bearer error="{error}"'},
     )
-
-
-def _bool_param(query: Mapping[str, str], name: str, *, default: bool) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise _BadRequest(f"{name} must be a boolean, not {raw!r}.")
-
-
-def _int_param(
-    query: Mapping[str, str],
-    name: str,
-    low: int,
-    high: int | None,
-    default: int | None = None,
-) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadRequest(f"{name} must be an integer, not {raw!r}.") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise _BadRequest(f"{name} must be {bound}.")
-    return value
-
-
-def _include_flags(query: Mapping[str, str], *, only_present: bool) -> dict[str, bool]:
-    return {
-        name: _bool_param(query, name, default=default)
-        for name, default in INCLUDE_DEFAULTS.items()
-        if not only_present or name in query
-    }
-
-
-def _descending(query: Mapping[str, str]) -> bool:
-    """``sort_by=field[:asc|desc]`` (or ``sort_order``); only ``last_updated`` sorts here."""
-    sort_by = query.get("sort_by")
-    order = query.get("sort_order")
-    if sort_by:
-        field_name, _, suffix = sort_by.partition(":")
-        if field_name.strip() != "last_updated":
-            raise _BadRequest(f"Unsupported sort field {field_name!r}.")
-        order = suffix or order
-    if order is None or order == "":
-        return sort_by is None  # no sort_by at all: newest first (§3.3)
-    if order.lower() not in ("asc", "desc"):
-        raise _BadRequest(f"Unsupported sort order {order!r}.")
-    return order.lower() == "desc"
-
-
-def _lookup_key(kind: str, value: str) -> str:
-    """A value as look-ups compare it: what MATI treats as the same indicator."""
-    if kind == "url":
-        return value
-    return value.strip() if kind == "ipv4" else value.strip().lower()
-
-
-def _omitted(include: Mapping[str, bool]) -> frozenset[str]:
-    """The record keys of the optional blocks the query did not ask for."""
-    return frozenset(
-        key for flag, key in _INCLUDE_KEYS.items() if not include.get(flag, INCLUDE_DEFAULTS[flag])
-    )
-
-
-def _cap_reports(record: dict[str, Any], report_limit: int) -> None:
-    reports = record.get("reports")
-    if isinstance(reports, list) and len(reports) > report_limit:
-        record["reports"] = reports[:report_limit]
-
-
-def _shape(record: dict[str, Any], include: dict[str, bool], report_limit: int) -> dict[str, Any]:
-    """Drop the optional blocks the query did not ask for; cap embedded reports."""
-    for key in _omitted(include):
-        record.pop(key, None)
-    _cap_reports(record, report_limit)
-    return record
 
 
 def _corrupt(record: dict[str, Any], kind: str) -> bytes:
