@@ -45,3 +45,9 @@ async def run_command(env: Mapping[str, str], *args: str, timeout_s: float = 30.
         await process.wait()
         raise
     return CliResult(process.returncode or 0, out.decode(), err.decode())
+
+
+async def run_bare(env: Mapping[str, str], *args: str, timeout_s: float = 30.0) -> CliResult:
+    """``run_command`` with ``env`` and a system ``PATH`` only: the developer's settings, venv
+    and tools never reach the child, so what it prints comes from ``env`` alone."""
+    return await run_command({"PATH": "/usr/bin:/bin", **env}, *args, timeout_s=timeout_s)

@@ -1,10 +1,16 @@
-"""Fixtures every test may use: the simulators' CA, and an environment free of the
-developer's own settings (so no test depends on the shell it runs in)."""
+"""Fixtures every test may use: the simulators' CA, a real Redis, and an environment free of the
+developer's own settings (so no test depends on the shell it runs in). Plain helper functions are
+in tests/helpers.py.
+
+``tests/unit`` must run with nothing but the interpreter (``make unit`` starts no Redis): a test
+there that asks for a fixture of a server fails the collection, and belongs in
+``tests/integration``."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -32,6 +38,25 @@ _LEAKY_ENV = (
     "https_proxy",
     "http_proxy",
 )
+
+
+#: Fixtures that start or serve with a server: Redis, or the TLS of the simulators' routes.
+_SERVER_FIXTURES = frozenset({"redis_server", "redis_client", "sim_ca", "server_ssl", "client_ssl"})
+_UNIT = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep ``tests/unit`` runnable where no server can start."""
+    misplaced = []
+    for item in items:
+        used = _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if used and item.path.is_relative_to(_UNIT):
+            misplaced.append(f"{item.nodeid} uses {', '.join(sorted(used))}")
+    if misplaced:
+        raise pytest.UsageError(
+            "tests/unit must start no server; move these to tests/integration:\n"
+            + "\n".join(misplaced)
+        )
 
 
 @pytest.fixture(autouse=True)

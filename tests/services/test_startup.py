@@ -12,7 +12,7 @@ import pytest
 
 from services.cli.redis_server import LocalRedis, free_port
 from shared.core.settings import DEFAULT_HEALTH_PORTS, Service
-from tests.commands import CliResult, run_command
+from tests.commands import CliResult, run_bare, run_command
 from tests.servicebus_peer import FakeServiceBus
 
 #: Valid settings for every service, pointing nowhere that matters: each test breaks one thing.
@@ -25,10 +25,6 @@ CREDENTIALS: Mapping[str, str] = {
     "AZURE_CLIENT_SECRET": "start-up-client-secret",
     "LOG_FORMAT": "json",
 }
-
-
-async def run(env: Mapping[str, str], *args: str, timeout_s: float = 30.0) -> CliResult:
-    return await run_command({"PATH": "/usr/bin:/bin", **env}, *args, timeout_s=timeout_s)
 
 
 def assert_one_line(run: CliResult, *needles: str) -> str:
@@ -58,7 +54,7 @@ async def test_a_taken_health_port_is_one_line_and_exit_2(
     service: str, taken_port: int, redis_server: LocalRedis
 ) -> None:
     env = {**CREDENTIALS, "REDIS_URL": redis_server.url, "HEALTH_PORT": str(taken_port)}
-    result = await run(env, service)
+    result = await run_bare(env, service)
     assert result.code == 2, result.output
     line = assert_one_line(result, f"HEALTH_PORT={taken_port}", "address already in use")
     assert "set HEALTH_PORT to a free port" in line
@@ -78,7 +74,7 @@ async def test_sync_once_binds_no_port(taken_port: int) -> None:
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "HEALTH_PORT": str(taken_port),
     }
-    result = await run(env, "sync", "--once")
+    result = await run_bare(env, "sync", "--once")
     assert result.code == 1, result.output
     assert "HEALTH_PORT" not in result.output
     assert "Traceback" not in result.output
@@ -104,7 +100,7 @@ async def test_an_unreadable_ca_file_is_one_line_and_exit_2(
     ca.write_bytes(content)
     env = {**CREDENTIALS, "REDIS_URL": redis_server.url, "HEALTH_PORT": "0"}
     env["SSL_CERT_FILE"] = str(ca)
-    result = await run(env, "uploader")
+    result = await run_bare(env, "uploader")
     assert result.code == 2, result.output
     assert_one_line(result, "SSL_CERT_FILE")
 
@@ -114,7 +110,7 @@ async def test_an_operator_command_without_redis_is_one_line_and_exit_1(
     command: list[str],
 ) -> None:
     env = {"REDIS_URL": f"redis://:hunter2-redis@127.0.0.1:{free_port()}/0"}
-    result = await run(env, *command)
+    result = await run_bare(env, *command)
     assert result.code == 1, result.output
     line = assert_one_line(result, f"mati2sentinel {command[0]}:", "Connect")
     assert "hunter2-redis" not in result.output, line
@@ -134,7 +130,7 @@ async def test_a_missing_bus_entity_is_one_event_and_exit_2(
             "BUS": "servicebus",
             "SERVICEBUS_CONNECTION_STRING": namespace.connection_string,
         }
-        result = await run(env, service, timeout_s=45)
+        result = await run_bare(env, service, timeout_s=45)
     assert result.code == 2, result.output
     assert "Traceback" not in result.output
     events = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -162,6 +158,6 @@ async def test_run_local_with_an_unwritable_state_dir_is_one_line_and_exit_2(
 ) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("a file where a directory should be")
-    result = await run(CREDENTIALS, "run-local", "--state-dir", str(blocked / "state"))
+    result = await run_bare(CREDENTIALS, "run-local", "--state-dir", str(blocked / "state"))
     assert result.code == 2, result.output
     assert_one_line(result, "mati2sentinel run-local:", "--state-dir", "writable")

@@ -1,46 +1,21 @@
-"""Metrics: the counter-name mapping, counts and upload calls mirrored into instruments, gauges
-served from their cache, /metrics on the probes server, and OTLP export to a real collector
-endpoint (an HTTPS route decoding the protobuf the SDK's exporter posts)."""
+"""Metrics without a peer: the counter-name mapping, counts mirrored into instruments with their
+labels, gauges served from their cache and going stale, and the exporters
+``OTEL_METRICS_EXPORTER`` chooses. What needs Redis, an HTTPS route or the probes server is in
+tests/integration/test_metrics.py."""
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from services.observability import gauge_reads, serving
-from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.sentinel_client import SentinelClient, observe_requests
-from shared.adapters.state import CircuitState, DestinationState, FeedState, observe_counts
-from shared.contract.messages import upload_queue
-from shared.core.errors import BatchRejected, ConfigError, RateLimited, UpstreamUnavailable
-from shared.core.settings import Service, Settings
+from shared.core.errors import ConfigError
+from shared.core.settings import Service
 from shared.telemetry.gauges import GaugeCache, Reading
-from shared.telemetry.health import Health, HealthServer
-from shared.telemetry.metrics import (
-    EVENTS,
-    EXACT,
-    PREFIXED,
-    Metrics,
-    counter_for,
-    exporter_readers,
-)
-from simulators.tls import SimulatorCA
-from tests.clients.peers import one_route
+from shared.telemetry.metrics import EVENTS, EXACT, PREFIXED, Metrics, counter_for, exporter_readers
+from tests.helpers import labels, scrape
 
 #: Every counter name the services count today (grep ``.count(`` / ``_tally[`` / ``counts[``),
 #: with what it must stay: dashboards and alerts are written against these.
@@ -83,25 +58,6 @@ KNOWN: Mapping[str, tuple[str, str | None]] = {
     "abandoned": ("mati2sentinel_messages_abandoned_total", None),
     "lock_lost": ("mati2sentinel_messages_lock_lost_total", None),
 }
-
-
-def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``{(sample name, labels): value}`` of a Prometheus text exposition."""
-    found = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def labels(**values: str) -> frozenset[tuple[str, str]]:
-    return frozenset(values.items())
-
-
-async def scrape(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    body, content_type = await metrics.scrape()
-    assert content_type.startswith("text/plain")
-    return samples(body)
 
 
 # ---- the name mapping ---------------------------------------------------------------------
@@ -174,100 +130,6 @@ async def test_counts_mirror_into_instruments_with_their_labels() -> None:
     assert ("mati2sentinel_indicators_uploaded_total", demo) not in found
 
 
-async def test_state_counts_reach_observers_only_once_redis_took_them(
-    redis_client: Redis,
-) -> None:
-    seen: list[tuple[str, dict[str, int]]] = []
-    stop = observe_counts(lambda destination, counts: seen.append((destination, dict(counts))))
-    try:
-        await DestinationState(redis_client, "demo").count({"uploaded": 2})
-        await FeedState(redis_client).count({"fetched": 5, "pages": 1})
-        broken = Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
-        with pytest.raises(Exception, match="redis"):
-            await DestinationState(broken, "demo").count({"uploaded": 99})
-        await broken.aclose()
-    finally:
-        stop()
-    await DestinationState(redis_client, "demo").count({"uploaded": 1})  # no longer observed
-    assert seen == [("demo", {"uploaded": 2}), ("", {"fetched": 5, "pages": 1})]
-
-
-async def test_a_failing_observer_never_fails_the_count(redis_client: Redis) -> None:
-    def broken(destination: str, counts: Mapping[str, int]) -> None:
-        raise RuntimeError("observer bug")
-
-    stop = observe_counts(broken)
-    try:
-        await DestinationState(redis_client, "demo").count({"uploaded": 3})
-    finally:
-        stop()
-    assert (await DestinationState(redis_client, "demo").counters())["uploaded"] == 3
-
-
-# ---- upload latency -----------------------------------------------------------------------
-
-
-class FixedTokens:
-    """A token source for a scripted Sentinel route that checks no token."""
-
-    async def token(self, scope: str) -> str:
-        return "token"
-
-    async def refresh(self, scope: str) -> str:
-        return "token"
-
-
-async def test_every_upload_call_is_timed_with_its_outcome(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    answers = iter(
-        [
-            web.Response(status=200),
-            web.json_response({"errors": [{"recordIndex": 0, "errorMessages": ["bad"]}]}),
-            web.Response(status=429, headers={"Retry-After": "3"}),
-            web.Response(status=503),
-            web.Response(status=400, text="no"),
-        ]
-    )
-
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        return next(answers)
-
-    calls: list[tuple[float, str]] = []
-    metrics = Metrics(service=Service.UPLOADER, destination="demo")
-    stop = observe_requests(metrics.requested)
-    path = "/workspaces/ws/threat-intelligence-stix-objects:upload"
-    try:
-        async with (
-            one_route(server_ssl, path, answer) as url,
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as http,
-        ):
-            client = SentinelClient(
-                http,
-                FixedTokens(),
-                base_url=url,
-                workspace_id="ws",
-                on_request=lambda s, o: calls.append((s, o)),
-            )
-            objects = [{"type": "indicator", "id": "indicator--1"}, {"type": "indicator"}]
-            await client.upload(objects)
-            await client.upload(objects)
-            for error in (RateLimited, UpstreamUnavailable, BatchRejected):
-                with pytest.raises(error):
-                    await client.upload(objects)
-        found = await scrape(metrics)
-    finally:
-        stop()
-        metrics.shutdown()
-    outcomes = ["accepted", "partial", "rate_limited", "unavailable", "rejected"]
-    assert [outcome for _, outcome in calls] == outcomes
-    assert all(seconds >= 0 for seconds, _ in calls)
-    for outcome in outcomes:
-        key = labels(destination="demo", outcome=outcome)
-        assert found[("mati2sentinel_upload_request_duration_seconds_count", key)] == 1
-
-
 # ---- gauges -------------------------------------------------------------------------------
 
 
@@ -319,75 +181,7 @@ async def test_gauges_come_from_the_cache_and_go_stale() -> None:
         metrics.shutdown()
 
 
-async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> None:
-    bus = RedisStreamsBus(redis_client, consumer="t")
-    await bus.ensure(upload_queue("demo"))
-    settings = Settings(destination="demo", sentinel_requests_per_minute=50)
-    uploader = gauge_reads(Service.UPLOADER, settings, redis_client, bus)
-    assert sorted(uploader) == ["circuit", "rate_budget", "upload_queue"]
-    assert sorted(gauge_reads(Service.FILTER, settings, redis_client, bus)) == ["subscription"]
-    assert sorted(gauge_reads(Service.FETCHER, settings, redis_client, bus)) == ["feed"]
-
-    await DestinationState(redis_client, "demo").set_circuit(CircuitState.OPEN, "auth")
-    readings = [r for read in uploader.values() for r in await read()]
-    values = {name: value for name, value, _ in readings}
-    assert values["mati2sentinel_circuit_state"] == 2
-    assert values["mati2sentinel_rate_budget_limit"] == 50
-    assert values["mati2sentinel_rate_budget_requests"] == 0
-    assert values["mati2sentinel_queue_depth"] == 0
-    assert {attrs["destination"] for _, _, attrs in readings} == {"demo"}
-
-    (read_feed,) = gauge_reads(Service.FETCHER, settings, redis_client, bus).values()
-    assert await read_feed() == []  # no checkpoint, no sync: no made-up age
-    feed = FeedState(redis_client)
-    await feed.advance(datetime(2025, 1, 1, tzinfo=UTC), "run")
-    ages = {name: value for name, value, _ in await read_feed()}
-    assert ages.keys() == {
-        "mati2sentinel_checkpoint_age_seconds",
-        "mati2sentinel_checkpoint_saved_age_seconds",
-    }
-    assert ages["mati2sentinel_checkpoint_age_seconds"] > 3600
-    assert 0 <= ages["mati2sentinel_checkpoint_saved_age_seconds"] < 60
-    finished = datetime.now(UTC) - timedelta(minutes=5)
-    await feed.record_run({"outcome": "failed", "finished_at": finished.isoformat()})
-    ages = {name: value for name, value, _ in await read_feed()}
-    assert 300 <= ages["mati2sentinel_last_sync_age_seconds"] < 360
-    assert ages["mati2sentinel_last_sync_completed"] == 0
-    await bus.aclose()
-
-
-# ---- serving ------------------------------------------------------------------------------
-
-
-async def test_metrics_are_served_beside_the_probes_for_the_service_life(
-    redis_client: Redis,
-) -> None:
-    health = Health()
-    bus = RedisStreamsBus(redis_client, consumer="t")
-    settings = Settings(destination="demo")
-    async with (
-        HealthServer(health, host="127.0.0.1", port=0) as server,
-        aiohttp.ClientSession() as http,
-    ):
-        url = f"http://127.0.0.1:{server.port}/metrics"
-        async with http.get(url) as response:
-            assert response.status == 404
-        async with serving(
-            Service.UPLOADER, settings, redis=redis_client, bus=bus, health=health, environ={}
-        ):
-            await DestinationState(redis_client, "demo").count({"uploaded": 5})
-            async with http.get(url) as response:
-                assert response.status == 200
-                assert response.headers["Content-Type"].startswith("text/plain")
-                found = samples(await response.read())
-        async with http.get(url) as response:
-            assert response.status == 404
-        await DestinationState(redis_client, "demo").count({"uploaded": 1})  # not observed
-    assert found[("mati2sentinel_indicators_uploaded_total", labels(destination="demo"))] == 5
-    assert found[("mati2sentinel_circuit_state", labels(destination="demo"))] == 0
-    queue = labels(destination="demo", queue="upload.demo")
-    assert found[("mati2sentinel_queue_depth", queue)] == 0
-    await bus.aclose()
+# ---- exporters ----------------------------------------------------------------------------
 
 
 def test_exporters_follow_otel_metrics_exporter() -> None:
@@ -398,41 +192,3 @@ def test_exporters_follow_otel_metrics_exporter() -> None:
         exporter_readers({"OTEL_METRICS_EXPORTER": "otlp,zipkin"})
     with pytest.raises(ConfigError, match="http/protobuf"):
         exporter_readers({"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-
-
-async def test_otlp_export_reaches_a_collector_over_tls(
-    server_ssl: ssl.SSLContext, sim_ca: SimulatorCA, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    received: list[bytes] = []
-
-    async def collect(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(status=200)
-
-    async with one_route(server_ssl, "/v1/metrics", collect) as url:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"{url}/v1/metrics")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", str(sim_ca.ca_path))
-        # requests lets this one override any CA file it is given (a known quirk of its own).
-        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-        readers = exporter_readers({"OTEL_METRICS_EXPORTER": "otlp"})
-        assert len(readers) == 1
-        metrics = Metrics(service=Service.FILTER, destination="demo", readers=readers)
-        metrics.counted("demo", {"dropped_low_confidence": 3})
-        await asyncio.to_thread(metrics.shutdown)  # the last export, before the reader stops
-    assert received, "the collector got nothing"
-    points = {}
-    for body in received:
-        request = ExportMetricsServiceRequest.FromString(body)
-        for resource in request.resource_metrics:
-            service = {a.key: a.value.string_value for a in resource.resource.attributes}
-            assert service["service.name"] == "mati2sentinel-filter"
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    for point in metric.sum.data_points:
-                        attrs = {a.key: a.value.string_value for a in point.attributes}
-                        points[(metric.name, tuple(sorted(attrs.items())))] = point.as_int
-    key = (
-        "mati2sentinel_indicators_dropped",
-        (("destination", "demo"), ("reason", "low_confidence")),
-    )
-    assert points[key] == 3

@@ -1,9 +1,8 @@
-"""Settings: seed defaults, every invalid value's one clear line, and secrets that never print."""
+"""Settings: seed defaults, every invalid value's one clear line, and secrets masked wherever
+settings are shown. ``check-config`` as a child process: tests/integration/test_check_config.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,25 +13,11 @@ from shared.core.filters import FilterPolicy, HashSelection
 from shared.core.secrets import MASK, Secret
 from shared.core.settings import REMOVED_SETTINGS, Service, Settings, load_settings, url_password
 from shared.core.stix import StixPolicy
-
-WORKSPACE = "6f2a3c4d-1b2e-4f60-9a7b-0c1d2e3f4a5b"
-CLIENT = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
-TENANT = "11111111-2222-4333-8444-555555555555"
-SECRETS = {
-    "MATI_API_KEY": "mati-key-7f3e9a",
-    "MATI_API_SECRET": "mati-secret-Zq81xP",
-    "AZURE_CLIENT_SECRET": "azure-secret-Yw92kL",
-}
-VALID = {
-    **SECRETS,
-    "AZURE_WORKSPACE_ID": WORKSPACE,
-    "AZURE_CLIENT_ID": CLIENT,
-    "AZURE_TENANT_ID": TENANT,
-}
+from tests.helpers import REDIS_PASSWORD, SECRETS, VALID_ENV
 
 
 def load(**overrides: str) -> Settings:
-    return load_settings({**VALID, **overrides})
+    return load_settings({**VALID_ENV, **overrides})
 
 
 def problems_of(environ: dict[str, str], service: Service = Service.ALL) -> list[str]:
@@ -82,7 +67,7 @@ def test_values_are_read_under_the_seed_names() -> None:
         SYNC_SCHEDULE="0.5",
         ENABLE_DEDUPLICATION="FALSE",
         AZURE_WORKSPACE_NAME="soc-workspace",
-        AZURE_SUBSCRIPTION_ID=WORKSPACE,
+        AZURE_SUBSCRIPTION_ID=VALID_ENV["AZURE_WORKSPACE_ID"],
         AZURE_RESOURCE_GROUP_NAME="rg-soc",
     )
     assert (s.ip_indicator_expiration, s.hash_indicator_expiration) == (3, 180)
@@ -107,8 +92,8 @@ def test_each_service_probes_on_its_own_port_unless_health_port_is_set(
 ) -> None:
     """The three services of one host start side by side with default settings; a pod sets
     HEALTH_PORT and every service listens there."""
-    assert load_settings(VALID, service).health_port == port
-    assert load_settings({**VALID, "HEALTH_PORT": "9090"}, service).health_port == 9090
+    assert load_settings(VALID_ENV, service).health_port == port
+    assert load_settings({**VALID_ENV, "HEALTH_PORT": "9090"}, service).health_port == 9090
 
 
 def test_commands_that_serve_no_probes_have_no_port_and_say_which_services_do() -> None:
@@ -186,7 +171,7 @@ def test_secrets_are_wrapped() -> None:
     ],
 )
 def test_each_invalid_value_gives_one_clear_line(name: str, value: str, allowed: str) -> None:
-    problems = problems_of({**VALID, name: value})
+    problems = problems_of({**VALID_ENV, name: value})
     assert len(problems) == 1
     line = problems[0]
     assert line.startswith(f"{name}={value!r} is not valid: ")
@@ -196,7 +181,7 @@ def test_each_invalid_value_gives_one_clear_line(name: str, value: str, allowed:
 
 def test_all_problems_are_reported_together() -> None:
     problems = problems_of(
-        {**VALID, "HASH_TYPE": "sha512", "INITIAL_LOOKBACK": "120", "BUS": "kafka"}
+        {**VALID_ENV, "HASH_TYPE": "sha512", "INITIAL_LOOKBACK": "120", "BUS": "kafka"}
     )
     assert [p.split("=")[0] for p in problems] == ["INITIAL_LOOKBACK", "HASH_TYPE", "BUS"]
 
@@ -221,7 +206,7 @@ def test_each_service_requires_only_its_own_credentials() -> None:
 def test_workload_identity_replaces_the_client_secret(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("assertion")
-    environ = {k: v for k, v in VALID.items() if k != "AZURE_CLIENT_SECRET"}
+    environ = {k: v for k, v in VALID_ENV.items() if k != "AZURE_CLIENT_SECRET"}
     s = load_settings({**environ, "AZURE_FEDERATED_TOKEN_FILE": str(token_file)})
     assert s.azure_client_secret is None
     assert s.azure_federated_token_file == token_file
@@ -230,7 +215,7 @@ def test_workload_identity_replaces_the_client_secret(tmp_path: Path) -> None:
 def test_blank_values_count_as_unset() -> None:
     s = load(HASH_TYPE="  ", MINIMUM_CONFIDENCE="")
     assert (s.hash_type, s.minimum_confidence) == ("md5", 80)
-    assert problems_of({**VALID, "MATI_API_KEY": "   "}, Service.FETCHER) == [
+    assert problems_of({**VALID_ENV, "MATI_API_KEY": "   "}, Service.FETCHER) == [
         "MATI_API_KEY is required by the fetcher service and is not set"
     ]
 
@@ -256,46 +241,6 @@ def test_effective_lists_every_setting_with_secrets_masked() -> None:
     assert rows["SYNC_SCHEDULE"] == "4"
     assert rows["AZURE_FEDERATED_TOKEN_FILE"] == "(not set)"
     assert "WARNINGS" not in rows
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def test_check_config_prints_settings_and_no_secret() -> None:
-    done = run_cli("check-config", env={**VALID, "USE_UPLOAD_INDICATORS_API": "TRUE"})
-    assert done.returncode == 0, done.stderr
-    assert "MINIMUM_CONFIDENCE" in done.stdout
-    assert MASK in done.stdout
-    assert done.stderr.count("USE_UPLOAD_INDICATORS_API is removed in v1.2") == 1
-    for secret in SECRETS.values():
-        assert secret not in done.stdout + done.stderr
-
-
-def test_start_up_failure_lists_problems_and_no_secret() -> None:
-    env = {**VALID, "HASH_TYPE": "sha512", "AZURE_WORKSPACE_ID": "nope"}
-    done = run_cli("check-config", env=env)
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert lines[0] == "mati2sentinel: invalid settings:"
-    assert "AZURE_WORKSPACE_ID='nope' is not valid" in lines[1]
-    assert "HASH_TYPE='sha512' is not valid: one of md5, sha1, sha256, all" in lines[2]
-    assert len(lines) == 3
-    for secret in SECRETS.values():
-        assert secret not in done.stderr
-
-
-def test_check_config_for_one_service() -> None:
-    done = run_cli("check-config", "--service", "filter", env={})
-    assert done.returncode == 0, done.stderr
 
 
 def test_policies_carry_the_settings() -> None:
@@ -329,23 +274,13 @@ def test_policies_carry_the_settings() -> None:
     assert load().stix_policy() == StixPolicy()
 
 
-REDIS_PASSWORD = "redis-Pw-91xQ"
-
-
-def test_redis_password_is_masked_in_check_config_and_errors() -> None:
+def test_redis_password_is_masked_in_effective_settings() -> None:
     url = f"rediss://default:{REDIS_PASSWORD}@cache.example:6380/0"
     s = load(REDIS_URL=url)
     assert s.redis_url == url
     assert dict(s.effective())["REDIS_URL"] == f"rediss://default:{MASK}@cache.example:6380/0"
     assert url_password(url) == REDIS_PASSWORD
     assert url_password("redis://127.0.0.1:6379/0") is None
-    done = run_cli("check-config", env={**VALID, "REDIS_URL": url})
-    assert done.returncode == 0
-    assert REDIS_PASSWORD not in done.stdout + done.stderr
-    bad = run_cli("check-config", env={**VALID, "REDIS_URL": f"http://:{REDIS_PASSWORD}@x"})
-    assert bad.returncode == 2
-    assert REDIS_PASSWORD not in bad.stderr
-    assert f"REDIS_URL='http://:{MASK}@x' is not valid" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,7 +315,7 @@ def test_servicebus_by_namespace_or_connection_string() -> None:
     ],
 )
 def test_servicebus_settings_problems(extra: dict[str, str], expected: str) -> None:
-    [problem] = problems_of({**VALID, "BUS": "servicebus", **extra})
+    [problem] = problems_of({**VALID_ENV, "BUS": "servicebus", **extra})
     assert expected in problem
 
 

@@ -1,0 +1,98 @@
+"""Helpers any test may import: the one poll with a deadline, a valid environment to break one
+setting of, and Prometheus text read into comparable samples. Fixtures live in conftest.py; this
+module holds plain values and functions, so no test module needs to import another."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import RedisError
+
+from shared.telemetry.metrics import Metrics
+
+# ---- polling -------------------------------------------------------------------------------
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float = 10.0,
+    *,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
+
+    Tests wait this way, never by sleeping a guessed time: a slow machine only makes them
+    slower, not wrong. A Redis or socket error counts as "not yet" (tests that restart Redis or
+    a server poll through the outage); on timeout, ``AssertionError`` names ``what`` and the
+    last value or error seen. Any other exception, an assertion inside ``predicate`` included,
+    ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+        except (RedisError, OSError) as exc:
+            value, last = None, exc
+        else:
+            last = value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+# ---- settings ------------------------------------------------------------------------------
+
+#: The secrets of ``VALID_ENV``, each unlike anything else a command prints: found in any
+#: output, it leaked.
+SECRETS: Mapping[str, str] = {
+    "MATI_API_KEY": "mati-key-7f3e9a",
+    "MATI_API_SECRET": "mati-secret-Zq81xP",
+    "AZURE_CLIENT_SECRET": "azure-secret-Yw92kL",
+}
+#: Every setting each service requires, valid: a test adds or breaks the one it is about.
+VALID_ENV: Mapping[str, str] = {
+    **SECRETS,
+    "AZURE_WORKSPACE_ID": "6f2a3c4d-1b2e-4f60-9a7b-0c1d2e3f4a5b",
+    "AZURE_CLIENT_ID": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+    "AZURE_TENANT_ID": "11111111-2222-4333-8444-555555555555",
+}
+#: A password for ``REDIS_URL``, for the checks that it is never printed either.
+REDIS_PASSWORD = "redis-Pw-91xQ"
+
+
+# ---- Prometheus samples --------------------------------------------------------------------
+
+Labels = frozenset[tuple[str, str]]
+Samples = dict[tuple[str, Labels], float]
+
+
+def samples(text: str) -> Samples:
+    """``{(sample name, labels): value}`` of a Prometheus text exposition, so a test compares
+    values without caring about the order or formatting of the lines."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def labels(**values: str) -> Labels:
+    return frozenset(values.items())
+
+
+async def scrape(metrics: Metrics) -> Samples:
+    """What ``/metrics`` would serve from ``metrics`` now, without a server."""
+    body, content_type = await metrics.scrape()
+    assert content_type.startswith("text/plain")
+    return samples(body.decode())
