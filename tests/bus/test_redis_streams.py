@@ -18,7 +18,8 @@ from redis.crc import key_slot
 
 from services.cli.redis_server import LocalRedis
 from shared.adapters.redis_connect import connect
-from shared.adapters.redis_streams import RedisStreamsBus, _deliveries, _stream_entries
+from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.redis_streams_codec import deliveries, stream_entries
 from shared.contract.bus import (
     MAX_DELIVERY_REASON,
     Bus,
@@ -441,7 +442,7 @@ def test_an_unparsed_xreadgroup_reply_reads_every_entry_as_redis_py_would(resp3:
     entries[3:3] = [None, [b"1700000000001-99", None]]
     reply: Any = {b"stream": entries} if resp3 else [[b"stream", entries]]
 
-    got = _deliveries(_stream_entries(reply))
+    got = deliveries(stream_entries(reply))
 
     no_fields = Delivery(
         b"",
@@ -456,14 +457,14 @@ def test_an_unparsed_xreadgroup_reply_reads_every_entry_as_redis_py_would(resp3:
     assert got == want
     assert [type(d.body) for d in got] == [bytes] * len(want)
     assert [type(d.properties) for d in got] == [dict] * len(want)
-    assert _deliveries(_stream_entries(None)) == []
-    assert _deliveries(_stream_entries({} if resp3 else [])) == []
+    assert deliveries(stream_entries(None)) == []
+    assert deliveries(stream_entries({} if resp3 else [])) == []
 
 
 def test_reclaimed_entries_keep_their_delivery_count() -> None:
     """The reclaim script's entries: each with its own count, fields as a flat list."""
     ours, no_message_id = ODD_ENTRIES[0][0], ODD_ENTRIES[2][0]
-    got = _deliveries([(b"5-0", 3, ours), (b"5-1", 2, no_message_id), (b"7-0", 4, None)])
+    got = deliveries([(b"5-0", 3, ours), (b"5-1", 2, no_message_id), (b"7-0", 4, None)])
     assert [(d.lock_token, d.delivery_count, d.message_id) for d in got] == [
         ("5-0#3", 3, "m1"),
         ("5-1#2", 2, "5-1"),
