@@ -1,19 +1,17 @@
 """The filter service against real parts: a real Redis, the real RedisStreamsBus and the real
-DestinationState. Records come from the simulators' feed, adjusted where a case needs a
-particular shape; the uploader's side (reading the upload queue, committing seen entries) is
-played by the test with the same adapters the uploader uses.
+DestinationState (the rig of tests/services/filter_rig.py). Records come from the simulators'
+feed, adjusted where a case needs a particular shape; the uploader's side (reading the upload
+queue, committing seen entries) is played by the test with the same adapters the uploader uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import random
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,101 +27,33 @@ from services.runtime import Runtime
 from shared.adapters.redis_connect import connect
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.state import DestinationState
-from shared.contract.bus import Delivery, Message, Target
-from shared.contract.messages import (
-    INDICATORS,
-    UploadRequest,
-    raw_message,
-    read_upload,
-    subscription,
-    upload_queue,
-)
+from shared.contract.bus import Message, Target
+from shared.contract.messages import INDICATORS, UploadRequest
 from shared.core.errors import BusUnavailable
 from shared.core.filters import DropReason, FilterPolicy, HashSelection, evaluate
 from shared.core.fingerprint import ForwardReason, SeenEntry, fingerprint
 from shared.core.indicator import HashType
 from shared.core.parsing import Rejection, parse_indicator
 from shared.core.settings import Service, load_settings
-from shared.core.stix import StixPolicy, content, stix_id
-from simulators.feed import Feed
+from shared.core.stix import content, stix_id
+from tests.helpers import wait_for
+from tests.services.filter_rig import (
+    DEST,
+    FEED,
+    QUEUE,
+    SOURCE,
+    STIX,
+    Rig,
+    again,
+    of_type,
+    passing,
+    publish,
+    take,
+    uploads,
+)
 from tests.state.lost_replies import LostReplies
 
-DEST = "acme"
-SOURCE = subscription(DEST)
-QUEUE = upload_queue(DEST)
-FEED = Feed(seed=11, count=1200, days=10)
-STIX = StixPolicy()
 IPV4_DAYS = STIX.ipv4_expiration
-
-
-class Clock:
-    """The worker's clock, set by the test (near the real time: seen keys expire by Redis's
-    clock, at the valid_until the test commits)."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Rig:
-    redis: Redis
-    bus: RedisStreamsBus
-    state: DestinationState
-    clock: Clock
-
-    def undeduplicated_bus(self) -> RedisStreamsBus:
-        """A bus without duplicate detection, for tests that jump the clock days ahead: the
-        window runs on wall time, so a refresh "days later" would fall inside it, which in
-        production (a 10-minute window, syncs hours apart) it does not."""
-        return RedisStreamsBus(self.redis, consumer="filter-1", duplicate_window_s=0)
-
-    def worker(self, bus: RedisStreamsBus | None = None, **options: Any) -> FilterWorker:
-        config = FilterConfig(DEST, stix_policy=STIX, **options)
-        return FilterWorker(
-            config, bus=bus or self.bus, state=self.state, clock=self.clock, rng=random.Random(1)
-        )
-
-
-@pytest.fixture
-async def rig(redis_client: Redis) -> Rig:
-    bus = RedisStreamsBus(redis_client, consumer="filter-1", lock_duration_s=5.0)
-    await bus.ensure(SOURCE)
-    await bus.ensure(QUEUE)
-    return Rig(redis_client, bus, DestinationState(redis_client, DEST), Clock())
-
-
-# --- records --------------------------------------------------------------------------------
-
-
-def of_type(kind: str, nth: int = 0) -> dict[str, Any]:
-    found = (FEED.record(i) for i in range(len(FEED)) if FEED.type_of(i) == kind)
-    for _ in range(nth):
-        next(found)
-    return copy.deepcopy(next(found))
-
-
-def passing(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` adjusted to pass the default filters: high scores, a non-OSINT categorized
-    source."""
-    record = copy.deepcopy(record)
-    record["mscore"] = 95
-    record["threat_rating"] = {**(record.get("threat_rating") or {}), "threat_score": 95}
-    for source in record["sources"]:
-        source["osint"] = False
-        source["category"] = source.get("category") or ["malware"]
-    return record
-
-
-def again(record: dict[str, Any], minutes: int = 1) -> dict[str, Any]:
-    """The same indicator as a later sync sees it: only ``last_updated`` moved (so the bus
-    does not drop it as a duplicate of the earlier publish)."""
-    record = copy.deepcopy(record)
-    moved = datetime.fromisoformat(record["last_updated"]) + timedelta(minutes=minutes)
-    record["last_updated"] = moved.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return record
 
 
 def expected(
@@ -139,26 +69,6 @@ def expected(
 
 
 # --- bus helpers ----------------------------------------------------------------------------
-
-
-async def publish(bus: RedisStreamsBus, *items: dict[str, Any] | object | Message) -> None:
-    messages = [i if isinstance(i, Message) else raw_message(i, run_id="r1") for i in items]
-    await bus.publish(INDICATORS, messages)
-
-
-async def take(bus: RedisStreamsBus, source: Any, want: int) -> list[Delivery]:
-    got: list[Delivery] = []
-    async with asyncio.timeout(10):
-        while len(got) < want:
-            got += await bus.receive(source, max_messages=1000, max_wait_s=0.2)
-    return got
-
-
-async def uploads(bus: RedisStreamsBus) -> list[UploadRequest]:
-    """Whatever the upload queue holds now (received and completed, as an uploader would)."""
-    got = await bus.receive(QUEUE, max_messages=1000, max_wait_s=0.05)
-    await bus.complete(QUEUE, got)
-    return [read_upload(d.body) for d in got]
 
 
 async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
@@ -519,10 +429,7 @@ async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, lanes: int)
     task = asyncio.create_task(worker.run(stop))
     record = passing(of_type("ipv4"))
     await publish(rig.bus, record)
-    got: list[UploadRequest] = []
-    async with asyncio.timeout(10):
-        while not got:
-            got = await uploads(rig.bus)
+    got = await wait_for(lambda: uploads(rig.bus), 10, what="the forwarded upload")
     assert [r.indicator_id for r in got] == [record["id"]]
     stop.set()
     async with asyncio.timeout(5):
@@ -605,16 +512,14 @@ async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis
     bus = RedisStreamsBus(redis_client, consumer="filter-main", lock_duration_s=5.0)
     runtime = Runtime(settings, Service.FILTER, "filter-main", redis_client, bus, asyncio.Event())
     task = asyncio.create_task(loop(runtime))
-    async with asyncio.timeout(10):
-        while True:  # the loop registers the subscription before it receives
-            if await redis_client.sismember(bus.subscriptions_key(INDICATORS.name), DEST):
-                break
-            await asyncio.sleep(0.01)
-        fqdn = passing(of_type("fqdn"))
-        await publish(bus, passing(of_type("ipv4")), fqdn)
-        got: list[UploadRequest] = []
-        while not got:
-            got = await uploads(bus)
+    await wait_for(  # the loop registers the subscription before it receives
+        lambda: redis_client.sismember(bus.subscriptions_key(INDICATORS.name), DEST),
+        10,
+        what="the subscription registered",
+    )
+    fqdn = passing(of_type("fqdn"))
+    await publish(bus, passing(of_type("ipv4")), fqdn)
+    got = await wait_for(lambda: uploads(bus), 10, what="the fqdn's upload")
     assert [r.indicator_id for r in got] == [fqdn["id"]]
     runtime.stop.set()
     async with asyncio.timeout(5):

@@ -15,27 +15,14 @@ from typing import Any
 import pytest
 
 from services.filter import judging
+from services.filter.worker import BatchOutcome, FilterWorker
 from shared.contract.bus import Message
 from shared.contract.messages import UploadRequest, raw_message
 from shared.core.filters import FilterPolicy, HashSelection
 from shared.core.fingerprint import SeenEntry
 from shared.core.parsing import parse_indicator
-from tests.services.test_filter import (
-    SOURCE,
-    BatchOutcome,
-    FilterWorker,
-    Rig,
-    again,
-    of_type,
-    passing,
-    publish,
-    rig,
-    stix_id,
-    take,
-    uploads,
-)
-
-__all__ = ["rig"]  # the fixture, shared with test_filter
+from shared.core.stix import stix_id
+from tests.services.filter_rig import SOURCE, Rig, again, of_type, passing, publish, take, uploads
 
 KINDS = ("ipv4", "fqdn", "url", "md5")
 
