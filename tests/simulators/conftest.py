@@ -1,15 +1,20 @@
-"""Fixtures the simulator tests share: one token minter, a Sentinel simulator, a TLS session."""
+"""Fixtures the simulator tests share: one token minter, a Sentinel simulator, a TLS session,
+and MATI simulators on a hand-moved clock."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
+from simulators.feed import Feed
+from simulators.mati import MatiSimulator
 from simulators.sentinel import SentinelSimulator
 from simulators.tokens import TokenMinter
+from tests.simulators.mati_requests import NOW, Clock, MakeMati
 
 
 @pytest.fixture
@@ -30,3 +35,30 @@ async def session(client_ssl: ssl.SSLContext) -> AsyncIterator[aiohttp.ClientSes
     """A client session that trusts the simulators' CA, as the product's clients do."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
         yield s
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def make_mati(server_ssl: ssl.SSLContext, clock: Clock) -> AsyncIterator[MakeMati]:
+    started: list[MatiSimulator] = []
+
+    async def make(feed: Feed | None = None, **options: Any) -> MatiSimulator:
+        mati = MatiSimulator(
+            server_ssl, feed=feed or Feed(seed=11, count=230, now=NOW), clock=clock, **options
+        )
+        await mati.start()
+        started.append(mati)
+        return mati
+
+    yield make
+    for mati in started:
+        await mati.stop()
+
+
+@pytest.fixture
+async def mati(make_mati: MakeMati) -> MatiSimulator:
+    return await make_mati()
