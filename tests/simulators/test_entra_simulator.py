@@ -111,21 +111,30 @@ async def test_bad_secret_raises_client_authentication_error(
     assert {"trace_id", "correlation_id", "timestamp"} <= body.keys()
 
 
+def _workload_credential(
+    entra: EntraSimulator, session: aiohttp.ClientSession, tmp_path: Path, assertion: str
+) -> WorkloadIdentityCredential:
+    """What a pod builds: the credential reading the service-account token the cluster
+    projected into a file."""
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(assertion)
+    return WorkloadIdentityCredential(
+        tenant_id=TENANT,
+        client_id=FEDERATED,
+        token_file_path=str(token_file),
+        authority=entra.url,
+        transport=_transport(session),
+    )
+
+
 async def test_workload_identity_credential_with_federated_token_file(
     entra: EntraSimulator,
     session: aiohttp.ClientSession,
     minter: TokenMinter,
     tmp_path: Path,
 ) -> None:
-    token_file = tmp_path / "azure-identity-token"
-    token_file.write_text(entra.issue_federated_assertion(FEDERATED))
-    async with WorkloadIdentityCredential(
-        tenant_id=TENANT,
-        client_id=FEDERATED,
-        token_file_path=str(token_file),
-        authority=entra.url,
-        transport=_transport(session),
-    ) as credential:
+    assertion = entra.issue_federated_assertion(FEDERATED)
+    async with _workload_credential(entra, session, tmp_path, assertion) as credential:
         token = await credential.get_token(MANAGEMENT_SCOPE)
     assert minter.validate(token.token, MANAGEMENT).appid == FEDERATED
     form = entra.recorder.of("token")[0].body.decode()
@@ -138,15 +147,8 @@ async def test_workload_identity_credential_with_federated_token_file(
 async def test_workload_identity_rejects_a_foreign_subject(
     entra: EntraSimulator, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(entra.issue_federated_assertion(FEDERATED, subject="system:other"))
-    async with WorkloadIdentityCredential(
-        tenant_id=TENANT,
-        client_id=FEDERATED,
-        token_file_path=str(token_file),
-        authority=entra.url,
-        transport=_transport(session),
-    ) as credential:
+    assertion = entra.issue_federated_assertion(FEDERATED, subject="system:other")
+    async with _workload_credential(entra, session, tmp_path, assertion) as credential:
         with pytest.raises(ClientAuthenticationError, match="AADSTS700213"):
             await credential.get_token(MANAGEMENT_SCOPE)
 
