@@ -11,7 +11,6 @@ would be a long hole in the feed, and an endless tight retry a crash loop in dis
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from datetime import timedelta
@@ -20,11 +19,11 @@ from typing import Final
 from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import Fetcher, Outcome, SyncSummary, new_run_id
 from services.runtime import Runtime, run_service
+from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
-from shared.adapters.state import FeedState, FetcherLease
 from shared.core.errors import ConfigError
 from shared.core.settings import Service
-from shared.core.timing import UtcClock, utc_now
+from shared.core.timing import UtcClock, sleep_unless_stopped, utc_now
 from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
@@ -69,16 +68,6 @@ def next_delay_s(summary: SyncSummary, schedule_s: float, failures_in_a_row: int
     return schedule_s
 
 
-async def pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
-    if seconds <= 0 or stop.is_set():
-        return
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return
-
-
 async def loop(runtime: Runtime) -> None:
     """Sync now, then every ``SYNC_SCHEDULE`` hours, until ``runtime.stop`` is set."""
     fetcher = build(runtime)
@@ -91,7 +80,7 @@ async def loop(runtime: Runtime) -> None:
         delay = max(0.0, began + next_delay_s(summary, schedule_s, failures) - time.monotonic())
         if not runtime.stop.is_set():
             log.info("fetch.next_sync", in_s=round(delay, 1), after=summary.outcome.value)
-        await pause(runtime.stop, delay)
+        await sleep_unless_stopped(runtime.stop, delay)
 
 
 async def sync_once(
@@ -110,7 +99,7 @@ async def sync_once(
         ):
             return summary
         log.info("fetch.waiting_for_lease", wait_s=poll_s)
-        await pause(runtime.stop, poll_s)
+        await sleep_unless_stopped(runtime.stop, poll_s)
 
 
 def main() -> int:

@@ -6,20 +6,25 @@ worker runs the same code against the simulators in tests and against Azure in p
 
 from __future__ import annotations
 
-import asyncio
+from typing import Final
 
 from services.runtime import Runtime, lanes_for, run_service
 from services.uploader.config import UploaderConfig
 from services.uploader.worker import Uploader
 from shared.adapters.credentials import TokenProvider, credential_factory
+from shared.adapters.destination_state import CircuitState, DestinationState
+from shared.adapters.rate_budget import RateBudget
 from shared.adapters.sentinel_client import SentinelClient
-from shared.adapters.state import CircuitState, DestinationState, RateBudget
 from shared.core.backoff import Backoff
 from shared.core.errors import BusUnavailable, NotReady
+from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.settings import Service
 from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
+#: Waiting for the bus at start: a failover takes seconds, a bus that starts after the pod
+#: minutes; jittered so that replicas starting together do not ask together.
+BUS_BACKOFF: Final = Backoff(base_s=1.0, cap_s=30.0)
 
 
 async def loop(runtime: Runtime) -> None:
@@ -75,21 +80,24 @@ async def loop(runtime: Runtime) -> None:
 
 async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:
     """Create the upload queue, waiting out a bus that is not up yet; False when stopped."""
-    backoff = Backoff(base_s=1.0, cap_s=30.0)
-    attempt = 0
-    while not runtime.stop.is_set():
-        try:
-            await runtime.bus.ensure(uploader.queue)
-            return True
-        except BusUnavailable as exc:
-            attempt += 1
-            wait = backoff.ceiling(attempt)
-            log.warning("upload.bus_unavailable", detail=str(exc), wait_s=wait)
-            try:
-                await asyncio.wait_for(runtime.stop.wait(), timeout=wait)
-            except TimeoutError:
-                continue
-    return False
+
+    def unavailable(exc: BaseException, wait: float) -> None:
+        log.warning("upload.bus_unavailable", detail=str(exc), wait_s=round(wait, 3))
+
+    if runtime.stop.is_set():
+        return False
+    retrier = Retrier(BUS_BACKOFF, bounded=False)
+    try:
+        await retry(
+            lambda: runtime.bus.ensure(uploader.queue),
+            on=BusUnavailable,
+            retrier=retrier,
+            stop=runtime.stop,
+            on_retry=unavailable,
+        )
+    except Stopped:
+        return False
+    return True
 
 
 def main() -> int:

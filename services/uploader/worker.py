@@ -39,10 +39,12 @@ from services.uploader.config import UploaderConfig
 from services.uploader.request import Requester, Uploads
 from services.uploader.settling import Settler
 from services.uploader.waiting import Waits
-from shared.adapters.state import DestinationState, RateBudget
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.rate_budget import RateBudget
 from shared.contract.bus import Bus, Delivery
 from shared.contract.messages import upload_queue
 from shared.core.errors import TransientError
+from shared.core.retrying import Retrier
 from shared.core.timing import Sleep, UtcClock, utc_now
 from shared.telemetry import logs
 
@@ -116,7 +118,7 @@ class Uploader:
 
     async def _lane(self, stop: asyncio.Event, *, probes: bool) -> None:
         config = self._config
-        failures = 0
+        retrier = Retrier(config.retry, self._rng, bounded=False)
         while not stop.is_set():
             try:
                 if not await self._circuit_allows(probes):
@@ -133,7 +135,7 @@ class Uploader:
                         stop=stop,
                     )
                 if not batch:
-                    failures = 0
+                    retrier.reset()
                     continue
                 if stop.is_set():  # stopped while lingering: give it straight back
                     held = HeldBatch(self._bus, self.queue, self._state, batch, self._tally, 0.0)
@@ -141,10 +143,9 @@ class Uploader:
                     await self._waits.flush()
                     break
                 await self._drain(asyncio.ensure_future(self.process(batch)))
-                failures = 0
+                retrier.reset()
             except TransientError as exc:
-                failures += 1
-                wait = config.retry.jittered(failures, self._rng)
+                wait = retrier.next_wait() or 0.0
                 log.warning(
                     "upload.loop_failed",
                     error=type(exc).__name__,
