@@ -17,7 +17,7 @@ import asyncio
 
 from bench.common import Figure
 from bench.runs import first_page, pipeline_run, stored_at_least, sync_in_background
-from shared.adapters.state import default_rate_margin_s
+from shared.adapters.rate_budget import default_rate_margin_s
 
 #: Sentinel's quota: 100 requests of 100 objects a minute.
 SENTINEL_QUOTA_PER_S = 100 * 100 / 60

@@ -21,10 +21,10 @@ from redis.asyncio import Redis
 from bench.common import Figure, private_redis
 from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import Fetcher, Outcome
+from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import FeedState, FetcherLease
 from shared.adapters.tls import client_context
 from shared.contract.messages import subscription
 from shared.core.secrets import Secret

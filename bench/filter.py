@@ -24,8 +24,8 @@ from typing import Any
 from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
 from services.filter.config import FilterConfig
 from services.filter.worker import BatchOutcome, FilterWorker
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState
 from shared.contract.bus import Delivery, Message
 from shared.contract.messages import (
     INDICATORS,

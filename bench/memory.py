@@ -19,8 +19,10 @@ from typing import Any
 from bench.common import Figure, mib
 from bench.runs import NO_QUOTA, Run, first_page, pipeline_run
 from harness.pipeline import DESTINATION
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import FeedState
+from shared.adapters.rate_budget import default_rate_margin_s
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState, FeedState, default_rate_margin_s
 from shared.contract.messages import subscription, upload_queue
 
 #: The widest budget the settings allow (SENTINEL_REQUESTS_PER_MINUTE ≤ 100, window ≥ 1 s).

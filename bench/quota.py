@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import Figure
 from bench.runs import first_page, pipeline_run, sync_in_background
-from shared.adapters.state import default_rate_margin_s
+from shared.adapters.rate_budget import default_rate_margin_s
 from simulators.sentinel import STIX_ROUTE, LoggedRequest
 
 LIMIT = 100

@@ -22,8 +22,9 @@ from redis.asyncio import Redis
 from harness import oracle
 from services.cli.redis_server import LocalRedis
 from services.cli.supervisor import Child, ServiceProcesses
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState, FeedState
 from shared.contract.bus import Bus
 from shared.contract.messages import subscription, upload_queue
 from shared.core.filters import evaluate

@@ -28,7 +28,8 @@ from services.cli.explain_core import (
     judge,
     read_query,
 )
-from shared.adapters.state import DestinationState, FeedState
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import FeedState
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
 from shared.contract.messages import read_upload, subscription, upload_queue
 from shared.core.errors import MalformedMessage

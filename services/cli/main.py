@@ -125,8 +125,9 @@ def explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from services.cli import explain as explain_
+    from shared.adapters.destination_state import DestinationState
+    from shared.adapters.feed_state import FeedState
     from shared.adapters.mati_client import MatiClient
-    from shared.adapters.state import DestinationState, FeedState
 
     try:
         query = explain_.read_query(args.indicator)

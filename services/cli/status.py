@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 
 from services.runtime import Runtime
-from shared.adapters.state import DestinationState, FeedState, RateBudget
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import FeedState
+from shared.adapters.rate_budget import RateBudget
 from shared.contract.bus import Bus, EntityCounts, Source
 from shared.contract.messages import subscription, upload_queue
 from shared.core.settings import Settings

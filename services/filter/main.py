@@ -11,7 +11,7 @@ import random
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.worker import FilterWorker
 from services.runtime import Runtime, lanes_for, run_service
-from shared.adapters.state import DestinationState
+from shared.adapters.destination_state import DestinationState
 from shared.contract.messages import subscription, upload_queue
 from shared.core.errors import TransientError
 from shared.core.retrying import Retrier, Stopped, retry

@@ -48,7 +48,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
-from shared.adapters.state import DestinationState
+from shared.adapters.destination_state import DestinationState
 from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
     INDICATORS,

@@ -22,7 +22,7 @@ from datetime import datetime
 from opentelemetry.trace import Span
 
 from services.uploader.reasons import MALFORMED_MESSAGE, REJECTED_BY_SENTINEL
-from shared.adapters.state import DestinationState
+from shared.adapters.destination_state import DestinationState
 from shared.contract.bus import Bus, Delivery, Queue, Source
 from shared.contract.messages import UploadRequest, read_upload
 from shared.core.errors import BusUnavailable, LockLost, MalformedMessage, StateUnavailable

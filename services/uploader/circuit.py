@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.adapters.state import CircuitState, DestinationState
+from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.core.backoff import Backoff
 from shared.core.errors import StateUnavailable
 from shared.telemetry import logs

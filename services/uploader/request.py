@@ -30,8 +30,8 @@ from services.uploader.batching import HeldBatch, Item
 from services.uploader.circuit import Circuit
 from services.uploader.config import UploaderConfig
 from services.uploader.waiting import Waits
+from shared.adapters.rate_budget import RateBudget
 from shared.adapters.sentinel_client import UploadResult
-from shared.adapters.state import RateBudget
 from shared.contract.messages import upload_queue
 from shared.core.errors import (
     AuthenticationFailed,

@@ -28,8 +28,8 @@ from services.uploader.circuit import Circuit
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from services.uploader.request import Answer, Refusal, Requester
 from services.uploader.waiting import Waits
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.sentinel_client import UploadResult
-from shared.adapters.state import DestinationState
 from shared.core.errors import SystemicRejection
 from shared.core.fingerprint import SeenEntry
 from shared.core.timing import UtcClock

@@ -13,7 +13,8 @@ import asyncio
 from collections import Counter
 
 from services.uploader.batching import HeldBatch
-from shared.adapters.state import DestinationState, RateBudget
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.rate_budget import RateBudget
 from shared.core.errors import StateUnavailable
 from shared.core.timing import Sleep, sleep_unless_stopped
 from shared.telemetry import logs

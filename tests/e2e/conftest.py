@@ -22,9 +22,9 @@ import pytest
 from redis.exceptions import RedisError
 
 from harness.pipeline import DESTINATION, Expected, Pipeline, mati_properties
+from shared.adapters.feed_state import FetcherLease
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.servicebus import REPLAY_TO
-from shared.adapters.state import FetcherLease
 from shared.contract.messages import INDICATORS, subscription, upload_queue
 from simulators.feed import Feed
 from simulators.sentinel import ObjectStore

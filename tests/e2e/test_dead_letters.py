@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from harness.pipeline import DESTINATION
-from shared.adapters.state import CircuitState, DestinationState
+from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from simulators.faults import SCHEMA_CHANGED, FaultKind

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from harness.pipeline import DESTINATION
-from shared.adapters.state import CircuitState, DestinationState
+from shared.adapters.destination_state import CircuitState, DestinationState
 from simulators.feed import Feed
 from tests.e2e.conftest import PipelineFactory, log_events, wait_for
 

@@ -22,9 +22,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.observability import gauge_reads, serving
+from shared.adapters.destination_state import CircuitState, DestinationState
+from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.sentinel_client import SentinelClient, observe_requests
-from shared.adapters.state import CircuitState, DestinationState, FeedState, observe_counts
+from shared.adapters.state_counters import observe_counts
 from shared.contract.messages import upload_queue
 from shared.core.errors import BatchRejected, RateLimited, UpstreamUnavailable
 from shared.core.settings import Service, Settings

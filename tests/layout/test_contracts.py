@@ -18,8 +18,8 @@ PACKAGES = ("shared", "services", "simulators", "harness")
 
 #: contract id -> (module to plant in, the import that breaks the contract)
 PLANTS = {
-    "layers": ("shared/contract/bus.py", "import shared.adapters.state"),
-    "layers-siblings": ("shared/telemetry/gauges.py", "import shared.adapters.state"),
+    "layers": ("shared/contract/bus.py", "import shared.adapters.destination_state"),
+    "layers-siblings": ("shared/telemetry/gauges.py", "import shared.adapters.destination_state"),
     "services-independent": ("services/filter/worker.py", "import services.uploader.circuit"),
     "pure-core": ("shared/core/parsing.py", "import aiohttp"),
     "product-without-simulators": ("services/cli/status.py", "import simulators.feed"),

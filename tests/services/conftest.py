@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState
 from tests.services.filter_rig import DEST, QUEUE, SOURCE, Clock, Rig
 
 

@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from services.filter.config import FilterConfig
 from services.filter.worker import FilterWorker
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState
 from shared.contract.bus import Delivery, Message
 from shared.contract.messages import (
     INDICATORS,

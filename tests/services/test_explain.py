@@ -24,10 +24,11 @@ from services.cli.explain import (
     read_query,
     render,
 )
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import FeedState
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState, FeedState
 from shared.contract.bus import Message
 from shared.contract.messages import (
     INDICATORS,

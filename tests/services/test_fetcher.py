@@ -36,10 +36,10 @@ from services.fetcher.sync import (
     new_run_id,
 )
 from services.runtime import Runtime
+from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import FeedState, FetcherLease
 from shared.contract.bus import Bus, Delivery, Message, Target
 from shared.contract.messages import INDICATORS, raw_message, subscription
 from shared.core.errors import BusUnavailable

@@ -24,9 +24,9 @@ from services.filter.config import FilterConfig
 from services.filter.main import loop
 from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
 from services.runtime import Runtime
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_connect import connect
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import DestinationState
 from shared.contract.bus import Message, Target
 from shared.contract.messages import INDICATORS, UploadRequest
 from shared.core.errors import BusUnavailable

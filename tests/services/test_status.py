@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 from services.cli.redis_server import LocalRedis
 from services.cli.status import collect, render
 from services.runtime import Runtime
+from shared.adapters.destination_state import CircuitState, DestinationState
+from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.adapters.state import CircuitState, DestinationState, FeedState
 from shared.contract.bus import Message
 from shared.contract.messages import INDICATORS, raw_message, subscription, upload_queue
 from shared.core.settings import Service, load_settings

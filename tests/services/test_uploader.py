@@ -31,10 +31,11 @@ from services.uploader.main import loop
 from services.uploader.request import Uploads
 from services.uploader.worker import Uploader
 from shared.adapters.credentials import TokenProvider, credential_factory
+from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.http import open_session
+from shared.adapters.rate_budget import RateBudget
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.sentinel_client import SentinelClient, UploadResult
-from shared.adapters.state import CircuitState, DestinationState, RateBudget
 from shared.contract.bus import Message
 from shared.contract.messages import UploadRequest, raw_message, upload_message, upload_queue
 from shared.core.backoff import Backoff

@@ -34,19 +34,16 @@ from redis.exceptions import (
 )
 
 from services.cli.redis_server import LocalRedis, free_port
-from shared.adapters.redis_connect import connect
-from shared.adapters.state import (
+from shared.adapters.destination_state import (
     CLAIM_RECEIPT_TTL_S,
-    Checkpoint,
     CircuitState,
     DestinationState,
-    FeedState,
-    FetcherLease,
-    RateBudget,
-    _translated,
     compact_id,
-    destination_prefix,
 )
+from shared.adapters.feed_state import Checkpoint, FeedState, FetcherLease
+from shared.adapters.rate_budget import RateBudget
+from shared.adapters.redis_connect import connect
+from shared.adapters.state_redis import destination_prefix, translated
 from shared.core.errors import FatalError, StateRefused, StateUnavailable, TransientError
 from shared.core.fingerprint import SeenEntry
 from shared.core.stix import stix_id
@@ -724,7 +721,7 @@ async def test_a_foreign_type_under_our_singleton_keys_is_refused(
 def test_redis_errors_are_translated_by_what_the_caller_must_do(
     raised: Exception, expected: type[Exception]
 ) -> None:
-    with pytest.raises(expected) as caught, _translated("test"):
+    with pytest.raises(expected) as caught, translated("test"):
         raise raised
     assert caught.value.__cause__ is raised
 

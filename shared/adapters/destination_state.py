@@ -1,0 +1,220 @@
+"""One destination's state in Redis: the seen cache, in-flight claims, counters and circuit
+the filter and the uploader share (DESIGN §4). Keys: ``shared.adapters.state_redis``."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from shared.adapters import state_counters
+from shared.adapters import state_scripts as scripts
+from shared.adapters.state_redis import (
+    RedisClient,
+    as_bytes,
+    as_text,
+    destination_prefix,
+    from_ms,
+    positive_ms,
+    run,
+    to_ms,
+    translated,
+)
+from shared.core.fingerprint import SeenEntry
+
+logger = logging.getLogger(__name__)
+
+#: How long a ``claim`` call's answer is kept for a resend of that very call (``CLAIM``). A
+#: resend is the client's own retry after a dropped connection or a timeout: within its
+#: retries times its socket timeout (the services': 3 x 30 s), so five minutes cover it. The
+#: receipts cost one byte per claim for that long, next to the claims' own hundred-odd bytes
+#: for hours.
+CLAIM_RECEIPT_TTL_S: Final = 300.0
+#: A granted claim in ``CLAIM``'s answer.
+_GRANTED: Final = ord("1")
+
+
+class CircuitState(StrEnum):
+    """The uploader's circuit for one destination, shared by every replica."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+_STIX_ID: Final = re.compile(
+    r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def compact_id(stix_id: str) -> str:
+    """``indicator--<uuid>`` as 96 of its random bits in 16 base64url characters (bytes 6 and
+    8, which carry the UUID's version and variant, are left out). Two ids share a key with a
+    probability of about n² / 2^97 (6 × 10^-16 for ten million indicators), and the key is
+    short enough for Redis to keep in 32 bytes (see the key list in ``state_redis``). Anything else
+    (``stix_id`` never makes it) is kept as it is.
+
+    Cached: a batch names each id three or four times (seen, claim, commit, release), and
+    4,096 ids cover the batches a process holds at once (under 2 MB, whatever the backlog)."""
+    if _STIX_ID.fullmatch(stix_id) is None:
+        return stix_id
+    raw = bytes.fromhex(stix_id[11:].replace("-", ""))
+    return base64.urlsafe_b64encode(raw[:6] + raw[7:8] + raw[9:14]).decode("ascii")
+
+
+class DestinationState:
+    """One destination's seen cache, in-flight claims, counters and circuit (DESIGN §4).
+
+    Every per-indicator operation takes a batch and costs one round trip whatever its size.
+    """
+
+    def __init__(self, client: RedisClient, destination: str) -> None:
+        self.destination = destination
+        self.prefix = destination_prefix(destination)
+        self.counters_key = f"{self.prefix}counters"
+        self.circuit_key = f"{self.prefix}circuit"
+        self._client = client
+        self._claim = client.register_script(scripts.CLAIM)
+        self._release = client.register_script(scripts.RELEASE)
+        self._commit = client.register_script(scripts.COMMIT)
+        self._count = client.register_script(scripts.COUNT)
+        self._set_circuit = client.register_script(scripts.SET_CIRCUIT)
+
+    def seen_key(self, stix_id: str) -> str:
+        return f"{self.prefix}s:{compact_id(stix_id)}"
+
+    def inflight_key(self, stix_id: str) -> str:
+        return f"{self.prefix}inflight:{compact_id(stix_id)}"
+
+    def claim_receipt_key(self, token: str) -> str:
+        return f"{self.prefix}claimed:{token}"
+
+    async def seen(self, stix_ids: Sequence[str]) -> list[SeenEntry | None]:
+        """What was last uploaded for each id (one ``MGET``); unreadable values read as
+        ``None``, i.e. "not seen": one extra upload, never a lost indicator."""
+        if not stix_ids:
+            return []
+        with translated("seen"):
+            values = await self._client.mget([self.seen_key(i) for i in stix_ids])
+        return [None if value is None else SeenEntry.decode(as_bytes(value)) for value in values]
+
+    async def claim(
+        self, claims: Sequence[tuple[str, str]], *, ttl_s: float, redelivery: bool = False
+    ) -> list[bool]:
+        """Claim ``(stix_id, fingerprint)`` pairs before forwarding them; True = forward it.
+
+        - free: claimed (``SET … PX``), True;
+        - held with the same fingerprint: someone already queued this very version, False —
+          unless ``redelivery`` (this raw message was delivered before and its forward may
+          have failed), then it counts as ours and its TTL restarts, True;
+        - held with a different fingerprint: on a first delivery this is the newer version,
+          which supersedes the queued one (the uploader will skip that one, see ``claims``):
+          overwritten, True. On a redelivery it is not: the redelivered message may be older
+          than the version that claimed since, so it must not push it aside, False.
+
+        ``ttl_s`` should outlast the upload queue's worst backlog: an expired claim only lets a
+        later sync queue a duplicate (an idempotent re-upload), never loses anything. Pairs are
+        applied in order, so a repeated id in one batch sees the claim its predecessor made.
+
+        A call is answered once: the client resends it when the reply was lost (a dropped
+        connection, a Redis restart, a timeout) after the script had run, and that resend gets
+        the first run's answer from the call's receipt. Judged afresh, a first delivery would
+        find its own claims "held with the same fingerprint" and drop its indicators as
+        already queued, with nothing queued (``CLAIM_RECEIPT_TTL_S``).
+        """
+        if not claims:
+            return []
+        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        keys.append(self.claim_receipt_key(secrets.token_hex(8)))
+        args: list[str | int] = [
+            positive_ms(ttl_s, "ttl_s"),
+            "1" if redelivery else "0",
+            positive_ms(CLAIM_RECEIPT_TTL_S, "receipt ttl"),
+        ]
+        args.extend(fingerprint for _, fingerprint in claims)
+        answer = as_bytes(await run(self._claim, keys, args, "claim"))
+        return [flag == _GRANTED for flag in answer]
+
+    async def release(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """Drop claims we made but will not forward (the forward failed, the message was
+        dead-lettered); a claim another version took over is left alone. Returns which were
+        released."""
+        if not claims:
+            return []
+        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        args = [fingerprint for _, fingerprint in claims]
+        return [bool(flag) for flag in await run(self._release, keys, args, "release")]
+
+    async def claims(self, stix_ids: Sequence[str]) -> list[str | None]:
+        """The fingerprint each id's claim holds now (one ``MGET``): the uploader skips a
+        message whose fingerprint is no longer the claimed one, a newer version is queued."""
+        if not stix_ids:
+            return []
+        with translated("claims"):
+            values = await self._client.mget([self.inflight_key(i) for i in stix_ids])
+        return [None if value is None else as_text(value) for value in values]
+
+    async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
+        """Record uploads Sentinel accepted, atomically for the batch: each ``seen`` key is set
+        to the entry and expires at its ``valid_until`` (an entry already past ``now`` is
+        removed instead), and each claim still holding the entry's fingerprint is cleared.
+
+        Call it ONLY after Sentinel accepted these records (DESIGN §4; writing it earlier was
+        the vendor's v1.2.3 bug). Returns how many seen keys were written.
+        """
+        if not entries:
+            return 0
+        keys: list[str] = []
+        args: list[str | int | bytes] = [to_ms(now)]
+        for stix_id, entry in entries:
+            keys += (self.seen_key(stix_id), self.inflight_key(stix_id))
+            args += (entry.encode(), to_ms(entry.valid_until), entry.fingerprint)
+        return int(await run(self._commit, keys, args, "commit"))
+
+    async def forget(self, stix_ids: Sequence[str]) -> int:
+        """Drop seen entries (tests, ops: force a re-upload); returns how many existed."""
+        if not stix_ids:
+            return 0
+        with translated("forget"):
+            return int(await self._client.delete(*[self.seen_key(i) for i in stix_ids]))
+
+    async def count(self, counts: Mapping[str, int]) -> None:
+        """Add to the destination's counters by reason (dropped_low_confidence, forwarded,
+        uploaded, rejected, dead_lettered, …), all in one atomic round trip."""
+        await state_counters.count(self._count, self.counters_key, counts)
+        state_counters.counted(self.destination, counts)
+
+    async def counters(self) -> dict[str, int]:
+        return await state_counters.counters(self._client, self.counters_key)
+
+    async def set_circuit(self, state: CircuitState, reason: str = "") -> bool:
+        """Set the circuit every replica of this destination obeys; returns whether the state
+        changed (``since`` then restarts, by the Redis server's clock)."""
+        args = [CircuitState(state).value, reason]
+        return bool(await run(self._set_circuit, [self.circuit_key], args, "set circuit"))
+
+    async def circuit(self) -> tuple[CircuitState, str, datetime | None]:
+        """``(state, reason, since)``; closed when never set. An unreadable state reads as
+        closed: the next failure opens it again, while a stuck "open" would stop the
+        destination for good."""
+        with translated("circuit"):
+            state, reason, since = await self._client.hmget(
+                self.circuit_key, ["state", "reason", "since"]
+            )
+        try:
+            parsed = CircuitState(as_text(state)) if state is not None else CircuitState.CLOSED
+        except ValueError:
+            logger.warning("ignoring an unreadable circuit state in %s", self.circuit_key)
+            return CircuitState.CLOSED, "", None
+        try:
+            when = None if since is None else from_ms(int(as_text(since)))
+        except (ValueError, OverflowError):
+            when = None
+        return parsed, "" if reason is None else as_text(reason), when
