@@ -15,7 +15,7 @@ from shared.core.parsing import parse_json
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import BAD_RECORD_KINDS, _corrupt
-from tests.e2e.conftest import PipelineFactory, assert_delivered, run_cli
+from tests.e2e.pipeline_tools import PipelineFactory, assert_delivered, run_cli
 
 #: Corruptions that break a required field (``id``, ``value``): the record cannot be an
 #: indicator, so the filter dead-letters it (``invalid_record``). The other kinds break an

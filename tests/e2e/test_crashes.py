@@ -18,7 +18,7 @@ import pytest
 from harness.pipeline import Pipeline
 from services.cli.supervisor import Child
 from simulators.feed import Feed
-from tests.e2e.conftest import (
+from tests.e2e.pipeline_tools import (
     ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
@@ -26,8 +26,8 @@ from tests.e2e.conftest import (
     queue_counts,
     release_fetcher_lease,
     upload_histogram,
-    wait_for,
 )
+from tests.helpers import wait_for
 
 #: Indicators in each backfill: five MATI pages of 1000, fifty Sentinel requests of 100.
 FEED_SIZE = 5000

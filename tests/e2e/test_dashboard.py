@@ -34,7 +34,8 @@ from harness.pipeline import DESTINATION, Pipeline
 from services.cli.redis_server import free_port
 from services.fetcher.sync import Outcome
 from simulators.feed import Feed
-from tests.e2e.conftest import PipelineFactory, log_events, synced_and_drained, wait_for
+from tests.e2e.pipeline_tools import PipelineFactory, log_events, synced_and_drained
+from tests.helpers import wait_for
 from tests.prometheus_tools import ensure_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]

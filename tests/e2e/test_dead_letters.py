@@ -20,7 +20,7 @@ from shared.core.stix import stix_id
 from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
-from tests.e2e.conftest import (
+from tests.e2e.pipeline_tools import (
     ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
@@ -28,8 +28,8 @@ from tests.e2e.conftest import (
     queue_counts,
     run_cli,
     upload_histogram,
-    wait_for,
 )
+from tests.helpers import wait_for
 
 REJECTED_INDEXES = (1, 17, 42)
 #: What the simulated Sentinel says about a record its backend could not ingest.

@@ -20,7 +20,8 @@ from shared.core.parsing import parse_indicator
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
-from tests.e2e.conftest import PipelineFactory, queue_counts, run_cli, wait_for
+from tests.e2e.pipeline_tools import PipelineFactory, queue_counts, run_cli
+from tests.helpers import wait_for
 
 SENTINEL_MESSAGE = "The object could not be ingested, please retry later"
 

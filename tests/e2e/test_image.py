@@ -38,14 +38,14 @@ from harness.pipeline import DESTINATION, Pipeline, mati_properties
 from services.cli.redis_server import free_port
 from simulators.feed import Feed
 from tests.commands import CliResult
-from tests.e2e.conftest import (
+from tests.e2e.pipeline_tools import (
     PipelineFactory,
     assert_delivered,
     log_events,
     synced_and_drained,
-    wait_for,
 )
 from tests.helm_tools import CHART, ROOT, helm_template, install_chart_tools
+from tests.helpers import wait_for
 
 #: podman as this machine runs it: vfs storage (no overlay mounts), runc (crun refuses these
 #: cgroups), cgroupfs (no systemd), and ulimits within the machine's hard limits.

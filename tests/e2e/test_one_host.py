@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from services.cli.redis_server import LocalRedis
-from tests.e2e.conftest import wait_for
+from tests.helpers import wait_for
 
 #: The README's sequence, after Redis: (command line, runs in the background).
 SEQUENCE = (

@@ -9,7 +9,8 @@ import pytest
 from harness.pipeline import DESTINATION
 from shared.adapters.destination_state import CircuitState, DestinationState
 from simulators.feed import Feed
-from tests.e2e.conftest import PipelineFactory, log_events, wait_for
+from tests.e2e.pipeline_tools import PipelineFactory, log_events
+from tests.helpers import wait_for
 
 
 async def readyz(http: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:

@@ -10,13 +10,13 @@ import asyncio
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.pipeline import Pipeline
 from simulators.feed import Feed
+from tests.helpers import wait_for
 
 
 def port_open(url: str) -> bool:
@@ -43,11 +43,12 @@ async def test_run_local_syncs_at_start_and_stops_everything_on_sigterm(tmp_path
         output = asyncio.ensure_future(process.stdout.read())
 
         expected = set(p.expected().objects)
-        deadline = time.monotonic() + 60
-        while set(p.sims.sentinel.store) != expected:
-            assert time.monotonic() < deadline, "run-local did not deliver the accepted set"
+
+        async def delivered() -> bool:
             assert process.returncode is None, (await output).decode()[-2000:]
-            await asyncio.sleep(0.2)
+            return set(p.sims.sentinel.store) == expected
+
+        await wait_for(delivered, 60, what="run-local to deliver the accepted set", interval=0.2)
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0, (await output).decode()[-2000:]

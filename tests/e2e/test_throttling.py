@@ -17,7 +17,7 @@ from shared.contract.messages import INDICATORS, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
-from tests.e2e.conftest import (
+from tests.e2e.pipeline_tools import (
     ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,

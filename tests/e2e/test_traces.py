@@ -32,7 +32,8 @@ from harness.pipeline import Pipeline
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
-from tests.e2e.conftest import ACCEPT_ALL, BASE_ENV, log_events, wait_for
+from tests.e2e.pipeline_tools import ACCEPT_ALL, BASE_ENV, log_events
+from tests.helpers import wait_for
 
 SERVICE = "service.name"
 
