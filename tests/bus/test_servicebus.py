@@ -26,12 +26,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
-from shared.adapters.servicebus import (
-    ORIGINAL_MESSAGE_ID,
-    REPLAY_TO,
-    ServiceBusBus,
-    replay_rule,
-)
+from shared.adapters.servicebus import ServiceBusBus
+from shared.adapters.servicebus_messages import ORIGINAL_MESSAGE_ID, REPLAY_TO, replay_rule
 from shared.contract.bus import Bus, Message, Queue, Subscription, Topic
 from shared.core.errors import BusEntityMissing, BusUnavailable, LockLost
 from tests.bus.contract import BusContract, BusFactory, BusSettings, message

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.pipeline import DESTINATION, Pipeline
-from shared.adapters.servicebus import REPLAY_TO
+from shared.adapters.servicebus_messages import REPLAY_TO
 from shared.contract.messages import INDICATORS, upload_queue
 from simulators.feed import Feed
 from tests.e2e.pipeline_tools import BASE_ENV, PipelineFactory

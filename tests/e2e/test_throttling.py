@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.pipeline import DESTINATION, Pipeline
-from shared.adapters.servicebus import REPLAY_TO
+from shared.adapters.servicebus_messages import REPLAY_TO
 from shared.contract.messages import INDICATORS, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed

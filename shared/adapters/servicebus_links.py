@@ -1,0 +1,183 @@
+"""The Service Bus client's links (one sender or receiver per entity) and the one gate every
+SDK call passes, which bounds it in time and turns what it raises into the error tree.
+
+- **One client per process**, its senders and receivers cached per entity (each link costs a
+  round trip to open). Receivers are peek-lock with prefetch 0, so nothing is locked that a
+  ``receive`` call did not ask for.
+- **Errors**: every SDK call is bounded by ``operation_timeout_s`` (the SDK can hang on a peer
+  that stops answering). A timeout, a connection or server-busy error is ``BusUnavailable``
+  (retry later); missing or disabled entities and refused credentials are ``BusEntityMissing`` /
+  ``BusAccessDenied`` (fatal: an operator must act). A receiver or sender that failed is closed
+  and opened afresh on next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
+    MessageLockLostError,
+    MessagingEntityDisabledError,
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+)
+
+from shared.contract.bus import Queue, Source, Subscription, Target, Topic
+from shared.core.errors import BusAccessDenied, BusEntityMissing, BusUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Links:
+    """The senders and receivers of one client, opened on first use and dropped after a
+    failure. ``dropped`` is told of every receiver dropped, because the messages it received
+    can no longer be settled (their locks run out, as on a crash)."""
+
+    def __init__(
+        self,
+        client: ServiceBusClient,
+        *,
+        consumer: str,
+        operation_timeout_s: float,
+        dropped: Callable[[ServiceBusReceiver], None],
+    ) -> None:
+        self.closed = False
+        self._client = client
+        self._consumer = consumer
+        self._operation_timeout_s = operation_timeout_s
+        self._dropped = dropped
+        self._senders: dict[Target, ServiceBusSender] = {}
+        self._receivers: dict[tuple[Source, bool], ServiceBusReceiver] = {}
+
+    async def receiver(self, source: Source, *, dead_letter: bool = False) -> ServiceBusReceiver:
+        """The cached receiver of ``source``, opened: the SDK would otherwise open the link
+        inside the first ``receive`` and count the ~0.5 s that takes against its wait."""
+        if self.closed:
+            raise RuntimeError("the bus is closed")
+        key = (source, dead_letter)
+        receiver = self._receivers.get(key)
+        if receiver is None:
+            options: dict[str, Any] = {
+                "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
+                "prefetch_count": 0,
+                "client_identifier": f"{self._consumer}-{uuid.uuid4().hex[:8]}",
+            }
+            if dead_letter:
+                options["sub_queue"] = ServiceBusSubQueue.DEAD_LETTER
+            if isinstance(source, Queue):
+                receiver = self._client.get_queue_receiver(source.name, **options)
+            else:
+                receiver = self._client.get_subscription_receiver(
+                    source.topic, source.name, **options
+                )
+            await self.call(source, "open", receiver.__aenter__())
+            self._receivers[key] = receiver
+        return receiver
+
+    def sender(self, target: Target) -> ServiceBusSender:
+        if self.closed:
+            raise RuntimeError("the bus is closed")
+        sender = self._senders.get(target)
+        if sender is None:
+            identifier = f"{self._consumer}-{uuid.uuid4().hex[:8]}"
+            if isinstance(target, Queue):
+                sender = self._client.get_queue_sender(target.name, client_identifier=identifier)
+            else:
+                sender = self._client.get_topic_sender(target.name, client_identifier=identifier)
+            self._senders[target] = sender
+        return sender
+
+    async def call(
+        self, entity: Source | Target, operation: str, call: Awaitable[T], *, extra_s: float = 0.0
+    ) -> T:
+        """Run one SDK call within the time limit, translating what it raises."""
+        try:
+            return await self.bounded(call, operation, extra_s)
+        except (MessageLockLostError, MessageAlreadySettled):
+            raise  # the settling code decides what a lost lock means
+        except (MessagingEntityNotFoundError, MessagingEntityDisabledError) as exc:
+            raise BusEntityMissing(
+                f"service bus {operation}: {describe(entity)} does not exist or is disabled "
+                "(create it as docs/servicebus.md says)"
+            ) from exc
+        except (ServiceBusAuthenticationError, ServiceBusAuthorizationError) as exc:
+            raise BusAccessDenied(
+                f"service bus {operation} on {describe(entity)} refused: {type(exc).__name__}"
+            ) from exc
+        except ServiceBusError as exc:
+            await self._reset(entity)
+            raise BusUnavailable(
+                f"service bus {operation} on {describe(entity)} failed: {type(exc).__name__}: "
+                f"{_short(exc)}"
+            ) from exc
+        except BusUnavailable:
+            await self._reset(entity)
+            raise
+
+    async def bounded(self, call: Awaitable[T], operation: str, extra_s: float = 0.0) -> T:
+        limit = self._operation_timeout_s + extra_s
+        try:
+            async with asyncio.timeout(limit):
+                return await call
+        except TimeoutError as exc:
+            raise BusUnavailable(
+                f"service bus {operation} did not answer within {limit:.0f} s"
+            ) from exc
+
+    async def close(self) -> None:
+        """Close every link; the client itself stays its owner's."""
+        self.closed = True
+        handlers: list[ServiceBusSender | ServiceBusReceiver] = [
+            *self._senders.values(),
+            *self._receivers.values(),
+        ]
+        self._senders.clear()
+        self._receivers.clear()
+        await asyncio.gather(*(self._close_quietly(handler) for handler in handlers))
+
+    async def _reset(self, entity: Source | Target) -> None:
+        """Drop the links of ``entity`` after a failure: the next call opens fresh ones."""
+        handlers: list[ServiceBusSender | ServiceBusReceiver] = []
+        if isinstance(entity, Topic):
+            sender = self._senders.pop(entity, None)
+            handlers += [sender] if sender else []
+        else:
+            if isinstance(entity, Queue):
+                sender = self._senders.pop(entity, None)
+                handlers += [sender] if sender else []
+            for dead in (False, True):
+                receiver = self._receivers.pop((entity, dead), None)
+                if receiver is not None:
+                    handlers.append(receiver)
+                    self._dropped(receiver)
+        for handler in handlers:
+            await self._close_quietly(handler)
+
+    async def _close_quietly(self, handler: ServiceBusSender | ServiceBusReceiver) -> None:
+        try:
+            await self.bounded(handler.close(), "close")
+        except (BusUnavailable, ServiceBusError) as exc:
+            logger.warning("closing a service bus link failed: %s", type(exc).__name__)
+
+
+def describe(entity: Source | Target) -> str:
+    if isinstance(entity, Subscription):
+        return f"subscription {entity.topic}/{entity.name}"
+    if isinstance(entity, Queue):
+        return f"queue {entity.name}"
+    return f"topic {entity.name}"
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ")[:200]
