@@ -23,7 +23,8 @@ from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import Fetcher, Outcome
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.http import open_session
-from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.tls import client_context
 from shared.contract.messages import subscription

@@ -15,7 +15,7 @@ from bench.common import PIPELINE_ENV, cpu_seconds, poll_until, vm_hwm_bytes
 from harness.pipeline import Pipeline
 from services.cli.supervisor import Child
 from services.runtime import tune_gc
-from shared.adapters.mati_client import IndicatorQuery
+from shared.adapters.mati_paging import IndicatorQuery
 from simulators.feed import Feed
 
 #: A simulated Sentinel that never throttles.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
-from shared.adapters.mati_client import MAX_LIMIT
+from shared.adapters.mati_paging import MAX_LIMIT
 from shared.core.settings import Settings
 
 #: A later sync starts this far before the checkpoint. MATI's index is eventually consistent:

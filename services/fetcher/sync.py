@@ -30,7 +30,8 @@ from typing import Any, Final
 from services.fetcher.config import FetcherConfig
 from services.fetcher.pushdown import PushDown
 from shared.adapters.feed_state import FeedState, FetcherLease
-from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.contract.bus import Bus
 from shared.contract.messages import INDICATORS, raw_message, subscription
 from shared.core.errors import FatalError, PagingInterrupted, PipelineError

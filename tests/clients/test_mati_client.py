@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 
 from shared.adapters.http import open_session
-from shared.adapters.mati_client import IndicatorQuery, MatiClient, RawPage
+from shared.adapters.mati_client import MatiClient
+from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.adapters.tls import client_context
 from shared.core.backoff import Backoff
 from shared.core.errors import (
