@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.pipeline import DESTINATION, Pipeline, mati_properties
-from shared.adapters.state import DestinationState
+from shared.adapters.destination_state import DestinationState
 from shared.core.filters import Observable, evaluate
 from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.indicator import Indicator
