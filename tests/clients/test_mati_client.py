@@ -8,30 +8,23 @@ the waits the client *chose* and the requests the simulator *received*, never wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any
+from datetime import timedelta
 
 import aiohttp
 import pytest
 
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
-from shared.adapters.mati_paging import IndicatorQuery, RawPage
+from shared.adapters.mati_paging import RawPage
 from shared.adapters.tls import client_context
-from shared.core.backoff import Backoff
 from shared.core.errors import (
     AuthenticationFailed,
-    MalformedResponse,
     PagingInterrupted,
     QueryRejected,
-    RateLimited,
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
@@ -39,115 +32,25 @@ from shared.core.secrets import Secret
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
+from tests.clients.mati_world import (
+    COUNT,
+    INCLUDE_FLAGS,
+    KEY,
+    LIMIT,
+    NOW,
+    NOW_EPOCH,
+    SECRET,
+    SEED,
+    FakeTime,
+    assert_no_secret,
+    collect,
+    first_jitter,
+    ids,
+    statuses,
+    window,
+    world,
+)
 from tests.clients.peers import hang_up_server
-
-KEY = "sim-mati-key"
-SECRET = "sim-mati-secret"
-NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-NOW_EPOCH = int(NOW.timestamp())
-COUNT = 250
-LIMIT = 100
-SEED = 42
-INCLUDE_FLAGS = {
-    "include_threat_rating",
-    "include_category",
-    "include_misp",
-    "include_campaigns",
-    "include_reports",
-}
-
-
-class FakeTime:
-    """One clock for client and simulator; it moves when the client sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def epoch(self) -> float:
-        return NOW_EPOCH + (self.now - 5000.0)
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-def window(**overrides: Any) -> IndicatorQuery:
-    values: dict[str, Any] = {
-        "start_epoch": int((NOW - timedelta(days=31)).timestamp()),
-        "end_epoch": NOW_EPOCH,
-        "limit": LIMIT,
-    }
-    values.update(overrides)
-    return IndicatorQuery(**values)
-
-
-@contextlib.asynccontextmanager
-async def world(
-    server_ssl: ssl.SSLContext,
-    client_ssl: ssl.SSLContext,
-    *,
-    timeout_s: float = 10.0,
-    client: dict[str, Any] | None = None,
-    **sim: Any,
-) -> AsyncIterator[SimpleNamespace]:
-    """A started simulator, an open session and a client wired to one fake time."""
-    fake = FakeTime()
-    feed = Feed(seed=7, count=sim.pop("count", COUNT), days=30, now=NOW)
-    async with (
-        MatiSimulator(server_ssl, feed=feed, clock=fake.epoch, **sim) as mati,
-        open_session(client_ssl, timeout_s=timeout_s) as session,
-    ):
-        options: dict[str, Any] = {
-            "base_url": mati.url,
-            "api_key": Secret(KEY),
-            "api_secret": Secret(SECRET),
-            "requests_per_second": float("inf"),
-            "sleep": fake.sleep,
-            "clock": fake.clock,
-            "rng": random.Random(SEED),
-        }
-        options.update(client or {})
-        yield SimpleNamespace(
-            sim=mati,
-            feed=feed,
-            fake=fake,
-            session=session,
-            client=MatiClient(session, **options),
-        )
-
-
-async def collect(client: MatiClient, query: IndicatorQuery | None = None) -> list[RawPage]:
-    return [page async for page in client.pages(query or window())]
-
-
-def ids(pages: Iterable[RawPage]) -> list[str]:
-    return [record["id"] for page in pages for record in page.indicators]
-
-
-def statuses(sim: MatiSimulator, route: str = "indicator") -> list[int | None]:
-    return [r.status for r in sim.recorder.of(route)]
-
-
-def first_jitter(retry: int = 1, *, seed: int = SEED) -> float:
-    """The wait the client's seeded RNG draws for its first back-off."""
-    return Backoff().jittered(retry, random.Random(seed))
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    """Neither the error nor anything it chains to shows a secret in ``str`` or ``repr``."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        for text in (str(seen), repr(seen), repr(seen.args)):
-            for secret in secrets:
-                if secret:
-                    assert secret not in text, f"secret leaked in {type(seen).__name__}"
-        seen = seen.__cause__ or seen.__context__
-
 
 # ---- paging ---------------------------------------------------------------------------------
 
@@ -368,234 +271,6 @@ async def test_a_401_after_a_retried_5xx_reauthenticates_again(
         assert statuses(w.sim)[:4] == [401, 500, 401, 200]
         assert w.sim.token_requests == 3
         assert w.fake.sleeps == [first_jitter()]
-
-
-# ---- rate limits and transient failures -----------------------------------------------------
-
-
-async def test_429_with_retry_after_waits_what_the_header_says(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=7)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [7.0]
-        assert statuses(w.sim)[:2] == [429, 200]
-
-
-async def test_429_without_retry_after_backs_off_with_jitter(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", times=2)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        rng = random.Random(SEED)
-        policy = Backoff()
-        assert w.fake.sleeps == [policy.jittered(1, rng), policy.jittered(2, rng)]
-        assert 0 <= w.fake.sleeps[0] <= 1.0
-        assert 0 <= w.fake.sleeps[1] <= 2.0
-        assert statuses(w.sim)[:3] == [429, 429, 200]
-
-
-async def test_persistent_429_is_rate_limited_after_max_attempts(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", times=10, retry_after_s=2)
-        with pytest.raises(RateLimited) as caught:
-            await collect(w.client)
-        assert caught.value.retry_after_s == 2.0
-        assert w.fake.sleeps == [2.0, 2.0]
-        assert statuses(w.sim) == [429, 429, 429]
-
-
-async def test_a_retry_after_beyond_the_budget_is_not_waited(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_wait_s": 120.0}) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=500)
-        with pytest.raises(RateLimited) as caught:
-            await collect(w.client)
-        assert caught.value.retry_after_s == 500.0
-        assert w.fake.sleeps == []
-        assert statuses(w.sim) == [429]
-
-
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-async def test_5xx_backs_off_and_retries_the_same_request(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        pages: list[RawPage] = []
-        async for page in w.client.pages(window()):
-            pages.append(page)
-            if page.index == 0:
-                w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=status)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        failed, retried = w.sim.recorder.of("indicator")[1:3]
-        assert (failed.status, retried.status) == (status, 200)
-        assert failed.query == retried.query  # the same cursor, not a new query
-
-
-async def test_empty_500_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.EMPTY_500, route="indicator")
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert statuses(w.sim)[:2] == [500, 200]
-
-
-async def test_timeout_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, timeout_s=0.5) as w:
-        w.sim.faults.inject(FaultKind.TIMEOUT, route="indicator", delay_s=1.0)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert w.sim.recorder.of("indicator")[1].status == 200
-
-
-async def test_connection_reset_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        # Two resets: aiohttp itself silently retries an idempotent request once when a pooled
-        # keep-alive connection drops; the second reset reaches the client's own retry.
-        w.sim.faults.inject(FaultKind.RESET, route="indicator", times=2)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        faults = [r.fault for r in w.sim.recorder.of("indicator")]
-        assert faults[:3] == [FaultKind.RESET, FaultKind.RESET, None]
-
-
-async def test_malformed_json_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="indicator")
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert len(w.sim.recorder.of("indicator")) == 5
-
-
-async def test_persistent_malformed_json_is_malformed_response(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
-        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="indicator", times=10)
-        with pytest.raises(MalformedResponse):
-            await collect(w.client)
-        assert len(w.sim.recorder.of("indicator")) == 3
-
-
-async def test_persistent_5xx_is_upstream_unavailable_after_max_attempts(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_attempts": 4}) as w:
-        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=503, times=10)
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await collect(w.client)
-        assert caught.value.status == 503
-        assert statuses(w.sim) == [503] * 4
-        rng = random.Random(SEED)
-        assert w.fake.sleeps == [Backoff().jittered(n, rng) for n in (1, 2, 3)]
-        assert_no_secret(caught.value, KEY, SECRET, w.sim.current_token)
-
-
-async def test_backoff_stops_at_the_time_budget_before_max_attempts(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    options = {"max_attempts": 50, "max_wait_s": 10.0, "backoff_base_s": 4.0}
-    async with world(server_ssl, client_ssl, client=options) as w:
-        w.sim.faults.inject(FaultKind.EMPTY_500, route="indicator", times=50)
-        with pytest.raises(UpstreamUnavailable):
-            await collect(w.client)
-        assert sum(w.fake.sleeps) <= 10.0
-        assert len(w.sim.recorder.of("indicator")) < 50
-
-
-async def test_token_endpoint_5xx_is_retried_too(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="token", status=502)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert statuses(w.sim, "token") == [502, 200]
-        assert w.fake.sleeps == [first_jitter()]
-
-
-async def test_token_endpoint_429_waits_what_the_header_says(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="token", retry_after_s=9)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [9.0]
-        assert statuses(w.sim, "token") == [429, 200]
-
-
-async def test_token_endpoint_persistent_429_is_rate_limited(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
-        w.sim.faults.inject(FaultKind.RATE_LIMIT, route="token", retry_after_s=4, times=10)
-        with pytest.raises(RateLimited) as caught:
-            await collect(w.client)
-        assert caught.value.retry_after_s == 4.0
-        assert "POST /token" in str(caught.value)
-        assert w.fake.sleeps == [4.0, 4.0]
-        assert statuses(w.sim, "token") == [429, 429, 429]
-        assert w.sim.recorder.of("indicator") == []
-        assert_no_secret(caught.value, KEY, SECRET)
-
-
-async def test_token_endpoint_timeout_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, timeout_s=0.5) as w:
-        w.sim.faults.inject(FaultKind.TIMEOUT, route="token", delay_s=1.0)
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert w.sim.token_requests == 1  # only the retry reached the token handler
-    # The held request is recorded once the simulator has shut down.
-    assert sorted(str(r.fault) for r in w.sim.recorder.of("token")) == ["None", "timeout"]
-
-
-# One reset is enough: aiohttp never silently re-sends a POST.
-@pytest.mark.parametrize("kind", [FaultKind.RESET, FaultKind.MALFORMED_JSON])
-async def test_token_endpoint_reset_or_malformed_json_backs_off_and_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, kind: FaultKind
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        w.sim.faults.inject(kind, route="token")
-        pages = await collect(w.client)
-        assert len(ids(pages)) == COUNT
-        assert w.fake.sleeps == [first_jitter()]
-        assert [r.fault for r in w.sim.recorder.of("token")] == [kind, None]
-
-
-async def test_token_endpoint_persistent_malformed_json_is_malformed_response(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"max_attempts": 3}) as w:
-        w.sim.faults.inject(FaultKind.MALFORMED_JSON, route="token", times=10)
-        with pytest.raises(MalformedResponse):
-            await collect(w.client)
-        assert len(w.sim.recorder.of("token")) == 3
-        assert len(w.fake.sleeps) == 2
-        assert w.sim.recorder.of("indicator") == []
 
 
 # ---- cursors and bad requests ---------------------------------------------------------------
