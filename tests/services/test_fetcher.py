@@ -49,6 +49,7 @@ from shared.core.settings import Service, Settings
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -236,13 +237,6 @@ def message_id(feed: Feed, indicator_id: str) -> str:
 def assert_unique(deliveries: Sequence[Delivery]) -> None:
     message_ids = [d.message_id for d in deliveries]
     assert len(message_ids) == len(set(message_ids)), "a message was delivered twice"
-
-
-async def wait_for(condition: Callable[[], Any], *, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------

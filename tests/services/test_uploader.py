@@ -50,6 +50,7 @@ from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE, SentinelSimulator
 from simulators.tokens import TokenMinter
+from tests.helpers import wait_for
 
 TENANT = "00000000-0000-4000-8000-0000000000aa"
 CLIENT_ID = "00000000-0000-4000-8000-0000000000c1"
@@ -211,21 +212,13 @@ async def world(
                 await provider.aclose()
 
 
-async def poll(condition: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def run_until(
     uploaders: list[Uploader], condition: Callable[[], Awaitable[bool]], timeout_s: float = 15.0
 ) -> None:
     stop = asyncio.Event()
     tasks = [asyncio.create_task(u.run(stop)) for u in uploaders]
     try:
-        await poll(condition, timeout_s)
+        await wait_for(condition, timeout_s)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -415,7 +408,7 @@ async def test_a_refusal_both_halves_share_opens_the_circuit_and_holds_the_batch
         async def probed_twice() -> bool:
             return len(w.statuses()) >= 5
 
-        await poll(probed_twice)
+        await wait_for(probed_twice, 15)
         state, reason, _ = await w.state.circuit()
         assert state is CircuitState.OPEN
         assert reason == SYSTEMIC
@@ -428,7 +421,7 @@ async def test_a_refusal_both_halves_share_opens_the_circuit_and_holds_the_batch
         assert w.sentinel.store == {}
 
         w.sentinel.faults.clear()  # Sentinel's side is fixed
-        await poll(w.drained)
+        await wait_for(w.drained, 15)
     finally:
         stop.set()
         await task
@@ -500,13 +493,13 @@ async def test_replicas_share_a_systemic_circuit_and_dead_letter_nothing(
                 counts = await w.bus.counts(QUEUE)
                 return counts.in_flight == 8 and len(w.statuses()) >= 8
 
-            await poll(both_held)
+            await wait_for(both_held, 15)
             assert (await w.state.circuit())[0] is CircuitState.OPEN
             counts = await w.bus.counts(QUEUE)
             assert (counts.depth, counts.dead_letter) == (8, 0)
             assert (await w.state.counters())["split"] <= 2  # at most one split per replica
             w.sentinel.faults.clear()
-            await poll(w.drained)
+            await wait_for(w.drained, 15)
         finally:
             stop.set()
             await asyncio.gather(*tasks)
@@ -665,7 +658,7 @@ async def test_refused_credentials_open_the_circuit_until_they_are_fixed(w: Worl
         async def opened() -> bool:
             return (await w.state.circuit())[0] is CircuitState.OPEN
 
-        await poll(opened)
+        await wait_for(opened, 15)
         reason = (await w.state.circuit())[1]
         assert "AuthenticationFailed" in reason
         counts = await w.bus.counts(QUEUE)
@@ -673,7 +666,7 @@ async def test_refused_credentials_open_the_circuit_until_they_are_fixed(w: Worl
         assert w.sentinel.store == {}
 
         w.entra.add_client(CLIENT_ID, CLIENT_SECRET)  # the operator fixes the secret
-        await poll(w.drained)
+        await wait_for(w.drained, 15)
     finally:
         stop.set()
         await task
@@ -705,11 +698,11 @@ async def test_with_lanes_an_open_circuit_is_probed_and_closed_once(w: World) ->
         async def opened() -> bool:
             return (await w.state.circuit())[0] is CircuitState.OPEN
 
-        await poll(opened)
+        await wait_for(opened, 15)
         assert (await w.bus.counts(QUEUE)).dead_letter == 0
         assert w.sentinel.store == {}
         w.entra.add_client(CLIENT_ID, CLIENT_SECRET)
-        await poll(w.drained)
+        await wait_for(w.drained, 15)
     finally:
         stop.set()
         await task
@@ -773,7 +766,7 @@ async def test_a_stop_while_waiting_for_the_budget_gives_the_batch_back(w: World
     async def waiting_for_budget() -> bool:
         return bool(naps)  # the only wait on this path is the budget's
 
-    await poll(waiting_for_budget)
+    await wait_for(waiting_for_budget, 15)
     assert (await w.bus.counts(QUEUE)).in_flight == 3
     stop.set()
     await task
@@ -878,7 +871,7 @@ def test_the_config_takes_the_settings_once_and_checks_what_the_code_chooses() -
 async def test_the_service_loop_wires_settings_to_a_working_uploader(w: World) -> None:
     items = await w.forward(range(5))
     async with running_service(w):
-        await poll(w.drained)
+        await wait_for(w.drained, 15)
 
     assert_stored_once(w, items)
     await assert_committed(w, items)
@@ -897,7 +890,7 @@ async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is
         async def opened() -> bool:
             return (await w.state.circuit())[0] is CircuitState.OPEN
 
-        await poll(opened)
+        await wait_for(opened, 15)
         why = SYSTEMIC
         assert (await runtime.health.ready())["circuit"] == f"not_ready: circuit open: {why}"
         shown = await collect(runtime)
@@ -906,7 +899,8 @@ async def test_a_systemic_refusal_shows_in_readiness_and_status_until_a_probe_is
         upload = next(e for e in shown.entities if e.entity == QUEUE.name)
         assert (upload.in_flight, upload.dead_letter) == (5, 0)
 
-        await poll(w.drained)  # the fault was for three requests: the first probe is accepted
+        # The fault was for three requests: the first probe is accepted.
+        await wait_for(w.drained, 15)
         assert (await runtime.health.ready())["circuit"] == "ok"
 
     assert w.statuses() == [400, 400, 400, 200]
