@@ -34,13 +34,11 @@ from harness.pipeline import DESTINATION, Pipeline
 from services.cli.redis_server import free_port
 from services.fetcher.sync import Outcome
 from simulators.feed import Feed
+from tests.dashboards import ALERTS, DASHBOARD
 from tests.e2e.pipeline_tools import PipelineFactory, log_events, synced_and_drained
 from tests.helpers import wait_for
 from tests.prometheus_tools import ensure_prometheus
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "mati2sentinel.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 SCRAPE_S = 1
 #: The range queries' step, Grafana's $__interval: one scrape interval.
 STEP_S = SCRAPE_S

@@ -21,9 +21,9 @@ import pytest
 
 from harness.pipeline import DESTINATION, Pipeline
 from simulators.feed import Feed
+from tests.dashboards import referenced_metrics
 from tests.e2e.pipeline_tools import PipelineFactory, log_events, synced_and_drained
 from tests.helpers import samples, wait_for
-from tests.unit.test_dashboard import referenced_metrics
 
 UPLOADERS = ("uploader-1", "uploader-2")
 SUBSCRIPTION, UPLOAD = f"indicators/{DESTINATION}", f"upload.{DESTINATION}"

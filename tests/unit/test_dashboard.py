@@ -8,45 +8,8 @@ metric they name is one docs/metrics.md documents.
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "mati2sentinel.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
-METRIC = re.compile(r"\bmati2sentinel_[a-z0-9_]+")
-HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
-
-
-def dashboard_queries() -> list[str]:
-    data = json.loads(DASHBOARD.read_text())
-    queries = []
-    for panel in data["panels"]:
-        if panel["type"] == "row":
-            continue
-        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
-        queries += [target["expr"] for target in panel["targets"]]
-    return queries
-
-
-def alert_rules() -> list[dict[str, object]]:
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
-def referenced_metrics() -> set[str]:
-    """Every metric name the dashboard and the alert rules use, histogram suffixes removed."""
-    exprs = dashboard_queries() + [str(rule["expr"]) for rule in alert_rules()]
-    names = set()
-    for expr in exprs:
-        for name in METRIC.findall(expr):
-            for suffix in HISTOGRAM_SUFFIXES:
-                if name.endswith(suffix) and "duration" in name:
-                    name = name.removesuffix(suffix)
-            names.add(name)
-    return names
+from tests.dashboards import DASHBOARD, METRIC, ROOT, alert_rules, referenced_metrics
 
 
 def test_alert_rules_cover_what_the_issue_asks() -> None:
