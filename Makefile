@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv redis lint typecheck unit chart test fmt simulate check-config run demo bench image clean
+.PHONY: help venv redis lint typecheck unit integration chart test fmt simulate check-config run demo bench image clean
 
 help:
 	@echo "make test      lint, type-check and run the whole test suite (builds .venv first)"
@@ -37,8 +37,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The pure tests: no Redis, no TLS server, no child process (tests/conftest.py refuses them).
 unit: venv
 	$(BIN)/pytest tests/unit -q
+
+# Against real peers started by the tests: Redis, HTTPS servers, child processes.
+integration: venv redis
+	$(BIN)/pytest tests/integration -q
 
 # Helm chart, image and alert-rule checks: pinned helm, kubernetes-validate, KEDA and Prometheus
 # Operator schemas, hadolint (.tools/), promtool (Debian's prometheus, installed when missing).
