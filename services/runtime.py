@@ -39,7 +39,8 @@ from shared.adapters.tls import client_context
 from shared.contract.bus import Bus
 from shared.core.errors import ConfigError, FatalError
 from shared.core.secrets import Secret
-from shared.core.settings import Service, Settings, load_settings, url_password
+from shared.core.setting_values import url_password
+from shared.core.settings import Service, Settings, load_settings
 from shared.telemetry import logs, tracing
 from shared.telemetry.health import Health, HealthServer
 

@@ -8,29 +8,19 @@ line per bad value (the variable, the value with secrets masked, what is allowed
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from shared.core import setting_values as parse
 from shared.core.errors import ConfigError
 from shared.core.filters import FilterPolicy, HashSelection
-from shared.core.secrets import MASK, Secret
-from shared.core.stix import DefaultAction, SentinelApi, StixPolicy, check_source_system
+from shared.core.secrets import Secret
+from shared.core.stix import DefaultAction, SentinelApi, StixPolicy
 
-T = TypeVar("T")
-E = TypeVar("E", bound=StrEnum)
-
-_TRUE: Final = frozenset({"true", "1", "yes", "on"})
-_FALSE: Final = frozenset({"false", "0", "no", "off"})
-_GUID: Final = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_DNS_NAME: Final = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
-_DESTINATION: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-
-#: Settings the vendor removed in v1.2: still accepted, never silently.
 REMOVED_SETTINGS: Final = {
     "USE_UPLOAD_INDICATORS_API": "removed in v1.2; choose the API with SENTINEL_API "
     "(stix-objects by default, upload-indicators for the legacy API)",
@@ -164,182 +154,9 @@ class Settings:
                 ports = DEFAULT_HEALTH_PORTS.items()
                 printable = ", ".join(f"{service.value} {port}" for service, port in ports)
             else:
-                printable = _printable(value)
+                printable = parse.printable(value)
             rows.append((f.name.upper(), printable))
         return rows
-
-
-def mask_url_password(url: str) -> str:
-    """``redis://user:********@host/0``: a URL may carry a password, and a URL gets printed."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:{MASK}@{host}"
-
-
-def url_password(url: str) -> str | None:
-    """The password inside ``url``, so logging can mask it wherever it turns up."""
-    _, sep, rest = url.partition("://")
-    userinfo, at, _ = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return None
-    return userinfo.split(":", 1)[1] or None
-
-
-def _printable(value: object) -> str:
-    if isinstance(value, str) and "://" in value:
-        return mask_url_password(value)
-    if isinstance(value, Secret):
-        return MASK if value else "(empty)"
-    if value is None:
-        return "(not set)"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-class _Reader:
-    """Reads one variable at a time and keeps the problems instead of raising."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-        self.invalid: set[str] = set()
-        self.values: dict[str, Any] = {}
-
-    def raw(self, name: str) -> str | None:
-        value = self.environ.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    def read(self, name: str, parse: Callable[[str], T], allowed: str) -> None:
-        # Secrets never come through here: they have no format to check, and a value
-        # echoed back in an error line is a value in a log.
-        text = self.raw(name)
-        if text is None:
-            return
-        try:
-            self.values[name.lower()] = parse(text)
-        except ValueError:
-            self.problems.append(f"{name}={mask_url_password(text)!r} is not valid: {allowed}")
-            self.invalid.add(name)
-
-    def secret(self, name: str) -> None:
-        text = self.raw(name)
-        if text is not None:
-            self.values[name.lower()] = Secret(text)
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(text)
-
-
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(text)
-        return value
-
-    return parse
-
-
-def _float_range(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if value != value or value > high or value < low or (low_open and value == low):
-            raise ValueError(text)
-        return value
-
-    return parse
-
-
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        lowered = text.lower()
-        if lowered not in options:
-            raise ValueError(text)
-        return lowered
-
-    return parse
-
-
-def _member(enum: type[E]) -> Callable[[str], E]:
-    def parse(text: str) -> E:
-        return enum(text.lower())  # an unknown value raises ValueError
-
-    return parse
-
-
-def _pattern(regex: re.Pattern[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if not regex.match(text):
-            raise ValueError(text)
-        return text
-
-    return parse
-
-
-def _tenant(text: str) -> str:
-    if _GUID.match(text) or _DNS_NAME.match(text):
-        return text
-    raise ValueError(text)
-
-
-def _https_url(text: str) -> str:
-    url = text.rstrip("/")
-    if not url.startswith("https://") or len(url) <= len("https://") or " " in url:
-        raise ValueError(text)
-    return url
-
-
-def _authority(text: str) -> str:
-    # azure-identity accepts a bare host and prepends https; so do we, but never plain http.
-    return _https_url(text if "://" in text else f"https://{text}")
-
-
-def _redis_url(text: str) -> str:
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(text)
-    return text
-
-
-def _servicebus_namespace(text: str) -> str:
-    host = text.removeprefix("sb://").rstrip("/")
-    if not _DNS_NAME.match(host):
-        raise ValueError(text)
-    return host
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise ValueError(text)
-    return path
-
-
-def _source_system(text: str) -> str:
-    if check_source_system(text) is not None:
-        raise ValueError(text)
-    return text
-
-
-def _log_level(text: str) -> str:
-    level = text.upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError(text)
-    return level
 
 
 _BOOLEAN_HELP: Final = "use TRUE or FALSE"
@@ -351,24 +168,24 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
 
     Only the credentials of ``service`` are required: the filter never sees a secret.
     """
-    r = _Reader(environ)
+    r = parse.Reader(environ)
     r.secret("MATI_API_KEY")
     r.secret("MATI_API_SECRET")
     r.secret("AZURE_CLIENT_SECRET")
     r.secret("SERVICEBUS_CONNECTION_STRING")
-    r.read("MATI_BASE_URL", _https_url, "an https:// URL")
+    r.read("MATI_BASE_URL", parse.https_url, "an https:// URL")
     r.read(
         "MATI_REQUESTS_PER_SECOND",
-        _float_range(0.0, 50.0, low_open=True),
+        parse.float_range(0.0, 50.0, low_open=True),
         "requests per second, more than 0 and at most 50",
     )
-    r.read("AZURE_WORKSPACE_ID", _pattern(_GUID), "the Log Analytics workspace GUID")
-    r.read("AZURE_CLIENT_ID", _pattern(_GUID), "the application (client) GUID")
-    r.read("AZURE_TENANT_ID", _tenant, "the tenant GUID or its domain name")
-    r.read("AZURE_FEDERATED_TOKEN_FILE", _existing_file, "the path of an existing token file")
-    r.read("AZURE_AUTHORITY_HOST", _authority, "an https:// authority host")
+    r.read("AZURE_WORKSPACE_ID", parse.pattern(parse.GUID), "the Log Analytics workspace GUID")
+    r.read("AZURE_CLIENT_ID", parse.pattern(parse.GUID), "the application (client) GUID")
+    r.read("AZURE_TENANT_ID", parse.tenant, "the tenant GUID or its domain name")
+    r.read("AZURE_FEDERATED_TOKEN_FILE", parse.existing_file, "the path of an existing token file")
+    r.read("AZURE_AUTHORITY_HOST", parse.authority, "an https:// authority host")
     r.read("AZURE_WORKSPACE_NAME", str, "a workspace name")
-    r.read("AZURE_SUBSCRIPTION_ID", _pattern(_GUID), "the subscription GUID")
+    r.read("AZURE_SUBSCRIPTION_ID", parse.pattern(parse.GUID), "the subscription GUID")
     r.read("AZURE_RESOURCE_GROUP_NAME", str, "a resource group name")
     for name in (
         "IP_INDICATOR_EXPIRATION",
@@ -376,14 +193,14 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         "URL_INDICATOR_EXPIRATION",
         "HASH_INDICATOR_EXPIRATION",
     ):
-        r.read(name, _int_range(1, 365), _DAYS_HELP)
+        r.read(name, parse.int_range(1, 365), _DAYS_HELP)
     r.read(
         "INITIAL_LOOKBACK",
-        _int_range(1, 90),
+        parse.int_range(1, 90),
         "a whole number of days from 1 to 90 (MATI serves 90 days of indicators)",
     )
-    r.read("MINIMUM_CONFIDENCE", _int_range(0, 100), "a whole number from 0 to 100")
-    r.read("MINIMUM_THREAT_SCORE", _int_range(0, 100), "a whole number from 0 to 100")
+    r.read("MINIMUM_CONFIDENCE", parse.int_range(0, 100), "a whole number from 0 to 100")
+    r.read("MINIMUM_THREAT_SCORE", parse.int_range(0, 100), "a whole number from 0 to 100")
     for name in (
         "EXCLUDE_OSINT",
         "INCLUDE_UNCATEGORIZED",
@@ -394,68 +211,68 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         "PASSIVE_ONLY",
         "ENABLE_DEDUPLICATION",
     ):
-        r.read(name, _boolean, _BOOLEAN_HELP)
-    r.read("DEFAULT_ACTION", _member(DefaultAction), f"one of {', '.join(DefaultAction)}")
-    r.read("HASH_TYPE", _member(HashSelection), f"one of {', '.join(HashSelection)}")
+        r.read(name, parse.boolean, _BOOLEAN_HELP)
+    r.read("DEFAULT_ACTION", parse.member(DefaultAction), f"one of {', '.join(DefaultAction)}")
+    r.read("HASH_TYPE", parse.member(HashSelection), f"one of {', '.join(HashSelection)}")
     r.read(
         "SYNC_SCHEDULE",
-        _float_range(0.0, 168.0, low_open=True),
+        parse.float_range(0.0, 168.0, low_open=True),
         "hours between syncs, more than 0 and at most 168",
     )
     r.read(
         "VALIDITY_REFRESH_RATIO",
-        _float_range(0.0, 1.0, low_open=True),
+        parse.float_range(0.0, 1.0, low_open=True),
         "a fraction of the expiration, more than 0 and at most 1",
     )
     r.read(
         "SENTINEL_API",
-        _member(SentinelApi),
+        parse.member(SentinelApi),
         "stix-objects (default) or upload-indicators (legacy)",
     )
-    r.read("SENTINEL_BASE_URL", _https_url, "an https:// URL")
+    r.read("SENTINEL_BASE_URL", parse.https_url, "an https:// URL")
     r.read(
         "SENTINEL_REQUESTS_PER_MINUTE",
-        _int_range(1, 100),
+        parse.int_range(1, 100),
         "requests a minute for all uploaders together, 1 to 100 (Sentinel's quota)",
     )
     r.read(
         "SENTINEL_SOURCE_SYSTEM",
-        _source_system,
+        parse.source_system_name,
         "at most 256 characters, and not the reserved 'Microsoft Sentinel'",
     )
     r.read(
         "SENTINEL_RATE_WINDOW_SECONDS",
-        _float_range(1.0, 3600.0),
+        parse.float_range(1.0, 3600.0),
         "seconds, 1 to 3600 (Sentinel's window is 60; shorter only against a simulator)",
     )
-    r.read("LOG_ANALYTICS_BASE_URL", _https_url, "an https:// URL")
-    r.read("REDIS_URL", _redis_url, "a redis://, rediss:// or unix:// URL")
-    r.read("BUS", _choice("redis", "servicebus"), "redis or servicebus")
+    r.read("LOG_ANALYTICS_BASE_URL", parse.https_url, "an https:// URL")
+    r.read("REDIS_URL", parse.redis_url, "a redis://, rediss:// or unix:// URL")
+    r.read("BUS", parse.choice("redis", "servicebus"), "redis or servicebus")
     r.read(
         "SERVICEBUS_NAMESPACE",
-        _servicebus_namespace,
+        parse.servicebus_namespace,
         "the namespace's fully qualified host name, e.g. contoso.servicebus.windows.net",
     )
     r.read(
         "DESTINATION",
-        _pattern(_DESTINATION),
+        parse.pattern(parse.DESTINATION_NAME),
         "lower-case letters, digits and '-', at most 40, starting with a letter or digit",
     )
-    r.read("LOG_FORMAT", _choice("auto", "json", "console"), "auto, json or console")
-    r.read("LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR")
-    r.read("SSL_CERT_FILE", _existing_file, "the path of an existing PEM file")
+    r.read("LOG_FORMAT", parse.choice("auto", "json", "console"), "auto, json or console")
+    r.read("LOG_LEVEL", parse.log_level, "DEBUG, INFO, WARNING or ERROR")
+    r.read("SSL_CERT_FILE", parse.existing_file, "the path of an existing PEM file")
     r.read(
         "BUS_LOCK_DURATION_SECONDS",
-        _float_range(1.0, 300.0),
+        parse.float_range(1.0, 300.0),
         "seconds a received message stays locked, 1 to 300 (Service Bus allows 5 minutes)",
     )
-    r.read("BUS_MAX_DELIVERY_COUNT", _int_range(1, 100), "a whole number from 1 to 100")
-    r.read("FILTER_BATCH_SIZE", _int_range(1, 5000), "a whole number from 1 to 5000")
-    r.read("UPLOAD_LINGER_SECONDS", _float_range(0.0, 60.0), "seconds, 0 to 60")
-    r.read("DRAIN_TIMEOUT_SECONDS", _float_range(1.0, 600.0), "seconds, 1 to 600")
+    r.read("BUS_MAX_DELIVERY_COUNT", parse.int_range(1, 100), "a whole number from 1 to 100")
+    r.read("FILTER_BATCH_SIZE", parse.int_range(1, 5000), "a whole number from 1 to 5000")
+    r.read("UPLOAD_LINGER_SECONDS", parse.float_range(0.0, 60.0), "seconds, 0 to 60")
+    r.read("DRAIN_TIMEOUT_SECONDS", parse.float_range(1.0, 600.0), "seconds, 1 to 600")
     r.read(
         "HEALTH_PORT",
-        _int_range(0, 65535),
+        parse.int_range(0, 65535),
         "a TCP port for /livez, /readyz and /metrics (0: any free port, logged at start)",
     )
 

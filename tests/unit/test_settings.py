@@ -11,7 +11,8 @@ import pytest
 from shared.core.errors import ConfigError
 from shared.core.filters import FilterPolicy, HashSelection
 from shared.core.secrets import MASK, Secret
-from shared.core.settings import REMOVED_SETTINGS, Service, Settings, load_settings, url_password
+from shared.core.setting_values import url_password
+from shared.core.settings import REMOVED_SETTINGS, Service, Settings, load_settings
 from shared.core.stix import StixPolicy
 from tests.helpers import REDIS_PASSWORD, SECRETS, VALID_ENV
 

@@ -1,0 +1,201 @@
+"""How one setting's text becomes a value: the parsers ``load_settings`` applies, and the
+``Reader`` that keeps one line per problem instead of raising at the first.
+
+A value that fails to parse is echoed back masked (a URL's password), never a secret's: secrets
+have no format to check, so they never pass through a parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from shared.core.secrets import MASK, Secret
+from shared.core.stix import check_source_system
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+
+TRUE: Final = frozenset({"true", "1", "yes", "on"})
+FALSE: Final = frozenset({"false", "0", "no", "off"})
+GUID: Final = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+DNS_NAME: Final = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
+DESTINATION_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+#: Settings the vendor removed in v1.2: still accepted, never silently.
+
+
+def mask_url_password(url: str) -> str:
+    """``redis://user:********@host/0``: a URL may carry a password, and a URL gets printed."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}"
+
+
+def url_password(url: str) -> str | None:
+    """The password inside ``url``, so logging can mask it wherever it turns up."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
+
+
+def printable(value: object) -> str:
+    if isinstance(value, str) and "://" in value:
+        return mask_url_password(value)
+    if isinstance(value, Secret):
+        return MASK if value else "(empty)"
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Reader:
+    """Reads one variable at a time and keeps the problems instead of raising."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self.invalid: set[str] = set()
+        self.values: dict[str, Any] = {}
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def read(self, name: str, parse: Callable[[str], T], allowed: str) -> None:
+        # Secrets never come through here: they have no format to check, and a value
+        # echoed back in an error line is a value in a log.
+        text = self.raw(name)
+        if text is None:
+            return
+        try:
+            self.values[name.lower()] = parse(text)
+        except ValueError:
+            self.problems.append(f"{name}={mask_url_password(text)!r} is not valid: {allowed}")
+            self.invalid.add(name)
+
+    def secret(self, name: str) -> None:
+        text = self.raw(name)
+        if text is not None:
+            self.values[name.lower()] = Secret(text)
+
+
+def boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise ValueError(text)
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def float_range(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if value != value or value > high or value < low or (low_open and value == low):
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        lowered = text.lower()
+        if lowered not in options:
+            raise ValueError(text)
+        return lowered
+
+    return parse
+
+
+def member(enum: type[E]) -> Callable[[str], E]:
+    def parse(text: str) -> E:
+        return enum(text.lower())  # an unknown value raises ValueError
+
+    return parse
+
+
+def pattern(regex: re.Pattern[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not regex.match(text):
+            raise ValueError(text)
+        return text
+
+    return parse
+
+
+def tenant(text: str) -> str:
+    if GUID.match(text) or DNS_NAME.match(text):
+        return text
+    raise ValueError(text)
+
+
+def https_url(text: str) -> str:
+    url = text.rstrip("/")
+    if not url.startswith("https://") or len(url) <= len("https://") or " " in url:
+        raise ValueError(text)
+    return url
+
+
+def authority(text: str) -> str:
+    # azure-identity accepts a bare host and prepends https; so do we, but never plain http.
+    return https_url(text if "://" in text else f"https://{text}")
+
+
+def redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(text)
+    return text
+
+
+def servicebus_namespace(text: str) -> str:
+    host = text.removeprefix("sb://").rstrip("/")
+    if not DNS_NAME.match(host):
+        raise ValueError(text)
+    return host
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(text)
+    return path
+
+
+def source_system_name(text: str) -> str:
+    if check_source_system(text) is not None:
+        raise ValueError(text)
+    return text
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(text)
+    return level
