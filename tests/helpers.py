@@ -1,6 +1,7 @@
-"""Helpers any test may import: the one poll with a deadline, a valid environment to break one
-setting of, and Prometheus text read into comparable samples. Fixtures live in conftest.py; this
-module holds plain values and functions, so no test module needs to import another."""
+"""Helpers any test may import: the one poll with a deadline, the one fake clock, a valid
+environment to break one setting of, and Prometheus text read into comparable samples. Fixtures
+live in conftest.py; this module holds plain values and functions, so no test module needs to
+import another."""
 
 from __future__ import annotations
 
@@ -49,6 +50,27 @@ async def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+# ---- fake time -----------------------------------------------------------------------------
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the code under test sleeps (or the test moves
+    ``now``), so back-offs and pacing cost no wall time and every wait asked for can be
+    asserted exactly from ``sleeps``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)  # yield as a real sleep would, so other tasks get to run
 
 
 # ---- settings ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ and what was *checkpointed*, against ``Feed.window`` for the query the simulator
 no test trusts the fetcher's own account of what it did.
 
 Time: the fetcher's clock is a settable ``Clock`` (so windows are exact); the MATI client's
-back-off sleeps are fake (``FakeSleep``), so a 5xx storm costs no wall time. The simulator
+back-off sleeps are fake (``FakeTime``), so a 5xx storm costs no wall time. The simulator
 keeps the real clock (its 90-day guard and cursor life), except where a test moves it.
 """
 
@@ -49,7 +49,7 @@ from shared.core.settings import Service, Settings
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
-from tests.helpers import wait_for
+from tests.helpers import FakeTime, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,22 +76,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-class FakeSleep:
-    """The MATI client's clock and sleep: time moves only when the client backs off."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class FailingBus:
@@ -122,7 +106,7 @@ class World:
     feed: Feed
     mati: MatiSimulator
     client: MatiClient
-    fake: FakeSleep
+    fake: FakeTime
     redis: Redis
     bus: RedisStreamsBus
     state: FeedState
@@ -194,7 +178,7 @@ async def world(
     **sim: Any,
 ) -> AsyncIterator[World]:
     feed = Feed(seed=11, count=count, days=20, now=T0)
-    fake = FakeSleep()
+    fake = FakeTime()
     async with (
         MatiSimulator(
             server_ssl, feed=feed, api_key=KEY, api_secret=SECRET, clock=sim_clock, **sim

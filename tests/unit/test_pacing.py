@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import pytest
@@ -10,32 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.core.pacing import Pacer
-
-
-class FakeTime:
-    """A clock that moves only when the code under test sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.starts: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+from tests.helpers import FakeTime
 
 
 async def test_the_first_request_goes_at_once_then_starts_are_spaced() -> None:
     fake = FakeTime()
+    starts: list[float] = []
     pacer = Pacer(2.0, clock=fake.clock, sleep=fake.sleep)
     for _ in range(5):
         await pacer.wait()
-        fake.starts.append(fake.now)
-    assert fake.starts == [1000.0, 1000.5, 1001.0, 1001.5, 1002.0]
+        starts.append(fake.now)
+    assert starts == [1000.0, 1000.5, 1001.0, 1001.5, 1002.0]
     assert fake.sleeps == [0.5, 0.5, 0.5, 0.5]
 
 
@@ -53,10 +39,11 @@ async def test_an_idle_spell_does_not_bank_a_burst() -> None:
     pacer = Pacer(1.0, clock=fake.clock, sleep=fake.sleep)
     await pacer.wait()
     fake.now += 3600  # idle for an hour
+    starts: list[float] = []
     for _ in range(3):
         await pacer.wait()
-        fake.starts.append(fake.now)
-    assert fake.starts == [4600.0, 4601.0, 4602.0]
+        starts.append(fake.now)
+    assert starts == [4600.0, 4601.0, 4602.0]
 
 
 def test_concurrent_callers_get_distinct_slots() -> None:
@@ -90,14 +77,15 @@ def test_rejects_a_rate_that_is_not_positive(rate: float) -> None:
 def test_no_window_ever_holds_more_starts_than_the_ceiling(rate: float, gaps: list[float]) -> None:
     fake = FakeTime()
     pacer = Pacer(rate, clock=fake.clock, sleep=fake.sleep)
+    starts: list[float] = []
 
     async def run() -> None:
         for gap in gaps:
             fake.now += gap
             await pacer.wait()
-            fake.starts.append(fake.now)
+            starts.append(fake.now)
 
     asyncio.run(run())
     interval = 1.0 / rate
-    for earlier, later in zip(fake.starts, fake.starts[1:], strict=False):
+    for earlier, later in itertools.pairwise(starts):
         assert later - earlier >= interval * (1 - 1e-9)

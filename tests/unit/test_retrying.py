@@ -13,23 +13,9 @@ from shared.core.backoff import Backoff
 from shared.core.errors import TransientError, UpstreamUnavailable
 from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.timing import sleep_unless_stopped
+from tests.helpers import FakeTime
 
 POLICY = Backoff(base_s=1.0, cap_s=8.0, max_attempts=4, budget_s=100.0)
-
-
-class FakeTime:
-    """A monotonic clock that a fake sleep moves; records every wait asked for."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def failing(times: int, error: BaseException) -> tuple[list[int], Callable[[], Awaitable[str]]]:
