@@ -543,26 +543,26 @@ def test_a_cursor_that_is_not_a_non_empty_string_means_last_page(cursor: object)
     assert page.next is None
 
 
+#: Broken pages by the reason each must be rejected with.
+BROKEN_PAGES: dict[RejectReason, list[bytes]] = {
+    RejectReason.INVALID_JSON: [
+        b"",
+        b"   ",
+        b"{",
+        b"{'indicators': []}",
+        b'{"indicators": [NaN]}',
+        b'{"indicators": ["\xff"]}',
+        b"[" * 2000 + b"]" * 2000,
+    ],
+    RejectReason.NOT_AN_OBJECT: [b"[]", b'"indicators"', b"null"],
+    RejectReason.MISSING_FIELD: [b"{}", b'{"indicators": null}', b'{"Indicators": []}'],
+    RejectReason.BAD_FIELD: [b'{"indicators": {}}', b'{"indicators": "[]"}', b'{"indicators": 0}'],
+}
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [
-        (b"", RejectReason.INVALID_JSON),
-        (b"   ", RejectReason.INVALID_JSON),
-        (b"{", RejectReason.INVALID_JSON),
-        (b"{'indicators': []}", RejectReason.INVALID_JSON),
-        (b'{"indicators": [NaN]}', RejectReason.INVALID_JSON),
-        (b'{"indicators": ["\xff"]}', RejectReason.INVALID_JSON),
-        (b"[" * 2000 + b"]" * 2000, RejectReason.INVALID_JSON),
-        (b"[]", RejectReason.NOT_AN_OBJECT),
-        (b'"indicators"', RejectReason.NOT_AN_OBJECT),
-        (b"null", RejectReason.NOT_AN_OBJECT),
-        (b"{}", RejectReason.MISSING_FIELD),
-        (b'{"indicators": null}', RejectReason.MISSING_FIELD),
-        (b'{"Indicators": []}', RejectReason.MISSING_FIELD),
-        (b'{"indicators": {}}', RejectReason.BAD_FIELD),
-        (b'{"indicators": "[]"}', RejectReason.BAD_FIELD),
-        (b'{"indicators": 0}', RejectReason.BAD_FIELD),
-    ],
+    [(body, reason) for reason, bodies in BROKEN_PAGES.items() for body in bodies],
 )
 def test_a_broken_page_is_rejected_with_its_reason(body: bytes, reason: RejectReason) -> None:
     rejection = parse_page(body)
