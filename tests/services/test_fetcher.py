@@ -507,85 +507,81 @@ async def test_a_checkpoint_older_than_mati_serves_is_clamped_not_rejected(
 # The composition root: loop() and sync_once() over a Runtime, as run_service builds it.
 
 
-@contextlib.asynccontextmanager
-async def runtime_for(w: World, client_ssl: Any, consumer: str) -> AsyncIterator[Runtime]:
-    settings = Settings(
-        mati_api_key=Secret(KEY),
-        mati_api_secret=Secret(SECRET),
-        mati_base_url=w.mati.url,
-        mati_requests_per_second=1000.0,
-        initial_lookback=10,
-        minimum_confidence=50,
-        destination=DEST,
-        sync_schedule=1.0,
-    )
-    async with open_session(client_ssl, timeout_s=10) as session:
-        yield Runtime(
-            settings=settings,
-            service=Service.FETCHER,
-            consumer=consumer,
-            redis=w.redis,
-            bus=RedisStreamsBus(w.redis, consumer=consumer),
-            stop=asyncio.Event(),
-            http=session,
+@pytest.fixture
+async def root(
+    server_ssl: Any, client_ssl: Any, redis_client: Redis
+) -> AsyncIterator[tuple[World, Runtime]]:
+    """A world and the Runtime that run_service would build over it."""
+    async with world(server_ssl, client_ssl, redis_client) as w:
+        settings = Settings(
+            mati_api_key=Secret(KEY),
+            mati_api_secret=Secret(SECRET),
+            mati_base_url=w.mati.url,
+            mati_requests_per_second=1000.0,
+            initial_lookback=10,
+            minimum_confidence=50,
+            destination=DEST,
+            sync_schedule=1.0,
         )
+        async with open_session(client_ssl, timeout_s=10) as session:
+            runtime = Runtime(
+                settings=settings,
+                service=Service.FETCHER,
+                consumer="fetcher-root",
+                redis=w.redis,
+                bus=RedisStreamsBus(w.redis, consumer="fetcher-root"),
+                stop=asyncio.Event(),
+                http=session,
+            )
+            yield w, runtime
 
 
 async def test_the_loop_syncs_at_start_then_sleeps_until_stopped(
-    server_ssl: Any, client_ssl: Any, redis_client: Redis
+    root: tuple[World, Runtime],
 ) -> None:
-    async with (
-        world(server_ssl, client_ssl, redis_client) as w,
-        runtime_for(w, client_ssl, "fetcher-loop") as rt,
-    ):
-        task = asyncio.create_task(loop(rt))
+    w, rt = root
+    task = asyncio.create_task(loop(rt))
 
-        async def synced() -> bool:
-            return await w.state.last_run() is not None
+    async def synced() -> bool:
+        return await w.state.last_run() is not None
 
-        await wait_for(synced)
-        rt.stop.set()
-        await asyncio.wait_for(task, timeout=5)  # the schedule's sleep is interrupted
-        run = await w.state.last_run()
-        assert run is not None
-        assert run["outcome"] == "completed"
-        delivered = await w.drain()
-        assert ids(delivered) == w.expected(w.first_queries()[0])
-        assert len(w.first_queries()) == 1  # one sync; the next is an hour away
+    await wait_for(synced)
+    rt.stop.set()
+    await asyncio.wait_for(task, timeout=5)  # the schedule's sleep is interrupted
+    run = await w.state.last_run()
+    assert run is not None
+    assert run["outcome"] == "completed"
+    delivered = await w.drain()
+    assert ids(delivered) == w.expected(w.first_queries()[0])
+    assert len(w.first_queries()) == 1  # one sync; the next is an hour away
 
 
 async def test_sync_once_waits_for_a_running_sync_then_syncs(
-    server_ssl: Any, client_ssl: Any, redis_client: Redis
+    root: tuple[World, Runtime], redis_client: Redis
 ) -> None:
-    async with (
-        world(server_ssl, client_ssl, redis_client) as w,
-        runtime_for(w, client_ssl, "fetcher-once") as rt,
-    ):
-        active = FetcherLease(redis_client, owner="fetcher-active")
-        assert await active.acquire()
-        task = asyncio.create_task(sync_once(rt, lease_wait_s=20, poll_s=0.05))
+    w, rt = root
+    active = FetcherLease(redis_client, owner="fetcher-active")
+    assert await active.acquire()
+    task = asyncio.create_task(sync_once(rt, lease_wait_s=20, poll_s=0.05))
 
-        async def standing_by() -> bool:
-            return (await w.state.counters()).get("sync_standby", 0) >= 1
+    async def standing_by() -> bool:
+        return (await w.state.counters()).get("sync_standby", 0) >= 1
 
-        await wait_for(standing_by)
-        await active.release()
-        summary = await task
-        assert summary.outcome is Outcome.COMPLETED
-        assert ids(await w.drain()) == w.expected(w.first_queries()[0])
+    await wait_for(standing_by)
+    await active.release()
+    summary = await task
+    assert summary.outcome is Outcome.COMPLETED
+    assert ids(await w.drain()) == w.expected(w.first_queries()[0])
 
 
 async def test_sync_once_gives_up_waiting_for_the_lease(
-    server_ssl: Any, client_ssl: Any, redis_client: Redis
+    root: tuple[World, Runtime], redis_client: Redis
 ) -> None:
-    async with (
-        world(server_ssl, client_ssl, redis_client) as w,
-        runtime_for(w, client_ssl, "fetcher-once") as rt,
-    ):
-        assert await FetcherLease(redis_client, owner="fetcher-active").acquire()
-        summary = await sync_once(rt, lease_wait_s=0.2, poll_s=0.05)
-        assert summary.outcome is Outcome.STANDBY
-        assert w.mati.recorder.of("indicator") == []
+    w, rt = root
+    assert await FetcherLease(redis_client, owner="fetcher-active").acquire()
+    summary = await sync_once(rt, lease_wait_s=0.2, poll_s=0.05)
+    assert summary.outcome is Outcome.STANDBY
+    assert w.mati.recorder.of("indicator") == []
 
 
 def test_failed_syncs_retry_sooner_than_the_schedule() -> None:
