@@ -4,24 +4,16 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.commands import run_script
 
 
 def ensure_prometheus(tool: str) -> str:
     """The path of ``tool`` (``prometheus`` or ``promtool``) once ``scripts/ensure-prometheus.sh``
     has made the package available; otherwise the test fails, saying how to install it."""
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "ensure-prometheus.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = run_script("ensure-prometheus.sh", timeout_s=300)
     found = shutil.which(tool)
     if result.returncode != 0 or found is None:
         pytest.fail(

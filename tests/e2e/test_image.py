@@ -37,14 +37,14 @@ import yaml
 from harness.pipeline import DESTINATION, Pipeline, mati_properties
 from services.cli.redis_server import free_port
 from simulators.feed import Feed
-from tests.commands import CliResult
+from tests.commands import CliResult, run_script
 from tests.e2e.pipeline_tools import (
     PipelineFactory,
     assert_delivered,
     log_events,
     synced_and_drained,
 )
-from tests.helm_tools import CHART, ROOT, helm_template, install_chart_tools
+from tests.helm_tools import CHART, helm_template, install_chart_tools
 from tests.helpers import wait_for
 
 #: podman as this machine runs it: vfs storage (no overlay mounts), runc (crun refuses these
@@ -80,14 +80,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="session")
 def image() -> str:
     """``make image``: the base once, then the image (cached layers when nothing changed)."""
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "build-image.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-        cwd=ROOT,
-    )
+    result = run_script("build-image.sh", timeout_s=900)
     built = re.search(r"^build-image: (\S+), \d+ MB$", result.stdout, re.MULTILINE)
     if result.returncode != 0 or built is None:
         pytest.fail(f"make image failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
