@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -240,14 +241,24 @@ async def assert_committed(w: World, items: list[Queued]) -> None:
     assert await w.state.claims(ids) == [None] * len(ids)
 
 
+WorldFactory = Callable[..., contextlib.AbstractAsyncContextManager[World]]
+
+
 @pytest.fixture
-async def w(
+def make_world(
     server_ssl: ssl.SSLContext,
     client_ssl: ssl.SSLContext,
     redis_client: Redis,
     redis_server: LocalRedis,
-) -> AsyncIterator[World]:
-    async with world(server_ssl, client_ssl, redis_client, redis_server) as made:
+) -> WorldFactory:
+    """``world`` on this test's TLS and Redis, for the tests that need a shorter timeout or a
+    smaller Sentinel quota than the ``w`` fixture's."""
+    return functools.partial(world, server_ssl, client_ssl, redis_client, redis_server)
+
+
+@pytest.fixture
+async def w(make_world: WorldFactory) -> AsyncIterator[World]:
+    async with make_world() as made:
         yield made
 
 
@@ -469,46 +480,40 @@ async def test_batches_refused_entirely_in_a_row_open_the_circuit(w: World) -> N
     assert (counters["systemic_rejection"], counters["dead_lettered"]) == (2, 1)
 
 
-async def test_replicas_share_a_systemic_circuit_and_dead_letter_nothing(
-    server_ssl: ssl.SSLContext,
-    client_ssl: ssl.SSLContext,
-    redis_client: Redis,
-    redis_server: LocalRedis,
-) -> None:
+async def test_replicas_share_a_systemic_circuit_and_dead_letter_nothing(w: World) -> None:
     """Whichever replica finds the cause first opens the circuit in Redis; a batch of the
     other refused for that same cause is held at once (not split), and so is every probe."""
-    async with world(server_ssl, client_ssl, redis_client, redis_server) as w:
-        items = await w.forward(range(16))
-        w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=10_000)
-        other: Redis = Redis.from_url(redis_server.url)
-        stop = asyncio.Event()
-        replicas = [
-            w.uploader(redis=client, consumer=name, batch_size=4)
-            for client, name in ((w.redis, "replica-a"), (other, "replica-b"))
-        ]
-        tasks = [asyncio.create_task(r.run(stop)) for r in replicas]
-        try:
+    items = await w.forward(range(16))
+    w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=STIX_ROUTE, times=10_000)
+    other: Redis = Redis.from_url(w.redis_server.url)
+    stop = asyncio.Event()
+    replicas = [
+        w.uploader(redis=client, consumer=name, batch_size=4)
+        for client, name in ((w.redis, "replica-a"), (other, "replica-b"))
+    ]
+    tasks = [asyncio.create_task(r.run(stop)) for r in replicas]
+    try:
 
-            async def both_held() -> bool:
-                counts = await w.bus.counts(QUEUE)
-                return counts.in_flight == 8 and len(w.statuses()) >= 8
-
-            await wait_for(both_held, 15)
-            assert (await w.state.circuit())[0] is CircuitState.OPEN
+        async def both_held() -> bool:
             counts = await w.bus.counts(QUEUE)
-            assert (counts.depth, counts.dead_letter) == (8, 0)
-            assert (await w.state.counters())["split"] <= 2  # at most one split per replica
-            w.sentinel.faults.clear()
-            await wait_for(w.drained, 15)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-            await other.aclose()
+            return counts.in_flight == 8 and len(w.statuses()) >= 8
 
-        assert (await w.state.circuit())[0] is CircuitState.CLOSED
-        assert_stored_once(w, items)
-        await assert_committed(w, items)
-        assert (await w.bus.counts(QUEUE)).dead_letter == 0
+        await wait_for(both_held, 15)
+        assert (await w.state.circuit())[0] is CircuitState.OPEN
+        counts = await w.bus.counts(QUEUE)
+        assert (counts.depth, counts.dead_letter) == (8, 0)
+        assert (await w.state.counters())["split"] <= 2  # at most one split per replica
+        w.sentinel.faults.clear()
+        await wait_for(w.drained, 15)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await other.aclose()
+
+    assert (await w.state.circuit())[0] is CircuitState.CLOSED
+    assert_stored_once(w, items)
+    await assert_committed(w, items)
+    assert (await w.bus.counts(QUEUE)).dead_letter == 0
 
 
 # ---- waiting: 429, outages --------------------------------------------------------------------
@@ -536,12 +541,9 @@ async def test_429_pauses_every_replica_then_the_same_batch_arrives(w: World) ->
 
 
 async def test_5xx_timeouts_and_resets_are_retried_until_everything_arrives(
-    server_ssl: ssl.SSLContext,
-    client_ssl: ssl.SSLContext,
-    redis_client: Redis,
-    redis_server: LocalRedis,
+    make_world: WorldFactory,
 ) -> None:
-    async with world(server_ssl, client_ssl, redis_client, redis_server, timeout_s=0.5) as w:
+    async with make_world(timeout_s=0.5) as w:
         items = await w.forward(range(6))
         faults = w.sentinel.faults
         faults.inject(FaultKind.SERVER_ERROR, route=STIX_ROUTE, status=503)
@@ -558,17 +560,10 @@ async def test_5xx_timeouts_and_resets_are_retried_until_everything_arrives(
         assert (await w.bus.counts(QUEUE)).dead_letter == 0
 
 
-async def test_two_replicas_share_one_budget_and_lose_nothing(
-    server_ssl: ssl.SSLContext,
-    client_ssl: ssl.SSLContext,
-    redis_client: Redis,
-    redis_server: LocalRedis,
-) -> None:
-    async with world(
-        server_ssl, client_ssl, redis_client, redis_server, requests_per_window=10
-    ) as w:
+async def test_two_replicas_share_one_budget_and_lose_nothing(make_world: WorldFactory) -> None:
+    async with make_world(requests_per_window=10) as w:
         items = await w.forward(range(20))
-        other: Redis = Redis.from_url(redis_server.url)
+        other: Redis = Redis.from_url(w.redis_server.url)
         try:
             replicas = [
                 w.uploader(
