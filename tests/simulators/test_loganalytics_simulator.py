@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,25 +112,35 @@ def records(reply: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in table["rows"]]
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """Two indicators ingested, the first then revoked (three rows), and what the tests that
+    read them query through."""
+
+    session: aiohttp.ClientSession
+    logs: LogAnalyticsSimulator
+    first: str
+    second: str
+
+    async def query(self, kql: str, **options: Any) -> tuple[int, Any]:
+        return await query(self.session, self.logs, kql, **options)
+
+
 @pytest.fixture
-async def two_indicators(
-    session: aiohttp.ClientSession, sentinel: SentinelSimulator
-) -> tuple[str, str]:
+async def indexed(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, logs: LogAnalyticsSimulator
+) -> Indexed:
     first, second = f"indicator--{uuid.uuid4()}", f"indicator--{uuid.uuid4()}"
     await ingest(session, sentinel, [indicator(first, "a.example"), indicator(second, "b.example")])
     revoked = indicator(first, "a.example", modified="2024-06-01T00:00:00Z", revoked=True)
     await ingest(session, sentinel, [revoked])
-    return first, second
+    return Indexed(session, logs, first, second)
 
 
-async def test_dedup_query_returns_the_latest_row_per_indicator(
-    session: aiohttp.ClientSession,
-    logs: LogAnalyticsSimulator,
-    two_indicators: tuple[str, str],
-) -> None:
-    first, second = two_indicators
-    assert len(logs.sentinel.rows) == 3
-    status, reply = await query(session, logs, DEDUP_QUERY)
+async def test_dedup_query_returns_the_latest_row_per_indicator(indexed: Indexed) -> None:
+    first, second = indexed.first, indexed.second
+    assert len(indexed.logs.sentinel.rows) == 3
+    status, reply = await indexed.query(DEDUP_QUERY)
     assert status == 200, reply
     assert [c["name"] for c in reply["tables"][0]["columns"]] == [
         "StixId",
@@ -149,12 +160,8 @@ async def test_dedup_query_returns_the_latest_row_per_indicator(
     assert by_id[second]["ObservableKey"] == "domain-name:value"
 
 
-async def test_simple_operators(
-    session: aiohttp.ClientSession,
-    logs: LogAnalyticsSimulator,
-    two_indicators: tuple[str, str],
-) -> None:
-    first, second = two_indicators
+async def test_simple_operators(indexed: Indexed) -> None:
+    first, second = indexed.first, indexed.second
     cases = {
         "ThreatIntelIndicators | count": [{"Count": 3}],
         "ThreatIntelIndicators | where Revoked == true | count": [{"Count": 1}],
@@ -173,54 +180,36 @@ async def test_simple_operators(
         ],
     }
     for kql, expected in cases.items():
-        status, reply = await query(session, logs, kql)
+        status, reply = await indexed.query(kql)
         assert status == 200, (kql, reply)
         assert records(reply) == expected, kql
 
 
-async def test_dynamic_columns_come_back_as_json_text(
-    session: aiohttp.ClientSession,
-    logs: LogAnalyticsSimulator,
-    two_indicators: tuple[str, str],
-) -> None:
-    status, reply = await query(
-        session, logs, "ThreatIntelIndicators | take 1 | project Data, Tags"
-    )
+async def test_dynamic_columns_come_back_as_json_text(indexed: Indexed) -> None:
+    status, reply = await indexed.query("ThreatIntelIndicators | take 1 | project Data, Tags")
     assert status == 200
     (row,) = records(reply)
     assert orjson.loads(row["Tags"]) == ["apt:apt29"]
-    assert orjson.loads(row["Data"])["id"] == two_indicators[0]
+    assert orjson.loads(row["Data"])["id"] == indexed.first
     types = {c["name"]: c["type"] for c in reply["tables"][0]["columns"]}
     assert types == {"Data": "dynamic", "Tags": "dynamic"}
 
 
-async def test_timespan_bounds_time_generated(
-    session: aiohttp.ClientSession,
-    logs: LogAnalyticsSimulator,
-    two_indicators: tuple[str, str],
-) -> None:
+async def test_timespan_bounds_time_generated(indexed: Indexed) -> None:
     old = datetime.now(UTC) - timedelta(days=10)
-    logs.sentinel.rows[0]["TimeGenerated"] = old.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    indexed.logs.sentinel.rows[0]["TimeGenerated"] = old.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for timespan, count in [(None, 3), ("P8D", 2), ("P11D", 3), ("PT1H", 2)]:
-        status, reply = await query(
-            session, logs, "ThreatIntelIndicators | count", timespan=timespan
-        )
+        status, reply = await indexed.query("ThreatIntelIndicators | count", timespan=timespan)
         assert (status, records(reply)) == (200, [{"Count": count}]), timespan
     start = (old - timedelta(hours=1)).isoformat()
-    status, reply = await query(
-        session, logs, "ThreatIntelIndicators | count", timespan=f"{start}/PT2H"
-    )
+    status, reply = await indexed.query("ThreatIntelIndicators | count", timespan=f"{start}/PT2H")
     assert records(reply) == [{"Count": 1}]
 
 
-async def test_get_with_query_parameter(
-    session: aiohttp.ClientSession,
-    logs: LogAnalyticsSimulator,
-    two_indicators: tuple[str, str],
-) -> None:
-    url = f"{logs.url}/v1/workspaces/{logs.sentinel.workspace_id}/query"
-    headers = {"Authorization": f"Bearer {mint(logs.minter)}"}
-    async with session.get(
+async def test_get_with_query_parameter(indexed: Indexed) -> None:
+    url = f"{indexed.logs.url}/v1/workspaces/{indexed.logs.sentinel.workspace_id}/query"
+    headers = {"Authorization": f"Bearer {mint(indexed.logs.minter)}"}
+    async with indexed.session.get(
         url, params={"query": "ThreatIntelIndicators | count"}, headers=headers
     ) as resp:
         assert resp.status == 200
@@ -298,22 +287,20 @@ async def raw_query(
         return resp.status, resp.content_type, dict(resp.headers), await resp.read()
 
 
-async def test_a_partial_failure_adds_an_error_beside_the_tables(
-    session: aiohttp.ClientSession, logs: LogAnalyticsSimulator, two_indicators: tuple[str, str]
-) -> None:
+async def test_a_partial_failure_adds_an_error_beside_the_tables(indexed: Indexed) -> None:
     kql = "ThreatIntelIndicators | project Id, TimeGenerated | order by TimeGenerated asc"
-    status, full = await query(session, logs, kql)
+    status, full = await indexed.query(kql)
     assert status == 200
     assert "error" not in full
-    logs.faults.inject(FaultKind.PARTIAL_ERRORS, route="query", record_indexes=(1,))
-    status, partial = await query(session, logs, kql)
+    indexed.logs.faults.inject(FaultKind.PARTIAL_ERRORS, route="query", record_indexes=(1,))
+    status, partial = await indexed.query(kql)
     assert status == 200  # a partial failure is still a 200: only "error" tells it apart
     assert partial["error"]["code"] == "PartialError"
     (detail,) = partial["error"]["details"]
     assert detail["innererror"]["message"].startswith("Query result set has exceeded")
     everything = records(full)
     assert records(partial) == everything[:1] + everything[2:]  # the lost row is simply absent
-    assert "error" not in (await query(session, logs, kql))[1]  # one query per fault
+    assert "error" not in (await indexed.query(kql))[1]  # one query per fault
 
 
 async def test_throttling_answers_in_the_apis_error_envelope(
