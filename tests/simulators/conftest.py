@@ -24,9 +24,12 @@ def minter() -> TokenMinter:
 
 @pytest.fixture
 async def sentinel(
-    server_ssl: ssl.SSLContext, minter: TokenMinter
+    request: pytest.FixtureRequest, server_ssl: ssl.SSLContext, minter: TokenMinter
 ) -> AsyncIterator[SentinelSimulator]:
-    async with SentinelSimulator(server_ssl, minter=minter) as sim:
+    """The simulator as configured by default; a test about its quota passes other options
+    with ``@pytest.mark.parametrize("sentinel", [{...}], indirect=True)``."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    async with SentinelSimulator(server_ssl, minter=minter, **options) as sim:
         yield sim
 
 

@@ -229,50 +229,46 @@ async def test_real_azure_core_pipeline_with_an_entra_token(
 # -- rate limit --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sentinel", [{"requests_per_minute": 5, "window_s": 1.0}], indirect=True)
 async def test_rate_limit_is_a_sliding_window_per_identity(
-    server_ssl: ssl.SSLContext, minter: TokenMinter, session: aiohttp.ClientSession
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, minter: TokenMinter
 ) -> None:
-    async with SentinelSimulator(
-        server_ssl, minter=minter, requests_per_minute=5, window_s=1.0
-    ) as sim:
-        for _ in range(5):
-            assert (await upload(session, sim))[0] == 200
-        status, headers, body = await upload(session, sim)
-        assert status == 429
-        assert headers["Retry-After"] == "1"
-        assert body == {
-            "statusCode": 429,
-            "message": "Rate limit is exceeded. Try again in 1 seconds.",
-        }
-        other = mint(minter, client=OTHER_CLIENT)
-        assert (await upload(session, sim, token=other))[0] == 200  # per identity
-        await asyncio.sleep(float(headers["Retry-After"]))
-        assert (await upload(session, sim))[0] == 200  # the window slid
-        assert sim.max_requests_in_any_window(CLIENT) == 6  # the 429 counts as sent
-        assert sim.max_requests_in_any_window(CLIENT, admitted_only=True) == 5
-        assert sim.max_requests_in_any_window(OTHER_CLIENT) == 1
-        assert sim.max_requests_in_any_window() == 6
-        assert sim.max_requests_in_any_window(CLIENT, window_s=10.0) == 7
+    for _ in range(5):
+        assert (await upload(session, sentinel))[0] == 200
+    status, headers, body = await upload(session, sentinel)
+    assert status == 429
+    assert headers["Retry-After"] == "1"
+    assert body == {
+        "statusCode": 429,
+        "message": "Rate limit is exceeded. Try again in 1 seconds.",
+    }
+    other = mint(minter, client=OTHER_CLIENT)
+    assert (await upload(session, sentinel, token=other))[0] == 200  # per identity
+    await asyncio.sleep(float(headers["Retry-After"]))
+    assert (await upload(session, sentinel))[0] == 200  # the window slid
+    assert sentinel.max_requests_in_any_window(CLIENT) == 6  # the 429 counts as sent
+    assert sentinel.max_requests_in_any_window(CLIENT, admitted_only=True) == 5
+    assert sentinel.max_requests_in_any_window(OTHER_CLIENT) == 1
+    assert sentinel.max_requests_in_any_window() == 6
+    assert sentinel.max_requests_in_any_window(CLIENT, window_s=10.0) == 7
 
 
+@pytest.mark.parametrize("sentinel", [{"requests_per_minute": 10, "window_s": 0.5}], indirect=True)
 async def test_a_client_that_obeys_retry_after_never_exceeds_the_quota(
-    server_ssl: ssl.SSLContext, minter: TokenMinter, session: aiohttp.ClientSession
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
 ) -> None:
-    async with SentinelSimulator(
-        server_ssl, minter=minter, requests_per_minute=10, window_s=0.5
-    ) as sim:
-        accepted = 0
-        deadline = time.monotonic() + 1.6
-        while time.monotonic() < deadline:
-            status, headers, _ = await upload(session, sim)
-            if status == 429:
-                # Retry-After is whole seconds; the window here is shorter, so sleep the window.
-                assert int(headers["Retry-After"]) >= 1
-                await asyncio.sleep(0.5)
-            else:
-                accepted += 1
-        assert accepted >= 20
-        assert sim.max_requests_in_any_window(CLIENT, admitted_only=True) == 10
+    accepted = 0
+    deadline = time.monotonic() + 1.6
+    while time.monotonic() < deadline:
+        status, headers, _ = await upload(session, sentinel)
+        if status == 429:
+            # Retry-After is whole seconds; the window here is shorter, so sleep the window.
+            assert int(headers["Retry-After"]) >= 1
+            await asyncio.sleep(0.5)
+        else:
+            accepted += 1
+    assert accepted >= 20
+    assert sentinel.max_requests_in_any_window(CLIENT, admitted_only=True) == 10
 
 
 # -- faults ------------------------------------------------------------------------------------
