@@ -34,27 +34,25 @@ RECORD = {
 }
 
 
+#: What ``raw_message(RECORD, run_id="run-1")`` must say about the record it carries.
+RECORD_PROPERTIES = {
+    "schema": RAW_SCHEMA,
+    "indicator_id": "md5--1",
+    "indicator_type": "md5",
+    "run_id": "run-1",
+}
+
+
 def test_raw_message_keeps_the_record_and_names_it() -> None:
     message = raw_message(RECORD, run_id="run-1")
     assert orjson.loads(message.body) == RECORD
-    assert message.properties == {
-        "schema": RAW_SCHEMA,
-        "indicator_id": "md5--1",
-        "indicator_type": "md5",
-        "run_id": "run-1",
-    }
+    assert message.properties == RECORD_PROPERTIES
 
 
 def test_raw_messages_of_a_page_carry_its_trace_as_is() -> None:
     page = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "a=b"}
     message = raw_message(RECORD, run_id="run-1", trace=page)
-    assert message.properties == {
-        "schema": RAW_SCHEMA,
-        "indicator_id": "md5--1",
-        "indicator_type": "md5",
-        "run_id": "run-1",
-        **page,
-    }
+    assert message.properties == {**RECORD_PROPERTIES, **page}
 
 
 def test_raw_message_id_is_one_per_indicator_version() -> None:
