@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import stix2
@@ -379,12 +379,16 @@ def test_confidence_is_the_mscore(score: int) -> None:
     assert_valid_stix(obj)
 
 
+def malware_domain(**fields: Any) -> Indicator:
+    """The domain the label tests read, categorised malware, with the sources and associations
+    each test is about."""
+    return Indicator(
+        id="fqdn--1", type=IndicatorType.FQDN, value="a.example", category=("malware",), **fields
+    )
+
+
 def test_labels_carry_categories_actors_malware_and_the_action_settings() -> None:
-    indicator = Indicator(
-        id="fqdn--1",
-        type=IndicatorType.FQDN,
-        value="a.example",
-        category=("malware",),
+    indicator = malware_domain(
         sources=(Source(name="Mandiant", osint=False, categories=("botnet", "malware")),),
         associations=(
             Association("1", "UNC9999", "threat-actor"),
@@ -406,11 +410,7 @@ def test_labels_carry_categories_actors_malware_and_the_action_settings() -> Non
 
 
 def test_labels_are_de_duplicated() -> None:
-    indicator = Indicator(
-        id="fqdn--1",
-        type=IndicatorType.FQDN,
-        value="a.example",
-        category=("malware",),
+    indicator = malware_domain(
         associations=(
             Association("2", "malware", "malware"),
             Association("3", "malware", "malware"),
