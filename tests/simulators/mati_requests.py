@@ -19,6 +19,12 @@ AUTH = {"Authorization": BASIC}
 START = int((NOW - timedelta(days=31)).timestamp())
 
 
+def from_start(**options: str | int) -> dict[str, str | int]:
+    """Query parameters for a window from ``START``, so a test states only the options it is
+    about."""
+    return {"start_epoch": START, **options}
+
+
 class Clock:
     """A clock the test moves by hand: token and cursor expiry without sleeping."""
 

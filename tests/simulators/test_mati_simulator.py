@@ -21,6 +21,7 @@ from tests.simulators.mati_requests import (
     Clock,
     MakeMati,
     fetch_token,
+    from_start,
     get_indicators,
     page_all,
 )
@@ -76,7 +77,7 @@ async def test_token_rejects_bad_credentials_and_grants(
 async def test_bearer_and_basic_accepted_everything_else_401(
     session: aiohttp.ClientSession, mati: MatiSimulator, clock: Clock
 ) -> None:
-    params: dict[str, str | int] = {"start_epoch": START, "limit": 1}
+    params = from_start(limit=1)
     assert (await get_indicators(session, mati, params))[0] == 200
     token = (await fetch_token(session, mati))["access_token"]
     bearer = {"Authorization": f"Bearer {token}"}
@@ -120,12 +121,7 @@ async def test_paging_collects_the_window_exactly_once(
     session: aiohttp.ClientSession, make_mati: MakeMati, mode: str, limit: int
 ) -> None:
     mati = await make_mati(end_of_paging=mode)
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "end_epoch": int(NOW.timestamp()),
-        "limit": limit,
-        "sort_by": "last_updated:asc",
-    }
+    params = from_start(end_epoch=int(NOW.timestamp()), limit=limit, sort_by="last_updated:asc")
     records, answers = await page_all(session, mati, params)
     expected = [mati.feed.id(i) for i in mati.feed.window(NOW - timedelta(days=31), NOW)]
     assert len(expected) == 230
@@ -169,13 +165,7 @@ async def test_empty_window_ends_at_once(
 async def test_cursor_anatomy_replay_and_extra_params(
     session: aiohttp.ClientSession, mati: MatiSimulator
 ) -> None:
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "limit": 20,
-        "gte_mscore": 50,
-        "exclude_osint": "True",
-        "sort_by": "last_updated:asc",
-    }
+    params = from_start(limit=20, gte_mscore=50, exclude_osint="True", sort_by="last_updated:asc")
     _, first = await get_indicators(session, mati, params)
     cursor = first["next"]
     assert len(cursor) > 3000
@@ -216,11 +206,7 @@ async def test_expired_cursor_is_a_400(
 async def test_paging_is_stable_while_the_feed_changes(
     session: aiohttp.ClientSession, mati: MatiSimulator
 ) -> None:
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "limit": 100,
-        "sort_by": "last_updated:asc",
-    }
+    params = from_start(limit=100, sort_by="last_updated:asc")
     expected = [mati.feed.record(i) for i in mati.feed.window(NOW - timedelta(days=31), NOW)]
     _, first = await get_indicators(session, mati, params)
     changed = mati.feed.mutate(0.5, seed=3, now=NOW + timedelta(seconds=1))
@@ -253,13 +239,9 @@ async def test_prerendered_pages_match_built_ones_and_follow_changes(
     record rendered again, a pinned scroll still served as of its generation, and a query with
     other flags (or a page with bad records) built as before."""
     fetcher_flags = {"include_misp": "false", "include_reports": "false"}
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "end_epoch": int(NOW.timestamp()) + 3,
-        "limit": 100,
-        "sort_by": "last_updated:asc",
-        **fetcher_flags,
-    }
+    params = from_start(
+        end_epoch=int(NOW.timestamp()) + 3, limit=100, sort_by="last_updated:asc", **fetcher_flags
+    )
     plain, kept = await make_mati(), await make_mati()
     assert kept.prerender(fetcher_flags) == 230
     first = {}
@@ -335,13 +317,7 @@ async def test_limit_1000_and_lookback_clamp_allowed(
 async def test_filters_honoured_with_booleans_in_any_case(
     session: aiohttp.ClientSession, mati: MatiSimulator, true: str
 ) -> None:
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "limit": 1000,
-        "gte_mscore": 80,
-        "exclude_osint": true,
-        "sort_by": "last_updated:asc",
-    }
+    params = from_start(limit=1000, gte_mscore=80, exclude_osint=true, sort_by="last_updated:asc")
     records, _ = await page_all(session, mati, params)
     expected = mati.feed.window(NOW - timedelta(days=31), NOW, gte_mscore=80, exclude_osint=True)
     assert [r["id"] for r in records] == [mati.feed.id(i) for i in expected]
@@ -402,12 +378,7 @@ async def test_include_flags_shape_the_records(
 async def test_gte_threatscore_drops_missing_and_low_ratings(
     session: aiohttp.ClientSession, mati: MatiSimulator
 ) -> None:
-    params: dict[str, str | int] = {
-        "start_epoch": START,
-        "limit": 1000,
-        "gte_threatscore": 60,
-        "include_threat_rating": "true",
-    }
+    params = from_start(limit=1000, gte_threatscore=60, include_threat_rating="true")
     _, body = await get_indicators(session, mati, params)
     expected = mati.feed.window(NOW - timedelta(days=31), NOW, gte_threatscore=60)
     assert {r["id"] for r in body["indicators"]} == {mati.feed.id(i) for i in expected}
