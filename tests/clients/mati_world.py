@@ -3,14 +3,13 @@ client whose clock and sleep and the simulator's clock all read one ``FakeTime``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Final
 
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
@@ -19,6 +18,7 @@ from shared.core.backoff import Backoff
 from shared.core.secrets import Secret
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
+from tests import helpers
 
 KEY = "sim-mati-key"
 SECRET = "sim-mati-secret"
@@ -36,23 +36,16 @@ INCLUDE_FLAGS = {
 }
 
 
-class FakeTime:
-    """One clock for client and simulator; it moves when the client sleeps."""
+class FakeTime(helpers.FakeTime):
+    """One clock for client and simulator: the simulator reads it as an epoch from ``NOW``."""
+
+    START: Final = 5000.0
 
     def __init__(self) -> None:
-        self.now = 5000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
+        super().__init__(self.START)
 
     def epoch(self) -> float:
-        return NOW_EPOCH + (self.now - 5000.0)
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+        return NOW_EPOCH + (self.now - self.START)
 
 
 def window(**overrides: Any) -> IndicatorQuery:
