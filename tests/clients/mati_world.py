@@ -9,7 +9,9 @@ import ssl
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+import pytest
 
 from shared.adapters.http import open_session
 from shared.adapters.mati_client import MatiClient
@@ -95,6 +97,24 @@ async def world(
 
 async def collect(client: MatiClient, query: IndicatorQuery | None = None) -> list[RawPage]:
     return [page async for page in client.pages(query or window())]
+
+
+async def recovers(w: SimpleNamespace, *, sleeps: list[float]) -> None:
+    """The whole feed still arrives, after exactly the waits ``sleeps``: a retry that lost or
+    repeated a page, or waited other than it chose to, fails here."""
+    pages = await collect(w.client)
+    assert len(ids(pages)) == COUNT
+    assert w.fake.sleeps == sleeps
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def gives_up(w: SimpleNamespace, error: type[E]) -> E:
+    """The error collecting the feed ends in, for the test to examine."""
+    with pytest.raises(error) as caught:
+        await collect(w.client)
+    return caught.value
 
 
 def ids(pages: Iterable[RawPage]) -> list[str]:

@@ -7,8 +7,13 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 
 from aiohttp import web
+
+#: What the world fixtures of tests/clients/conftest.py hand a test: ``world(**options)`` opens
+#: the simulators and a client configured with those options.
+World = Callable[..., contextlib.AbstractAsyncContextManager[SimpleNamespace]]
 
 
 @contextlib.asynccontextmanager
