@@ -37,7 +37,6 @@ Nothing secret (key, secret, token) ever reaches a log line or an exception mess
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import random
 import time
@@ -62,10 +61,13 @@ from shared.core.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
-from shared.core.pacing import Clock, Pacer, Sleep
+from shared.core.events import get_logger
+from shared.core.pacing import Pacer
+from shared.core.retrying import Retrier, retry
 from shared.core.secrets import Secret
+from shared.core.timing import Monotonic, Sleep
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -124,7 +126,7 @@ class MatiClient:
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 60.0,
         sleep: Sleep = asyncio.sleep,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         if not base_url.startswith("https://"):
@@ -200,7 +202,7 @@ class MatiClient:
                             status=answer.status,
                         )
                     reauthed = True
-                    logger.info("MATI answered %d; fetching a new token", answer.status)
+                    log.info("mati.token_refused", status=answer.status)
                     self._forget(token)
                     continue
                 return self._read_page(answer, token, index=index, follow_up=follow_up)
@@ -342,7 +344,7 @@ class MatiClient:
             raise MalformedResponse("MATI token answer has no access_token")
         ttl = _seconds(data.get("expires_in"))
         if ttl is None:
-            logger.warning("MATI token answer has no usable expires_in; assuming a short life")
+            log.warning("mati.token_without_expiry")
             ttl = DEFAULT_TOKEN_TTL_S
         margin = min(REFRESH_MARGIN_S, ttl * 0.1)
         self._token = token
@@ -415,22 +417,25 @@ class MatiClient:
 
     async def _with_retries(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, raises a non-retryable error, or the policy stops."""
-        started = self._clock()
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except _Retry as retry:
-                failures += 1
-                wait = self._backoff.next_wait(
-                    failures, self._clock() - started, self._rng, server_wait_s=retry.server_wait_s
-                )
-                if wait is None:
-                    raise _exhausted(what, retry, failures) from retry.__cause__
-                logger.warning(
-                    "MATI %s: %s; retry %d in %.2f s", what, retry.reason, failures, wait
-                )
-                await self._sleep(wait)
+        retrier = Retrier(self._backoff, self._rng, clock=self._clock)
+
+        def retrying(exc: BaseException, wait: float) -> None:
+            reason = exc.reason if isinstance(exc, _Retry) else str(exc)
+            log.warning(
+                "mati.retry", request=what, reason=reason, retry=retrier.failures, wait_s=wait
+            )
+
+        try:
+            return await retry(
+                attempt,
+                on=_Retry,
+                retrier=retrier,
+                sleep=self._sleep,
+                server_wait=lambda exc: exc.server_wait_s if isinstance(exc, _Retry) else None,
+                on_retry=retrying,
+            )
+        except _Retry as failed:
+            raise _exhausted(what, failed, retrier.failures) from failed.__cause__
 
 
 def _exhausted(what: str, retry: _Retry, failures: int) -> Exception:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+from shared.core.timing import Monotonic, Sleep
 
 
 class Pacer:
@@ -34,7 +32,7 @@ class Pacer:
         self,
         rate_per_s: float,
         *,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not rate_per_s > 0:  # also rejects NaN

@@ -1,11 +1,8 @@
 """Structured logs: one event a line, JSON in production, ``key=value`` in a terminal.
 
-Events are namespaced snake case (``fetch.page``, ``upload.rejected``) with their data in fields,
-never interpolated into the text, so a log pipeline can count and filter them. Context that
-belongs to a unit of work (destination, run id) is bound once with ``bind()`` and rides on
-every line logged inside it; the current span's ``trace_id`` and ``span_id``
-(shared.telemetry.tracing) are added to every line logged within a span, so a line leads to its
-trace.
+The events themselves (``get_logger``, ``bind``) are ``shared.core.events``'s, so that every
+layer logs them; here they are rendered with their bound context and the current span's
+``trace_id`` and ``span_id`` (shared.telemetry.tracing), so a line leads to its trace.
 
 Secrets are kept out twice: nothing logs them on purpose, and a last filter masks the configured
 secret values wherever they might still appear (an exception text from a third party, say).
@@ -13,81 +10,35 @@ secret values wherever they might still appear (an exception text from a third p
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import Any, Final
+from typing import Any
 
 import orjson
 from opentelemetry import trace
 
+from shared.core import events
+from shared.core.events import FIELDS, bound, fields_of
+from shared.core.events import bind as bind
+from shared.core.events import get_logger as get_logger
 from shared.core.secrets import MASK, Secret
 
-# Immutable default: bind() always builds a new mapping, never mutates the current one.
-_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
-    "mati2sentinel_log_context", default=MappingProxyType({})
-)
-_FIELDS: Final = "m2s_fields"
-_TRACE: Final = "m2s_trace"
 
-
-class Log:
-    """A logger that takes an event name and fields: ``log.info("fetch.page", records=1000)``."""
-
-    def __init__(self, name: str) -> None:
-        self._logger = logging.getLogger(name)
-
-    def debug(self, event: str, **fields: object) -> None:
-        self._log(logging.DEBUG, event, fields)
-
-    def info(self, event: str, **fields: object) -> None:
-        self._log(logging.INFO, event, fields)
-
-    def warning(self, event: str, **fields: object) -> None:
-        self._log(logging.WARNING, event, fields)
-
-    def error(self, event: str, **fields: object) -> None:
-        self._log(logging.ERROR, event, fields)
-
-    def exception(self, event: str, **fields: object) -> None:
-        self._log(logging.ERROR, event, fields, exc_info=True)
-
-    def _log(
-        self, level: int, event: str, fields: dict[str, object], exc_info: bool = False
-    ) -> None:
-        if self._logger.isEnabledFor(level):
-            extra: dict[str, object] = {_FIELDS: fields}
-            # Taken now: a handler may format the line later, outside the span.
-            ids = _trace_ids()
-            if ids is not None:
-                extra[_TRACE] = ids
-            self._logger.log(level, event, extra=extra, exc_info=exc_info)
-
-
-def _trace_ids() -> tuple[str, str] | None:
-    """``(trace_id, span_id)`` of the current span (shared.telemetry.tracing), None outside one."""
+def _trace_ids() -> dict[str, object] | None:
+    """``trace_id`` and ``span_id`` of the current span (shared.telemetry.tracing), None
+    outside one; taken as each event is logged, since a handler may format it later."""
     span = trace.get_current_span().get_span_context()
     if not span.is_valid:
         return None
-    return trace.format_trace_id(span.trace_id), trace.format_span_id(span.span_id)
+    return {
+        "trace_id": trace.format_trace_id(span.trace_id),
+        "span_id": trace.format_span_id(span.span_id),
+    }
 
 
-def get_logger(name: str) -> Log:
-    return Log(name)
-
-
-@contextmanager
-def bind(**fields: object) -> Iterator[None]:
-    """Add ``fields`` to every line logged inside the block (and in tasks it starts)."""
-    token = _context.set({**_context.get(), **fields})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+events.probe_with(_trace_ids)
 
 
 def _event_fields(record: logging.LogRecord) -> dict[str, object]:
@@ -97,12 +48,12 @@ def _event_fields(record: logging.LogRecord) -> dict[str, object]:
         "event": record.getMessage(),
         "logger": record.name,
     }
-    fields.update(_context.get())
-    fields.update(getattr(record, _FIELDS, {}))
+    fields.update(bound())
+    fields.update(fields_of(record))
     # The span the line was logged in, so a line leads to its trace.
-    ids = getattr(record, _TRACE, None) or _trace_ids()
-    if ids is not None:
-        fields["trace_id"], fields["span_id"] = ids
+    ids = getattr(record, events.PROBED, None) or _trace_ids()
+    if ids:
+        fields.update(ids)
     if record.exc_info and record.exc_info[1] is not None:
         error = record.exc_info[1]
         fields["error"] = type(error).__name__
@@ -156,19 +107,19 @@ class SecretFilter(logging.Filter):
         if not self._secrets:
             return True
         text = record.getMessage()
-        fields = getattr(record, _FIELDS, None)
+        fields = getattr(record, FIELDS, None)
         if any(secret in text for secret in self._secrets):
             record.msg, record.args = _mask(text, self._secrets), ()
         if fields:
-            setattr(record, _FIELDS, {k: _mask_value(v, self._secrets) for k, v in fields.items()})
+            setattr(record, FIELDS, {k: _mask_value(v, self._secrets) for k, v in fields.items()})
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             if any(secret in str(error) for secret in self._secrets):
                 record.exc_info = None
-                extra = getattr(record, _FIELDS, {})
+                extra = getattr(record, FIELDS, {})
                 setattr(
                     record,
-                    _FIELDS,
+                    FIELDS,
                     {**extra, "error": type(error).__name__, "error_message": MASK},
                 )
         return True
