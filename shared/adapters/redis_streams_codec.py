@@ -75,43 +75,48 @@ def stream_entries(reply: Any) -> Iterator[tuple[Any, int, Any]]:
 def dead_letters(entries: Iterable[tuple[Any, Any]] | None) -> list[DeadLetter]:
     """The dead letters of an ``XRANGE`` of a dead-letter stream; the entry id is the token
     ``replay`` takes back."""
-    letters: list[DeadLetter] = []
-    for raw_id, fields in entries or []:
-        entry_id = as_text(raw_id)
-        f = _field_map(fields)
-        letters.append(
-            DeadLetter(
-                body=_bytes(f.get("body")),
-                message_id=as_text(f.get("message_id", entry_id)),
-                properties=_properties(f.get("properties")),
-                reason=as_text(f.get("reason", b"")),
-                description=as_text(f.get("description", b"")),
-                delivery_count=_int(f.get("delivery_count")),
-                dead_lettered_at=_from_ms(_id_ms(entry_id)),
-                lock_token=entry_id,
-            )
+    return [
+        DeadLetter(
+            *head,
+            reason=as_text(f.get("reason", b"")),
+            description=as_text(f.get("description", b"")),
+            delivery_count=_int(f.get("delivery_count")),
+            dead_lettered_at=_from_ms(_id_ms(entry_id)),
+            lock_token=entry_id,
         )
-    return letters
+        for entry_id, f, head in _stored(entries)
+    ]
 
 
 def peeked(entries: Any, pending: Any, *, lock_ms: int) -> list[Peeked]:
     """``PEEK``'s snapshot as messages; ``locked`` = pending with a lock younger than
     ``lock_ms`` (an abandoned or expired entry waits to be taken over, unlocked)."""
     locked = {as_text(entry[0]) for entry in pending or [] if int(entry[2]) < lock_ms}
-    messages: list[Peeked] = []
+    return [
+        Peeked(
+            *head,
+            enqueued_at=_from_ms(_id_ms(entry_id)),
+            locked=entry_id in locked,
+        )
+        for entry_id, f, head in _stored(entries)
+    ]
+
+
+def _stored(
+    entries: Iterable[tuple[Any, Any]] | None,
+) -> Iterator[tuple[str, dict[str, Any], tuple[bytes, str, Mapping[str, str]]]]:
+    """Each ``XRANGE`` entry as its id, its fields by name and the message it stores (body, id,
+    properties): dead letters and peeks read a message back alike and differ only in what they
+    add to it."""
     for raw_id, fields in entries or []:
         entry_id = as_text(raw_id)
         f = _field_map(fields)
-        messages.append(
-            Peeked(
-                body=_bytes(f.get("body")),
-                message_id=as_text(f.get("message_id", entry_id)),
-                properties=_properties(f.get("properties")),
-                enqueued_at=_from_ms(_id_ms(entry_id)),
-                locked=entry_id in locked,
-            )
+        head = (
+            _bytes(f.get("body")),
+            as_text(f.get("message_id", entry_id)),
+            _properties(f.get("properties")),
         )
-    return messages
+        yield entry_id, f, head
 
 
 def entity_counts(reply: Sequence[Any]) -> EntityCounts:
