@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -32,7 +33,7 @@ from shared.core.secrets import Secret
 from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
 from simulators.tokens import TokenMinter
-from tests.clients.peers import hang_up_server, one_route
+from tests.clients.peers import World, hang_up_server, one_route
 
 TENANT = "00000000-0000-4000-8000-0000000000aa"
 CLIENT_ID = "00000000-0000-4000-8000-0000000000c1"
@@ -54,14 +55,39 @@ async def entra_world(
         yield SimpleNamespace(entra=entra, session=session)
 
 
-def secret_factory(w: SimpleNamespace, secret: str = CLIENT_SECRET) -> Any:
-    return credential_factory(
-        session=w.session,
-        tenant_id=TENANT,
-        client_id=CLIENT_ID,
-        authority_host=w.entra.url,
-        client_secret=Secret(secret),
-    )
+@pytest.fixture
+def entra(server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext) -> World:
+    """``entra(**options)`` opens ``entra_world`` with those options."""
+    return functools.partial(entra_world, server_ssl, client_ssl)
+
+
+def secret_factory(
+    session: aiohttp.ClientSession, authority_host: str, **settings: Any
+) -> CredentialFactory:
+    """A factory for the registered client and its secret unless ``settings`` say otherwise:
+    each test names only the setting it changes."""
+    values: dict[str, Any] = {
+        "tenant_id": TENANT,
+        "client_id": CLIENT_ID,
+        "client_secret": Secret(CLIENT_SECRET),
+    }
+    values.update(settings)
+    return credential_factory(session=session, authority_host=authority_host, **values)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def refused(factory: CredentialFactory, error: type[E], *redact: str) -> E:
+    """The error a fresh provider's first token request ends in; the provider is closed either
+    way, so no test leaks a credential's transport."""
+    provider = TokenProvider(factory, redact=tuple(Secret(r) for r in redact))
+    try:
+        with pytest.raises(error) as caught:
+            await provider.token(SCOPE)
+    finally:
+        await provider.aclose()
+    return caught.value
 
 
 # ---- building the credential ----------------------------------------------------------------
@@ -84,11 +110,9 @@ async def workload_identity(
     )
 
 
-async def test_client_secret_builds_the_async_client_secret_credential(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        credential = secret_factory(w)()
+async def test_client_secret_builds_the_async_client_secret_credential(entra: World) -> None:
+    async with entra() as w:
+        credential = secret_factory(w.session, w.entra.url)()
         try:
             assert isinstance(credential, ClientSecretCredential)
         finally:
@@ -96,9 +120,9 @@ async def test_client_secret_builds_the_async_client_secret_credential(
 
 
 async def test_a_federated_token_file_selects_workload_identity(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
+    entra: World, tmp_path: Path
 ) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+    async with entra() as w:
         factory = await workload_identity(w, tmp_path, client_secret=Secret("ignored"))
         provider = TokenProvider(factory)
         try:
@@ -125,16 +149,9 @@ async def test_identity_settings_are_checked_up_front(
     client_ssl: ssl.SSLContext, kwargs: dict[str, Any], problem: str
 ) -> None:
     async with open_session(client_ssl) as session:
-        values: dict[str, Any] = {
-            "session": session,
-            "tenant_id": TENANT,
-            "client_id": CLIENT_ID,
-            "authority_host": "https://login.example",
-            "client_secret": Secret(CLIENT_SECRET),
-        }
-        values.update(kwargs)
+        values: dict[str, Any] = {"authority_host": "https://login.example", **kwargs}
         with pytest.raises(ConfigError) as caught:
-            credential_factory(**values)
+            secret_factory(session, **values)
         assert any(problem in line for line in caught.value.problems)
         assert CLIENT_SECRET not in str(caught.value)
 
@@ -142,11 +159,9 @@ async def test_identity_settings_are_checked_up_front(
 # ---- cache and refresh ----------------------------------------------------------------------
 
 
-async def test_tokens_are_cached_and_refresh_forces_a_new_one(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        provider = TokenProvider(secret_factory(w))
+async def test_tokens_are_cached_and_refresh_forces_a_new_one(entra: World) -> None:
+    async with entra() as w:
+        provider = TokenProvider(secret_factory(w.session, w.entra.url))
         try:
             first = await provider.token(SCOPE)
             assert await provider.token(SCOPE) == first
@@ -161,11 +176,9 @@ async def test_tokens_are_cached_and_refresh_forces_a_new_one(
         assert not w.session.closed  # the credential's transport never owned the session
 
 
-async def test_concurrent_refreshes_share_one_new_token(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        provider = TokenProvider(secret_factory(w))
+async def test_concurrent_refreshes_share_one_new_token(entra: World) -> None:
+    async with entra() as w:
+        provider = TokenProvider(secret_factory(w.session, w.entra.url))
         try:
             await provider.token(SCOPE)
             tokens = await asyncio.gather(*(provider.refresh(SCOPE) for _ in range(5)))
@@ -175,11 +188,9 @@ async def test_concurrent_refreshes_share_one_new_token(
             await provider.aclose()
 
 
-async def test_a_closed_provider_refuses_to_serve(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        provider = TokenProvider(secret_factory(w))
+async def test_a_closed_provider_refuses_to_serve(entra: World) -> None:
+    async with entra() as w:
+        provider = TokenProvider(secret_factory(w.session, w.entra.url))
         await provider.aclose()
         await provider.aclose()  # idempotent
         with pytest.raises(RuntimeError, match="closed"):
@@ -189,42 +200,24 @@ async def test_a_closed_provider_refuses_to_serve(
 # ---- errors ---------------------------------------------------------------------------------
 
 
-async def test_a_wrong_client_secret_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_a_wrong_client_secret_is_authentication_failed(entra: World) -> None:
     wrong = "wrong-secret-9876543210"
-    async with entra_world(server_ssl, client_ssl) as w:
-        provider = TokenProvider(secret_factory(w, wrong), redact=(Secret(wrong),))
-        try:
-            with pytest.raises(AuthenticationFailed) as caught:
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
-        assert caught.value.status == 401
-        assert "AADSTS7000215" in str(caught.value)
-        assert wrong not in str(caught.value)
-        assert wrong not in repr(caught.value)
+    async with entra() as w:
+        factory = secret_factory(w.session, w.entra.url, client_secret=Secret(wrong))
+        error = await refused(factory, AuthenticationFailed, wrong)
+    assert error.status == 401
+    assert "AADSTS7000215" in str(error)
+    assert wrong not in str(error)
+    assert wrong not in repr(error)
 
 
-async def test_an_unknown_tenant_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        factory = credential_factory(
-            session=w.session,
-            tenant_id="00000000-0000-4000-8000-00000000dead",
-            client_id=CLIENT_ID,
-            authority_host=w.entra.url,
-            client_secret=Secret(CLIENT_SECRET),
-        )
-        provider = TokenProvider(factory)
-        try:
-            with pytest.raises(AuthenticationFailed) as caught:
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
-        assert caught.value.status == 400
-        assert "AADSTS90002" in str(caught.value)
+async def test_an_unknown_tenant_is_authentication_failed(entra: World) -> None:
+    async with entra() as w:
+        unknown = "00000000-0000-4000-8000-00000000dead"
+        factory = secret_factory(w.session, w.entra.url, tenant_id=unknown)
+        error = await refused(factory, AuthenticationFailed)
+    assert error.status == 400
+    assert "AADSTS90002" in str(error)
 
 
 async def test_an_echoed_secret_is_redacted_from_the_error(
@@ -245,23 +238,11 @@ async def test_an_echoed_secret_is_redacted_from_the_error(
         one_route(server_ssl, "/{tenant}/oauth2/v2.0/token", echo) as url,
         open_session(client_ssl) as session,
     ):
-        factory = credential_factory(
-            session=session,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            authority_host=url,
-            client_secret=Secret(CLIENT_SECRET),
-        )
-        provider = TokenProvider(factory, redact=(Secret(CLIENT_SECRET),))
-        try:
-            with pytest.raises(AuthenticationFailed) as caught:
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
-    assert caught.value.status == 401
-    assert CLIENT_SECRET not in str(caught.value)
-    assert CLIENT_SECRET not in repr(caught.value)
-    assert "********" in str(caught.value)
+        error = await refused(secret_factory(session, url), AuthenticationFailed, CLIENT_SECRET)
+    assert error.status == 401
+    assert CLIENT_SECRET not in str(error)
+    assert CLIENT_SECRET not in repr(error)
+    assert "********" in str(error)
 
 
 # Through the real async ClientSecretCredential against the Entra simulator's faults. azure-core's
@@ -272,7 +253,9 @@ async def test_an_echoed_secret_is_redacted_from_the_error(
 async def _fails_once(w: SimpleNamespace, **fault: Any) -> PipelineError:
     """Inject ``fault`` once on the token route; return the error, after checking recovery."""
     w.entra.faults.inject(route="token", **fault)
-    provider = TokenProvider(secret_factory(w), redact=(Secret(CLIENT_SECRET),))
+    provider = TokenProvider(
+        secret_factory(w.session, w.entra.url), redact=(Secret(CLIENT_SECRET),)
+    )
     try:
         with pytest.raises(PipelineError) as caught:
             await provider.token(SCOPE)
@@ -285,10 +268,8 @@ async def _fails_once(w: SimpleNamespace, **fault: Any) -> PipelineError:
     return caught.value
 
 
-async def test_entra_throttling_with_retry_after_is_rate_limited(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+async def test_entra_throttling_with_retry_after_is_rate_limited(entra: World) -> None:
+    async with entra() as w:
         error = await _fails_once(w, kind=FaultKind.RATE_LIMIT, retry_after_s=7)
         assert isinstance(error, RateLimited)
         assert error.retry_after_s == 7.0
@@ -296,20 +277,29 @@ async def test_entra_throttling_with_retry_after_is_rate_limited(
         assert [r.status for r in w.entra.recorder.of("token")] == [429, 200]
 
 
-async def test_entra_throttling_without_a_wait_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+@pytest.mark.parametrize(
+    ("kind", "status", "first"),
+    [
+        pytest.param(FaultKind.RATE_LIMIT, 429, (429, FaultKind.RATE_LIMIT), id="429-no-wait"),
+        pytest.param(FaultKind.EMPTY_500, 500, (500, FaultKind.EMPTY_500), id="empty-500"),
+        pytest.param(FaultKind.MALFORMED_JSON, 200, (200, FaultKind.MALFORMED_JSON), id="bad-json"),
+        pytest.param(FaultKind.RESET, None, (None, FaultKind.RESET), id="reset"),
+    ],
+)
+async def test_a_failed_token_request_is_upstream_unavailable(
+    entra: World, kind: FaultKind, status: int | None, first: tuple[int | None, FaultKind]
 ) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        error = await _fails_once(w, kind=FaultKind.RATE_LIMIT)
+    async with entra() as w:
+        error = await _fails_once(w, kind=kind)
         assert isinstance(error, UpstreamUnavailable)
-        assert error.status == 429
+        assert error.status == status
+        answered = [(r.status, r.fault) for r in w.entra.recorder.of("token")]
+        assert answered == [first, (200, None)]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-async def test_entra_outage_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+async def test_entra_outage_is_upstream_unavailable(entra: World, status: int) -> None:
+    async with entra() as w:
         error = await _fails_once(w, kind=FaultKind.SERVER_ERROR, status=status)
         assert isinstance(error, UpstreamUnavailable)
         assert error.status == status
@@ -318,54 +308,24 @@ async def test_entra_outage_is_upstream_unavailable(
 
 
 @pytest.mark.parametrize("status", [429, 502, 503])
-async def test_a_gateway_html_page_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
-) -> None:
+async def test_a_gateway_html_page_is_upstream_unavailable(entra: World, status: int) -> None:
     # No OAuth "error" key: azure-identity raises ClientAuthenticationError *without* a status
     # ("Unexpected response"), which once read as a refused credential and opened the circuit.
-    async with entra_world(server_ssl, client_ssl) as w:
+    async with entra() as w:
         error = await _fails_once(w, kind=FaultKind.GATEWAY_ERROR, status=status)
         assert isinstance(error, UpstreamUnavailable)
         assert isinstance(error.__cause__, ClientAuthenticationError)
         assert f"<title>{status} " in str(error)
 
 
-async def test_an_empty_500_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        error = await _fails_once(w, kind=FaultKind.EMPTY_500)
-        assert isinstance(error, UpstreamUnavailable)
-        assert error.status == 500
-
-
-async def test_a_malformed_token_answer_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        error = await _fails_once(w, kind=FaultKind.MALFORMED_JSON)
-        assert isinstance(error, UpstreamUnavailable)
-        assert [r.status for r in w.entra.recorder.of("token")] == [200, 200]
-
-
-async def test_a_connection_reset_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
-        error = await _fails_once(w, kind=FaultKind.RESET)
-        assert isinstance(error, UpstreamUnavailable)
-        assert error.status is None
-        assert [r.fault for r in w.entra.recorder.of("token")] == [FaultKind.RESET, None]
-
-
 async def test_a_timeout_honours_the_session_bound_and_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    entra: World,
 ) -> None:
     # azure-core would replace the session's bound with its own 300 s read timeout; the
     # factory passes the session's on, so the short one here is what fires.
-    async with entra_world(server_ssl, client_ssl, timeout_s=0.5) as w:
+    async with entra(timeout_s=0.5) as w:
         w.entra.faults.inject(FaultKind.TIMEOUT, route="token", delay_s=1.0)
-        provider = TokenProvider(secret_factory(w))
+        provider = TokenProvider(secret_factory(w.session, w.entra.url))
         try:
             with pytest.raises(UpstreamUnavailable) as caught:
                 await provider.token(SCOPE)
@@ -379,40 +339,22 @@ async def test_a_timeout_honours_the_session_bound_and_is_upstream_unavailable(
 
 
 async def test_workload_identity_makes_one_token_request_per_call_too(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
+    entra: World, tmp_path: Path
 ) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+    async with entra() as w:
         factory = await workload_identity(w, tmp_path)
         w.entra.faults.inject(FaultKind.SERVER_ERROR, route="token", status=503, times=5)
-        provider = TokenProvider(factory)
-        try:
-            with pytest.raises(UpstreamUnavailable):
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
+        await refused(factory, UpstreamUnavailable)
         assert len(w.entra.recorder.of("token")) == 1
 
 
-async def test_an_untrusted_certificate_is_tls_verification_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+async def test_an_untrusted_certificate_is_tls_verification_failed(entra: World) -> None:
+    async with entra() as w:
         async with open_session(client_context(None)) as untrusting:  # the system store only
-            factory = credential_factory(
-                session=untrusting,
-                tenant_id=TENANT,
-                client_id=CLIENT_ID,
-                authority_host=w.entra.url,
-                client_secret=Secret(CLIENT_SECRET),
-            )
-            provider = TokenProvider(factory, redact=(Secret(CLIENT_SECRET),))
-            try:
-                with pytest.raises(TlsVerificationFailed) as caught:
-                    await provider.token(SCOPE)
-            finally:
-                await provider.aclose()
-        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
-        assert CLIENT_SECRET not in str(caught.value)
+            factory = secret_factory(untrusting, w.entra.url)
+            error = await refused(factory, TlsVerificationFailed, CLIENT_SECRET)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error)
+        assert CLIENT_SECRET not in str(error)
         assert w.entra.recorder.requests == []
 
 
@@ -420,25 +362,13 @@ async def test_a_handshake_dropped_by_the_network_is_upstream_unavailable(
     client_ssl: ssl.SSLContext,
 ) -> None:
     async with hang_up_server() as url, open_session(client_ssl) as session:
-        factory = credential_factory(
-            session=session,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            authority_host=url,
-            client_secret=Secret(CLIENT_SECRET),
-        )
-        provider = TokenProvider(factory)
-        try:
-            with pytest.raises(UpstreamUnavailable):
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
+        await refused(secret_factory(session, url), UpstreamUnavailable)
 
 
 async def test_an_unreadable_federated_token_file_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
+    entra: World, tmp_path: Path
 ) -> None:
-    async with entra_world(server_ssl, client_ssl) as w:
+    async with entra() as w:
         factory = credential_factory(
             session=w.session,
             tenant_id=TENANT,
@@ -446,12 +376,7 @@ async def test_an_unreadable_federated_token_file_is_authentication_failed(
             authority_host=w.entra.url,
             federated_token_file=tmp_path / "missing",
         )
-        provider = TokenProvider(factory)
-        try:
-            with pytest.raises(AuthenticationFailed):
-                await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
+        await refused(factory, AuthenticationFailed)
         assert w.entra.tokens_issued == []
 
 
