@@ -247,18 +247,13 @@ def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) 
         kind = "hash" if indicator.type is IndicatorType.MD5 else indicator.type.value
         text = f"type {indicator.type} is excluded (INCLUDE_{kind.upper()}=false)"
     elif reason is DropReason.LOW_CONFIDENCE:
-        minimum = policy.minimum_confidence
-        text = (
-            f"mscore {indicator.mscore} < MINIMUM_CONFIDENCE {minimum}"
-            if indicator.mscore is not None
-            else f"no mscore, and MINIMUM_CONFIDENCE {minimum} needs one"
-        )
+        text = _below("mscore", indicator.mscore, "MINIMUM_CONFIDENCE", policy.minimum_confidence)
     elif reason is DropReason.LOW_THREAT_SCORE:
-        minimum = policy.minimum_threat_score
-        text = (
-            f"threat_score {indicator.threat_score} < MINIMUM_THREAT_SCORE {minimum}"
-            if indicator.threat_score is not None
-            else f"no threat_rating.threat_score, and MINIMUM_THREAT_SCORE {minimum} needs one"
+        text = _below(
+            "threat_rating.threat_score",
+            indicator.threat_score,
+            "MINIMUM_THREAT_SCORE",
+            policy.minimum_threat_score,
         )
     elif reason is DropReason.OSINT:
         names = ", ".join(s.name for s in indicator.sources)
@@ -274,6 +269,14 @@ def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) 
     if server_side:
         text += f"; MATI leaves it out server-side ({server_side}), so it is never fetched"
     return text
+
+
+def _below(path: str, score: int | None, setting: str, minimum: int) -> str:
+    """Both score floors drop an indicator that lacks the score as well as one under it; the
+    operator needs to know which of the two it was."""
+    if score is None:
+        return f"no {path}, and {setting} {minimum} needs one"
+    return f"{path.rpartition('.')[2]} {score} < {setting} {minimum}"
 
 
 def _leftovers(
