@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Final, TypeVar
 
+import aiohttp
 import pytest
 
 from shared.adapters.http import open_session
@@ -76,23 +77,30 @@ async def world(
         MatiSimulator(server_ssl, feed=feed, clock=fake.epoch, **sim) as mati,
         open_session(client_ssl, timeout_s=timeout_s) as session,
     ):
-        options: dict[str, Any] = {
-            "base_url": mati.url,
-            "api_key": Secret(KEY),
-            "api_secret": Secret(SECRET),
-            "requests_per_second": float("inf"),
-            "sleep": fake.sleep,
-            "clock": fake.clock,
-            "rng": random.Random(SEED),
-        }
-        options.update(client or {})
         yield SimpleNamespace(
             sim=mati,
             feed=feed,
             fake=fake,
             session=session,
-            client=MatiClient(session, **options),
+            client=fake_client(session, mati.url, fake, **(client or {})),
         )
+
+
+def fake_client(
+    session: aiohttp.ClientSession, base_url: str, fake: FakeTime, **options: Any
+) -> MatiClient:
+    """A client with the simulator's credentials, no pace, a seeded jitter and ``fake`` time,
+    unless ``options`` say otherwise."""
+    values: dict[str, Any] = {
+        "api_key": Secret(KEY),
+        "api_secret": Secret(SECRET),
+        "requests_per_second": float("inf"),
+        "sleep": fake.sleep,
+        "clock": fake.clock,
+        "rng": random.Random(SEED),
+    }
+    values.update(options)
+    return MatiClient(session, base_url=base_url, **values)
 
 
 async def collect(client: MatiClient, query: IndicatorQuery | None = None) -> list[RawPage]:

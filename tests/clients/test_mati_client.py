@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import ssl
 from datetime import timedelta
 
@@ -18,7 +17,6 @@ import aiohttp
 import pytest
 
 from shared.adapters.http import open_session
-from shared.adapters.mati_client import MatiClient
 from shared.adapters.mati_paging import RawPage
 from shared.adapters.tls import client_context
 from shared.core.errors import (
@@ -40,26 +38,26 @@ from tests.clients.mati_world import (
     NOW,
     NOW_EPOCH,
     SECRET,
-    SEED,
     FakeTime,
     assert_no_secret,
     collect,
+    fake_client,
     first_jitter,
+    gives_up,
     ids,
     statuses,
     window,
-    world,
 )
-from tests.clients.peers import hang_up_server
+from tests.clients.peers import World, hang_up_server
 
 # ---- paging ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("end_of_paging", ["empty", "short", "204"])
 async def test_pages_through_a_window_for_each_end_of_paging(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, end_of_paging: str
+    mati: World, end_of_paging: str
 ) -> None:
-    async with world(server_ssl, client_ssl, end_of_paging=end_of_paging) as w:
+    async with mati(end_of_paging=end_of_paging) as w:
         pages = await collect(w.client)
 
         expected = {w.feed.id(i) for i in range(COUNT)}
@@ -75,28 +73,24 @@ async def test_pages_through_a_window_for_each_end_of_paging(
             assert statuses(w.sim)[-1] == 204
 
 
-async def test_a_window_smaller_than_a_page_is_one_request(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, end_of_paging="short") as w:
+async def test_a_window_smaller_than_a_page_is_one_request(mati: World) -> None:
+    async with mati(end_of_paging="short") as w:
         pages = await collect(w.client, window(limit=1000))
         assert len(ids(pages)) == COUNT
         assert len(w.sim.recorder.of("indicator")) == 1
 
 
-async def test_an_empty_window_yields_nothing(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, end_of_paging="204") as w:
+async def test_an_empty_window_yields_nothing(mati: World) -> None:
+    async with mati(end_of_paging="204") as w:
         start = NOW_EPOCH + 60
         pages = await collect(w.client, window(start_epoch=start, end_epoch=start + 60))
         assert pages == []
 
 
 async def test_first_request_carries_the_query_and_follow_ups_only_next_and_flags(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    mati: World,
 ) -> None:
-    async with world(server_ssl, client_ssl) as w:
+    async with mati() as w:
         await collect(w.client, window(gte_mscore=0, exclude_osint=False))
         first, *follow_ups = w.sim.recorder.of("indicator")
         assert first.query["sort_by"] == "last_updated:asc"
@@ -110,10 +104,8 @@ async def test_first_request_carries_the_query_and_follow_ups_only_next_and_flag
             assert set(request.query) == {"next"} | INCLUDE_FLAGS
 
 
-async def test_headers_bearer_accept_and_app_name(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, client={"app_name": "unit-test-app"}) as w:
+async def test_headers_bearer_accept_and_app_name(mati: World) -> None:
+    async with mati(client={"app_name": "unit-test-app"}) as w:
         await collect(w.client)
         (token_request,) = w.sim.recorder.of("token")
         assert token_request.headers["Authorization"].startswith("Basic ")
@@ -126,10 +118,8 @@ async def test_headers_bearer_accept_and_app_name(
             assert request.headers["X-App-Name"] == "unit-test-app"
 
 
-async def test_records_are_handed_on_raw_even_when_broken(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, inject_bad_records=3) as w:
+async def test_records_are_handed_on_raw_even_when_broken(mati: World) -> None:
+    async with mati(inject_bad_records=3) as w:
         pages = await collect(w.client)
         assert sum(len(p.indicators) for p in pages) == COUNT
         assert any("id" not in record for page in pages for record in page.indicators)
@@ -138,29 +128,19 @@ async def test_records_are_handed_on_raw_even_when_broken(
 # ---- token ----------------------------------------------------------------------------------
 
 
-async def test_token_is_fetched_once_and_reused(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_token_is_fetched_once_and_reused(mati: World) -> None:
+    async with mati() as w:
         await collect(w.client)
         await collect(w.client)
         assert w.sim.token_requests == 1
         assert len(w.sim.recorder.of("indicator")) == 8
 
 
-async def test_token_is_refreshed_before_it_expires(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_token_is_refreshed_before_it_expires(mati: World) -> None:
     # A 100 s token and one request a second: 900 records 10 a page is 92 requests, so the
     # run reaches the token's last tenth (t+90 s) but not its end. The client must ask again
     # *before* expiry: the server then hands back the same, still-valid token (spec §2.3).
-    async with world(
-        server_ssl,
-        client_ssl,
-        count=900,
-        token_ttl_s=100,
-        client={"requests_per_second": 1.0},
-    ) as w:
+    async with mati(count=900, token_ttl_s=100, client={"requests_per_second": 1.0}) as w:
         pages = await collect(w.client, window(limit=10))
         assert len(ids(pages)) == 900
         assert 90 < w.fake.now - 5000.0 < 100
@@ -169,16 +149,8 @@ async def test_token_is_refreshed_before_it_expires(
         assert set(statuses(w.sim)) == {200}  # never refused: renewed early, not after a 401
 
 
-async def test_a_token_past_its_life_is_replaced(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(
-        server_ssl,
-        client_ssl,
-        count=1000,
-        token_ttl_s=30,
-        client={"requests_per_second": 1.0},
-    ) as w:
+async def test_a_token_past_its_life_is_replaced(mati: World) -> None:
+    async with mati(count=1000, token_ttl_s=30, client={"requests_per_second": 1.0}) as w:
         pages = await collect(w.client, window(limit=10))
         assert len(ids(pages)) == 1000
         assert w.sim.tokens_issued >= 3  # a 30 s token over a ~100 s run
@@ -189,10 +161,8 @@ async def test_a_token_past_its_life_is_replaced(
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_revoked_token_reauthenticates_once_then_succeeds(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int
-) -> None:
-    async with world(server_ssl, client_ssl, expired_auth_status=status) as w:
+async def test_revoked_token_reauthenticates_once_then_succeeds(mati: World, status: int) -> None:
+    async with mati(expired_auth_status=status) as w:
         collected: list[RawPage] = []
         async for page in w.client.pages(window()):
             collected.append(page)
@@ -204,10 +174,8 @@ async def test_revoked_token_reauthenticates_once_then_succeeds(
         assert w.fake.sleeps == []  # re-auth is immediate, not a back-off
 
 
-async def test_expired_token_fault_reauthenticates_once(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_expired_token_fault_reauthenticates_once(mati: World) -> None:
+    async with mati() as w:
         w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator")
         pages = await collect(w.client)
         assert len(ids(pages)) == COUNT
@@ -216,27 +184,24 @@ async def test_expired_token_fault_reauthenticates_once(
 
 
 async def test_persistent_401_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    mati: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with world(server_ssl, client_ssl) as w:
+    async with mati() as w:
         w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator", times=5)
-        with pytest.raises(AuthenticationFailed) as caught:
-            await collect(w.client)
-        assert caught.value.status == 401
+        error = await gives_up(w, AuthenticationFailed)
+        assert error.status == 401
         assert statuses(w.sim) == [401, 401]  # re-auth once, never a loop
         assert w.sim.token_requests == 2
         tokens = [r.headers["Authorization"].split()[1] for r in w.sim.recorder.of("indicator")]
-        assert_no_secret(caught.value, KEY, SECRET, *tokens)
+        assert_no_secret(error, KEY, SECRET, *tokens)
         for secret in (KEY, SECRET, *tokens):
             assert secret not in caplog.text
 
 
-async def test_wrong_api_key_is_authentication_failed_without_retries(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_wrong_api_key_is_authentication_failed_without_retries(mati: World) -> None:
     wrong = "not-the-secret-0123456789"
-    async with world(server_ssl, client_ssl, client={"api_secret": Secret(wrong)}) as w:
+    async with mati(client={"api_secret": Secret(wrong)}) as w:
         with pytest.raises(AuthenticationFailed) as caught:
             await collect(w.client)
         assert caught.value.status == 401
@@ -245,10 +210,8 @@ async def test_wrong_api_key_is_authentication_failed_without_retries(
         assert_no_secret(caught.value, KEY, wrong)
 
 
-async def test_500_then_401_then_200_reauthenticates_once(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_500_then_401_then_200_reauthenticates_once(mati: World) -> None:
+    async with mati() as w:
         w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=500)
         w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator")
         pages = await collect(w.client)
@@ -258,12 +221,10 @@ async def test_500_then_401_then_200_reauthenticates_once(
         assert w.fake.sleeps == [first_jitter()]  # the 500's back-off; re-auth does not wait
 
 
-async def test_a_401_after_a_retried_5xx_reauthenticates_again(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_a_401_after_a_retried_5xx_reauthenticates_again(mati: World) -> None:
     # 401 (re-auth), 500 (back off), 401 again: the second refusal is a new token problem, not
     # the fresh token being refused in the very next answer, so it re-authenticates too.
-    async with world(server_ssl, client_ssl) as w:
+    async with mati() as w:
         w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator", times=2)
         w.sim.faults.inject(FaultKind.SERVER_ERROR, route="indicator", status=500, after=1)
         pages = await collect(w.client)
@@ -276,10 +237,8 @@ async def test_a_401_after_a_retried_5xx_reauthenticates_again(
 # ---- cursors and bad requests ---------------------------------------------------------------
 
 
-async def test_expired_cursor_is_paging_interrupted(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, cursor_ttl_s=600) as w:
+async def test_expired_cursor_is_paging_interrupted(mati: World) -> None:
+    async with mati(cursor_ttl_s=600) as w:
 
         async def dawdle() -> None:
             async for _page in w.client.pages(window()):
@@ -292,10 +251,8 @@ async def test_expired_cursor_is_paging_interrupted(
         assert_no_secret(caught.value, KEY, SECRET, w.sim.current_token)
 
 
-async def test_a_bad_query_is_rejected_with_the_server_message(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_a_bad_query_is_rejected_with_the_server_message(mati: World) -> None:
+    async with mati() as w:
         too_old = int((NOW - timedelta(days=120)).timestamp())
         with pytest.raises(QueryRejected) as caught:
             await collect(w.client, window(start_epoch=too_old))
@@ -339,16 +296,7 @@ async def test_requests_per_second_ceiling_holds_for_every_request_including_ret
     ):
         mati.faults.inject(FaultKind.SERVER_ERROR, route="indicator", times=2)
         mati.faults.inject(FaultKind.RATE_LIMIT, route="indicator", retry_after_s=0.1)
-        client = MatiClient(
-            session,
-            base_url=mati.url,
-            api_key=Secret(KEY),
-            api_secret=Secret(SECRET),
-            requests_per_second=2.0,
-            sleep=fake.sleep,
-            clock=fake.clock,
-            rng=random.Random(SEED),
-        )
+        client = fake_client(session, mati.url, fake, requests_per_second=2.0)
         pages = await collect(client)
         assert len(ids(pages)) == COUNT
         total_requests = len(mati.recorder.requests)
@@ -368,17 +316,7 @@ async def test_tls_verification_is_on_and_a_refused_certificate_is_fatal(
         MatiSimulator(server_ssl, feed=feed, clock=fake.epoch) as mati,
         open_session(untrusting) as session,
     ):
-        client = MatiClient(
-            session,
-            base_url=mati.url,
-            api_key=Secret(KEY),
-            api_secret=Secret(SECRET),
-            requests_per_second=float("inf"),
-            max_attempts=5,
-            sleep=fake.sleep,
-            clock=fake.clock,
-            rng=random.Random(SEED),
-        )
+        client = fake_client(session, mati.url, fake, max_attempts=5)
         with pytest.raises(TlsVerificationFailed) as caught:
             await collect(client)
         assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
@@ -391,17 +329,7 @@ async def test_tls_verification_is_on_and_a_refused_certificate_is_fatal(
 async def test_a_handshake_dropped_by_the_network_is_retried(client_ssl: ssl.SSLContext) -> None:
     fake = FakeTime()
     async with hang_up_server() as url, open_session(client_ssl) as session:
-        client = MatiClient(
-            session,
-            base_url=url,
-            api_key=Secret(KEY),
-            api_secret=Secret(SECRET),
-            requests_per_second=float("inf"),
-            max_attempts=2,
-            sleep=fake.sleep,
-            clock=fake.clock,
-            rng=random.Random(SEED),
-        )
+        client = fake_client(session, url, fake, max_attempts=2)
         with pytest.raises(UpstreamUnavailable):
             await collect(client)
         assert fake.sleeps == [first_jitter()]
@@ -410,12 +338,7 @@ async def test_a_handshake_dropped_by_the_network_is_retried(client_ssl: ssl.SSL
 def test_client_repr_shows_no_credentials() -> None:
     async def build() -> str:
         async with open_session(client_context(None)) as session:
-            client = MatiClient(
-                session,
-                base_url="https://mati.example",
-                api_key=Secret(KEY),
-                api_secret=Secret(SECRET),
-            )
+            client = fake_client(session, "https://mati.example", FakeTime())
             return repr(client) + str(client)
 
     text = asyncio.run(build())
@@ -426,12 +349,7 @@ def test_client_repr_shows_no_credentials() -> None:
 def test_plain_http_base_url_is_refused() -> None:
     async def build() -> None:
         async with open_session(client_context(None)) as session:
-            MatiClient(
-                session,
-                base_url="http://mati.example",
-                api_key=Secret(KEY),
-                api_secret=Secret(SECRET),
-            )
+            fake_client(session, "http://mati.example", FakeTime())
 
     with pytest.raises(ValueError, match="https"):
         asyncio.run(build())
