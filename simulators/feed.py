@@ -26,7 +26,7 @@ import random
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from simulators.feed_attributes import (
     Segment,
@@ -41,6 +41,15 @@ from simulators.feed_attributes import (
 from simulators.feed_records import RecordBuilder
 from simulators.feed_stamps import DAY_MS, from_ms, to_ms
 from simulators.feed_vocabulary import CATEGORIES
+
+
+class ServerFilters(TypedDict, total=False):
+    """The filters MATI applies server-side, as ``Feed.window_ms`` takes them: ``Feed.window``
+    passes them on untouched, so the two cannot come to disagree on a name or a default."""
+
+    gte_mscore: int | None
+    exclude_osint: bool
+    gte_threatscore: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,24 +203,10 @@ class Feed:
         base = ((self.base_ts_ms(i), i) for i in range(lo, hi) if i not in history)
         return [i for _, i in heapq.merge(base, moved)]
 
-    def window(
-        self,
-        start: datetime,
-        end: datetime,
-        *,
-        gte_mscore: int | None = None,
-        exclude_osint: bool = False,
-        gte_threatscore: int | None = None,
-    ) -> list[int]:
+    def window(self, start: datetime, end: datetime, **filters: Unpack[ServerFilters]) -> list[int]:
         """Indexes with ``start <= last_updated <= end`` (inclusive, millisecond resolution) that
         pass the server-side filters, in ascending ``last_updated`` (ties by index)."""
-        return self.window_ms(
-            to_ms(start),
-            to_ms(end),
-            gte_mscore=gte_mscore,
-            exclude_osint=exclude_osint,
-            gte_threatscore=gte_threatscore,
-        )
+        return self.window_ms(to_ms(start), to_ms(end), **filters)
 
     def window_ms(
         self,
