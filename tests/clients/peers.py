@@ -9,11 +9,14 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 
+import pytest
 from aiohttp import web
 
 #: What the world fixtures of tests/clients/conftest.py hand a test: ``world(**options)`` opens
 #: the simulators and a client configured with those options.
 World = Callable[..., contextlib.AbstractAsyncContextManager[SimpleNamespace]]
+#: The ``log`` fixture of tests/clients/conftest.py: pytest's log capture, set to DEBUG.
+Log = pytest.LogCaptureFixture
 
 
 @contextlib.asynccontextmanager

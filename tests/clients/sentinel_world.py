@@ -11,8 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from aiohttp import web
 
 from shared.adapters.credentials import TokenProvider, credential_factory
@@ -97,6 +98,19 @@ async def world(
             await tokens.aclose()
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+async def upload_fails(
+    w: SimpleNamespace, error: type[E], objects: list[dict[str, Any]] | None = None
+) -> E:
+    """The error uploading ``objects`` (one valid indicator unless told) ends in, for the test
+    to examine."""
+    with pytest.raises(error) as caught:
+        await w.client.upload(objects or [indicator(0)])
+    return caught.value
+
+
 def issued(entra: EntraSimulator) -> list[str]:
     return [t.access_token for t in entra.tokens_issued]
 
@@ -113,6 +127,11 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
             for secret in secrets:
                 assert secret not in text, f"secret leaked in {type(seen).__name__}"
         seen = seen.__cause__ or seen.__context__
+
+
+def assert_keeps_secrets(w: SimpleNamespace, exc: BaseException) -> None:
+    """Neither the client secret nor any token Entra issued in ``w`` shows in the error."""
+    assert_no_secret(exc, CLIENT_SECRET, *issued(w.entra))
 
 
 class FixedTokens:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import ssl
 from datetime import timedelta
 
@@ -48,7 +47,7 @@ from tests.clients.mati_world import (
     statuses,
     window,
 )
-from tests.clients.peers import World, hang_up_server
+from tests.clients.peers import Log, World, hang_up_server
 
 # ---- paging ---------------------------------------------------------------------------------
 
@@ -183,10 +182,7 @@ async def test_expired_token_fault_reauthenticates_once(mati: World) -> None:
         assert w.sim.token_requests == 2
 
 
-async def test_persistent_401_is_authentication_failed(
-    mati: World, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
+async def test_persistent_401_is_authentication_failed(mati: World, log: Log) -> None:
     async with mati() as w:
         w.sim.faults.inject(FaultKind.EXPIRED_TOKEN, route="indicator", times=5)
         error = await gives_up(w, AuthenticationFailed)
@@ -196,7 +192,7 @@ async def test_persistent_401_is_authentication_failed(
         tokens = [r.headers["Authorization"].split()[1] for r in w.sim.recorder.of("indicator")]
         assert_no_secret(error, KEY, SECRET, *tokens)
         for secret in (KEY, SECRET, *tokens):
-            assert secret not in caplog.text
+            assert secret not in log.text
 
 
 async def test_wrong_api_key_is_authentication_failed_without_retries(mati: World) -> None:

@@ -22,19 +22,19 @@ from shared.core.errors import (
     DestinationNotFound,
 )
 from simulators.faults import SCHEMA_CHANGED, FaultKind
+from tests.clients.peers import World
 from tests.clients.sentinel_world import (
     CLIENT_ID,
-    CLIENT_SECRET,
     FEDERATED_CLIENT_ID,
     MISSING_PATTERN,
     ROUTES,
     WORKSPACE,
+    assert_keeps_secrets,
     assert_no_secret,
     indicator,
-    issued,
+    upload_fails,
     upload_to_one_route,
     uploads,
-    world,
 )
 
 # ---- success --------------------------------------------------------------------------------
@@ -42,10 +42,10 @@ from tests.clients.sentinel_world import (
 
 @pytest.mark.parametrize("api", list(SentinelApi))
 async def test_upload_stores_every_object_through_either_api(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
+    sentinel: World, api: SentinelApi
 ) -> None:
     objects = [indicator(n) for n in range(3)]
-    async with world(server_ssl, client_ssl, api=api) as w:
+    async with sentinel(api=api) as w:
         result = await w.client.upload(objects)
 
         assert result == UploadResult(accepted=(0, 1, 2), rejected=())
@@ -54,29 +54,25 @@ async def test_upload_stores_every_object_through_either_api(
         body = request.json()
         assert body["sourcesystem"] == "Mandiant Threat Intelligence"
         assert body["stixobjects" if api is SentinelApi.STIX_OBJECTS else "value"] == objects
-        assert request.headers["Authorization"] == f"Bearer {issued(w.entra)[0]}"
-        assert request.headers["Content-Type"] == "application/json"
         # The real azure-identity async client: one token request, the management audience.
         (token,) = w.entra.tokens_issued
+        assert request.headers["Authorization"] == f"Bearer {token.access_token}"
+        assert request.headers["Content-Type"] == "application/json"
         assert token.audience == "https://management.azure.com"
         assert token.client_id == CLIENT_ID
 
 
-async def test_the_token_is_cached_across_uploads(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_the_token_is_cached_across_uploads(sentinel: World) -> None:
+    async with sentinel() as w:
         for n in range(3):
             await w.client.upload([indicator(n)])
         assert len(w.entra.tokens_issued) == 1
         assert len(uploads(w.sentinel)) == 3
 
 
-async def test_workload_identity_credential_uploads(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, tmp_path: Path
-) -> None:
+async def test_workload_identity_credential_uploads(sentinel: World, tmp_path: Path) -> None:
     token_file = tmp_path / "azure-identity-token"
-    async with world(server_ssl, client_ssl, federated_token_file=token_file) as w:
+    async with sentinel(federated_token_file=token_file) as w:
         result = await w.client.upload([indicator(1)])
         assert result.accepted == (0,)
         (token,) = w.entra.tokens_issued
@@ -153,10 +149,10 @@ class _NoTokens:
 @pytest.mark.parametrize("error_key", ["errorMessages", "validationErrorMessages"])
 @pytest.mark.parametrize("api", list(SentinelApi))
 async def test_partial_record_errors_are_reported_per_record(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, error_key: str, api: SentinelApi
+    sentinel: World, error_key: str, api: SentinelApi
 ) -> None:
     objects = [indicator(0), indicator(1, pattern=None), indicator(2), indicator(3)]
-    async with world(server_ssl, client_ssl, api=api, error_key=error_key) as w:
+    async with sentinel(api=api, error_key=error_key) as w:
         w.sentinel.faults.inject(FaultKind.PARTIAL_ERRORS, route=ROUTES[api], record_indexes=(3,))
         result = await w.client.upload(objects)
 
@@ -171,28 +167,25 @@ async def test_partial_record_errors_are_reported_per_record(
         assert set(w.sentinel.store) == {objects[0]["id"], objects[2]["id"]}
 
 
-async def test_a_batch_sentinel_refuses_is_batch_rejected(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
-        with pytest.raises(BatchRejected) as caught:
-            await w.client.upload([indicator(0, pattern=None), indicator(1, created=None)])
-        assert caught.value.status == 400
-        assert "None of the 2 objects" in str(caught.value)
+async def test_a_batch_sentinel_refuses_is_batch_rejected(sentinel: World) -> None:
+    async with sentinel() as w:
+        refused = [indicator(0, pattern=None), indicator(1, created=None)]
+        error = await upload_fails(w, BatchRejected, refused)
+        assert error.status == 400
+        assert "None of the 2 objects" in str(error)
         assert w.sentinel.store == {}
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)
 
 
 @pytest.mark.parametrize("error_key", ["errorMessages", "validationErrorMessages"])
 @pytest.mark.parametrize("api", list(SentinelApi))
 async def test_a_400_that_names_records_carries_each_with_its_messages(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, error_key: str, api: SentinelApi
+    sentinel: World, error_key: str, api: SentinelApi
 ) -> None:
     """Every record fails: the simulator answers 400 with ``errors[]`` in either envelope."""
-    async with world(server_ssl, client_ssl, api=api, error_key=error_key) as w:
-        with pytest.raises(BatchRejected) as caught:
-            await w.client.upload([indicator(0, pattern=None), indicator(1, pattern=None)])
-        error = caught.value
+    async with sentinel(api=api, error_key=error_key) as w:
+        refused = [indicator(0, pattern=None), indicator(1, pattern=None)]
+        error = await upload_fails(w, BatchRejected, refused)
         assert error.records == (
             RecordError(index=0, messages=(MISSING_PATTERN,)),
             RecordError(index=1, messages=(MISSING_PATTERN,)),
@@ -203,28 +196,22 @@ async def test_a_400_that_names_records_carries_each_with_its_messages(
 
 
 @pytest.mark.parametrize("api", list(SentinelApi))
-async def test_a_400_naming_no_record_has_no_records(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api) as w:
+async def test_a_400_naming_no_record_has_no_records(sentinel: World, api: SentinelApi) -> None:
+    async with sentinel(api=api) as w:
         w.sentinel.faults.inject(FaultKind.REJECT_ALL, route=ROUTES[api])
-        with pytest.raises(BatchRejected) as caught:
-            await w.client.upload([indicator(0), indicator(1)])
-        assert caught.value.records == ()
-        assert caught.value.detail.endswith(SCHEMA_CHANGED)
-        assert SCHEMA_CHANGED in str(caught.value)
+        error = await upload_fails(w, BatchRejected, [indicator(0), indicator(1)])
+        assert error.records == ()
+        assert error.detail.endswith(SCHEMA_CHANGED)
+        assert SCHEMA_CHANGED in str(error)
         assert w.sentinel.store == {}
 
 
-async def test_a_400_naming_some_records_names_exactly_those(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_a_400_naming_some_records_names_exactly_those(sentinel: World) -> None:
     objects = [indicator(n) for n in range(4)]
-    async with world(server_ssl, client_ssl) as w:
+    async with sentinel() as w:
         w.sentinel.faults.inject(FaultKind.REJECT_RECORDS, record_indexes=(2,))
-        with pytest.raises(BatchRejected) as caught:
-            await w.client.upload(objects)
-        [record] = caught.value.records
+        error = await upload_fails(w, BatchRejected, objects)
+        [record] = error.records
         assert record.index == 2
         assert record.messages == (
             "Error for Property=pattern: The pattern could not be parsed. "
@@ -277,13 +264,10 @@ async def test_record_messages_of_a_400_never_carry_the_token(
     assert_no_secret(caught.value, token)
 
 
-async def test_a_wrong_workspace_is_destination_not_found(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
+async def test_a_wrong_workspace_is_destination_not_found(sentinel: World) -> None:
     other = "00000000-0000-4000-8000-0000000000ff"
-    async with world(server_ssl, client_ssl, workspace_id=other) as w:
-        with pytest.raises(DestinationNotFound) as caught:
-            await w.client.upload([indicator(0)])
-        assert other in str(caught.value)
+    async with sentinel(workspace_id=other) as w:
+        error = await upload_fails(w, DestinationNotFound)
+        assert other in str(error)
         assert [r.status for r in uploads(w.sentinel)] == [404]
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)

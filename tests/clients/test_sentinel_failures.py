@@ -5,7 +5,6 @@ MalformedResponse or accepted; a refused certificate is fatal. No error carries 
 
 from __future__ import annotations
 
-import logging
 import ssl
 
 import aiohttp
@@ -26,28 +25,27 @@ from shared.core.errors import (
 from simulators.faults import FaultKind
 from simulators.sentinel import SentinelSimulator
 from simulators.tokens import TokenMinter
-from tests.clients.peers import hang_up_server
+from tests.clients.peers import Log, World, hang_up_server
 from tests.clients.sentinel_world import (
     CLIENT_SECRET,
     ROUTES,
     WORKSPACE,
     FixedTokens,
+    assert_keeps_secrets,
     assert_no_secret,
     indicator,
     issued,
+    upload_fails,
     upload_to_one_route,
     uploads,
-    world,
 )
 
 # ---- authentication -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("api", list(SentinelApi))
-async def test_401_refreshes_the_token_and_retries_once(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api) as w:
+async def test_401_refreshes_the_token_and_retries_once(sentinel: World, api: SentinelApi) -> None:
+    async with sentinel(api=api) as w:
         await w.client.upload([indicator(0)])
         w.sentinel.faults.inject(FaultKind.EXPIRED_TOKEN, route=ROUTES[api])
         result = await w.client.upload([indicator(1)])
@@ -59,10 +57,8 @@ async def test_401_refreshes_the_token_and_retries_once(
         assert uploads(w.sentinel, api)[-1].headers["Authorization"] == f"Bearer {second}"
 
 
-async def test_a_token_dead_on_arrival_is_replaced(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_a_token_dead_on_arrival_is_replaced(sentinel: World) -> None:
+    async with sentinel() as w:
         w.entra.faults.inject(FaultKind.EXPIRED_TOKEN, route="token")
         result = await w.client.upload([indicator(0)])
 
@@ -71,73 +67,57 @@ async def test_a_token_dead_on_arrival_is_replaced(
         assert [r.status for r in uploads(w.sentinel)] == [401, 200]
 
 
-async def test_persistent_401_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    async with world(server_ssl, client_ssl) as w:
+async def test_persistent_401_is_authentication_failed(sentinel: World, log: Log) -> None:
+    async with sentinel() as w:
         w.sentinel.faults.inject(FaultKind.EXPIRED_TOKEN, route="stix_upload", times=5)
-        with pytest.raises(AuthenticationFailed) as caught:
-            await w.client.upload([indicator(0)])
+        error = await upload_fails(w, AuthenticationFailed)
 
-        assert caught.value.status == 401
+        assert error.status == 401
         assert [r.status for r in uploads(w.sentinel)] == [401, 401]  # refreshed once, no loop
         assert len(w.entra.tokens_issued) == 2
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)
         for secret in (CLIENT_SECRET, *issued(w.entra)):
-            assert secret not in caplog.text
+            assert secret not in log.text
 
 
-async def test_legacy_api_persistent_401_is_authentication_failed(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, api=SentinelApi.UPLOAD_INDICATORS) as w:
+async def test_legacy_api_persistent_401_is_authentication_failed(sentinel: World) -> None:
+    async with sentinel(api=SentinelApi.UPLOAD_INDICATORS) as w:
         w.sentinel.faults.inject(FaultKind.EXPIRED_TOKEN, route="legacy_upload", times=2)
-        with pytest.raises(AuthenticationFailed) as caught:
-            await w.client.upload([indicator(0)])
-        assert "Access token is missing or invalid" in str(caught.value)
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        error = await upload_fails(w, AuthenticationFailed)
+        assert "Access token is missing or invalid" in str(error)
+        assert_keeps_secrets(w, error)
 
 
 # ---- rate limits ----------------------------------------------------------------------------
 
 
-async def test_429_with_retry_after_header(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_429_with_retry_after_header(sentinel: World) -> None:
+    async with sentinel() as w:
         w.sentinel.faults.inject(
             FaultKind.RATE_LIMIT, route="stix_upload", retry_after_s=17, message_retry_s=99
         )
-        with pytest.raises(RateLimited) as caught:
-            await w.client.upload([indicator(0)])
-        assert caught.value.retry_after_s == 17.0  # the header wins over the text
+        error = await upload_fails(w, RateLimited)
+        assert error.retry_after_s == 17.0  # the header wins over the text
         assert len(uploads(w.sentinel)) == 1  # single attempt: the uploader owns the wait
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)
 
 
 @pytest.mark.parametrize("api", list(SentinelApi))
-async def test_429_with_only_the_message_text(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api) as w:
+async def test_429_with_only_the_message_text(sentinel: World, api: SentinelApi) -> None:
+    async with sentinel(api=api) as w:
         w.sentinel.faults.inject(FaultKind.RATE_LIMIT, route=ROUTES[api], message_retry_s=23)
-        with pytest.raises(RateLimited) as caught:
-            await w.client.upload([indicator(0)])
-        assert caught.value.retry_after_s == 23.0
-        assert "Try again in 23 seconds" in str(caught.value)
+        error = await upload_fails(w, RateLimited)
+        assert error.retry_after_s == 23.0
+        assert "Try again in 23 seconds" in str(error)
         assert len(uploads(w.sentinel, api)) == 1
 
 
-async def test_the_real_quota_is_rate_limited_with_the_servers_wait(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl, requests_per_minute=2, window_s=60.0) as w:
+async def test_the_real_quota_is_rate_limited_with_the_servers_wait(sentinel: World) -> None:
+    async with sentinel(requests_per_minute=2, window_s=60.0) as w:
         await w.client.upload([indicator(0)])
         await w.client.upload([indicator(1)])
-        with pytest.raises(RateLimited) as caught:
-            await w.client.upload([indicator(2)])
-        assert 1.0 <= caught.value.retry_after_s <= 60.0
+        error = await upload_fails(w, RateLimited, [indicator(2)])
+        assert 1.0 <= error.retry_after_s <= 60.0
         assert [r.status for r in uploads(w.sentinel)] == [200, 200, 429]
 
 
@@ -146,65 +126,50 @@ async def test_the_real_quota_is_rate_limited_with_the_servers_wait(
 
 @pytest.mark.parametrize("api", list(SentinelApi))
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-async def test_5xx_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, status: int, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api) as w:
+async def test_5xx_is_upstream_unavailable(sentinel: World, status: int, api: SentinelApi) -> None:
+    async with sentinel(api=api) as w:
         w.sentinel.faults.inject(FaultKind.SERVER_ERROR, route=ROUTES[api], status=status)
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await w.client.upload([indicator(0)])
-        assert caught.value.status == status
+        error = await upload_fails(w, UpstreamUnavailable)
+        assert error.status == status
         assert len(uploads(w.sentinel, api)) == 1
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)
 
 
-async def test_empty_500_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_empty_500_is_upstream_unavailable(sentinel: World) -> None:
+    async with sentinel() as w:
         w.sentinel.faults.inject(FaultKind.EMPTY_500, route="stix_upload")
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await w.client.upload([indicator(0)])
-        assert caught.value.status == 500
-        assert "no message" in str(caught.value)
+        error = await upload_fails(w, UpstreamUnavailable)
+        assert error.status == 500
+        assert "no message" in str(error)
 
 
 @pytest.mark.parametrize("api", list(SentinelApi))
-async def test_timeout_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api, timeout_s=0.5) as w:
+async def test_timeout_is_upstream_unavailable(sentinel: World, api: SentinelApi) -> None:
+    async with sentinel(api=api, timeout_s=0.5) as w:
         # Warm the token first, so only the Sentinel request meets the short timeout.
         await w.tokens.token("https://management.azure.com/.default")
         w.sentinel.faults.inject(FaultKind.TIMEOUT, route=ROUTES[api], delay_s=1.0)
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await w.client.upload([indicator(0)])
-        assert caught.value.status is None
-        assert "timed out" in str(caught.value)
-        assert isinstance(caught.value.__cause__, TimeoutError)
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        error = await upload_fails(w, UpstreamUnavailable)
+        assert error.status is None
+        assert "timed out" in str(error)
+        assert isinstance(error.__cause__, TimeoutError)
+        assert_keeps_secrets(w, error)
 
 
 @pytest.mark.parametrize("api", list(SentinelApi))
-async def test_connection_reset_is_upstream_unavailable(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext, api: SentinelApi
-) -> None:
-    async with world(server_ssl, client_ssl, api=api) as w:
+async def test_connection_reset_is_upstream_unavailable(sentinel: World, api: SentinelApi) -> None:
+    async with sentinel(api=api) as w:
         w.sentinel.faults.inject(FaultKind.RESET, route=ROUTES[api])
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await w.client.upload([indicator(0)])
-        assert "connection" in str(caught.value)
+        error = await upload_fails(w, UpstreamUnavailable)
+        assert "connection" in str(error)
         assert w.sentinel.store == {}
-        assert_no_secret(caught.value, CLIENT_SECRET, *issued(w.entra))
+        assert_keeps_secrets(w, error)
 
 
-async def test_an_undecodable_success_body_is_malformed_response(
-    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> None:
-    async with world(server_ssl, client_ssl) as w:
+async def test_an_undecodable_success_body_is_malformed_response(sentinel: World) -> None:
+    async with sentinel() as w:
         w.sentinel.faults.inject(FaultKind.MALFORMED_JSON, route="stix_upload")
-        with pytest.raises(MalformedResponse):
-            await w.client.upload([indicator(0)])
+        await upload_fails(w, MalformedResponse)
 
 
 async def test_a_peer_echoing_the_token_never_puts_it_in_the_error(
