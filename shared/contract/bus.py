@@ -61,24 +61,28 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """A message received under a lock. ``lock_token`` is the backend's handle for settling."""
+class _Stored:
+    """A published message as the bus gives it back, whichever way it is read: every backend
+    returns what was published to the letter, and only what the bus adds differs."""
 
     body: bytes
     message_id: str
     properties: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(_Stored):
+    """A message received under a lock. ``lock_token`` is the backend's handle for settling."""
+
     delivery_count: int
     enqueued_at: datetime
     lock_token: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_Stored):
     """A dead-lettered message with the reason it was set aside."""
 
-    body: bytes
-    message_id: str
-    properties: Mapping[str, str]
     reason: str
     description: str
     delivery_count: int
@@ -87,13 +91,10 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class Peeked:
+class Peeked(_Stored):
     """A message seen where it waits, without taking it: no lock, no delivery counted.
     ``locked`` says a receiver holds it right now (it is being worked on)."""
 
-    body: bytes
-    message_id: str
-    properties: Mapping[str, str]
     enqueued_at: datetime
     locked: bool
 
