@@ -17,7 +17,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from simulators.sentinel_validation import TIMESTAMP_MAX, parse_timestamp, parse_timestamp_text
+from simulators.sentinel_validation import parse_timestamp, parse_timestamp_text, timestamp_text
 
 #: One comparison, one string literal: the only shape Sentinel extracts an observable from.
 _SIMPLE_PATTERN_RE = re.compile(
@@ -97,9 +97,7 @@ def _iso(moment: datetime) -> str:
 
 def _normalize(value: Any) -> str | None:
     """Timestamps in one fixed format, so string order is time order for the KQL simulator."""
-    if not isinstance(value, str) or len(value) > TIMESTAMP_MAX:
-        return None
-    return _normalize_text(value)
+    return _normalize_text(value) if timestamp_text(value) else None
 
 
 @functools.lru_cache(maxsize=4096)

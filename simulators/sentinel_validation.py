@@ -11,7 +11,7 @@ import functools
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -259,10 +259,14 @@ def _common_optional_problems(obj: Mapping[str, Any]) -> list[str]:
 TIMESTAMP_MAX = 31
 
 
+def timestamp_text(value: Any) -> TypeGuard[str]:
+    """A value worth parsing as a timestamp: a longer string cannot match, and keeping it out
+    keeps garbage out of the parse caches, which key on the text."""
+    return isinstance(value, str) and len(value) <= TIMESTAMP_MAX
+
+
 def parse_timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or len(value) > TIMESTAMP_MAX:
-        return None
-    return parse_timestamp_text(value)
+    return parse_timestamp_text(value) if timestamp_text(value) else None
 
 
 # Every object carries four timestamps, and a batch's ``modified``/``valid_from``/``valid_until``
