@@ -135,6 +135,26 @@ def message(n: int, **properties: str) -> Message:
     return Message(body=b'{"n": %d}' % n, message_id=f"m{n}", properties=props)
 
 
+async def two_consumers(
+    make_bus: MakeBus, source: Source, **settings: float
+) -> tuple[BoundedBus, BoundedBus]:
+    """Consumers ``a`` and ``b``, with the same ``settings``, of ``source``, which now exists."""
+    a, b = await make_bus("a", **settings), await make_bus("b", **settings)
+    await a.ensure(source)
+    return a, b
+
+
+async def held_by_a(
+    make_bus: MakeBus, lock_s: float, source: Source, target: Target
+) -> tuple[BoundedBus, BoundedBus, Delivery]:
+    """Consumers ``a`` and ``b`` with locks of ``lock_s``, and m1 published and now held by
+    ``a``: where every test of whose lock wins starts."""
+    a, b = await two_consumers(make_bus, source, lock_duration_s=lock_s)
+    await a.publish(target, [message(1)])
+    [held] = await a.receive(source, max_wait_s=2.0)
+    return a, b, held
+
+
 def ids(deliveries: Sequence[Delivery]) -> list[str]:
     return [d.message_id for d in deliveries]
 
@@ -267,9 +287,8 @@ class BusContract:
     async def test_queue_delivers_each_message_to_one_receiver(
         self, make_bus: MakeBus, name: str
     ) -> None:
-        a, b = await make_bus("a"), await make_bus("b")
         queue = Queue(name)
-        await a.ensure(queue)
+        a, b = await two_consumers(make_bus, queue)
         await a.publish(queue, [message(n) for n in range(20)])
 
         got: dict[str, list[Delivery]] = {"a": [], "b": []}
@@ -347,11 +366,7 @@ class BusContract:
     async def test_locked_message_is_invisible_until_lock_expires(
         self, make_bus: MakeBus, entity: Entity
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.TAKEOVER_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.TAKEOVER_LOCK_S)
-        await a.ensure(entity.source)
-        await a.publish(entity.target, [message(1)])
-        [first] = await a.receive(entity.source, max_wait_s=2.0)
+        _, b, first = await held_by_a(make_bus, self.TAKEOVER_LOCK_S, entity.source, entity.target)
 
         assert await b.receive(entity.source, max_wait_s=0.1) == []
         [again] = await b.receive(entity.source, max_wait_s=self.TAKEOVER_LOCK_S + 3.0)
@@ -365,12 +380,8 @@ class BusContract:
     async def test_settling_after_lock_lost_raises_lock_lost(
         self, make_bus: MakeBus, name: str, action: str
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.SHORT_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.SHORT_LOCK_S)
         queue = Queue(name)
-        await a.ensure(queue)
-        await a.publish(queue, [message(1)])
-        [stale] = await a.receive(queue, max_wait_s=2.0)
+        a, b, stale = await held_by_a(make_bus, self.SHORT_LOCK_S, queue, queue)
         [taken] = await b.receive(queue, max_wait_s=self.SHORT_LOCK_S + 3.0)
 
         settle: Callable[[], Awaitable[None]] = {
@@ -391,12 +402,8 @@ class BusContract:
     async def test_complete_settles_the_rest_and_names_only_lost_messages(
         self, make_bus: MakeBus, name: str
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.TAKEOVER_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.TAKEOVER_LOCK_S)
         queue = Queue(name)
-        await a.ensure(queue)
-        await a.publish(queue, [message(1)])
-        [stale] = await a.receive(queue, max_wait_s=2.0)
+        a, b, stale = await held_by_a(make_bus, self.TAKEOVER_LOCK_S, queue, queue)
         await a.publish(queue, [message(2)])
         await asyncio.sleep(self.TAKEOVER_LOCK_S * 1.5)  # m1's lock has run out
         [taken] = await b.receive(queue, max_messages=1, max_wait_s=2.0)
@@ -428,12 +435,8 @@ class BusContract:
     async def test_renew_locks_keeps_message_invisible_past_the_lock(
         self, make_bus: MakeBus, name: str
     ) -> None:
-        a = await make_bus("a", lock_duration_s=self.SHORT_LOCK_S)
-        b = await make_bus("b", lock_duration_s=self.SHORT_LOCK_S)
         queue = Queue(name)
-        await a.ensure(queue)
-        await a.publish(queue, [message(1)])
-        [held] = await a.receive(queue, max_wait_s=2.0)
+        a, b, held = await held_by_a(make_bus, self.SHORT_LOCK_S, queue, queue)
 
         for _ in range(3):  # 3 × 0.6 of the lock: well past the original lock's end
             await asyncio.sleep(self.SHORT_LOCK_S * 0.6)
@@ -597,9 +600,8 @@ class BusContract:
     async def test_receive_wakes_for_a_message_published_while_waiting(
         self, make_bus: MakeBus, name: str
     ) -> None:
-        receiver, publisher = await make_bus("a"), await make_bus("b")
         queue = Queue(name)
-        await receiver.ensure(queue)
+        receiver, publisher = await two_consumers(make_bus, queue)
 
         async def publish_soon() -> None:
             await asyncio.sleep(0.2)

@@ -84,6 +84,14 @@ async def receive_all(bus: RedisStreamsBus, source: Queue, *, want: int) -> list
     return got
 
 
+async def take_m1(bus: RedisStreamsBus, queue: Queue) -> Delivery:
+    """Publish m1 to ``queue`` and receive it: the delivery a test then settles, dead-letters
+    or forges."""
+    await bus.publish(queue, [message(1)])
+    [got] = await bus.receive(queue, max_messages=1, max_wait_s=1.0)
+    return got
+
+
 # ------------------------------------------------------------------------------------------
 # Durability
 
@@ -265,8 +273,7 @@ async def test_stale_delivery_cannot_settle_its_redelivery_in_the_same_process(
     bus = RedisStreamsBus(redis_client, consumer="only", lock_duration_s=0.3)
     queue = Queue("upload.prod")
     async with asyncio.timeout(10):
-        await bus.publish(queue, [message(1)])
-        [stale] = await bus.receive(queue, max_messages=1, max_wait_s=1.0)
+        stale = await take_m1(bus, queue)
         [again] = await bus.receive(queue, max_messages=1, max_wait_s=3.0)
         assert again.delivery_count == 2
         with pytest.raises(LockLost):
@@ -312,8 +319,7 @@ async def test_replay_skips_letters_already_replayed(redis_client: Redis) -> Non
     bus = RedisStreamsBus(redis_client, consumer="a")
     queue = Queue("upload.prod")
     async with asyncio.timeout(10):
-        await bus.publish(queue, [message(1)])
-        [got] = await bus.receive(queue, max_messages=1, max_wait_s=1.0)
+        got = await take_m1(bus, queue)
         await bus.dead_letter(queue, got, reason="r", description="d")
         letters = await bus.dead_letters(queue)
         assert await bus.replay(queue, letters) == 1
@@ -449,8 +455,7 @@ async def test_foreign_lock_token_is_a_programming_error(redis_client: Redis) ->
     bus = RedisStreamsBus(redis_client, consumer="a")
     queue = Queue("upload.prod")
     async with asyncio.timeout(5):
-        await bus.publish(queue, [message(1)])
-        [got] = await bus.receive(queue, max_messages=1, max_wait_s=1.0)
+        got = await take_m1(bus, queue)
     forged = Delivery(
         got.body, got.message_id, got.properties, 1, got.enqueued_at, lock_token="not-a-token"
     )
