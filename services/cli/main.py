@@ -125,9 +125,9 @@ def explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from services.cli import explain as explain_
+    from services.fetcher.main import mati_client
     from shared.adapters.destination_state import DestinationState
     from shared.adapters.feed_state import FeedState
-    from shared.adapters.mati_client import MatiClient
 
     try:
         query = explain_.read_query(args.indicator)
@@ -142,14 +142,7 @@ def explain(args: argparse.Namespace) -> int:
         async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
             if rt.http is None or not settings.mati_api_key or not settings.mati_api_secret:
                 raise RuntimeError("explain needs an HTTP session and MATI credentials")
-            mati = MatiClient(
-                rt.http,
-                base_url=settings.mati_base_url,
-                api_key=settings.mati_api_key,
-                api_secret=settings.mati_api_secret,
-                requests_per_second=settings.mati_requests_per_second,
-                max_wait_s=30.0,
-            )
+            mati = mati_client(rt.http, settings, max_wait_s=30.0)
             facts = await explain_.gather(
                 query,
                 settings=settings,

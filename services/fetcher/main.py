@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 import time
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
+
+from aiohttp import ClientSession
 
 from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import Fetcher, Outcome, SyncSummary, new_run_id
@@ -22,7 +24,7 @@ from services.runtime import Runtime, run_service
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
 from shared.core.errors import ConfigError
-from shared.core.settings import Service
+from shared.core.settings import Service, Settings
 from shared.core.timing import UtcClock, sleep_unless_stopped, utc_now
 from shared.telemetry import logs
 
@@ -36,22 +38,29 @@ LEASE_WAIT_S: Final = 120.0
 LEASE_POLL_S: Final = 2.0
 
 
+def mati_client(http: ClientSession, settings: Settings, **options: Any) -> MatiClient:
+    """MATI as the fetcher's settings reach it; ``explain`` asks MATI through this too, so it
+    sees the indicator at the URL, with the credentials and pace a sync would use.
+    ``options`` are the client's other keyword arguments."""
+    if not settings.mati_api_key or not settings.mati_api_secret:
+        raise ConfigError(["MATI_API_KEY and MATI_API_SECRET are required by the fetcher"])
+    return MatiClient(
+        http,
+        base_url=settings.mati_base_url,
+        api_key=settings.mati_api_key,
+        api_secret=settings.mati_api_secret,
+        requests_per_second=settings.mati_requests_per_second,
+        **options,
+    )
+
+
 def build(runtime: Runtime, *, clock: UtcClock = utc_now) -> Fetcher:
     """The fetcher over the runtime's connections and settings."""
     settings = runtime.settings
     if runtime.http is None:
         raise RuntimeError("the fetcher needs the runtime's HTTP session (http=True)")
-    if not settings.mati_api_key or not settings.mati_api_secret:
-        raise ConfigError(["MATI_API_KEY and MATI_API_SECRET are required by the fetcher"])
-    client = MatiClient(
-        runtime.http,
-        base_url=settings.mati_base_url,
-        api_key=settings.mati_api_key,
-        api_secret=settings.mati_api_secret,
-        requests_per_second=settings.mati_requests_per_second,
-    )
     return Fetcher(
-        client=client,
+        client=mati_client(runtime.http, settings),
         bus=runtime.bus,
         feed=FeedState(runtime.redis),
         lease=FetcherLease(runtime.redis, owner=runtime.consumer),
