@@ -24,14 +24,13 @@ from typing import ClassVar, TypeVar
 
 import pytest
 
+from shared.contract import bus as contract
 from shared.contract.bus import (
-    MAX_DELIVERY_REASON,
     Bus,
     DeadLetter,
     Delivery,
     EntityCounts,
     Message,
-    Peeked,
     Queue,
     Source,
     Subscription,
@@ -116,7 +115,7 @@ class BoundedBus:
     async def replay(self, source: Source, dead_letters: Sequence[DeadLetter]) -> int:
         return await self._bounded(self.inner.replay(source, dead_letters), "replay")
 
-    async def peek(self, source: Source, *, limit: int = 100) -> list[Peeked]:
+    async def peek(self, source: Source, *, limit: int = 100) -> list[contract.Peeked]:
         return await self._bounded(self.inner.peek(source, limit=limit), "peek")
 
     async def ping(self) -> None:
@@ -486,7 +485,7 @@ class BusContract:
 
         assert await bus.receive(entity.source, max_wait_s=0.3) == []
         [letter] = await bus.dead_letters(entity.source)
-        assert letter.reason == MAX_DELIVERY_REASON
+        assert letter.reason == contract.MAX_DELIVERY_REASON
         assert letter.message_id == "m1"
         assert letter.delivery_count >= 2
         assert (await bus.counts(entity.source)).dead_letter == 1
@@ -503,7 +502,7 @@ class BusContract:
 
         assert await bus.receive(queue, max_wait_s=0.2) == []
         [letter] = await bus.dead_letters(queue)
-        assert letter.reason == MAX_DELIVERY_REASON
+        assert letter.reason == contract.MAX_DELIVERY_REASON
 
     async def test_replay_puts_dead_letters_back_and_empties_the_dlq(
         self, bus: BoundedBus, entity: Entity
