@@ -18,7 +18,7 @@ from typing import IO
 
 from services.cli.redis_server import LocalRedis
 from shared.core.errors import ConfigError
-from shared.telemetry.logs import get_logger
+from shared.core.events import get_logger
 
 log = get_logger(__name__)
 

@@ -16,11 +16,11 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from shared.contract.bus import Delivery
 from shared.contract.messages import UploadRequest
+from shared.core.events import get_logger
 from shared.core.filters import DropReason, FilterPolicy, evaluate
 from shared.core.fingerprint import refresh_after_for
 from shared.core.parsing import Rejection, parse_indicator, parse_json
 from shared.core.stix import Draft, StixPolicy
-from shared.telemetry.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -14,9 +14,9 @@ from services.runtime import Runtime, lanes_for, run_service
 from shared.adapters.destination_state import DestinationState
 from shared.contract.messages import subscription, upload_queue
 from shared.core.errors import TransientError
+from shared.core.events import get_logger
 from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.settings import Service
-from shared.telemetry.logs import get_logger
 
 log = get_logger(__name__)
 _JITTER = random.Random()  # noqa: S311 - back-off jitter, not a secret

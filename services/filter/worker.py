@@ -58,12 +58,12 @@ from shared.contract.messages import (
     upload_queue,
 )
 from shared.core.errors import LockLost, TransientError
+from shared.core.events import get_logger
 from shared.core.fingerprint import SeenEntry, decide
 from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.source_tag import Shortcut, predicted_ids
 from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import tracing
-from shared.telemetry.logs import get_logger
 
 __all__ = ["FILTER_ERROR", "INVALID_RECORD", "BatchOutcome", "FilterWorker"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import logging
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -26,9 +25,10 @@ from shared.adapters.state_redis import (
     to_ms,
     translated,
 )
+from shared.core.events import get_logger
 from shared.core.fingerprint import SeenEntry
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: How long a ``claim`` call's answer is kept for a resend of that very call (``CLAIM``). A
 #: resend is the client's own retry after a dropped connection or a timeout: within its
@@ -211,7 +211,7 @@ class DestinationState:
         try:
             parsed = CircuitState(as_text(state)) if state is not None else CircuitState.CLOSED
         except ValueError:
-            logger.warning("ignoring an unreadable circuit state in %s", self.circuit_key)
+            log.warning("state.circuit_unreadable", key=self.circuit_key)
             return CircuitState.CLOSED, "", None
         try:
             when = None if since is None else from_ms(int(as_text(since)))

@@ -3,7 +3,6 @@ feed (checkpoint, last run, counters). Keys: ``shared.adapters.state_redis``."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,8 +22,9 @@ from shared.adapters.state_redis import (
     to_ms,
     translated,
 )
+from shared.core.events import get_logger
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ class FeedState:
             )
         except (KeyError, ValueError, OverflowError):
             if fields:
-                logger.warning("ignoring an unreadable checkpoint in %s", self.checkpoint_key)
+                log.warning("state.checkpoint_unreadable", key=self.checkpoint_key)
             return None
 
     async def advance(

@@ -69,7 +69,6 @@ Requires Redis ≥ 6.2 (``XPENDING … IDLE``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
@@ -104,8 +103,9 @@ from shared.contract.bus import (
     Target,
 )
 from shared.core.errors import BusRefused, BusUnavailable, LockLost
+from shared.core.events import get_logger
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Either client works: every script stays inside one hash slot.
 RedisClient: TypeAlias = "Redis | RedisCluster"
@@ -251,11 +251,9 @@ class RedisStreamsBus:
             if NAME.fullmatch(name):
                 sources.append(Subscription(target.name, name))
             else:
-                logger.warning("ignoring a malformed subscription name in %s", registry)
+                log.warning("bus.subscription_name_malformed", registry=registry)
         if not sources:
-            logger.debug(
-                "topic %s has no subscription: %d messages dropped", target.name, len(messages)
-            )
+            log.debug("bus.no_subscription", topic=target.name, dropped=len(messages))
             return
         results = await asyncio.gather(
             *(self._publish_to(self.keys(source), encoded) for source in sources),
@@ -395,11 +393,11 @@ class RedisStreamsBus:
         args += [self.max_delivery_count, MAX_DELIVERY_REASON]
         entries, dead = await self._reclaim(keys=[keys.stream, keys.dead_letter], args=args)
         if dead:
-            logger.warning(
-                "dead-lettered %d messages of %s delivered more than %d times",
-                int(dead),
-                keys.stream,
-                self.max_delivery_count,
+            log.warning(
+                "bus.max_deliveries_dead_lettered",
+                messages=int(dead),
+                stream=keys.stream,
+                max_delivery_count=self.max_delivery_count,
             )
         return codec.deliveries((raw_id, int(times), fields) for raw_id, times, fields in entries)
 

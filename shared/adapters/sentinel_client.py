@@ -40,7 +40,6 @@ Nothing secret (the bearer token) ever reaches an exception message or a log lin
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from shared.core.errors import (
     TlsVerificationFailed,
     UpstreamUnavailable,
 )
+from shared.core.events import get_logger
 from shared.core.stix import MAX_OBJECTS_PER_REQUEST, SentinelApi, check_source_system, upload_body
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
     "UploadResult",
 ]
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Objects per request, both APIs (§1.4, §2.3).
 MAX_OBJECTS: Final = MAX_OBJECTS_PER_REQUEST
@@ -141,7 +141,7 @@ def _observed(seconds: float, outcome: str, extra: RequestObserver | None) -> No
         try:
             observer(seconds, outcome)
         except Exception:  # telemetry must not break the pipeline
-            logger.exception("a request observer failed")
+            log.exception("sentinel.observer_failed")
 
 
 class Tokens(Protocol):
@@ -245,7 +245,7 @@ class SentinelClient:
         token = await self._tokens.token(self._scope)
         status, payload, headers = await self._post(body, token)
         if status in _AUTH_STATUSES:
-            logger.info("Sentinel answered %d; retrying once with a new token", status)
+            log.info("sentinel.token_refused", status=status)
             token = await self._tokens.refresh(self._scope)
             status, payload, headers = await self._post(body, token)
             if status in _AUTH_STATUSES:

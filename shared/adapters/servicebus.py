@@ -47,7 +47,6 @@ detection and dead-letter sub-queues are entity features, so this module mostly 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,8 +77,9 @@ from shared.contract.bus import (
     Topic,
 )
 from shared.core.errors import BusUnavailable, LockLost
+from shared.core.events import get_logger
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The SDK refuses a zero wait; a receive asked not to wait polls this long.
 MIN_WAIT_S: Final = 0.05
@@ -262,7 +262,7 @@ class ServiceBusBus:
         enqueued = [m.enqueued_time_utc for m in active if m.enqueued_time_utc]
         oldest = (now - min(enqueued)).total_seconds() if enqueued else None
         if len(active) >= self.count_limit or len(dead) >= self.count_limit:
-            logger.warning("counts of %s stop at %d messages", describe(source), self.count_limit)
+            log.warning("bus.counts_capped", entity=describe(source), limit=self.count_limit)
         return EntityCounts(
             depth=len(active) - in_flight,
             in_flight=in_flight,
@@ -321,7 +321,7 @@ class ServiceBusBus:
                 try:
                     await self._links.call(source, "replay", receiver.abandon_message(message))
                 except (BusUnavailable, LockLost, ServiceBusError, MessageAlreadySettled):
-                    logger.warning("could not give back a dead letter of %s", describe(source))
+                    log.warning("bus.dead_letter_not_returned", entity=describe(source))
         return replayed
 
     async def ping(self) -> None:

@@ -14,7 +14,6 @@ SDK call passes, which bounds it in time and turns what it raises into the error
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -33,8 +32,9 @@ from azure.servicebus.exceptions import (
 
 from shared.contract.bus import Queue, Source, Subscription, Target, Topic
 from shared.core.errors import BusAccessDenied, BusEntityMissing, BusUnavailable
+from shared.core.events import get_logger
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -168,7 +168,7 @@ class Links:
         try:
             await self.bounded(handler.close(), "close")
         except (BusUnavailable, ServiceBusError) as exc:
-            logger.warning("closing a service bus link failed: %s", type(exc).__name__)
+            log.warning("bus.link_close_failed", error=type(exc).__name__)
 
 
 def describe(entity: Source | Target) -> str:

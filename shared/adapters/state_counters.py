@@ -7,15 +7,15 @@ to know metrics exist and Redis and /metrics can never disagree on a name.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
 from redis.commands.core import AsyncScript
 
 from shared.adapters.state_redis import RedisClient, as_text, run, translated
+from shared.core.events import get_logger
 
-logger = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Told of every count Redis has taken: ``(destination, counts)``, with ``""`` as the destination
 #: for the fetcher's feed counters.
@@ -41,7 +41,7 @@ def counted(destination: str, counts: Mapping[str, int]) -> None:
         try:
             observer(destination, counts)
         except Exception:  # telemetry must not break the pipeline
-            logger.exception("a count observer failed")
+            log.exception("state.observer_failed")
 
 
 async def count(script: AsyncScript, key: str, counts: Mapping[str, int]) -> None:
