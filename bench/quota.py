@@ -10,8 +10,8 @@ only start when request ``i`` leaves the window, so ``window / (t[i + LIMIT] - t
 share of the quota in use. It is measured over whole periods after the first (requests
 ``LIMIT .. LIMIT * (1 + periods)``), which is objects accepted per window ÷ (LIMIT × 100).
 
-The shared budget (``shared.adapters.state.RateBudget``) keeps a margin on top of the window (a
-tenth of it, at most 1 s), so the best it can do is ``window / (window + margin)``: 0.984 at
+The shared budget (``shared.adapters.rate_budget.RateBudget``) keeps a margin on top of the window
+(a tenth of it, at most 1 s), so the best it can do is ``window / (window + margin)``: 0.984 at
 Sentinel's real 60 s. That is why the window is shortened only to 30 s by default (best
 0.968) and not to a few seconds, where the margin would cost more than the target allows.
 """

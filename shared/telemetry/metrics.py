@@ -4,12 +4,13 @@ Where the numbers come from
 ===========================
 
 - **Counters** mirror the outcome counters every service already keeps in Redis
-  (``FeedState.count`` / ``DestinationState.count``): ``shared.adapters.state.observe_counts`` tells
-  us of every count Redis took, and ``counter_for`` maps its name to an instrument and a label
-  (``dropped_low_confidence`` -> ``mati2sentinel_indicators_dropped{reason="low_confidence"}``).
-  The mapping is total: a name nobody listed lands in ``mati2sentinel_events{event=...}``, so
-  a new count is never lost, only less well named. Services need no metrics code at all, and
-  ``status`` (Redis) and /metrics (this process since it started) use the same names.
+  (``FeedState.count`` / ``DestinationState.count``):
+  ``shared.adapters.state_counters.observe_counts`` tells us of every count Redis took, and
+  ``counter_for`` maps its name to an instrument and a label (``dropped_low_confidence`` ->
+  ``mati2sentinel_indicators_dropped{reason="low_confidence"}``). The mapping is total: a name
+  nobody listed lands in ``mati2sentinel_events{event=...}``, so a new count is never lost, only
+  less well named. Services need no metrics code at all, and ``status`` (Redis) and /metrics (this
+  process since it started) use the same names.
 - **Gauges** (queue depth and oldest message, checkpoint age, circuit, rate budget) are read
   from Redis and the bus into a cache the instruments' callbacks return (shared.telemetry.gauges);
   each service reports only what it owns.
@@ -279,8 +280,8 @@ class Metrics:
                     self._counter(family).add(0, {**attributes, label: value})
 
     def counted(self, destination: str, counts: Mapping[str, int]) -> None:
-        """Mirror counts Redis took (``shared.adapters.state.observe_counts``); the feed's come with
-        ``""`` and are labelled with this process's destination."""
+        """Mirror counts Redis took (``shared.adapters.state_counters.observe_counts``); the
+        feed's come with ``""`` and are labelled with this process's destination."""
         for name, amount in counts.items():
             if amount <= 0:
                 continue
