@@ -182,32 +182,35 @@ class MatiClient:
         url = f"{self._base}/v4/indicator"
 
         async def attempt() -> RawPage | None:
-            # Per attempt, not per page: the loop continues only on a 401/403, so the flag
-            # covers one run of consecutive refusals. Any other outcome returns or raises, and
-            # a retried failure starts a fresh attempt that may re-authenticate again.
-            reauthed = False
-            while True:
-                token = await self._bearer()
-                headers = {
-                    "Authorization": f"Bearer {token}",
-                    "Accept": "application/json",
-                    "X-App-Name": self._app_name,
-                }
-                answer = await self._exchange("GET", url, params=params, headers=headers)
-                if answer.status in _AUTH_STATUSES:
-                    message = self._message(answer, token)
-                    if reauthed:
-                        raise AuthenticationFailed(
-                            f"MATI refused a fresh token (HTTP {answer.status}): {message}",
-                            status=answer.status,
-                        )
-                    reauthed = True
-                    log.info("mati.token_refused", status=answer.status)
-                    self._forget(token)
-                    continue
-                return self._read_page(answer, token, index=index, follow_up=follow_up)
+            answer, token = await self._get_authenticated(url, params)
+            return self._read_page(answer, token, index=index, follow_up=follow_up)
 
         return await self._with_retries(f"GET /v4/indicator (page {index})", attempt)
+
+    async def _get_authenticated(self, url: str, params: dict[str, str]) -> tuple[_Answer, str]:
+        """GET ``url`` with the bearer token; a 401/403 gets one fresh token and one more try,
+        a second refusal in a row is ``AuthenticationFailed``. Per attempt of the retry loop,
+        not per page: a retried failure starts afresh and may re-authenticate again."""
+        reauthed = False
+        while True:
+            token = await self._bearer()
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "X-App-Name": self._app_name,
+            }
+            answer = await self._exchange("GET", url, params=params, headers=headers)
+            if answer.status not in _AUTH_STATUSES:
+                return answer, token
+            message = self._message(answer, token)
+            if reauthed:
+                raise AuthenticationFailed(
+                    f"MATI refused a fresh token (HTTP {answer.status}): {message}",
+                    status=answer.status,
+                )
+            reauthed = True
+            log.info("mati.token_refused", status=answer.status)
+            self._forget(token)
 
     def _read_page(
         self, answer: _Answer, token: str, *, index: int, follow_up: bool
@@ -264,39 +267,21 @@ class MatiClient:
         params = IndicatorQuery(0, 0).include_params()
 
         async def attempt() -> dict[str, Any] | None:
-            reauthed = False  # one re-authentication per run of refusals, as in ``_page``
-            while True:
-                token = await self._bearer()
-                headers = {
-                    "Authorization": f"Bearer {token}",
-                    "Accept": "application/json",
-                    "X-App-Name": self._app_name,
-                }
-                answer = await self._exchange("GET", url, params=params, headers=headers)
-                if answer.status in _AUTH_STATUSES:
-                    if reauthed:
-                        raise AuthenticationFailed(
-                            f"MATI refused a fresh token (HTTP {answer.status}): "
-                            f"{self._message(answer, token)}",
-                            status=answer.status,
-                        )
-                    reauthed = True
-                    self._forget(token)
-                    continue
-                if (
-                    answer.status == 404
-                    or answer.status == 204
-                    or (answer.status == 200 and not answer.body.strip())
-                ):
-                    return None
-                if answer.status != 200:
-                    raise self._failure(answer, token, follow_up=False)
-                data = self._decode(answer)
-                if not isinstance(data, dict):
-                    raise MalformedResponse(
-                        f"MATI answered a JSON {type(data).__name__}, not an indicator object"
-                    )
-                return data
+            answer, token = await self._get_authenticated(url, params)
+            if (
+                answer.status == 404
+                or answer.status == 204
+                or (answer.status == 200 and not answer.body.strip())
+            ):
+                return None
+            if answer.status != 200:
+                raise self._failure(answer, token, follow_up=False)
+            data = self._decode(answer)
+            if not isinstance(data, dict):
+                raise MalformedResponse(
+                    f"MATI answered a JSON {type(data).__name__}, not an indicator object"
+                )
+            return data
 
         return await self._with_retries("GET /v4/indicator/{…}", attempt)
 
