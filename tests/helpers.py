@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from shared.telemetry.metrics import Metrics
+from tests.commands import CliResult
 
 # ---- polling -------------------------------------------------------------------------------
 
@@ -118,3 +119,17 @@ async def scrape(metrics: Metrics) -> Samples:
     body, content_type = await metrics.scrape()
     assert content_type.startswith("text/plain")
     return samples(body.decode())
+
+
+# ---- start-up failures ---------------------------------------------------------------------
+
+
+def assert_one_line(result: CliResult, *needles: str) -> str:
+    """A start-up failure as a user meets it: stated once, on stderr, with every needle in it,
+    and no traceback explaining it instead."""
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

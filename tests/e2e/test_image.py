@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import re
 import signal
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import yaml
 
@@ -45,7 +43,7 @@ from tests.e2e.pipeline_tools import (
     synced_and_drained,
 )
 from tests.helm_tools import CHART, helm_template, install_chart_tools
-from tests.helpers import wait_for
+from tests.helpers import assert_one_line, wait_for
 
 #: podman as this machine runs it: vfs storage (no overlay mounts), runc (crun refuses these
 #: cgroups), cgroupfs (no systemd), and ulimits within the machine's hard limits.
@@ -85,12 +83,6 @@ def image() -> str:
     if result.returncode != 0 or built is None:
         pytest.fail(f"make image failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return built[1]
-
-
-def podman(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PODMAN, *args], capture_output=True, text=True, check=False, timeout=timeout_s
-    )
 
 
 async def podman_captured(*args: str, timeout_s: float) -> CliResult:
@@ -289,7 +281,7 @@ class Host:
     async def aclose(self) -> None:
         for container in self.containers:
             if container.process.returncode is None:
-                await asyncio.to_thread(podman, "rm", "--force", "--time", "0", container.name)
+                await podman_captured("rm", "--force", "--time", "0", container.name, timeout_s=120)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(container.process.wait(), 60)
 
@@ -306,16 +298,6 @@ async def host_of(image: str, pipeline: Pipeline, tmp_path: Path) -> AsyncIterat
 @pytest.fixture(scope="module", autouse=True)
 def _chart_tools() -> None:
     install_chart_tools()
-
-
-def one_line(result: CliResult, *needles: str) -> str:
-    """A start-up failure: one line on stderr holding every needle, and no traceback."""
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def secrets_of(pipeline: Pipeline) -> Iterator[str]:
@@ -336,16 +318,17 @@ def proc_ids(pid: int) -> tuple[str, str]:
 # ---- the tests -----------------------------------------------------------------------------
 
 
-def test_the_image_offers_exactly_the_commands_tested_here(image: str) -> None:
-    result = podman("run", "--rm", *LIMITS, "--network", "none", image, "mati2sentinel", "--help")
-    assert result.returncode == 0, result.stderr
+async def test_the_image_offers_exactly_the_commands_tested_here(image: str) -> None:
+    offline = ("run", "--rm", *LIMITS, "--network", "none", image)
+    result = await podman_captured(*offline, "mati2sentinel", "--help", timeout_s=120)
+    assert result.code == 0, result.stderr
     help_text = result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]
     offered = set(re.findall(r"^    ([a-z][a-z-]*)", help_text, re.MULTILINE))
     assert offered == set(OFFERED), offered ^ set(OFFERED)
     # The development tree stays out of the image: no simulators, no tests, no dev tools.
     probe = "import importlib.util as u; print([m for m in ('simulators', 'tests', 'pytest', 'trustme') if u.find_spec(m)])"  # noqa: E501
-    result = podman("run", "--rm", *LIMITS, "--network", "none", image, "python", "-c", probe)
-    assert result.returncode == 0, result.stderr
+    result = await podman_captured(*offline, "python", "-c", probe, timeout_s=120)
+    assert result.code == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
@@ -364,8 +347,10 @@ async def test_chart_pods_deliver_a_sync_and_drain_on_sigterm(
         for component, container in started.items():
             await host.ready(container)
             # The service itself runs as the chart's user, on a read-only root filesystem.
-            inspect = podman("inspect", "--format", "json", container.name)
-            (state,) = orjson.loads(inspect.stdout)
+            inspect = await podman_captured(
+                "inspect", "--format", "json", container.name, timeout_s=60
+            )
+            (state,) = inspect.json()
             assert state["HostConfig"]["ReadonlyRootfs"] is True
             assert proc_ids(state["State"]["Pid"]) == ("10001", "10001"), component
             # Only the chart's /tmp takes a write.
@@ -433,7 +418,7 @@ async def test_run_local_in_the_image(
             spec, "mati2sentinel", "run-local", label="no-redis", env=env, unset=["REDIS_URL"]
         )
         assert refused.code == 2, refused.output
-        one_line(refused, "mati2sentinel run-local:", "no redis-server", "REDIS_URL")
+        assert_one_line(refused, "mati2sentinel run-local:", "no redis-server", "REDIS_URL")
 
         local = await host.start(
             spec, label="run-local", command=("mati2sentinel", "run-local"), env=env
@@ -474,7 +459,7 @@ async def test_cli_services_start_and_fail_in_one_line(
             env={"HEALTH_PORT": str(taken)},
         )
         assert clash.code == 2, clash.output
-        one_line(clash, "HEALTH_PORT", str(taken))
+        assert_one_line(clash, "HEALTH_PORT", str(taken))
 
         bad = await host.run(
             pods["uploader"],

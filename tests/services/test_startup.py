@@ -12,7 +12,8 @@ import pytest
 
 from services.cli.redis_server import LocalRedis, free_port
 from shared.core.settings import DEFAULT_HEALTH_PORTS, Service
-from tests.commands import CliResult, run_bare, run_command
+from tests.commands import run_bare, run_command
+from tests.helpers import assert_one_line
 from tests.servicebus_peer import FakeServiceBus
 
 #: Valid settings for every service, pointing nowhere that matters: each test breaks one thing.
@@ -25,16 +26,6 @@ CREDENTIALS: Mapping[str, str] = {
     "AZURE_CLIENT_SECRET": "start-up-client-secret",
     "LOG_FORMAT": "json",
 }
-
-
-def assert_one_line(run: CliResult, *needles: str) -> str:
-    """The failure is stated once, on stderr, with every needle in it; nothing else explains."""
-    assert "Traceback" not in run.output, run.output
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
