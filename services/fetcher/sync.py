@@ -113,39 +113,33 @@ class _Progress:
         )  # fmt: skip
 
 
+@dataclass(kw_only=True, eq=False)
 class Fetcher:
     """Runs syncs with injected parts; one per process, reused for every sync."""
 
-    def __init__(
-        self,
-        *,
-        client: MatiClient,
-        bus: Bus,
-        feed: FeedState,
-        lease: FetcherLease,
-        config: FetcherConfig,
-        clock: UtcClock = utc_now,
-    ) -> None:
-        self._client = client
-        self._bus = bus
-        self._feed = feed
-        self._lease = lease
-        self._config = config
-        self._clock = clock
-        self._system = tracing.messaging_system(bus)
+    client: MatiClient
+    bus: Bus
+    feed: FeedState
+    lease: FetcherLease
+    config: FetcherConfig
+    clock: UtcClock = utc_now
+    _system: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._system = tracing.messaging_system(self.bus)
 
     async def sync(self, run_id: str, stop: asyncio.Event) -> SyncSummary:
         """One sync of the window since the checkpoint; never raises for a pipeline error."""
-        progress = _Progress(run_id, self._clock())
+        progress = _Progress(run_id, self.clock())
         with logs.bind(run_id=run_id):
             try:
-                held = await self._lease.acquire()
+                held = await self.lease.acquire()
             except PipelineError as exc:
                 log.error("fetch.lease_unavailable", error=_describe(exc))
                 return await self._finish(progress, Outcome.FAILED, exc)
             if not held:
                 await self._stand_by()
-                return progress.summary(Outcome.STANDBY, None, self._clock())
+                return progress.summary(Outcome.STANDBY, None, self.clock())
             heartbeat = asyncio.create_task(self._keep_lease(progress.lease_lost))
             try:
                 outcome, error = await self._run(stop, progress)
@@ -165,13 +159,13 @@ class Fetcher:
             return Outcome.STOPPED, None
         try:
             # A topic publish reaches only subscriptions that exist: make ours exist first.
-            await self._bus.ensure(subscription(self._config.destination))
-            checkpoint = await self._feed.checkpoint()
-            end = self._clock()
+            await self.bus.ensure(subscription(self.config.destination))
+            checkpoint = await self.feed.checkpoint()
+            end = self.clock()
             if checkpoint is None:
-                start, origin = end - self._config.initial_lookback, "initial_lookback"
+                start, origin = end - self.config.initial_lookback, "initial_lookback"
             else:
-                start, origin = checkpoint.last_updated - self._config.overlap, "checkpoint"
+                start, origin = checkpoint.last_updated - self.config.overlap, "checkpoint"
                 progress.checkpoint = checkpoint.last_updated
             start = self._clamped(start, end, origin)
             progress.window_start, progress.window_end = start, end
@@ -180,7 +174,7 @@ class Fetcher:
                 window_start=start,
                 window_end=end,
                 origin=origin,
-                destination=self._config.destination,
+                destination=self.config.destination,
             )
             return await self._window(start, end, stop, progress), None
         except PipelineError as exc:
@@ -197,25 +191,25 @@ class Fetcher:
                 return await self._pages(self._query(start, end), stop, progress)
             except PagingInterrupted as exc:
                 in_a_row = 0 if progress.pages > pages_before else in_a_row + 1
-                if in_a_row > self._config.max_restarts:
+                if in_a_row > self.config.max_restarts:
                     raise
                 progress.restarts += 1
-                checkpoint = await self._feed.checkpoint()
+                checkpoint = await self.feed.checkpoint()
                 if checkpoint is not None:
-                    start = max(start, checkpoint.last_updated - self._config.overlap)
+                    start = max(start, checkpoint.last_updated - self.config.overlap)
                 start = self._clamped(start, end, "restart")
-                await self._feed.count({"cursor_restarts": 1})
+                await self.feed.count({"cursor_restarts": 1})
                 log.warning(
                     "fetch.window_restarted", reason=str(exc), window_start=start, in_a_row=in_a_row
                 )
 
     def _query(self, start: datetime, end: datetime) -> IndicatorQuery:
-        push_down = PushDown.of(self._config)
+        push_down = PushDown.of(self.config)
         return IndicatorQuery(
             start_epoch=math.floor(start.timestamp()),
             # Rounded up: a record stamped within the current second is inside the window.
             end_epoch=math.ceil(end.timestamp()),
-            limit=self._config.page_size,
+            limit=self.config.page_size,
             gte_mscore=push_down.gte_mscore,
             exclude_osint=push_down.exclude_osint,
             sort_by="last_updated:asc",
@@ -223,7 +217,7 @@ class Fetcher:
 
     def _clamped(self, start: datetime, end: datetime, origin: str) -> datetime:
         """``start`` kept within what MATI serves (and not after ``end``)."""
-        oldest = self._clock() - MATI_RETENTION + RETENTION_MARGIN
+        oldest = self.clock() - MATI_RETENTION + RETENTION_MARGIN
         if start < oldest:
             # Only a checkpoint older than 90 days gets here (INITIAL_LOOKBACK is at most 90):
             # what changed before ``oldest`` can no longer be fetched, so say so loudly.
@@ -240,7 +234,7 @@ class Fetcher:
         self, query: IndicatorQuery, stop: asyncio.Event, progress: _Progress
     ) -> Outcome:
         limit = datetime.fromtimestamp(query.end_epoch, UTC)
-        pages = self._client.pages(query)
+        pages = self.client.pages(query)
         async with _closing(pages):
             while True:
                 asked = time.time_ns()
@@ -258,7 +252,7 @@ class Fetcher:
                         "mati.page.records": len(page.indicators),
                         "mati.page.bytes": page.size_bytes,
                         "mati2sentinel.run_id": progress.run_id,
-                        "mati2sentinel.destination": self._config.destination,
+                        "mati2sentinel.destination": self.config.destination,
                     },
                     root=True,
                     start_time=asked,
@@ -266,8 +260,8 @@ class Fetcher:
                     await self._publish(page, limit, progress)
                 if stop.is_set():
                     return Outcome.STOPPED
-                if progress.lease_lost.is_set() or not await self._lease.renew():
-                    log.warning("fetch.lease_lost", owner=self._lease.owner)
+                if progress.lease_lost.is_set() or not await self.lease.renew():
+                    log.warning("fetch.lease_lost", owner=self.lease.owner)
                     return Outcome.LEASE_LOST
 
     async def _publish(self, page: RawPage, limit: datetime, progress: _Progress) -> None:
@@ -276,16 +270,16 @@ class Fetcher:
         page_trace = tracing.inject({})  # every record carries the page's context
         messages = [raw_message(r, run_id=run_id, trace=page_trace) for r in records]
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
-            await self._bus.publish(INDICATORS, messages)
+            await self.bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)
         if newest is not None:
-            await self._feed.advance(newest, run_id)
+            await self.feed.advance(newest, run_id)
             if progress.checkpoint is None or newest > progress.checkpoint:
                 progress.checkpoint = newest
         progress.pages += 1
         progress.fetched += len(records)
         progress.published += len(records)
-        await self._feed.count(
+        await self.feed.count(
             {
                 "pages": 1,
                 "fetched": len(records),
@@ -310,11 +304,11 @@ class Fetcher:
     async def _keep_lease(self, lost: asyncio.Event) -> None:
         """Renew every third of the lease's life, so a page waiting out MATI's back-off does
         not lose it; ``lost`` tells the page loop to stop."""
-        interval = self._lease.ttl_ms / 3000
+        interval = self.lease.ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
             try:
-                held = await self._lease.renew()
+                held = await self.lease.renew()
             except PipelineError as exc:
                 log.warning("fetch.lease_renew_failed", error=_describe(exc))
                 continue
@@ -326,30 +320,30 @@ class Fetcher:
         """Let the next sync (ours on schedule, or ``sync --once``) start without waiting for
         the lease to expire; if Redis is down the lease just expires."""
         try:
-            await self._lease.release()
+            await self.lease.release()
         except PipelineError as exc:
             log.warning("fetch.lease_release_failed", error=_describe(exc))
 
     async def _stand_by(self) -> None:
         holder: str | None = None
         with contextlib.suppress(PipelineError):
-            holder = await self._lease.holder()
-        log.info("fetch.standby", holder=holder, owner=self._lease.owner)
+            holder = await self.lease.holder()
+        log.info("fetch.standby", holder=holder, owner=self.lease.owner)
         with contextlib.suppress(PipelineError):
-            await self._feed.count({"sync_standby": 1})
+            await self.feed.count({"sync_standby": 1})
 
     # ---- the end -----------------------------------------------------------------------
 
     async def _finish(
         self, progress: _Progress, outcome: Outcome, error: PipelineError | None
     ) -> SyncSummary:
-        summary = progress.summary(outcome, error, self._clock())
+        summary = progress.summary(outcome, error, self.clock())
         if error is not None:
             fatal = isinstance(error, FatalError)  # an operator must act (credentials, TLS)
             (log.error if fatal else log.warning)("fetch.sync_failed", error=summary.error)
         try:
-            await self._feed.record_run(summary.to_record())
-            await self._feed.count({f"sync_{outcome.value}": 1})
+            await self.feed.record_run(summary.to_record())
+            await self.feed.count({f"sync_{outcome.value}": 1})
         except PipelineError as exc:
             log.warning("fetch.record_run_failed", error=_describe(exc))
         line = summary.to_record()

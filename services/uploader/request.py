@@ -22,7 +22,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -78,32 +78,25 @@ class Refusal:
 Answer = Accepted | Refusal
 
 
+@dataclass(eq=False)
 class Requester:
     """Sends the requests of one uploader replica; counts go to the replica's ``tally``."""
 
-    def __init__(
-        self,
-        client: Uploads,
-        budget: RateBudget,
-        circuit: Circuit,
-        waits: Waits,
-        tally: Counter[str],
-        config: UploaderConfig,
-        *,
-        clock: UtcClock,
-        rng: random.Random,
-    ) -> None:
-        self._client = client
-        self._budget = budget
-        self._circuit = circuit
-        self._waits = waits
-        self._tally = tally
-        self._retry = config.retry
-        self._clock = clock
-        self._rng = rng
-        self._attributes: dict[str, str | int] = {
-            "mati2sentinel.destination": config.destination,
-            "messaging.destination.name": upload_queue(config.destination).name,
+    client: Uploads
+    budget: RateBudget
+    circuit: Circuit
+    waits: Waits
+    tally: Counter[str]
+    config: UploaderConfig
+    _: KW_ONLY
+    clock: UtcClock
+    rng: random.Random
+    _attributes: dict[str, str | int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._attributes = {
+            "mati2sentinel.destination": self.config.destination,
+            "messaging.destination.name": upload_queue(self.config.destination).name,
         }
 
     async def request(self, items: list[Item], held: HeldBatch) -> Answer | None:
@@ -115,28 +108,28 @@ class Requester:
             items = [item for item in items if held.holds(item.delivery)]
             if not items:
                 return None
-            waited = await self._waits.acquire(held)
+            waited = await self.waits.acquire(held)
             if waited is None:
                 await held.abandon("stopping")
                 return None
-            stamp = UploadTime(self._clock())
+            stamp = UploadTime(self.clock())
             built = [item.build(stamp) for item in items]
-            self._tally["requests"] += 1
+            self.tally["requests"] += 1
             try:
                 with self._span(items, held):
-                    result = await self._client.upload([obj for obj, _ in built])
+                    result = await self.client.upload([obj for obj, _ in built])
             except RateLimited as exc:
-                in_force = await self._budget.pause(exc.retry_after_s)
-                self._tally["throttled"] += 1
-                self._tally["throttle_wait_seconds"] += math.ceil(exc.retry_after_s)
+                in_force = await self.budget.pause(exc.retry_after_s)
+                self.tally["throttled"] += 1
+                self.tally["throttle_wait_seconds"] += math.ceil(exc.retry_after_s)
                 self._log(items, "throttled", waited, retry_after_s=in_force)
                 continue
             except _RETRIED_ERRORS as exc:
                 failures += 1
-                wait = self._retry.jittered(failures, self._rng)
-                self._tally["retried"] += 1
+                wait = self.config.retry.jittered(failures, self.rng)
+                self.tally["retried"] += 1
                 self._log_failure(items, exc, waited, retry_in_s=round(wait, 3))
-                if not await self._waits.wait_or_release(wait, held):
+                if not await self.waits.wait_or_release(wait, held):
                     return None
                 continue
             except BatchRejected as exc:
@@ -146,7 +139,7 @@ class Requester:
                 return Refusal(items, exc)
             except _CIRCUIT_ERRORS as exc:
                 self._log_failure(items, exc, waited)
-                if not await self._waits.wait_or_release(await self._circuit.trip(exc), held):
+                if not await self.waits.wait_or_release(await self.circuit.trip(exc), held):
                     return None
                 continue
             self._log(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 from services.uploader.batching import HeldBatch, Item
@@ -57,30 +58,21 @@ def _systemic_error(status: int, why: str) -> SystemicRejection:
     return SystemicRejection(f"Sentinel refuses every record (HTTP {status}): {why}")
 
 
+@dataclass(eq=False)
 class Settler:
     """Sends the records of held batches until each is settled, for one uploader replica;
     counts go to the replica's ``tally``."""
 
-    def __init__(
-        self,
-        requester: Requester,
-        state: DestinationState,
-        circuit: Circuit,
-        waits: Waits,
-        tally: Counter[str],
-        *,
-        systemic_after: int,
-        clock: UtcClock,
-    ) -> None:
-        self._requester = requester
-        self._state = state
-        self._circuit = circuit
-        self._waits = waits
-        self._tally = tally
-        self._systemic_after = systemic_after
-        self._clock = clock
-        #: Received batches refused entirely in a row (``_systemic``); any 2xx restarts it.
-        self._refusals = 0
+    requester: Requester
+    state: DestinationState
+    circuit: Circuit
+    waits: Waits
+    tally: Counter[str]
+    _: KW_ONLY
+    systemic_after: int
+    clock: UtcClock
+    #: Received batches refused entirely in a row (``_systemic``); any 2xx restarts it.
+    _refusals: int = field(default=0, init=False)
 
     async def send(
         self,
@@ -95,7 +87,7 @@ class Settler:
         these are the received batch itself, not a split part of it."""
         while True:
             if answer is None:
-                answer = await self._requester.request(items, held)
+                answer = await self.requester.request(items, held)
                 if answer is None:
                     return
             if isinstance(answer, Refusal):
@@ -108,7 +100,7 @@ class Settler:
                 continue
             self._refusals = 0
             await self._settle(answer.items, answer.built, answer.result, held)
-            await self._circuit.close()
+            await self.circuit.close()
             return
 
     # -- 400s: whose fault ----------------------------------------------------------------------
@@ -151,14 +143,14 @@ class Settler:
         Both halves of a split refused alike is judged by ``_split``.
         """
         error, why = refusal.error, _why(refusal)
-        if why is not None and await self._circuit.open_for(_systemic_error(error.status, why)):
+        if why is not None and await self.circuit.open_for(_systemic_error(error.status, why)):
             return why
         if why is not None and error.records and len(refusal.items) > 1:
             return why
         entire = not error.records or len(error.records) == len(refusal.items)
         if whole and entire:
             self._refusals += 1
-            if self._refusals >= self._systemic_after:
+            if self._refusals >= self.systemic_after:
                 return why or error.detail
         return None
 
@@ -167,15 +159,15 @@ class Settler:
         refused entirely with the same message: the cause is not in either, so none is
         dead-lettered for it (``_hold``); otherwise each half is settled on its own."""
         middle = len(items) // 2
-        self._tally["split"] += 1
+        self.tally["split"] += 1
         log.info("upload.batch_split", count=len(items), halves=[middle, len(items) - middle])
-        first = await self._requester.request(items[:middle], held)
+        first = await self.requester.request(items[:middle], held)
         if not isinstance(first, Refusal):  # accepted: settled before the other half goes
             if first is not None:
                 await self.send(first.items, held, answer=first)
             await self.send(items[middle:], held)
             return
-        second = await self._requester.request(items[middle:], held)
+        second = await self.requester.request(items[middle:], held)
         why = _why(first)
         if isinstance(second, Refusal) and why is not None and why == _why(second):
             again = await self._hold(first.items + second.items, held, second.error.status, why)
@@ -190,12 +182,12 @@ class Settler:
         """Open the circuit with Sentinel's message and keep ``items`` through the probe delay
         (renewing their locks): nothing is dead-lettered, nothing burns a delivery. Returns
         what is still held, to be sent again as the probe; [] when stopped (given back)."""
-        self._tally["systemic_rejection"] += 1
+        self.tally["systemic_rejection"] += 1
         error = _systemic_error(status, why)
         log.warning("upload.systemic_rejection", count=len(items), detail=str(error))
-        wait = await self._circuit.trip(error)
-        await self._waits.flush()  # what ``status`` shows beside the open circuit, counted now
-        if not await self._waits.wait_or_release(wait, held):
+        wait = await self.circuit.trip(error)
+        await self.waits.flush()  # what ``status`` shows beside the open circuit, counted now
+        if not await self.waits.wait_or_release(wait, held):
             return []
         return [item for item in items if held.holds(item.delivery)]
 
@@ -203,7 +195,7 @@ class Settler:
 
     async def _reject(self, item: Item, held: HeldBatch, messages: Sequence[str]) -> None:
         """Dead-letter one record Sentinel refused, with its messages."""
-        self._tally["rejected"] += 1
+        self.tally["rejected"] += 1
         description = "; ".join(m.strip() for m in messages if m.strip()).strip()
         await held.dead_letter(
             item.delivery, REJECTED_BY_SENTINEL, description or "no message", item.claim
@@ -226,8 +218,8 @@ class Settler:
             for i in result.accepted
         ]
         if entries:
-            await self._state.commit(entries, now=self._clock())
-            self._tally["uploaded"] += len(entries)
+            await self.state.commit(entries, now=self.clock())
+            self.tally["uploaded"] += len(entries)
             await held.complete([items[i].delivery for i in result.accepted], "accepted")
         for error in result.rejected:
             await self._reject(items[error.index], held, error.messages)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
@@ -39,26 +40,22 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(eq=False)
 class Links:
     """The senders and receivers of one client, opened on first use and dropped after a
     failure. ``dropped`` is told of every receiver dropped, because the messages it received
     can no longer be settled (their locks run out, as on a crash)."""
 
-    def __init__(
-        self,
-        client: ServiceBusClient,
-        *,
-        consumer: str,
-        operation_timeout_s: float,
-        dropped: Callable[[ServiceBusReceiver], None],
-    ) -> None:
-        self.closed = False
-        self._client = client
-        self._consumer = consumer
-        self._operation_timeout_s = operation_timeout_s
-        self._dropped = dropped
-        self._senders: dict[Target, ServiceBusSender] = {}
-        self._receivers: dict[tuple[Source, bool], ServiceBusReceiver] = {}
+    client: ServiceBusClient
+    _: KW_ONLY
+    consumer: str
+    operation_timeout_s: float
+    dropped: Callable[[ServiceBusReceiver], None]
+    closed: bool = field(default=False, init=False)
+    _senders: dict[Target, ServiceBusSender] = field(default_factory=dict, init=False)
+    _receivers: dict[tuple[Source, bool], ServiceBusReceiver] = field(
+        default_factory=dict, init=False
+    )
 
     async def receiver(self, source: Source, *, dead_letter: bool = False) -> ServiceBusReceiver:
         """The cached receiver of ``source``, opened: the SDK would otherwise open the link
@@ -71,14 +68,14 @@ class Links:
             options: dict[str, Any] = {
                 "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
                 "prefetch_count": 0,
-                "client_identifier": f"{self._consumer}-{uuid.uuid4().hex[:8]}",
+                "client_identifier": f"{self.consumer}-{uuid.uuid4().hex[:8]}",
             }
             if dead_letter:
                 options["sub_queue"] = ServiceBusSubQueue.DEAD_LETTER
             if isinstance(source, Queue):
-                receiver = self._client.get_queue_receiver(source.name, **options)
+                receiver = self.client.get_queue_receiver(source.name, **options)
             else:
-                receiver = self._client.get_subscription_receiver(
+                receiver = self.client.get_subscription_receiver(
                     source.topic, source.name, **options
                 )
             await self.call(source, "open", receiver.__aenter__())
@@ -90,11 +87,11 @@ class Links:
             raise RuntimeError("the bus is closed")
         sender = self._senders.get(target)
         if sender is None:
-            identifier = f"{self._consumer}-{uuid.uuid4().hex[:8]}"
+            identifier = f"{self.consumer}-{uuid.uuid4().hex[:8]}"
             if isinstance(target, Queue):
-                sender = self._client.get_queue_sender(target.name, client_identifier=identifier)
+                sender = self.client.get_queue_sender(target.name, client_identifier=identifier)
             else:
-                sender = self._client.get_topic_sender(target.name, client_identifier=identifier)
+                sender = self.client.get_topic_sender(target.name, client_identifier=identifier)
             self._senders[target] = sender
         return sender
 
@@ -126,7 +123,7 @@ class Links:
             raise
 
     async def bounded(self, call: Awaitable[T], operation: str, extra_s: float = 0.0) -> T:
-        limit = self._operation_timeout_s + extra_s
+        limit = self.operation_timeout_s + extra_s
         try:
             async with asyncio.timeout(limit):
                 return await call
@@ -160,7 +157,7 @@ class Links:
                 receiver = self._receivers.pop((entity, dead), None)
                 if receiver is not None:
                     handlers.append(receiver)
-                    self._dropped(receiver)
+                    self.dropped(receiver)
         for handler in handlers:
             await self._close_quietly(handler)
 
