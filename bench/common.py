@@ -19,16 +19,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from harness.pipeline import ACCEPT_ALL
 from services.cli.redis_server import LocalRedis
 from shared.adapters.redis_connect import CPackedConnection
 
-#: Filters that let every record through, so a feed of N indicators is N uploads: the worst
-#: case for throughput (nothing is dropped early), and the figures stay per indicator.
-ACCEPT_ALL: Mapping[str, str] = {
-    "MINIMUM_CONFIDENCE": "0",
-    "MINIMUM_THREAT_SCORE": "0",
-    "EXCLUDE_OSINT": "false",
-}
 #: What the pipeline figures run with beside ``ACCEPT_ALL``: a short lock so a stuck message
 #: comes back within seconds, a short linger so the tail of a run drains fast.
 PIPELINE_ENV: Mapping[str, str] = {

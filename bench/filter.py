@@ -21,7 +21,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import ACCEPT_ALL, CountingConnection, Figure, counting_client, private_redis
+from bench.common import CountingConnection, Figure, counting_client, private_redis
+from harness.pipeline import ACCEPT_ALL
 from services.filter.config import FilterConfig
 from services.filter.worker import BatchOutcome, FilterWorker
 from shared.adapters.destination_state import DestinationState

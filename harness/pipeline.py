@@ -37,6 +37,14 @@ from simulators.feed import Feed
 from simulators.harness import Simulators
 
 DESTINATION = "demo"
+#: Filters that let every record through, so a feed of N indicators is N uploads: what the
+#: crash tests need (volume in every queue, not a realistic funnel) and the benchmarks' worst
+#: case (nothing is dropped early, so figures stay per indicator).
+ACCEPT_ALL: Mapping[str, str] = {
+    "MINIMUM_CONFIDENCE": "0",
+    "MINIMUM_THREAT_SCORE": "0",
+    "EXCLUDE_OSINT": "false",
+}
 #: The product's STIX property extension (MATI id, threat score, fingerprint), spelled out
 #: rather than imported, so the checks notice if the product ever writes another one;
 #: tests/simulators/test_harness.py pins it to ``shared.core.fingerprint.EXTENSION_ID``.

@@ -26,13 +26,6 @@ BASE_ENV: Mapping[str, str] = {
     "UPLOAD_LINGER_SECONDS": "0.2",
     "DRAIN_TIMEOUT_SECONDS": "10",
 }
-#: Filters that let every record through, so a feed of N indicators is N uploads: the crash
-#: tests need volume in every queue, not a realistic funnel.
-ACCEPT_ALL: Mapping[str, str] = {
-    "MINIMUM_CONFIDENCE": "0",
-    "MINIMUM_THREAT_SCORE": "0",
-    "EXCLUDE_OSINT": "false",
-}
 
 
 class PipelineFactory(Protocol):

@@ -15,11 +15,10 @@ from functools import partial
 
 import pytest
 
-from harness.pipeline import Pipeline
+from harness.pipeline import ACCEPT_ALL, Pipeline
 from services.cli.supervisor import Child
 from simulators.feed import Feed
 from tests.e2e.pipeline_tools import (
-    ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
     log_events,

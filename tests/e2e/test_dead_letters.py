@@ -13,7 +13,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from harness.pipeline import DESTINATION
+from harness.pipeline import ACCEPT_ALL, DESTINATION
 from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
@@ -21,7 +21,6 @@ from simulators.faults import SCHEMA_CHANGED, FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.pipeline_tools import (
-    ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
     log_events,

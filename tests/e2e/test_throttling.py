@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.pipeline import DESTINATION, Pipeline
+from harness.pipeline import ACCEPT_ALL, DESTINATION, Pipeline
 from shared.adapters.servicebus_messages import REPLAY_TO
 from shared.contract.messages import INDICATORS, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
 from tests.e2e.pipeline_tools import (
-    ACCEPT_ALL,
     PipelineFactory,
     assert_delivered,
     log_events,

@@ -28,11 +28,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from harness.pipeline import Pipeline
+from harness.pipeline import ACCEPT_ALL, Pipeline
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
-from tests.e2e.pipeline_tools import ACCEPT_ALL, BASE_ENV, log_events
+from tests.e2e.pipeline_tools import BASE_ENV, log_events
 from tests.helpers import wait_for
 
 SERVICE = "service.name"
