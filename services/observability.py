@@ -16,9 +16,9 @@ from typing import Final
 from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.rate_budget import RateBudget
+from shared.adapters.redis_connect import RedisClient
 from shared.adapters.sentinel_client import observe_requests
 from shared.adapters.state_counters import observe_counts as observe_state_counts
-from shared.adapters.state_redis import RedisClient
 from shared.contract.bus import Bus
 from shared.contract.messages import subscription, upload_queue
 from shared.core.settings import Service, Settings

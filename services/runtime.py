@@ -27,12 +27,10 @@ from typing import Final
 
 import aiohttp
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 
 from services import observability
 from shared.adapters.http import open_session
-from shared.adapters.redis_connect import connect
+from shared.adapters.redis_connect import resilient
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.servicebus import ServiceBusBus
 from shared.adapters.tls import client_context
@@ -134,16 +132,7 @@ async def open_runtime(
     settings: Settings, service: Service, *, http: bool
 ) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
-        # A few quick retries on a dropped connection: after a Redis restart or failover the
-        # pooled connections are dead, and the first command on each would fail otherwise.
-        # Every write the services make is idempotent or deduplicated (counters aside).
-        redis: Redis = connect(
-            settings.redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=10,
-            health_check_interval=30,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
-        )
+        redis = resilient(settings.redis_url, socket_timeout_s=30, socket_connect_timeout=10)
         stack.push_async_callback(redis.aclose)
         consumer = consumer_name(service)
         bus = open_bus(settings, redis, consumer)

@@ -14,8 +14,8 @@ from typing import Final
 
 from shared.adapters import state_counters
 from shared.adapters import state_scripts as scripts
+from shared.adapters.redis_connect import RedisClient
 from shared.adapters.state_redis import (
-    RedisClient,
     as_bytes,
     as_text,
     destination_prefix,

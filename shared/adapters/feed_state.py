@@ -12,8 +12,8 @@ import orjson
 
 from shared.adapters import state_counters
 from shared.adapters import state_scripts as scripts
+from shared.adapters.redis_connect import RedisClient
 from shared.adapters.state_redis import (
-    RedisClient,
     as_text,
     fetcher_key,
     from_ms,

@@ -7,8 +7,8 @@ import secrets
 from typing import Final
 
 from shared.adapters import state_scripts as scripts
+from shared.adapters.redis_connect import RedisClient
 from shared.adapters.state_redis import (
-    RedisClient,
     destination_prefix,
     positive_ms,
     run,

@@ -8,10 +8,10 @@ replies) packs a whole command in one call, as redis-py's own synchronous client
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import hiredis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -19,7 +19,12 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import DataError
+
+#: Either client works: every script and multi-key operation stays inside one hash slot.
+RedisClient: TypeAlias = "Redis | RedisCluster"
 
 
 class CPackedConnection(Connection):
@@ -71,3 +76,28 @@ def connect(url: str, **options: Any) -> Redis:
     pool = ConnectionPool.from_url(url, **options)
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)
+
+
+def resilient(url: str, *, socket_timeout_s: float, retries: int = 3, **options: Any) -> Redis:
+    """A client that bounds every command by ``socket_timeout_s`` (a hung Redis is an error,
+    not a hang) and resends a command a few times, quickly, after a dropped connection: after
+    a Redis restart or failover the pooled connections are dead, and the first command on each
+    would fail otherwise. Every write the services make is idempotent or deduplicated
+    (counters aside), so a resend is harmless."""
+    options.setdefault("socket_connect_timeout", socket_timeout_s)
+    return connect(
+        url,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+        **options,
+    )
+
+
+def connection_option(client: RedisClient, name: str) -> Any:
+    """A connection setting of ``client`` (``decode_responses``, ``socket_timeout``), or None
+    where the client does not say (a cluster client)."""
+    getter = getattr(client, "get_connection_kwargs", None)
+    if getter is None:
+        return None
+    return getter().get(name)

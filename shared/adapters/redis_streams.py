@@ -71,16 +71,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
 from shared.adapters import redis_streams_codec as codec
 from shared.adapters import redis_streams_scripts as scripts
-from shared.adapters.redis_connect import connect
+from shared.adapters.redis_connect import RedisClient, connection_option, resilient
 from shared.adapters.redis_errors import translated
 from shared.adapters.redis_streams_keys import (
     NAME,
@@ -106,9 +103,6 @@ from shared.core.errors import BusRefused, BusUnavailable, LockLost
 from shared.core.events import get_logger
 
 log = get_logger(__name__)
-
-#: Either client works: every script stays inside one hash slot.
-RedisClient: TypeAlias = "Redis | RedisCluster"
 
 #: The one consumer group of every stream.
 GROUP: Final = "receivers"
@@ -149,12 +143,12 @@ class RedisStreamsBus:
         if not duplicate_window_s >= 0:
             raise ValueError(f"duplicate_window_s must be ≥ 0, got {duplicate_window_s}")
         checked_prefix(prefix)
-        if _connection_option(client, "decode_responses"):
+        if connection_option(client, "decode_responses"):
             raise ValueError(
                 "the bus needs a client with decode_responses=False (bodies are bytes)"
             )
         block_s = min(MAX_BLOCK_S, max(MIN_BLOCK_S, lock_duration_s / 4))
-        socket_timeout = _connection_option(client, "socket_timeout")
+        socket_timeout = connection_option(client, "socket_timeout")
         if socket_timeout is not None and socket_timeout <= block_s:
             raise ValueError(
                 f"the client's socket_timeout ({socket_timeout} s) must exceed the {block_s} s "
@@ -194,13 +188,8 @@ class RedisStreamsBus:
         exceed ``MAX_BLOCK_S``. ``options`` are the constructor's keyword arguments."""
         if socket_timeout_s <= MAX_BLOCK_S:
             raise ValueError(f"socket_timeout_s must exceed {MAX_BLOCK_S}, got {socket_timeout_s}")
-        client: Redis = connect(
-            url,
-            decode_responses=False,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+        client = resilient(
+            url, socket_timeout_s=socket_timeout_s, retries=retries, decode_responses=False
         )
         bus = cls(client, consumer=consumer, **options)
         bus._owns_client = True
@@ -453,13 +442,6 @@ class RedisStreamsBus:
 if TYPE_CHECKING:
     # The type checker holds the class to the Protocol, so the two cannot drift apart.
     _IS_A_BUS: type[Bus] = RedisStreamsBus
-
-
-def _connection_option(client: RedisClient, name: str) -> Any:
-    getter = getattr(client, "get_connection_kwargs", None)
-    if getter is None:
-        return None
-    return getter().get(name)
 
 
 def _translated(operation: str) -> AbstractContextManager[None]:

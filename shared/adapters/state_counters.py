@@ -12,7 +12,8 @@ from typing import TypeAlias
 
 from redis.commands.core import AsyncScript
 
-from shared.adapters.state_redis import RedisClient, as_text, run, translated
+from shared.adapters.redis_connect import RedisClient
+from shared.adapters.state_redis import as_text, run, translated
 from shared.core.events import get_logger
 
 log = get_logger(__name__)

@@ -92,16 +92,12 @@ import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
-from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 from shared.adapters import redis_errors
 from shared.core.errors import StateRefused, StateUnavailable
-
-#: Either client works: every multi-key operation stays inside one hash slot.
-RedisClient: TypeAlias = "Redis | RedisCluster"
 
 PREFIX: Final = "m2s"
 FETCHER_TAG: Final = "fetcher"
