@@ -41,25 +41,19 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-import orjson
-from multidict import CIMultiDictProxy
 
-from shared.adapters.http import peer_message
+from shared.adapters import mati_answers as answers
+from shared.adapters.mati_answers import Answer, Retry
 from shared.adapters.mati_paging import IndicatorQuery, RawPage
-from shared.core.backoff import Backoff, parse_retry_after
+from shared.core.backoff import Backoff
 from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
-    PagingInterrupted,
-    QueryRejected,
-    RateLimited,
     TlsVerificationFailed,
-    UpstreamUnavailable,
 )
 from shared.core.events import get_logger
 from shared.core.pacing import Pacer
@@ -77,31 +71,6 @@ REFRESH_MARGIN_S: Final = 300.0
 #: Lifetime assumed for a token answered without ``expires_in``: short, never "forever".
 DEFAULT_TOKEN_TTL_S: Final = 600.0
 _AUTH_STATUSES: Final = frozenset({401, 403})
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    headers: CIMultiDictProxy[str]
-
-
-class _Retry(Exception):
-    """One failed attempt that may succeed if repeated; internal to the retry loop."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        kind: Literal["unavailable", "rate_limited", "malformed"] = "unavailable",
-        status: int | None = None,
-        server_wait_s: float | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind
-        self.status = status
-        self.server_wait_s = server_wait_s
 
 
 class MatiClient:
@@ -187,7 +156,7 @@ class MatiClient:
 
         return await self._with_retries(f"GET /v4/indicator (page {index})", attempt)
 
-    async def _get_authenticated(self, url: str, params: dict[str, str]) -> tuple[_Answer, str]:
+    async def _get_authenticated(self, url: str, params: dict[str, str]) -> tuple[Answer, str]:
         """GET ``url`` with the bearer token; a 401/403 gets one fresh token and one more try,
         a second refusal in a row is ``AuthenticationFailed``. Per attempt of the retry loop,
         not per page: a retried failure starts afresh and may re-authenticate again."""
@@ -213,13 +182,13 @@ class MatiClient:
             self._forget(token)
 
     def _read_page(
-        self, answer: _Answer, token: str, *, index: int, follow_up: bool
+        self, answer: Answer, token: str, *, index: int, follow_up: bool
     ) -> RawPage | None:
         status = answer.status
         if 200 <= status < 300:
             if status == 204 or not answer.body.strip():
                 return None  # an end of paging the API uses (spec §3.2, form 3)
-            data = self._decode(answer)
+            data = answers.decode(answer)
             if not isinstance(data, dict):
                 raise MalformedResponse(
                     f"MATI answered a JSON {type(data).__name__}, not an object"
@@ -276,7 +245,7 @@ class MatiClient:
                 return None
             if answer.status != 200:
                 raise self._failure(answer, token, follow_up=False)
-            data = self._decode(answer)
+            data = answers.decode(answer)
             if not isinstance(data, dict):
                 raise MalformedResponse(
                     f"MATI answered a JSON {type(data).__name__}, not an indicator object"
@@ -323,11 +292,11 @@ class MatiClient:
             )
         if answer.status != 200:
             raise self._failure(answer, None, follow_up=False)
-        data = self._decode(answer)
+        data = answers.decode(answer)
         token = data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise MalformedResponse("MATI token answer has no access_token")
-        ttl = _seconds(data.get("expires_in"))
+        ttl = answers.seconds(data.get("expires_in"))
         if ttl is None:
             log.warning("mati.token_without_expiry")
             ttl = DEFAULT_TOKEN_TTL_S
@@ -345,67 +314,41 @@ class MatiClient:
         headers: dict[str, str],
         params: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
-    ) -> _Answer:
-        """One paced request; transport failures become ``_Retry``."""
+    ) -> Answer:
+        """One paced request; transport failures become ``Retry``."""
         await self._pacer.wait()
         try:
             async with self._session.request(
                 method, url, params=params, headers=headers, data=data
             ) as response:
                 body = await response.read()
-                return _Answer(response.status, body, response.headers)
+                return Answer(response.status, body, response.headers)
         except aiohttp.InvalidURL:
             raise
         except TimeoutError as exc:
-            raise _Retry("timed out") from exc
+            raise Retry("timed out") from exc
         except aiohttp.ClientSSLError as exc:
             # The handshake refused the server. A connection merely dropped mid-handshake is
             # a plain ClientConnectorError (a reset) and is retried below.
             raise TlsVerificationFailed(
                 f"TLS verification of MATI ({exc.host}) failed: {type(exc.os_error).__name__}"
-                f" ({_ssl_reason(exc.os_error)})"
+                f" ({answers.ssl_reason(exc.os_error)})"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__})") from exc
+            raise Retry(f"connection failed ({type(exc).__name__})") from exc
 
-    def _failure(self, answer: _Answer, token: str | None, *, follow_up: bool) -> Exception:
-        """The error a non-2xx, non-auth answer means (a ``_Retry`` when it may pass)."""
-        status = answer.status
-        if status == 429:
-            wait = parse_retry_after(answer.headers.get("Retry-After"))
-            return _Retry(
-                "rate limited (HTTP 429)", kind="rate_limited", status=429, server_wait_s=wait
-            )
-        if status == 408 or status >= 500:
-            return _Retry(f"HTTP {status}", status=status)
-        message = self._message(answer, token)
-        if status == 400 and follow_up:
-            return PagingInterrupted(
-                f"MATI no longer honours the paging cursor (HTTP 400: {message}); "
-                "restart the window from the checkpoint"
-            )
-        return QueryRejected(f"MATI rejected the request (HTTP {status}): {message}", status=status)
+    def _message(self, answer: Answer, token: str | None = None) -> str:
+        return answers.message(answer, (self._key.reveal(), self._secret.reveal(), token or ""))
 
-    def _decode(self, answer: _Answer) -> Any:
-        try:
-            return orjson.loads(answer.body)
-        except orjson.JSONDecodeError as exc:
-            raise _Retry(
-                f"undecodable JSON body ({len(answer.body)} bytes)",
-                kind="malformed",
-                status=answer.status,
-            ) from exc
-
-    def _message(self, answer: _Answer, token: str | None = None) -> str:
-        secrets = (self._key.reveal(), self._secret.reveal(), token or "")
-        return peer_message(answer.body, secrets=secrets) or "no message"
+    def _failure(self, answer: Answer, token: str | None, *, follow_up: bool) -> Exception:
+        return answers.failure(answer, lambda: self._message(answer, token), follow_up=follow_up)
 
     async def _with_retries(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, raises a non-retryable error, or the policy stops."""
         retrier = Retrier(self._backoff, self._rng, clock=self._clock)
 
         def retrying(exc: BaseException, wait: float) -> None:
-            reason = exc.reason if isinstance(exc, _Retry) else str(exc)
+            reason = exc.reason if isinstance(exc, Retry) else str(exc)
             log.warning(
                 "mati.retry", request=what, reason=reason, retry=retrier.failures, wait_s=wait
             )
@@ -413,44 +356,11 @@ class MatiClient:
         try:
             return await retry(
                 attempt,
-                on=_Retry,
+                on=Retry,
                 retrier=retrier,
                 sleep=self._sleep,
-                server_wait=lambda exc: exc.server_wait_s if isinstance(exc, _Retry) else None,
+                server_wait=lambda exc: exc.server_wait_s if isinstance(exc, Retry) else None,
                 on_retry=retrying,
             )
-        except _Retry as failed:
-            raise _exhausted(what, failed, retrier.failures) from failed.__cause__
-
-
-def _exhausted(what: str, retry: _Retry, failures: int) -> Exception:
-    message = f"MATI {what}: {retry.reason} after {failures} attempt(s)"
-    if retry.kind == "rate_limited":
-        return RateLimited(
-            message, retry_after_s=retry.server_wait_s if retry.server_wait_s is not None else 60.0
-        )
-    if retry.kind == "malformed":
-        return MalformedResponse(message)
-    return UpstreamUnavailable(message, status=retry.status)
-
-
-def _ssl_reason(error: OSError) -> str:
-    """The short reason OpenSSL gave ("CERTIFICATE_VERIFY_FAILED…"), never a payload."""
-    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
-    return str(reason or "no reason given")
-
-
-def _seconds(value: Any) -> float | None:
-    """A non-negative finite number of seconds from JSON (int, float or numeric string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            seconds = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        except Retry as failed:
+            raise answers.exhausted(what, failed, retrier.failures) from failed.__cause__

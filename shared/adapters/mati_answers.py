@@ -1,0 +1,121 @@
+"""What an answer of the MATI API means: a result, a failure worth repeating (``Retry``), or an
+error of the pipeline's tree; and the error a repeated failure becomes once the back-off
+policy gives up (specs/mati-api-v4.md §11).
+
+Kept apart from the client so the meaning of every status can be read (and tested) without
+the paging, token and pacing machinery around it. Messages quoted from the server pass
+``peer_message``, which clips them and strikes out the secrets it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from multidict import CIMultiDictProxy
+
+from shared.adapters.http import peer_message
+from shared.core.backoff import parse_retry_after
+from shared.core.errors import (
+    MalformedResponse,
+    PagingInterrupted,
+    QueryRejected,
+    RateLimited,
+    UpstreamUnavailable,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: CIMultiDictProxy[str]
+
+
+class Retry(Exception):
+    """One failed attempt that may succeed if repeated; internal to the client's retry loop."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: Literal["unavailable", "rate_limited", "malformed"] = "unavailable",
+        status: int | None = None,
+        server_wait_s: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+        self.status = status
+        self.server_wait_s = server_wait_s
+
+
+def failure(answer: Answer, message: Callable[[], str], *, follow_up: bool) -> Exception:
+    """The error a non-2xx, non-auth answer means (a ``Retry`` when it may pass). ``message``
+    reads the server's own words, only for the answers that quote them."""
+    status = answer.status
+    if status == 429:
+        wait = parse_retry_after(answer.headers.get("Retry-After"))
+        return Retry("rate limited (HTTP 429)", kind="rate_limited", status=429, server_wait_s=wait)
+    if status == 408 or status >= 500:
+        return Retry(f"HTTP {status}", status=status)
+    if status == 400 and follow_up:
+        return PagingInterrupted(
+            f"MATI no longer honours the paging cursor (HTTP 400: {message()}); "
+            "restart the window from the checkpoint"
+        )
+    return QueryRejected(f"MATI rejected the request (HTTP {status}): {message()}", status=status)
+
+
+def message(answer: Answer, secrets: tuple[str, ...]) -> str:
+    """The server's own words about ``answer``, clipped, with ``secrets`` struck out."""
+    return peer_message(answer.body, secrets=secrets) or "no message"
+
+
+def decode(answer: Answer) -> Any:
+    """The JSON body; a body that does not decode is worth asking for again."""
+    try:
+        return orjson.loads(answer.body)
+    except orjson.JSONDecodeError as exc:
+        raise Retry(
+            f"undecodable JSON body ({len(answer.body)} bytes)",
+            kind="malformed",
+            status=answer.status,
+        ) from exc
+
+
+def exhausted(what: str, retry: Retry, failures: int) -> Exception:
+    """The error a failure still repeating after ``failures`` attempts stands for."""
+    text = f"MATI {what}: {retry.reason} after {failures} attempt(s)"
+    if retry.kind == "rate_limited":
+        return RateLimited(
+            text, retry_after_s=retry.server_wait_s if retry.server_wait_s is not None else 60.0
+        )
+    if retry.kind == "malformed":
+        return MalformedResponse(text)
+    return UpstreamUnavailable(text, status=retry.status)
+
+
+def ssl_reason(error: OSError) -> str:
+    """The short reason OpenSSL gave ("CERTIFICATE_VERIFY_FAILED…"), never a payload."""
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+    return str(reason or "no reason given")
+
+
+def seconds(value: Any) -> float | None:
+    """A non-negative finite number of seconds from JSON (int, float or numeric string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
