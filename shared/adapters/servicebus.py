@@ -53,12 +53,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
-    MessageSizeExceededError,
     ServiceBusError,
 )
 
@@ -193,7 +192,7 @@ class ServiceBusBus:
         if not messages:
             return
         outgoing = [wire.outgoing(message) for message in messages]
-        await self._send(target, outgoing)
+        await self._links.send(target, outgoing)
 
     async def receive(
         self, source: Source, *, max_messages: int, max_wait_s: float
@@ -313,7 +312,7 @@ class ServiceBusBus:
                         skipped.append(message)
                         continue
                     wanted.discard(number)
-                    await self._send(_target_of(source), [wire.replayed(message, source)])
+                    await self._links.send(_target_of(source), [wire.replayed(message, source)])
                     await self._links.call(source, "replay", receiver.complete_message(message))
                     replayed += 1
         finally:
@@ -348,24 +347,6 @@ class ServiceBusBus:
         if not dead_letter:
             self._last_source = source
         return receiver
-
-    async def _send(self, target: Target, outgoing: Sequence[ServiceBusMessage]) -> None:
-        sender = self._links.sender(target)
-        batch = await self._links.call(target, "publish", sender.create_message_batch())
-        for message in outgoing:
-            try:
-                batch.add_message(message)
-                continue
-            except MessageSizeExceededError:
-                if len(batch) == 0:
-                    raise ValueError(
-                        f"message {message.message_id} exceeds the namespace's maximum size"
-                    ) from None
-            await self._links.call(target, "publish", sender.send_messages(batch))
-            batch = await self._links.call(target, "publish", sender.create_message_batch())
-            batch.add_message(message)
-        if len(batch):
-            await self._links.call(target, "publish", sender.send_messages(batch))
 
     async def _peek_all(
         self, source: Source, *, dead_letter: bool, limit: int

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
-from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
+    MessageSizeExceededError,
     MessagingEntityDisabledError,
     MessagingEntityNotFoundError,
     ServiceBusAuthenticationError,
@@ -94,6 +95,26 @@ class Links:
                 sender = self.client.get_topic_sender(target.name, client_identifier=identifier)
             self._senders[target] = sender
         return sender
+
+    async def send(self, target: Target, outgoing: Sequence[ServiceBusMessage]) -> None:
+        """Send ``outgoing`` in order, in as few batches as the namespace's maximum message
+        size allows (the SDK's batch object decides); returns once Service Bus took all."""
+        sender = self.sender(target)
+        batch = await self.call(target, "publish", sender.create_message_batch())
+        for message in outgoing:
+            try:
+                batch.add_message(message)
+                continue
+            except MessageSizeExceededError:
+                if len(batch) == 0:
+                    raise ValueError(
+                        f"message {message.message_id} exceeds the namespace's maximum size"
+                    ) from None
+            await self.call(target, "publish", sender.send_messages(batch))
+            batch = await self.call(target, "publish", sender.create_message_batch())
+            batch.add_message(message)
+        if len(batch):
+            await self.call(target, "publish", sender.send_messages(batch))
 
     async def call(
         self, entity: Source | Target, operation: str, call: Awaitable[T], *, extra_s: float = 0.0
