@@ -41,7 +41,6 @@ import ssl
 import time
 from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -49,6 +48,7 @@ from aiohttp import web
 
 from simulators.faults import FAULT_ANSWERS, FaultAnswers, FaultKind
 from simulators.feed import Feed
+from simulators.mati_bad_records import BAD_RECORD_KINDS, BadRecord, corrupt
 from simulators.mati_pages import PageRenderer
 from simulators.mati_query import (
     DEFAULT_REPORT_LIMIT,
@@ -66,27 +66,6 @@ from simulators.server import SimServer, basic_credentials, bearer_token
 EndOfPaging = Literal["short", "empty", "204"]
 
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
-
-#: How bad records are broken, in the order positions of a fault take them.
-BAD_RECORD_KINDS = (
-    "missing_id",
-    "missing_value",
-    "mscore_not_int",
-    "value_not_string",
-    "sources_not_list",
-    "bad_last_updated",
-    "duplicate_key",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class BadRecord:
-    """A record the simulator deliberately broke, for tests to assert the product skipped it."""
-
-    page: int
-    position: int
-    id: str
-    kind: str
 
 
 class MatiSimulator(SimServer):
@@ -402,7 +381,7 @@ class MatiSimulator(SimServer):
         for n, position in enumerate(positions):
             kind = BAD_RECORD_KINDS[n % len(BAD_RECORD_KINDS)]
             original_id = str(records[position]["id"])
-            parts[position] = _corrupt(records[position], kind)
+            parts[position] = corrupt(records[position], kind)
             self.bad_records.append(BadRecord(page, position, original_id, kind))
         return b"[" + b",".join(parts) + b"]"
 
@@ -433,28 +412,3 @@ def _auth_error(status: int, error: str, description: str) -> web.Response:
         status=status,
         headers={"WWW-Authenticate": f'Bearer error="{error}"'},
     )
-
-
-def _corrupt(record: dict[str, Any], kind: str) -> bytes:
-    """One record broken the way ``kind`` says, serialized (a duplicate key needs raw bytes)."""
-    broken = dict(record)
-    if kind == "missing_id":
-        del broken["id"]
-    elif kind == "missing_value":
-        del broken["value"]
-    elif kind == "mscore_not_int":
-        broken["mscore"] = "high"
-    elif kind == "value_not_string":
-        broken["value"] = 12345
-    elif kind == "sources_not_list":
-        broken["sources"] = "Mandiant"
-    elif kind == "bad_last_updated":
-        broken["last_updated"] = "yesterday"
-    elif kind == "duplicate_key":
-        # A real detail response carried a key twice (§3.5). Here the second copy is invalid:
-        # last-wins parsers see a null value, strict parsers reject the record; either way
-        # the record must be skipped, and the rest of the page kept.
-        return orjson.dumps(broken)[:-1] + b',"value":null}'
-    else:
-        raise ValueError(kind)
-    return orjson.dumps(broken)

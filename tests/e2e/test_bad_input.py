@@ -14,7 +14,7 @@ from harness.pipeline import DESTINATION
 from shared.core.parsing import parse_json
 from simulators.faults import FaultKind
 from simulators.feed import Feed
-from simulators.mati import BAD_RECORD_KINDS, _corrupt
+from simulators.mati_bad_records import BAD_RECORD_KINDS, corrupt
 from tests.e2e.pipeline_tools import PipelineFactory, assert_delivered, run_cli
 
 #: Corruptions that break a required field (``id``, ``value``): the record cannot be an
@@ -53,7 +53,7 @@ async def test_malformed_page_and_broken_records_are_counted_and_the_sync_goes_o
 
     # What MATI served: the feed, with the broken records as the simulator broke them.
     broken: dict[str, Any] = {
-        bad.id: parse_json(_corrupt(feed.record(feed.index_of(bad.id)), bad.kind))
+        bad.id: parse_json(corrupt(feed.record(feed.index_of(bad.id)), bad.kind))
         for bad in mati.bad_records
     }
     assert all(isinstance(record, dict) for record in broken.values())

@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from simulators.faults import FaultKind
-from simulators.mati import BAD_RECORD_KINDS, MatiSimulator
+from simulators.mati import MatiSimulator
+from simulators.mati_bad_records import BAD_RECORD_KINDS
 from tests.simulators.mati_requests import (
     AUTH,
     START,
