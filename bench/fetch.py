@@ -30,7 +30,7 @@ from shared.adapters.tls import client_context
 from shared.contract.messages import subscription
 from shared.core.secrets import Secret
 from simulators.feed import Feed
-from simulators.harness import Simulators
+from simulators.together import Simulators
 
 CEILING_RPS = 2.0
 PAGE_LATENCY_S = 0.2

@@ -34,7 +34,7 @@ from shared.core.parsing import parse_indicator
 from shared.core.settings import Service, Settings, load_settings
 from shared.core.stix import content, stix_id
 from simulators.feed import Feed
-from simulators.harness import Simulators
+from simulators.together import Simulators
 
 DESTINATION = "demo"
 #: Filters that let every record through, so a feed of N indicators is N uploads: what the
@@ -47,7 +47,7 @@ ACCEPT_ALL: Mapping[str, str] = {
 }
 #: The product's STIX property extension (MATI id, threat score, fingerprint), spelled out
 #: rather than imported, so the checks notice if the product ever writes another one;
-#: tests/simulators/test_harness.py pins it to ``shared.core.fingerprint.EXTENSION_ID``.
+#: tests/simulators/test_together.py pins it to ``shared.core.fingerprint.EXTENSION_ID``.
 MATI_EXTENSION: Final = "extension-definition--8b329901-f0cd-573b-8581-99c3f0668664"
 
 

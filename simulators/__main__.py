@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from simulators.feed import Feed
-from simulators.harness import Simulators
+from simulators.together import Simulators
 
 
 async def serve(args: argparse.Namespace) -> None:

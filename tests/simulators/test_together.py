@@ -18,7 +18,7 @@ from shared.adapters.tls import client_context
 from shared.core.fingerprint import EXTENSION_ID
 from shared.core.settings import load_settings
 from simulators.feed import Feed
-from simulators.harness import Simulators
+from simulators.together import Simulators
 
 
 async def test_environment_points_the_product_at_every_simulator(tmp_path: Path) -> None:
