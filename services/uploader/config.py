@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from shared.core import checks
 from shared.core.backoff import Backoff
 from shared.core.settings import Settings
 from shared.core.stix import MAX_OBJECTS_PER_REQUEST
@@ -45,10 +46,8 @@ class UploaderConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_OBJECTS_PER_REQUEST:
             raise ValueError(f"batch_size must be within 1..{MAX_OBJECTS_PER_REQUEST}")
-        if self.lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {self.lanes}")
-        if self.systemic_after < 1:
-            raise ValueError(f"systemic_after must be at least 1, got {self.systemic_after}")
+        checks.at_least("lanes", self.lanes, 1)
+        checks.at_least("systemic_after", self.systemic_after, 1)
 
     @property
     def slice_s(self) -> float:

@@ -14,6 +14,7 @@ from shared.adapters.state_redis import (
     run,
     translated,
 )
+from shared.core import checks
 
 #: ``RateBudget``'s default margin: this share of the window, at most ``MAX_RATE_MARGIN_S``.
 RATE_MARGIN_SHARE: Final = 0.1
@@ -45,12 +46,10 @@ class RateBudget:
         window_s: float = 60.0,
         margin_s: float | None = None,
     ) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        checks.at_least("limit", limit, 1)
         if margin_s is None:
             margin_s = default_rate_margin_s(window_s)
-        if margin_s < 0:
-            raise ValueError(f"margin_s must not be negative, got {margin_s}")
+        checks.at_least("margin_s", margin_s, 0)
         positive_ms(window_s, "window_s")
         self.limit = limit
         self.span_us = round((window_s + margin_s) * 1_000_000)

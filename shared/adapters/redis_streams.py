@@ -99,6 +99,7 @@ from shared.contract.bus import (
     Subscription,
     Target,
 )
+from shared.core import checks
 from shared.core.errors import BusRefused, BusUnavailable, LockLost
 from shared.core.events import get_logger
 
@@ -134,14 +135,10 @@ class RedisStreamsBus:
         duplicate_window_s: float = 600.0,
         prefix: str = "m2s",
     ) -> None:
-        if not consumer:
-            raise ValueError("consumer must not be empty")
-        if not lock_duration_s > 0:
-            raise ValueError(f"lock_duration_s must be > 0, got {lock_duration_s}")
-        if max_delivery_count < 1:
-            raise ValueError(f"max_delivery_count must be ≥ 1, got {max_delivery_count}")
-        if not duplicate_window_s >= 0:
-            raise ValueError(f"duplicate_window_s must be ≥ 0, got {duplicate_window_s}")
+        checks.named("consumer", consumer)
+        checks.above("lock_duration_s", lock_duration_s, 0)
+        checks.at_least("max_delivery_count", max_delivery_count, 1)
+        checks.at_least("duplicate_window_s", duplicate_window_s, 0)
         checked_prefix(prefix)
         if connection_option(client, "decode_responses"):
             raise ValueError(
@@ -186,8 +183,7 @@ class RedisStreamsBus:
         """A bus on a client it owns (``aclose`` closes it). ``socket_timeout_s`` bounds every
         command, so a hung Redis surfaces as ``BusUnavailable`` instead of a hang; it must
         exceed ``MAX_BLOCK_S``. ``options`` are the constructor's keyword arguments."""
-        if socket_timeout_s <= MAX_BLOCK_S:
-            raise ValueError(f"socket_timeout_s must exceed {MAX_BLOCK_S}, got {socket_timeout_s}")
+        checks.above("socket_timeout_s", socket_timeout_s, MAX_BLOCK_S)
         client = resilient(
             url, socket_timeout_s=socket_timeout_s, retries=retries, decode_responses=False
         )
@@ -257,8 +253,7 @@ class RedisStreamsBus:
     ) -> list[Delivery]:
         """Expired or abandoned locks first (oldest work), then new entries; waits up to
         ``max_wait_s`` for the first. A source never ``ensure``-d is ensured on first use."""
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be ≥ 1, got {max_messages}")
+        checks.at_least("max_messages", max_messages, 1)
         keys = self.keys(source)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, max_wait_s)

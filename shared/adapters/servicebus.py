@@ -75,6 +75,7 @@ from shared.contract.bus import (
     Target,
     Topic,
 )
+from shared.core import checks
 from shared.core.errors import BusUnavailable, LockLost
 from shared.core.events import get_logger
 
@@ -115,12 +116,9 @@ class ServiceBusBus:
         operation_timeout_s: float = 30.0,
         count_limit: int = 10_000,
     ) -> None:
-        if not consumer:
-            raise ValueError("consumer must not be empty")
-        if not operation_timeout_s > 0:
-            raise ValueError(f"operation_timeout_s must be > 0, got {operation_timeout_s}")
-        if count_limit < 1:
-            raise ValueError(f"count_limit must be ≥ 1, got {count_limit}")
+        checks.named("consumer", consumer)
+        checks.above("operation_timeout_s", operation_timeout_s, 0)
+        checks.at_least("count_limit", count_limit, 1)
         self.consumer = consumer
         self.operation_timeout_s = operation_timeout_s
         self.count_limit = count_limit
@@ -197,8 +195,7 @@ class ServiceBusBus:
     async def receive(
         self, source: Source, *, max_messages: int, max_wait_s: float
     ) -> list[Delivery]:
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be ≥ 1, got {max_messages}")
+        checks.at_least("max_messages", max_messages, 1)
         self._forget_expired()
         receiver = await self._receiver(source)
         wait = max(MIN_WAIT_S, max_wait_s)
