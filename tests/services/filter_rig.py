@@ -1,6 +1,8 @@
-"""The filter's test rig, shared by test_filter.py and test_filter_shortcut.py: a real Redis, the
-real RedisStreamsBus and DestinationState, records from the simulators' feed adjusted to a case's
-shape, and the bus moves a test makes around the worker (publish, take, read the upload queue).
+"""The filter's test rig, shared by the test_filter_*.py modules: a real Redis, the real
+RedisStreamsBus and DestinationState, records from the simulators' feed adjusted to a case's
+shape, the bus moves a test makes around the worker (publish, take, read the upload queue, sync
+a batch through it), and what the worker should forward. The uploader's side (reading the upload
+queue, committing seen entries) is played by the tests with the same adapters the uploader uses.
 The ``rig`` fixture itself is in conftest.py."""
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.filter.config import FilterConfig
-from services.filter.worker import FilterWorker
+from services.filter.worker import BatchOutcome, FilterWorker
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Delivery, Message
@@ -26,7 +28,11 @@ from shared.contract.messages import (
     subscription,
     upload_queue,
 )
-from shared.core.stix import StixPolicy
+from shared.core.filters import DropReason, FilterPolicy, evaluate
+from shared.core.fingerprint import fingerprint
+from shared.core.indicator import HashType
+from shared.core.parsing import Rejection, parse_indicator
+from shared.core.stix import StixPolicy, content, stix_id
 from simulators.feed import Feed
 from tests.helpers import wait_for
 
@@ -124,3 +130,28 @@ async def uploads(bus: RedisStreamsBus) -> list[UploadRequest]:
     got = await bus.receive(QUEUE, max_messages=1000, max_wait_s=0.05)
     await bus.complete(QUEUE, got)
     return [read_upload(d.body) for d in got]
+
+
+# --- what the worker should forward, and did ------------------------------------------------
+
+
+def expected(
+    record: dict[str, Any], hash_type: HashType | None = None, policy: FilterPolicy | None = None
+) -> tuple[str, str]:
+    """(stix id, fingerprint) the uploader should be handed for ``record``."""
+    indicator = parse_indicator(record)
+    assert not isinstance(indicator, Rejection)
+    accepted = evaluate(indicator, policy or FilterPolicy())
+    assert not isinstance(accepted, DropReason)
+    (observable,) = [o for o in accepted if o.hash_type == hash_type]
+    return stix_id(record["id"], hash_type), fingerprint(content(observable, STIX))
+
+
+async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
+    await publish(rig.bus, *records)
+    return await worker.handle(await take(rig.bus, SOURCE, len(records)))
+
+
+async def assert_settled(rig: Rig) -> None:
+    counts = await rig.bus.counts(SOURCE)
+    assert (counts.depth, counts.in_flight) == (0, 0)

@@ -1,18 +1,13 @@
-"""The filter service against real parts: a real Redis, the real RedisStreamsBus and the real
-DestinationState (the rig of tests/services/filter_rig.py). Records come from the simulators'
-feed, adjusted where a case needs a particular shape; the uploader's side (reading the upload
-queue, committing seen entries) is played by the test with the same adapters the uploader uses.
-"""
+"""What the filter forwards, drops or dead-letters and why (every drop reason; the in-flight,
+unchanged, changed and refresh verdicts; hashes; deduplication off; bad bodies), and that a record
+is forwarded once and never lost when a filter dies after its claim, a claim's reply is lost, the
+forward fails, or its lock passes to another filter."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
-import socket
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -21,33 +16,30 @@ from redis.backoff import NoBackoff
 
 from services.cli.redis_server import LocalRedis
 from services.filter.config import FilterConfig
-from services.filter.main import loop
-from services.filter.worker import INVALID_RECORD, BatchOutcome, FilterWorker
-from services.runtime import Runtime
+from services.filter.worker import INVALID_RECORD, FilterWorker
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_connect import connect
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Message, Target
-from shared.contract.messages import INDICATORS, UploadRequest
+from shared.contract.messages import UploadRequest
 from shared.core.errors import BusUnavailable
-from shared.core.filters import DropReason, FilterPolicy, HashSelection, evaluate
+from shared.core.filters import DropReason, FilterPolicy, HashSelection
 from shared.core.fingerprint import ForwardReason, SeenEntry, fingerprint
 from shared.core.indicator import HashType
-from shared.core.parsing import Rejection, parse_indicator
-from shared.core.settings import Service, load_settings
-from shared.core.stix import content, stix_id
-from tests.helpers import wait_for
+from shared.core.stix import stix_id
 from tests.services.filter_rig import (
     DEST,
-    FEED,
     QUEUE,
     SOURCE,
     STIX,
     Rig,
     again,
+    assert_settled,
+    expected,
     of_type,
     passing,
     publish,
+    sync,
     take,
     uploads,
 )
@@ -56,38 +48,10 @@ from tests.state.lost_replies import LostReplies
 IPV4_DAYS = STIX.ipv4_expiration
 
 
-def expected(
-    record: dict[str, Any], hash_type: HashType | None = None, policy: FilterPolicy | None = None
-) -> tuple[str, str]:
-    """(stix id, fingerprint) the uploader should be handed for ``record``."""
-    indicator = parse_indicator(record)
-    assert not isinstance(indicator, Rejection)
-    accepted = evaluate(indicator, policy or FilterPolicy())
-    assert not isinstance(accepted, DropReason)
-    (observable,) = [o for o in accepted if o.hash_type == hash_type]
-    return stix_id(record["id"], hash_type), fingerprint(content(observable, STIX))
-
-
-# --- bus helpers ----------------------------------------------------------------------------
-
-
-async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
-    await publish(rig.bus, *records)
-    return await worker.handle(await take(rig.bus, SOURCE, len(records)))
-
-
 async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:
     """What the uploader does once Sentinel accepted the records."""
     entries = [(r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag)) for r in requests]
     await rig.state.commit(entries, now=rig.clock.now)
-
-
-async def assert_settled(rig: Rig) -> None:
-    counts = await rig.bus.counts(SOURCE)
-    assert (counts.depth, counts.in_flight) == (0, 0)
-
-
-# --- filtering and forwarding ---------------------------------------------------------------
 
 
 async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig: Rig) -> None:
@@ -230,9 +194,6 @@ async def test_deduplication_disabled_forwards_everything(rig: Rig) -> None:
     assert len(await uploads(rig.bus)) == 3
 
 
-# --- bad input ------------------------------------------------------------------------------
-
-
 async def test_bad_bodies_are_dead_lettered_with_their_reason_and_the_batch_goes_on(
     rig: Rig,
 ) -> None:
@@ -263,9 +224,6 @@ async def test_bad_bodies_are_dead_lettered_with_their_reason_and_the_batch_goes
     )
     assert all(len(d.description) < 300 and secret_payload not in d.description for d in dead)
     await assert_settled(rig)
-
-
-# --- delivery guarantees --------------------------------------------------------------------
 
 
 async def test_a_redelivered_message_takes_over_its_claim_and_is_forwarded(rig: Rig) -> None:
@@ -382,146 +340,3 @@ async def test_a_lost_lock_is_counted_not_fatal(rig: Rig, redis_client: Redis) -
     outcome = await rig.worker(ours).handle(batch)
     assert (outcome["lock_lost"], outcome["forwarded"]) == (1, 1)
     assert (await rig.state.counters())["lock_lost"] == 1
-
-
-# --- cost -----------------------------------------------------------------------------------
-
-
-async def calls(client: Redis) -> dict[str, int]:
-    """Top-level calls per command so far (``INFO commandstats``)."""
-    stats = await client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
-
-
-async def test_a_batch_costs_the_same_redis_commands_whatever_its_size(
-    rig: Rig, redis_client: Redis
-) -> None:
-    """The seen ``MGET``, the claim script, the publish, the complete and the count: five
-    calls for 50 records as for 500. Scripts inside the server (``evalsha``) run their own
-    commands, which ``INFO`` counts under those names but which cost no round trip, so only
-    ``mget`` and ``evalsha`` are compared. The first batch pays the one-time script loads."""
-    worker = rig.worker(batch_size=500)
-    start = 0
-    per_size: dict[int, dict[str, int]] = {}
-    for size in (5, 50, 500):
-        await publish(rig.bus, *(FEED.record(i) for i in range(start, start + size)))
-        batch = await take(rig.bus, SOURCE, size)
-        before = await calls(redis_client)
-        outcome = await worker.handle(batch)
-        after = await calls(redis_client)
-        assert outcome["forwarded"] > 0
-        assert outcome["received"] == size
-        per_size[size] = {c: after.get(c, 0) - before.get(c, 0) for c in ("mget", "evalsha")}
-        start += size
-    assert per_size[50] == per_size[500] == {"mget": 1, "evalsha": 4}
-    await assert_settled(rig)
-
-
-# --- the loop -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("lanes", [1, 2])
-async def test_run_forwards_until_stopped_and_then_returns(rig: Rig, lanes: int) -> None:
-    """With two lanes a batch is received while the other is handled: once stopped, a batch
-    received by either is handled too, so nothing is left locked."""
-    worker = rig.worker(receive_wait_s=0.2, lanes=lanes)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    record = passing(of_type("ipv4"))
-    await publish(rig.bus, record)
-    got = await wait_for(lambda: uploads(rig.bus), 10, what="the forwarded upload")
-    assert [r.indicator_id for r in got] == [record["id"]]
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
-    await assert_settled(rig)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Watcher(logging.Handler):
-    """Sets ``seen`` once ``event`` was logged ``times`` times."""
-
-    def __init__(self, event: str, *, times: int, seen: asyncio.Event) -> None:
-        super().__init__(logging.DEBUG)
-        self.event, self.left, self.seen = event, times, seen
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == self.event:
-            self.left -= 1
-            if self.left <= 0:
-                self.seen.set()
-
-
-async def test_unavailable_state_is_waited_out_without_completing_anything(rig: Rig) -> None:
-    """The seen cache's Redis is down (a real client on a closed port): the loop logs, backs
-    off and retries when the message's lock expired (short here); the raw message is neither
-    completed nor forwarded, and stop still works."""
-    bus = RedisStreamsBus(rig.redis, consumer="filter-1", lock_duration_s=0.3)
-    down: Redis = Redis.from_url(
-        f"redis://127.0.0.1:{closed_port()}", socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        worker = FilterWorker(
-            FilterConfig(DEST, stix_policy=STIX, receive_wait_s=0.1),
-            bus=bus,
-            state=DestinationState(down, DEST),
-            rng=random.Random(1),
-        )
-        await publish(rig.bus, passing(of_type("ipv4")))
-        stop, retried = asyncio.Event(), asyncio.Event()
-        watcher = Watcher("filter.unavailable", times=2, seen=retried)
-        logging.getLogger("services.filter.worker").addHandler(watcher)
-        try:
-            task = asyncio.create_task(worker.run(stop))
-            async with asyncio.timeout(15):
-                await retried.wait()
-        finally:
-            logging.getLogger("services.filter.worker").removeHandler(watcher)
-        assert not task.done()
-        stop.set()
-        async with asyncio.timeout(5):
-            await task
-    finally:
-        await down.aclose()
-    counts = await rig.bus.counts(SOURCE)
-    assert (counts.depth + counts.in_flight, counts.dead_letter) == (1, 0)
-    assert await uploads(rig.bus) == []
-
-
-def test_the_worker_refuses_a_state_of_another_destination(rig: Rig) -> None:
-    with pytest.raises(ValueError, match="destination"):
-        FilterWorker(
-            FilterConfig(DEST, stix_policy=STIX),
-            bus=rig.bus,
-            state=DestinationState(rig.redis, "other"),
-        )
-
-
-async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis) -> None:
-    """``main.loop`` as ``run_service`` calls it: it creates the subscription and the queue,
-    filters with the settings' policies (here: only fqdn), and returns once stopped."""
-    settings = load_settings(
-        {"REDIS_URL": "redis://127.0.0.1:1/0", "DESTINATION": DEST, "INCLUDE_IPV4": "false"},
-        Service.FILTER,
-    )
-    bus = RedisStreamsBus(redis_client, consumer="filter-main", lock_duration_s=5.0)
-    runtime = Runtime(settings, Service.FILTER, "filter-main", redis_client, bus, asyncio.Event())
-    task = asyncio.create_task(loop(runtime))
-    await wait_for(  # the loop registers the subscription before it receives
-        lambda: redis_client.sismember(bus.subscriptions_key(INDICATORS.name), DEST),
-        10,
-        what="the subscription registered",
-    )
-    fqdn = passing(of_type("fqdn"))
-    await publish(bus, passing(of_type("ipv4")), fqdn)
-    got = await wait_for(lambda: uploads(bus), 10, what="the fqdn's upload")
-    assert [r.indicator_id for r in got] == [fqdn["id"]]
-    runtime.stop.set()
-    async with asyncio.timeout(5):
-        await task
-    assert (await DestinationState(redis_client, DEST).counters())["dropped_type_excluded"] == 1
