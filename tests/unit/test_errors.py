@@ -28,7 +28,7 @@ BRANCHES = (ConfigError, TransientError, PermanentError, FatalError)
 CONTROL_FLOW = {
     # One failed MATI attempt inside the client's retry loop; it leaves the client only as the
     # tree's RateLimited / UpstreamUnavailable / MalformedResponse once the retries run out.
-    "shared.adapters.mati_client._Retry": "caught by MatiClient._with_retries",
+    "shared.adapters.mati_answers.Retry": "caught by MatiClient._with_retries",
     # A shutdown, not a failure: the loop was asked to stop while it waited to retry.
     "shared.core.retrying.Stopped": "a stop request interrupting a retry wait",
 }
@@ -62,7 +62,7 @@ def test_the_walk_finds_the_tree_and_the_adapters() -> None:
         "shared.core.errors.PipelineError",
         "shared.core.errors.BusUnavailable",
         "shared.core.errors.MalformedMessage",
-        "shared.adapters.mati_client._Retry",
+        "shared.adapters.mati_answers.Retry",
     } <= set(EXCEPTIONS)
 
 
