@@ -5,8 +5,8 @@ filter and mapping, which is what the delivery tests need (the ids and fingerpri
 must end up with). Alone, that oracle agrees with any parser or filter bug. So it is checked
 against this one, built from the simulated feed's own truth: the type, confidence, OSINT-only
 profile and threat score the generator gave each indicator, and the plain JSON fields a record
-carries (``category``, ``associated_hashes``), under the destination's filter settings as the
-README documents them.
+carries (``category``, ``associated_hashes``, the ``misp`` flags), under the destination's
+filter settings as the README documents them.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def _accepted(
     if policy.exclude_osint and feed.is_osint_only(i):
         return []
     if not policy.include_uncategorized and not record.get("category"):
+        return []
+    misp = record.get("misp") or {}
+    flagged = {name for name, flag in misp.items() if flag is True}
+    excluded = policy.exclude_warninglists
+    if flagged and ("all" in excluded or flagged & excluded):
         return []
     if kind != "md5":
         return [(feed.id(i), None)]

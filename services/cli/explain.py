@@ -28,6 +28,7 @@ from services.cli.explain_core import (
     judge,
     read_query,
 )
+from services.fetcher.config import FetcherConfig
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
@@ -61,6 +62,7 @@ class Lookups(Protocol):
         indicator_id: str | None = None,
         indicator_type: str | None = None,
         value: str | None = None,
+        include_misp: bool = False,
     ) -> dict[str, Any] | None: ...
 
 
@@ -79,10 +81,13 @@ async def gather(
     scan_limit: int = DEFAULT_SCAN_LIMIT,
 ) -> Facts:
     """Ask MATI, then read this indicator's traces in Redis and on the bus (bounded)."""
+    misp = FetcherConfig.from_settings(settings).include_misp  # what the fetcher asks for
     if query.indicator_id is not None:
-        record = await mati.lookup(indicator_id=query.indicator_id)
+        record = await mati.lookup(indicator_id=query.indicator_id, include_misp=misp)
     else:
-        record = await mati.lookup(indicator_type=str(query.indicator_type), value=query.value)
+        record = await mati.lookup(
+            indicator_type=str(query.indicator_type), value=query.value, include_misp=misp
+        )
     indicator_id = str(record.get("id") or "") if record else (query.indicator_id or "")
     parsed = parse_indicator(record) if record is not None else None
     stix_ids = [sid for sid, _ in candidates(indicator_id, parsed)]

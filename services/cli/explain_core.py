@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from services.fetcher.pushdown import PushDown
+from services.cli.explain_drops import drop_detail
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.contract.messages import subscription, upload_queue
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
@@ -239,44 +239,6 @@ def judge(
     lead = min(stories, key=lambda s: _URGENCY.index(s.verdict))
     detail = f"accepted as {len(stories)} STIX indicator(s)"
     return result(lead.verdict, lead.summary, stories, detail=detail)
-
-
-def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) -> str:
-    """Why ``reason`` fired, with the numbers and the setting that decided it."""
-    if reason is DropReason.TYPE_EXCLUDED:
-        kind = "hash" if indicator.type is IndicatorType.MD5 else indicator.type.value
-        text = f"type {indicator.type} is excluded (INCLUDE_{kind.upper()}=false)"
-    elif reason is DropReason.LOW_CONFIDENCE:
-        text = _below("mscore", indicator.mscore, "MINIMUM_CONFIDENCE", policy.minimum_confidence)
-    elif reason is DropReason.LOW_THREAT_SCORE:
-        text = _below(
-            "threat_rating.threat_score",
-            indicator.threat_score,
-            "MINIMUM_THREAT_SCORE",
-            policy.minimum_threat_score,
-        )
-    elif reason is DropReason.OSINT:
-        names = ", ".join(s.name for s in indicator.sources)
-        text = f"every source is OSINT ({names}) and EXCLUDE_OSINT=true"
-    elif reason is DropReason.UNCATEGORIZED:
-        text = "no category, and INCLUDE_UNCATEGORIZED=false"
-    else:
-        wanted = policy.hash_selection.value
-        text = f"no {wanted} hash in associated_hashes (HASH_TYPE={wanted})"
-    # What the fetcher's query asks MATI to leave out never reaches the filter, whichever
-    # filter is named first.
-    server_side = PushDown.of(policy).leaves_out(indicator)
-    if server_side:
-        text += f"; MATI leaves it out server-side ({server_side}), so it is never fetched"
-    return text
-
-
-def _below(path: str, score: int | None, setting: str, minimum: int) -> str:
-    """Both score floors drop an indicator that lacks the score as well as one under it; the
-    operator needs to know which of the two it was."""
-    if score is None:
-        return f"no {path}, and {setting} {minimum} needs one"
-    return f"{path.rpartition('.')[2]} {score} < {setting} {minimum}"
 
 
 def _leftovers(

@@ -27,12 +27,14 @@ MAX_RESTARTS: Final = 3
 class FetcherConfig:
     """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default.
     ``minimum_confidence`` and ``exclude_osint`` reach MATI as ``services.fetcher.pushdown``
-    says."""
+    says. ``include_misp``: ask for the warning-list flags only when a filter reads them, since
+    they add about eighty keys to every record."""
 
     destination: str
     initial_lookback: timedelta
     minimum_confidence: int
     exclude_osint: bool
+    include_misp: bool = False
     page_size: int = MAX_LIMIT
     overlap: timedelta = OVERLAP
     max_restarts: int = MAX_RESTARTS
@@ -44,4 +46,5 @@ class FetcherConfig:
             initial_lookback=timedelta(days=settings.initial_lookback),
             minimum_confidence=settings.minimum_confidence,
             exclude_osint=settings.exclude_osint,
+            include_misp=bool(settings.exclude_warninglists),
         )

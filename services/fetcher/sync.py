@@ -212,6 +212,7 @@ class Fetcher:
             limit=self.config.page_size,
             gte_mscore=push_down.gte_mscore,
             exclude_osint=push_down.exclude_osint,
+            include_misp=self.config.include_misp,
             sort_by="last_updated:asc",
         )
 

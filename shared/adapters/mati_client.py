@@ -217,14 +217,15 @@ class MatiClient:
         indicator_id: str | None = None,
         indicator_type: str | None = None,
         value: str | None = None,
+        include_misp: bool = False,
     ) -> dict[str, Any] | None:
         """One indicator as MATI holds it now, by id (``GET /v4/indicator/{id}``) or by type
         and value (``GET /v4/indicator/{type}/{value}``), spec §4; ``None`` when MATI does not
         know it (404, or the 204 its look-ups use for "no match").
 
         For an operator's question, not for paging: the same token, pacing, retries and
-        error tree as ``pages``, and the ``include_*`` flags the fetcher asks for, so the
-        record looks as the pipeline sees it.
+        error tree as ``pages``, and the ``include_*`` flags the fetcher asks for (pass its
+        ``include_misp``), so the record looks as the pipeline sees it.
         """
         if (indicator_id is None) == (value is None) or (value is None) != (indicator_type is None):
             raise ValueError("give indicator_id, or indicator_type and value")
@@ -233,7 +234,7 @@ class MatiClient:
         else:
             path = f"{quote(str(indicator_type), safe='')}/{quote(str(value), safe='')}"
         url = f"{self._base}/v4/indicator/{path}"
-        params = IndicatorQuery(0, 0).include_params()
+        params = IndicatorQuery(0, 0, include_misp=include_misp).include_params()
 
         async def attempt() -> dict[str, Any] | None:
             answer, token = await self._get_authenticated(url, params)

@@ -9,13 +9,16 @@ the first failing one is the reason, so "dropped by reason" counts are comparabl
 3. ``LOW_THREAT_SCORE``   ``threat_rating.threat_score`` below ``MINIMUM_THREAT_SCORE`` (idem)
 4. ``OSINT``              every source is OSINT and ``EXCLUDE_OSINT`` is on
 5. ``UNCATEGORIZED``      no category anywhere and ``INCLUDE_UNCATEGORIZED`` is off
-6. ``HASH_TYPE_MISSING``  an md5 indicator lacks the hash ``HASH_TYPE`` selects
+6. ``WARNINGLIST``        MATI found the value on a MISP warning list ``EXCLUDE_WARNINGLISTS``
+                          names (or on any list, with ``all``)
+7. ``HASH_TYPE_MISSING``  an md5 indicator lacks the hash ``HASH_TYPE`` selects
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from shared.core.indicator import HashType, Indicator, IndicatorType
 
@@ -28,7 +31,12 @@ class DropReason(StrEnum):
     OSINT = "osint"
     UNCATEGORIZED = "uncategorized"
     TYPE_EXCLUDED = "type_excluded"
+    WARNINGLIST = "warninglist"
     HASH_TYPE_MISSING = "hash_type_missing"
+
+
+#: ``EXCLUDE_WARNINGLISTS=all``: every warning list excludes (no MISP list is named "all").
+ALL_WARNINGLISTS: Final = "all"
 
 
 class HashSelection(StrEnum):
@@ -73,6 +81,8 @@ class FilterPolicy:
     include_fqdn: bool = True
     include_url: bool = True
     include_hash: bool = True
+    #: MISP warning-list names whose indicators are dropped; ``{ALL_WARNINGLISTS}`` for any.
+    exclude_warninglists: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("minimum_confidence", "minimum_threat_score"):
@@ -123,12 +133,22 @@ def evaluate(indicator: Indicator, policy: FilterPolicy) -> tuple[Observable, ..
         return DropReason.OSINT
     if not policy.include_uncategorized and not indicator.categories:
         return DropReason.UNCATEGORIZED
+    if indicator.warning_lists and excluded_lists(indicator, policy):
+        return DropReason.WARNINGLIST
     if kind is not ObservableKind.HASH:
         return (Observable(indicator, kind, indicator.value),)
     hashes = _selected_hashes(indicator, policy.hash_selection)
     if not hashes:
         return DropReason.HASH_TYPE_MISSING
     return tuple(Observable(indicator, kind, value, hash_type) for hash_type, value in hashes)
+
+
+def excluded_lists(indicator: Indicator, policy: FilterPolicy) -> tuple[str, ...]:
+    """The warning lists of ``indicator`` that ``policy`` excludes, in name order."""
+    excluded = policy.exclude_warninglists
+    if ALL_WARNINGLISTS in excluded:
+        return indicator.warning_lists
+    return tuple(name for name in indicator.warning_lists if name in excluded)
 
 
 def _meets(score: int | None, minimum: int) -> bool:

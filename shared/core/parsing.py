@@ -301,6 +301,7 @@ def _build(
         hashes=_hashes(value, get("associated_hashes")) if kind is IndicatorType.MD5 else (),
         associations=_associations(get("attributed_associations")),
         campaigns=_campaigns(get("campaigns")),
+        warning_lists=_warning_lists(get("misp")),
         last_updated=parse_timestamp(get("last_updated")),
         first_seen=parse_timestamp(get("first_seen")),
         last_seen=parse_timestamp(get("last_seen")),
@@ -337,6 +338,23 @@ def _categories(value: object) -> tuple[str, ...]:
     return tuple(
         [name for item in value if isinstance(item, str) and (name := item.strip().lower())]
     )
+
+
+def _warning_lists(value: object) -> tuple[str, ...]:
+    """The names flagged true in ``misp`` (name -> bool, specs/mati-api-v4.md §5.3), sorted.
+    Only an explicit true flags a list (a JSON ``true``, or the string in any case): a garbled
+    flag must not make an indicator look like a false positive. The set of names grows over
+    time, so none is hard-coded."""
+    if not isinstance(value, dict) or not value:
+        return ()
+    flagged = [
+        name.strip()
+        for name, flag in value.items()
+        if isinstance(name, str)
+        and name.strip()
+        and (flag is True or (isinstance(flag, str) and flag.strip().lower() == "true"))
+    ]
+    return tuple(sorted(set(flagged)))
 
 
 def _source(item: dict[object, object]) -> Source:

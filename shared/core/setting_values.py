@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from shared.core.filters import ALL_WARNINGLISTS
 from shared.core.secrets import MASK, Secret
 from shared.core.stix import check_source_system
 
@@ -58,6 +59,8 @@ def printable(value: object) -> str:
         return "TRUE" if value else "FALSE"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value)) or "(none)"
     return str(value)
 
 
@@ -192,6 +195,18 @@ def source_system_name(text: str) -> str:
     if check_source_system(text) is not None:
         raise ValueError(text)
     return text
+
+
+#: A MISP warning-list name as MATI keys them: ``alexa_1M``, ``eicar.com``, ``public-dns-v4``.
+_WARNING_LIST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def warning_lists(text: str) -> frozenset[str]:
+    """Comma-separated names (blanks around them ignored); ``all`` anywhere means every list."""
+    names = {name.strip() for name in text.split(",")} - {""}
+    if any(_WARNING_LIST.fullmatch(name) is None for name in names):
+        raise ValueError(text)
+    return frozenset({ALL_WARNINGLISTS}) if ALL_WARNINGLISTS in names else frozenset(names)
 
 
 def log_level(text: str) -> str:

@@ -84,6 +84,7 @@ class Settings:
     default_action: DefaultAction = DefaultAction.ALERT
     include_uncategorized: bool = True
     hash_type: HashSelection = HashSelection.MD5
+    exclude_warninglists: frozenset[str] = frozenset()
     include_ipv4: bool = True
     include_hash: bool = True
     include_url: bool = True
@@ -127,6 +128,7 @@ class Settings:
             exclude_osint=self.exclude_osint,
             include_uncategorized=self.include_uncategorized,
             hash_selection=self.hash_type,
+            exclude_warninglists=self.exclude_warninglists,
             include_ipv4=self.include_ipv4,
             include_fqdn=self.include_fqdn,
             include_url=self.include_url,
@@ -214,6 +216,11 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         r.read(name, parse.boolean, _BOOLEAN_HELP)
     r.read("DEFAULT_ACTION", parse.member(DefaultAction), f"one of {', '.join(DefaultAction)}")
     r.read("HASH_TYPE", parse.member(HashSelection), f"one of {', '.join(HashSelection)}")
+    r.read(
+        "EXCLUDE_WARNINGLISTS",
+        parse.warning_lists,
+        "MISP warning-list names separated by commas (e.g. public-dns-v4,rfc1918), or all",
+    )
     r.read(
         "SYNC_SCHEDULE",
         parse.float_range(0.0, 168.0, low_open=True),

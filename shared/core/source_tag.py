@@ -49,9 +49,14 @@ def _plain(value: object) -> object:
 def policy_key(filter_policy: FilterPolicy, stix_policy: StixPolicy) -> bytes:
     """The key every tag of a destination is made with: it changes when any setting that
     shapes what the filter forwards changes, so no old tag matches after such a change."""
+    # An empty set (``EXCLUDE_WARNINGLISTS`` unset) is left out: it filters exactly as the
+    # versions before the setting did, so their tags stay good across an upgrade.
     settings = [
         MAPPING_VERSION,
-        *({f.name: getattr(p, f.name) for f in fields(p)} for p in (filter_policy, stix_policy)),
+        *(
+            {f.name: value for f in fields(p) if (value := getattr(p, f.name)) != frozenset()}
+            for p in (filter_policy, stix_policy)
+        ),
     ]
     canonical = orjson.dumps(settings, default=_plain, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=32).digest()

@@ -55,8 +55,12 @@ async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datet
 
 
 async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig: Rig) -> None:
+    # A list no generated record is on, so only the record flagged below meets it.
     policy = FilterPolicy(
-        include_url=False, include_uncategorized=False, hash_selection=HashSelection.SHA256
+        include_url=False,
+        include_uncategorized=False,
+        hash_selection=HashSelection.SHA256,
+        exclude_warninglists=frozenset({"test-only-list"}),
     )
     ipv4, md5 = passing(of_type("ipv4")), passing(of_type("md5"))
     osint = passing(of_type("ipv4", 2))
@@ -75,13 +79,14 @@ async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig
         osint,
         uncategorized,
         no_sha256,
+        {**passing(of_type("fqdn", 2)), "misp": {"test-only-list": True, "alexa": False}},
         ipv4,
         md5,
     ]
     outcome = await sync(rig, rig.worker(filter_policy=policy), *records)
 
     drops = {f"dropped_{reason}": 1 for reason in DropReason}
-    want = {"received": 8, "forwarded": 2, "forwarded_new": 2, **drops}
+    want = {"received": 9, "forwarded": 2, "forwarded_new": 2, **drops}
     assert dict(outcome.counts) == want
     assert await rig.state.counters() == want
     forwarded = await uploads(rig.bus)

@@ -43,6 +43,7 @@ _CHANGED: dict[str, Any] = {
     "include_fqdn": False,
     "include_url": False,
     "include_hash": False,
+    "exclude_warninglists": frozenset({"rfc1918"}),
     "ipv4_expiration": timedelta(days=8),
     "fqdn_expiration": timedelta(days=7, microseconds=1),
     "url_expiration": timedelta(days=6),
