@@ -156,9 +156,20 @@ class Pipeline:
     async def start_service(self, name: str, *, label: str | None = None) -> Child:
         return await self._processes().start(name, label=label)
 
-    async def sync_once(self, *, timeout_s: float = 300) -> int:
-        """``mati2sentinel sync --once`` as its own process; returns its exit code."""
-        child = await self._processes().start("cli", "sync", "--once", label="sync")
+    async def stop_service(self, child: Child) -> int:
+        """SIGTERM, as a rollout stops a pod; its exit code."""
+        return await self._processes().stop(child)
+
+    def change_settings(self, changes: Mapping[str, str]) -> None:
+        """New setting values for every service started from now on (and for ``expected``),
+        as an operator's redeploy gives them; running services keep theirs until restarted."""
+        self.env.update(changes)
+        self._processes().env.update(changes)
+
+    async def sync_once(self, *, timeout_s: float = 300, full: bool = False) -> int:
+        """``mati2sentinel sync --once [--full]`` as its own process; returns its exit code."""
+        args = ("sync", "--once", "--full") if full else ("sync", "--once")
+        child = await self._processes().start("cli", *args, label="sync")
         return await self._processes().wait(child, timeout_s)
 
     async def queues_empty(self) -> bool:

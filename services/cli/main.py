@@ -46,7 +46,7 @@ def uploader(args: argparse.Namespace) -> int:
 def sync(args: argparse.Namespace) -> int:
     from services.fetcher.main import sync_main
 
-    return sync_main()
+    return sync_main(full=args.full)
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync_ = commands.add_parser("sync", help="run one sync now and exit when it is published")
     sync_.add_argument("--once", action="store_true", required=True, help="(required) one sync")
+    sync_.add_argument(
+        "--full",
+        action="store_true",
+        help="re-page every indicator that can still be live (the longest expiration), not "
+        "only what changed since the checkpoint: run it after changing a filter or STIX setting",
+    )
     sync_.set_defaults(handler=sync)
 
     stat = commands.add_parser("status", help="checkpoint, queues, counters by reason, circuit")

@@ -10,6 +10,12 @@ from typing import Final
 from shared.adapters.mati_paging import MAX_LIMIT
 from shared.core.settings import Settings
 
+#: MATI serves indicators updated within the last 90 days and answers 400 to an older
+#: ``start_epoch`` (specs/mati-api-v4.md §3.1): a query never reaches further back.
+MATI_RETENTION: Final = timedelta(days=90)
+#: Kept inside the 90 days for clock skew between us and MATI, and for the time between
+#: computing a window and a later cursor restart re-sending it.
+RETENTION_MARGIN: Final = timedelta(hours=1)
 #: A later sync starts this far before the checkpoint. MATI's index is eventually consistent:
 #: an indicator can become visible a little after a later one with an older ``last_updated``,
 #: and many indicators share one ``last_updated`` (a bulk re-scoring stamps them all alike), so
@@ -35,6 +41,9 @@ class FetcherConfig:
     minimum_confidence: int
     exclude_osint: bool
     include_misp: bool = False
+    #: What a full sync pages: the longest expiration, so every indicator that can still be
+    #: live in the workspace is judged again, within what MATI serves.
+    full_window: timedelta = MATI_RETENTION - RETENTION_MARGIN
     page_size: int = MAX_LIMIT
     overlap: timedelta = OVERLAP
     max_restarts: int = MAX_RESTARTS
@@ -47,4 +56,15 @@ class FetcherConfig:
             minimum_confidence=settings.minimum_confidence,
             exclude_osint=settings.exclude_osint,
             include_misp=bool(settings.exclude_warninglists),
+            full_window=min(
+                MATI_RETENTION - RETENTION_MARGIN,
+                timedelta(
+                    days=max(
+                        settings.ip_indicator_expiration,
+                        settings.fqdn_indicator_expiration,
+                        settings.url_indicator_expiration,
+                        settings.hash_indicator_expiration,
+                    )
+                ),
+            ),
         )

@@ -93,14 +93,19 @@ async def loop(runtime: Runtime) -> None:
 
 
 async def sync_once(
-    runtime: Runtime, *, lease_wait_s: float = LEASE_WAIT_S, poll_s: float = LEASE_POLL_S
+    runtime: Runtime,
+    *,
+    full: bool = False,
+    lease_wait_s: float = LEASE_WAIT_S,
+    poll_s: float = LEASE_POLL_S,
 ) -> SyncSummary:
-    """One sync now; if another fetcher is syncing, wait up to ``lease_wait_s`` for it."""
+    """One sync now (``full``: of the whole live window); if another fetcher is syncing, wait
+    up to ``lease_wait_s`` for it."""
     fetcher = build(runtime)
     run_id = new_run_id()
     deadline = time.monotonic() + lease_wait_s
     while True:
-        summary = await fetcher.sync(run_id, runtime.stop)
+        summary = await fetcher.sync(run_id, runtime.stop, full=full)
         if (
             summary.outcome is not Outcome.STANDBY
             or runtime.stop.is_set()
@@ -115,21 +120,22 @@ def main() -> int:
     return run_service(Service.FETCHER, loop, http=True)
 
 
-def sync_main() -> int:
-    """``mati2sentinel sync --once``: 0 when the sync completed, 1 otherwise (also 2 for bad
-    settings, like every service). It serves no probes, so it binds no port and runs beside a
-    fetcher, filter and uploader on the same host."""
+def sync_main(*, full: bool = False) -> int:
+    """``mati2sentinel sync --once [--full]``: 0 when the sync completed, 1 otherwise (also 2
+    for bad settings, like every service). It serves no probes, so it binds no port and runs
+    beside a fetcher, filter and uploader on the same host."""
     done: list[SyncSummary] = []
 
     async def once(runtime: Runtime) -> None:
-        done.append(await sync_once(runtime))
+        done.append(await sync_once(runtime, full=full))
 
     code = run_service(Service.FETCHER, once, http=True, probes=False)
     if code != 0 or not done:
         return code or 1
     summary = done[0]
     print(
-        f"sync {summary.run_id}: {summary.outcome.value}, {summary.pages} pages, "
+        f"{'full sync' if full else 'sync'} {summary.run_id}: {summary.outcome.value}, "
+        f"{summary.pages} pages, "
         f"{summary.fetched} fetched, {summary.published} published"
         + (f" ({summary.error})" if summary.error else ""),
         file=sys.stdout,

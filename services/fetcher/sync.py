@@ -9,6 +9,11 @@ checkpointed before the bus has it, and nothing is lost.
 Judging records is the filter's job: a page is published whole, bad records included, so the
 filter counts and dead-letters them with a reason instead of the fetcher silently skipping them.
 
+A **full** sync (``sync --once --full``) pages the whole window that can still hold live
+indicators (``FetcherConfig.full_window``) whatever the checkpoint says, so a settings change
+reaches every indicator in the workspace. Its messages carry the run in their ids: the bus
+would otherwise drop them as duplicates of the last sync's. It never moves the checkpoint back.
+
 Every failure of MATI, the bus or Redis ends the sync with outcome ``failed``; it never crashes
 the process. The checkpoint then stays at the last confirmed page and the next run resumes
 there. Only a bug (an exception outside the pipeline's error tree) propagates.
@@ -23,11 +28,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import Enum, StrEnum
-from typing import Any, Final
+from typing import Any
 
-from services.fetcher.config import FetcherConfig
+from services.fetcher.config import MATI_RETENTION, RETENTION_MARGIN, FetcherConfig
 from services.fetcher.pushdown import PushDown
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
@@ -40,13 +45,6 @@ from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import logs, tracing
 
 log = logs.get_logger(__name__)
-
-#: MATI serves indicators updated within the last 90 days and answers 400 to an older
-#: ``start_epoch`` (specs/mati-api-v4.md §3.1): a query never reaches further back.
-MATI_RETENTION: Final = timedelta(days=90)
-#: Kept inside the 90 days for clock skew between us and MATI, and for the time between
-#: computing a window and a later cursor restart re-sending it.
-RETENTION_MARGIN: Final = timedelta(hours=1)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -79,6 +77,7 @@ class SyncSummary:
     started_at: datetime
     finished_at: datetime
     error: str | None = None
+    full: bool = False
 
     def to_record(self) -> dict[str, object]:
         """JSON-ready fields for ``FeedState.record_run`` and the log line."""
@@ -101,6 +100,9 @@ class _Progress:
     published: int = 0
     restarts: int = 0
     checkpoint: datetime | None = None
+    #: The newest ``last_updated`` this sync published (the checkpoint may be ahead of it).
+    reached: datetime | None = None
+    full: bool = False
     lease_lost: asyncio.Event = field(default_factory=asyncio.Event)
 
     def summary(
@@ -109,7 +111,7 @@ class _Progress:
         return SyncSummary(
             self.run_id, outcome, self.window_start, self.window_end, self.pages, self.fetched,
             self.published, self.restarts, self.checkpoint, self.started_at, finished_at,
-            None if error is None else _describe(error),
+            None if error is None else _describe(error), self.full,
         )  # fmt: skip
 
 
@@ -128,9 +130,10 @@ class Fetcher:
     def __post_init__(self) -> None:
         self._system = tracing.messaging_system(self.bus)
 
-    async def sync(self, run_id: str, stop: asyncio.Event) -> SyncSummary:
-        """One sync of the window since the checkpoint; never raises for a pipeline error."""
-        progress = _Progress(run_id, self.clock())
+    async def sync(self, run_id: str, stop: asyncio.Event, *, full: bool = False) -> SyncSummary:
+        """One sync of the window since the checkpoint (``full``: of ``config.full_window``);
+        never raises for a pipeline error."""
+        progress = _Progress(run_id, self.clock(), full=full)
         with logs.bind(run_id=run_id):
             try:
                 held = await self.lease.acquire()
@@ -162,11 +165,14 @@ class Fetcher:
             await self.bus.ensure(subscription(self.config.destination))
             checkpoint = await self.feed.checkpoint()
             end = self.clock()
-            if checkpoint is None:
+            if checkpoint is not None:
+                progress.checkpoint = checkpoint.last_updated
+            if progress.full:
+                start, origin = end - self.config.full_window, "full"
+            elif checkpoint is None:
                 start, origin = end - self.config.initial_lookback, "initial_lookback"
             else:
                 start, origin = checkpoint.last_updated - self.config.overlap, "checkpoint"
-                progress.checkpoint = checkpoint.last_updated
             start = self._clamped(start, end, origin)
             progress.window_start, progress.window_end = start, end
             log.info(
@@ -183,7 +189,8 @@ class Fetcher:
     async def _window(
         self, start: datetime, end: datetime, stop: asyncio.Event, progress: _Progress
     ) -> Outcome:
-        """Page ``[start, end]``; after an expired cursor, restart from the checkpoint."""
+        """Page ``[start, end]``; after an expired cursor, restart from what this sync had
+        published (the checkpoint may lie ahead of it in a full sync)."""
         in_a_row = 0
         while True:
             pages_before = progress.pages
@@ -194,9 +201,8 @@ class Fetcher:
                 if in_a_row > self.config.max_restarts:
                     raise
                 progress.restarts += 1
-                checkpoint = await self.feed.checkpoint()
-                if checkpoint is not None:
-                    start = max(start, checkpoint.last_updated - self.config.overlap)
+                if progress.reached is not None:
+                    start = max(start, progress.reached - self.config.overlap)
                 start = self._clamped(start, end, "restart")
                 await self.feed.count({"cursor_restarts": 1})
                 log.warning(
@@ -269,7 +275,8 @@ class Fetcher:
         """Publish the page whole, THEN move the checkpoint, THEN count it."""
         records, run_id = page.indicators, progress.run_id
         page_trace = tracing.inject({})  # every record carries the page's context
-        messages = [raw_message(r, run_id=run_id, trace=page_trace) for r in records]
+        salt = run_id if progress.full else ""
+        messages = [raw_message(r, run_id=run_id, trace=page_trace, salt=salt) for r in records]
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
             await self.bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)
@@ -277,6 +284,8 @@ class Fetcher:
             await self.feed.advance(newest, run_id)
             if progress.checkpoint is None or newest > progress.checkpoint:
                 progress.checkpoint = newest
+            if progress.reached is None or newest > progress.reached:
+                progress.reached = newest
         progress.pages += 1
         progress.fetched += len(records)
         progress.published += len(records)

@@ -71,9 +71,15 @@ def _text_field(record: object, key: str) -> str:
     return ""
 
 
-def raw_message(record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY) -> Message:
+def raw_message(
+    record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY, salt: str = ""
+) -> Message:
     """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
     judging records is the filter's job (a bad one is dead-lettered there, with its reason).
+
+    The message id is derived from the record's id and ``last_updated``, so a page published
+    twice is published once; a ``salt`` (a full sync's run id) makes the ids its own, so the
+    bus does not drop a deliberate re-judging of records it carried minutes ago.
 
     The message carries the ``TRACE_PROPERTIES`` of ``trace`` as they are (a page's records
     share one context: it is formatted once, not per record)."""
@@ -81,6 +87,8 @@ def raw_message(record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY
     indicator_id = _text_field(record, "id")
     last_updated = _text_field(record, "last_updated")
     seed = f"{indicator_id}|{last_updated}".encode() if indicator_id else body
+    if salt:
+        seed += b"|" + salt.encode()
     return Message(
         body=body,
         message_id=hashlib.blake2b(seed, digest_size=16).hexdigest(),

@@ -80,9 +80,14 @@ class World:
         )
 
     async def sync(
-        self, fetcher: Fetcher | None = None, stop: asyncio.Event | None = None
+        self,
+        fetcher: Fetcher | None = None,
+        stop: asyncio.Event | None = None,
+        *,
+        full: bool = False,
     ) -> SyncSummary:
-        return await (fetcher or self.fetcher()).sync(new_run_id(), stop or asyncio.Event())
+        fetcher = fetcher or self.fetcher()
+        return await fetcher.sync(new_run_id(), stop or asyncio.Event(), full=full)
 
     async def drain(self) -> list[Delivery]:
         """Everything waiting in the destination's subscription, completed."""
@@ -182,3 +187,16 @@ def message_id(feed: Feed, indicator_id: str) -> str:
 def assert_unique(deliveries: Sequence[Delivery]) -> None:
     message_ids = [d.message_id for d in deliveries]
     assert len(message_ids) == len(set(message_ids)), "a message was delivered twice"
+
+
+class CursorExpiry:
+    """The simulator's clock: jumps past the cursor's life once the second page was answered,
+    i.e. after the cursor for page 3 was issued and before it is used — as if the fetcher had
+    been stalled for 11 minutes between two pages."""
+
+    def __init__(self) -> None:
+        self.mati: MatiSimulator | None = None
+
+    def __call__(self) -> float:
+        served = len(self.mati.recorder.of("indicator")) if self.mati else 0
+        return time.time() + (660.0 if served >= 2 else 0.0)

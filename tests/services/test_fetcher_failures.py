@@ -4,7 +4,6 @@ broken) the checkpoint stays at what was really published and the next run loses
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -18,8 +17,7 @@ from shared.adapters.feed_state import FetcherLease
 from shared.contract.bus import Bus, Message, Target
 from shared.core.errors import BusUnavailable
 from simulators.faults import FaultKind
-from simulators.mati import MatiSimulator
-from tests.services.fetcher_rig import CONFIG, assert_unique, ids, newest, world
+from tests.services.fetcher_rig import CONFIG, CursorExpiry, assert_unique, ids, newest, world
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -75,19 +73,6 @@ async def test_checkpoint_stays_at_the_last_confirmed_page_when_publishing_fails
         assert ids(first) + ids(rest) == window
         assert_unique(first + rest)
         assert await w.checkpoint() == newest(first + rest)
-
-
-class CursorExpiry:
-    """The simulator's clock: jumps past the cursor's life once the second page was answered,
-    i.e. after the cursor for page 3 was issued and before it is used — as if the fetcher had
-    been stalled for 11 minutes between two pages."""
-
-    def __init__(self) -> None:
-        self.mati: MatiSimulator | None = None
-
-    def __call__(self) -> float:
-        served = len(self.mati.recorder.of("indicator")) if self.mati else 0
-        return time.time() + (660.0 if served >= 2 else 0.0)
 
 
 async def test_an_expired_cursor_restarts_the_window_from_the_checkpoint(

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from services.fetcher.config import OVERLAP, FetcherConfig
-from services.fetcher.sync import MATI_RETENTION, RETENTION_MARGIN, Outcome
+from services.fetcher.config import MATI_RETENTION, OVERLAP, RETENTION_MARGIN, FetcherConfig
+from services.fetcher.sync import Outcome
 from shared.adapters.feed_state import FetcherLease
 from shared.core.settings import Settings
 from tests.services.fetcher_rig import (
