@@ -390,7 +390,7 @@ def observables(draw: st.DrawFn) -> Observable:
 def text_observables(draw: st.DrawFn) -> Observable:
     """An ipv4/fqdn/url observable whose value is *any* text: quotes, backslashes, control
     characters, any plane of unicode. Hash observables are not drawn here: the OASIS pattern
-    validator checks hash literals against the algorithm's hex format (see test_stix)."""
+    validator checks hash literals against the algorithm's hex format (see test_stix_patterns)."""
     indicator_type = draw(st.sampled_from(list(_KIND_OF)))
     value = draw(st.text())
     indicator = Indicator(
