@@ -22,7 +22,9 @@ fails validation is answered 400 (the swagger promises 200 only when at least on
 published) with the same ``errors[]`` list so the client can still see why; more than
 ``max_objects`` is a 400 for the whole request, nothing stored; ``ObservableValue`` holds the
 un-escaped literal; a top-level custom (``x_``) property fails its record, while ``extensions``
-(documented as accepted, not indexed) are kept as they are.
+(documented as accepted, not indexed) are kept as they are. Revocation is final, as STIX 2.1
+says (§3.2, ``revoked``): a record that would make a revoked id live again fails with its own
+error, and ``revoked`` holds every id ever revoked.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ class SentinelSimulator(SimServer):
         self.object_rows: list[dict[str, Any]] = []
         self.request_log: list[LoggedRequest] = []
         self._uploads: defaultdict[str, int] = defaultdict(int)
+        #: Every STIX id accepted with ``revoked: true``; none ever leaves it.
+        self.revoked: set[str] = set()
         #: The sourcesystem each stored object came from (``store`` keeps objects verbatim).
         self._sources: dict[str, str] = {}
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
@@ -237,6 +241,7 @@ class SentinelSimulator(SimServer):
         self.object_rows.clear()
         self.request_log.clear()
         self._uploads.clear()
+        self.revoked.clear()
         self._admitted.clear()
         self._sources.clear()
 
@@ -299,6 +304,9 @@ class SentinelSimulator(SimServer):
             return self._refuse(api, objects, refusal)
         partial = self.faults.take(api.route, frozenset({FaultKind.PARTIAL_ERRORS}))
         errors = validate_batch(objects, legacy=api.legacy)
+        for index, obj in enumerate(objects):
+            if index not in errors and obj["id"] in self.revoked and obj.get("revoked") is not True:
+                errors[index] = [UNREVOKING]
         _apply_partial_fault(errors, objects, partial)
         for index, obj in enumerate(objects):
             if index not in errors:
@@ -364,6 +372,8 @@ class SentinelSimulator(SimServer):
         located = self.store.put_blob(stix_id, orjson.dumps(obj))
         self._sources[stix_id] = source
         self._uploads[stix_id] += 1
+        if obj.get("revoked") is True:
+            self.revoked.add(stix_id)
         if obj["type"] == "indicator":
             self._pending_rows.append((located, source, "UploadApi", self._generated_now()))
         else:
@@ -395,6 +405,11 @@ class SentinelSimulator(SimServer):
         )
 
 
+#: The error of a record that would un-revoke an indicator (the wording is ours: the
+#: documentation does not say how Sentinel answers one).
+UNREVOKING: Final = property_error(
+    "revoked", "A revoked object cannot be un-revoked; publish a new object instead", False
+)
 #: Faults that refuse the whole upload (``SentinelSimulator._refuse``).
 _REFUSALS: Final = frozenset({FaultKind.REJECT_ALL, FaultKind.REJECT_RECORDS})
 

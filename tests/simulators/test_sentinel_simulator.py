@@ -23,7 +23,7 @@ from azure.identity.aio import ClientSecretCredential
 
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind
-from simulators.sentinel import ObjectStore, SentinelSimulator
+from simulators.sentinel import UNREVOKING, ObjectStore, SentinelSimulator
 from simulators.sentinel_rows import split_observable
 from simulators.tokens import TokenMinter
 from tests.simulators.sentinel_uploads import (
@@ -94,6 +94,28 @@ async def test_reupload_updates_the_store_and_appends_a_row(
     async with session.get(f"{sentinel.url}/_sim/workspace") as resp:
         summary = await resp.json()
     assert (summary["objects"], summary["indicator_rows"]) == (1, 3)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["stix", "legacy"])
+async def test_a_revoked_indicator_stays_revoked(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator, legacy: bool
+) -> None:
+    """STIX 2.1 revocation is final: a record that would make the id live again fails alone."""
+    live, other = indicator(), indicator("198.51.100.9")
+    revoked = dict(live, modified="2024-06-01T00:00:00Z", revoked=True)
+    assert (await upload(session, sentinel, [live, other], legacy=legacy))[0] == 200
+    assert (await upload(session, sentinel, [revoked], legacy=legacy))[0] == 200
+    assert sentinel.revoked == {live["id"]}
+
+    again = dict(live, modified="2024-07-01T00:00:00Z")
+    status, _, body = await upload(session, sentinel, [again, other], legacy=legacy)
+    assert status == 200
+    assert body["errors"] == [{"recordIndex": 0, sentinel.error_key: [UNREVOKING]}]
+    assert sentinel.store[live["id"]]["revoked"] is True
+    assert sentinel.uploads_for(other["id"]) == 2
+    # Revoking again (a newer ``modified``) is an update like any other.
+    newer = dict(revoked, modified="2024-08-01T00:00:00Z")
+    assert (await upload(session, sentinel, [newer], legacy=legacy))[0] == 200
 
 
 async def test_other_stix_types_go_to_threat_intel_objects_on_the_new_api_only(
