@@ -304,12 +304,13 @@ class SentinelSimulator(SimServer):
             return self._refuse(api, objects, refusal)
         partial = self.faults.take(api.route, frozenset({FaultKind.PARTIAL_ERRORS}))
         errors = validate_batch(objects, legacy=api.legacy)
-        for index, obj in enumerate(objects):
-            if index not in errors and obj["id"] in self.revoked and obj.get("revoked") is not True:
-                errors[index] = [UNREVOKING]
         _apply_partial_fault(errors, objects, partial)
         for index, obj in enumerate(objects):
-            if index not in errors:
+            if index in errors:
+                continue
+            if obj["id"] in self.revoked and obj.get("revoked") is not True:
+                errors[index] = [UNREVOKING]  # revoked by an earlier request or record
+            else:
                 self._accept(obj, source)
         if not errors:
             return web.Response(status=200)

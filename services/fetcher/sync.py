@@ -223,11 +223,12 @@ class Fetcher:
         )
 
     def _clamped(self, start: datetime, end: datetime, origin: str) -> datetime:
-        """``start`` kept within what MATI serves (and not after ``end``)."""
-        oldest = self.clock() - MATI_RETENTION + RETENTION_MARGIN
+        """``start`` kept within what MATI serves (and not after ``end``), measured from
+        ``end``: a full sync's window is exactly what MATI serves, so it is not clamped."""
+        oldest = end - MATI_RETENTION + RETENTION_MARGIN
         if start < oldest:
-            # Only a checkpoint older than 90 days gets here (INITIAL_LOOKBACK is at most 90):
-            # what changed before ``oldest`` can no longer be fetched, so say so loudly.
+            # A checkpoint older than 90 days (or a 90-day INITIAL_LOOKBACK) gets here: what
+            # changed before ``oldest`` can no longer be fetched, so say so loudly.
             log.warning("fetch.window_clamped", requested=start, start=oldest, origin=origin)
             start = oldest
         if start > end:

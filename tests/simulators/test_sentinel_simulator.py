@@ -116,6 +116,13 @@ async def test_a_revoked_indicator_stays_revoked(
     # Revoking again (a newer ``modified``) is an update like any other.
     newer = dict(revoked, modified="2024-08-01T00:00:00Z")
     assert (await upload(session, sentinel, [newer], legacy=legacy))[0] == 200
+    # Within one request too, and a request of nothing else is refused whole.
+    fresh = indicator("192.0.2.44")
+    gone = dict(fresh, modified="2024-06-01T00:00:00Z", revoked=True)
+    status, _, body = await upload(session, sentinel, [gone, fresh], legacy=legacy)
+    assert (status, body["errors"][0]["recordIndex"]) == (200, 1)
+    assert (await upload(session, sentinel, [fresh], legacy=legacy))[0] == 400
+    assert sentinel.store[fresh["id"]]["revoked"] is True
 
 
 async def test_other_stix_types_go_to_threat_intel_objects_on_the_new_api_only(
