@@ -79,9 +79,11 @@ def _accepted(
         return []
     if not policy.include_uncategorized and not record.get("category"):
         return []
-    misp = record.get("misp") or {}
-    flagged = {name for name, flag in misp.items() if flag is True}
     excluded = policy.exclude_warninglists
+    misp = record.get("misp")
+    if excluded and not isinstance(misp, dict):
+        return []  # no flags to tell by: never sent on a guess
+    flagged = {name.lower() for name, flag in (misp or {}).items() if flag in (True, "true")}
     if flagged and ("all" in excluded or flagged & excluded):
         return []
     if kind != "md5":

@@ -32,6 +32,11 @@ def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) 
     elif reason is DropReason.WARNINGLIST:
         names = ", ".join(excluded_lists(indicator, policy))
         text = f"on MISP warning list(s) {names}, excluded by EXCLUDE_WARNINGLISTS"
+    elif reason is DropReason.WARNINGLIST_UNKNOWN:
+        text = (
+            "MATI sent no warning-list flags although EXCLUDE_WARNINGLISTS is set: set it for "
+            "the fetcher too, then run sync --once --full"
+        )
     else:
         wanted = policy.hash_selection.value
         text = f"no {wanted} hash in associated_hashes (HASH_TYPE={wanted})"

@@ -10,7 +10,9 @@ the first failing one is the reason, so "dropped by reason" counts are comparabl
 4. ``OSINT``              every source is OSINT and ``EXCLUDE_OSINT`` is on
 5. ``UNCATEGORIZED``      no category anywhere and ``INCLUDE_UNCATEGORIZED`` is off
 6. ``WARNINGLIST``        MATI found the value on a MISP warning list ``EXCLUDE_WARNINGLISTS``
-                          names (or on any list, with ``all``)
+                          names (or on any list, with ``all``); ``WARNINGLIST_UNKNOWN`` when
+                          lists are excluded but the record carries no flags to tell (the
+                          fetcher ran without the setting): not sent on a guess
 7. ``HASH_TYPE_MISSING``  an md5 indicator lacks the hash ``HASH_TYPE`` selects
 """
 
@@ -32,6 +34,7 @@ class DropReason(StrEnum):
     UNCATEGORIZED = "uncategorized"
     TYPE_EXCLUDED = "type_excluded"
     WARNINGLIST = "warninglist"
+    WARNINGLIST_UNKNOWN = "warninglist_unknown"
     HASH_TYPE_MISSING = "hash_type_missing"
 
 
@@ -81,7 +84,8 @@ class FilterPolicy:
     include_fqdn: bool = True
     include_url: bool = True
     include_hash: bool = True
-    #: MISP warning-list names whose indicators are dropped; ``{ALL_WARNINGLISTS}`` for any.
+    #: MISP warning-list names (lower case) whose indicators are dropped; ``{ALL_WARNINGLISTS}``
+    #: for any.
     exclude_warninglists: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -133,8 +137,11 @@ def evaluate(indicator: Indicator, policy: FilterPolicy) -> tuple[Observable, ..
         return DropReason.OSINT
     if not policy.include_uncategorized and not indicator.categories:
         return DropReason.UNCATEGORIZED
-    if indicator.warning_lists and excluded_lists(indicator, policy):
-        return DropReason.WARNINGLIST
+    if policy.exclude_warninglists:
+        if indicator.warning_lists is None:
+            return DropReason.WARNINGLIST_UNKNOWN
+        if excluded_lists(indicator, policy):
+            return DropReason.WARNINGLIST
     if kind is not ObservableKind.HASH:
         return (Observable(indicator, kind, indicator.value),)
     hashes = _selected_hashes(indicator, policy.hash_selection)
@@ -145,10 +152,10 @@ def evaluate(indicator: Indicator, policy: FilterPolicy) -> tuple[Observable, ..
 
 def excluded_lists(indicator: Indicator, policy: FilterPolicy) -> tuple[str, ...]:
     """The warning lists of ``indicator`` that ``policy`` excludes, in name order."""
-    excluded = policy.exclude_warninglists
+    excluded, lists = policy.exclude_warninglists, indicator.warning_lists or ()
     if ALL_WARNINGLISTS in excluded:
-        return indicator.warning_lists
-    return tuple(name for name in indicator.warning_lists if name in excluded)
+        return lists
+    return tuple(name for name in lists if name in excluded)
 
 
 def _meets(score: int | None, minimum: int) -> bool:

@@ -62,7 +62,9 @@ class Indicator:
     ``hashes`` holds every hash known for an md5 indicator, the md5 value itself first, at most
     one value per hash type (a STIX id is derived per hash type, so two values of one type
     would collide on one STIX id). ``warning_lists`` names the MISP warning lists MATI found
-    the value on (its ``misp`` flags that are true), sorted; empty when MATI sent no flags.
+    the value on (its ``misp`` flags that are true), lower-cased and sorted; ``None`` when the
+    record has no ``misp`` map (MATI was not asked for the flags), which is not the same as
+    "on no list".
     """
 
     id: str
@@ -75,7 +77,7 @@ class Indicator:
     hashes: tuple[tuple[HashType, str], ...] = ()
     associations: tuple[Association, ...] = ()
     campaigns: tuple[str, ...] = ()
-    warning_lists: tuple[str, ...] = ()
+    warning_lists: tuple[str, ...] | None = None
     last_updated: datetime | None = None
     first_seen: datetime | None = None
     last_seen: datetime | None = None

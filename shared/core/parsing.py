@@ -340,15 +340,15 @@ def _categories(value: object) -> tuple[str, ...]:
     )
 
 
-def _warning_lists(value: object) -> tuple[str, ...]:
-    """The names flagged true in ``misp`` (name -> bool, specs/mati-api-v4.md §5.3), sorted.
-    Only an explicit true flags a list (a JSON ``true``, or the string in any case): a garbled
-    flag must not make an indicator look like a false positive. The set of names grows over
-    time, so none is hard-coded."""
-    if not isinstance(value, dict) or not value:
-        return ()
+def _warning_lists(value: object) -> tuple[str, ...] | None:
+    """The names flagged true in ``misp`` (name -> bool, specs/mati-api-v4.md §5.3), lower-cased
+    and sorted; ``None`` without a map. Only an explicit true flags a list (a JSON ``true``, or
+    the string in any case): a garbled flag must not make an indicator look like a false
+    positive. The set of names grows over time, so none is hard-coded."""
+    if not isinstance(value, dict):
+        return None
     flagged = [
-        name.strip()
+        name.strip().lower()
         for name, flag in value.items()
         if isinstance(name, str)
         and name.strip()

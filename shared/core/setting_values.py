@@ -202,8 +202,9 @@ _WARNING_LIST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def warning_lists(text: str) -> frozenset[str]:
-    """Comma-separated names (blanks around them ignored); ``all`` anywhere means every list."""
-    names = {name.strip() for name in text.split(",")} - {""}
+    """Comma-separated names, in any case (blanks around them ignored); ``all`` anywhere means
+    every list."""
+    names = {name.strip().lower() for name in text.split(",")} - {""}
     if any(_WARNING_LIST.fullmatch(name) is None for name in names):
         raise ValueError(text)
     return frozenset({ALL_WARNINGLISTS}) if ALL_WARNINGLISTS in names else frozenset(names)

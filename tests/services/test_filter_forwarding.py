@@ -80,13 +80,14 @@ async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig
         uncategorized,
         no_sha256,
         {**passing(of_type("fqdn", 2)), "misp": {"test-only-list": True, "alexa": False}},
+        {k: v for k, v in passing(of_type("fqdn", 3)).items() if k != "misp"},  # no flags
         ipv4,
         md5,
     ]
     outcome = await sync(rig, rig.worker(filter_policy=policy), *records)
 
     drops = {f"dropped_{reason}": 1 for reason in DropReason}
-    want = {"received": 9, "forwarded": 2, "forwarded_new": 2, **drops}
+    want = {"received": 10, "forwarded": 2, "forwarded_new": 2, **drops}
     assert dict(outcome.counts) == want
     assert await rig.state.counters() == want
     forwarded = await uploads(rig.bus)

@@ -316,6 +316,9 @@ def mati_records(draw: st.DrawFn) -> dict[str, Any]:
         "first_seen": mati_timestamps(),
         "last_seen": mati_timestamps(),
         "is_publishable": st.booleans(),
+        "misp": st.dictionaries(
+            st.sampled_from(["rfc1918", "Sinkholes", "tranco10k"]), st.booleans(), max_size=3
+        ),
     }
     if kind == "md5":
         optional["associated_hashes"] = st.lists(
@@ -334,7 +337,7 @@ def mati_records(draw: st.DrawFn) -> dict[str, Any]:
 def noisy_records(draw: st.DrawFn) -> dict[str, Any]:
     """A realistic record with some fields (required ones included) replaced by arbitrary JSON."""
     record = draw(mati_records())
-    keys = [*record, "mscore", "threat_rating", "sources", "associated_hashes", "category"]
+    keys = [*record, "mscore", "threat_rating", "sources", "associated_hashes", "category", "misp"]
     for key in draw(st.lists(st.sampled_from(keys), max_size=4)):
         record[key] = draw(json_values)
     return record
@@ -356,6 +359,9 @@ filter_policies = st.builds(
     include_fqdn=st.booleans(),
     include_url=st.booleans(),
     include_hash=st.booleans(),
+    exclude_warninglists=st.sampled_from(
+        [frozenset(), frozenset({"all"}), frozenset({"rfc1918", "sinkholes"})]
+    ),
 )
 
 _expirations = st.timedeltas(min_value=timedelta(milliseconds=1), max_value=timedelta(days=365))

@@ -187,10 +187,15 @@ _ORDER = [
     DropReason.LOW_THREAT_SCORE,
     DropReason.OSINT,
     DropReason.UNCATEGORIZED,
+    DropReason.WARNINGLIST,
     DropReason.HASH_TYPE_MISSING,
 ]
+_LISTED = frozenset({"rfc1918"})
 _STRICT = FilterPolicy(
-    include_hash=False, include_uncategorized=False, hash_selection=HashSelection.SHA256
+    include_hash=False,
+    include_uncategorized=False,
+    hash_selection=HashSelection.SHA256,
+    exclude_warninglists=_LISTED,
 )
 _BREAKS: dict[DropReason, dict[str, object]] = {
     DropReason.LOW_CONFIDENCE: {"mscore": 10},
@@ -207,6 +212,7 @@ def failing(reasons: set[DropReason]) -> tuple[Indicator, FilterPolicy]:
         changes.update(_BREAKS[reason])
     if DropReason.OSINT in reasons and DropReason.UNCATEGORIZED in reasons:
         changes["sources"] = (OSINT_FEED,)
+    changes["warning_lists"] = tuple(_LISTED) if DropReason.WARNINGLIST in reasons else ()
     indicator = passing(IndicatorType.MD5, **changes)
     policy = FilterPolicy(
         include_hash=DropReason.TYPE_EXCLUDED not in reasons,
@@ -214,6 +220,7 @@ def failing(reasons: set[DropReason]) -> tuple[Indicator, FilterPolicy]:
         hash_selection=(
             HashSelection.SHA256 if DropReason.HASH_TYPE_MISSING in reasons else HashSelection.MD5
         ),
+        exclude_warninglists=_LISTED,
     )
     return indicator, policy
 
@@ -371,6 +378,18 @@ def expected_reason(indicator: Indicator, policy: FilterPolicy) -> DropReason | 
             DropReason.OSINT,
         ),
         (not policy.include_uncategorized and not indicator.categories, DropReason.UNCATEGORIZED),
+        (
+            bool(policy.exclude_warninglists) and indicator.warning_lists is None,
+            DropReason.WARNINGLIST_UNKNOWN,
+        ),
+        (
+            bool(indicator.warning_lists)
+            and (
+                "all" in policy.exclude_warninglists
+                or not policy.exclude_warninglists.isdisjoint(indicator.warning_lists or ())
+            ),
+            DropReason.WARNINGLIST,
+        ),
         (
             indicator.type is IndicatorType.MD5
             and policy.hash_selection is not HashSelection.ALL

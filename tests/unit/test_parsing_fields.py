@@ -20,7 +20,7 @@ def test_a_record_with_only_the_required_fields_parses() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    record = {**example_record("ipv4"), "misp": {"akamai": False}, "x_new": [1, {"a": None}]}
+    record = {**example_record("ipv4"), "x_new": [1, {"a": None}], "x_flags": {"akamai": False}}
     assert must_parse(record) == must_parse(example_record("ipv4"))
 
 

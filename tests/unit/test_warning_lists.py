@@ -1,6 +1,7 @@
 """MISP warning lists (``EXCLUDE_WARNINGLISTS``): MATI's ``misp`` flags are read as a name ->
-bool map whose names grow over time, only an explicit true flags a list, and an excluded list
-drops an indicator with its own counted reason that ``explain`` spells out."""
+bool map whose names grow over time (compared in any case), only an explicit true flags a list,
+an excluded list drops an indicator with its own counted reason that ``explain`` spells out,
+and a record without flags is not sent on a guess while lists are excluded."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def flagged(*names: str, **flags: Any) -> dict[str, Any]:
 # ---- parsing -------------------------------------------------------------------------------
 
 
-def test_the_true_flags_are_the_lists_sorted() -> None:
-    indicator = example_indicator(ACCEPTED, misp=flagged("rfc1918", "public-dns-v4"))
-    assert indicator.warning_lists == ("public-dns-v4", "rfc1918")
+def test_the_true_flags_are_the_lists_lower_cased_and_sorted() -> None:
+    indicator = example_indicator(ACCEPTED, misp=flagged("rfc1918", "public-dns-v4", "Alexa_1M"))
+    assert indicator.warning_lists == ("alexa_1m", "public-dns-v4", "rfc1918")
 
 
 @pytest.mark.parametrize(
@@ -49,15 +50,16 @@ def test_only_an_explicit_true_flags_a_list(flag: object, flags_it: bool) -> Non
 
 
 @pytest.mark.parametrize("misp", [None, [], "rfc1918", [{"misp_id": "rfc1918", "detected": True}]])
-def test_a_misp_block_of_another_shape_flags_nothing(misp: object) -> None:
+def test_a_misp_block_of_another_shape_tells_nothing(misp: object) -> None:
     """FortiSOAR documents a list of ``{misp_id, detected}``; real traffic is a map (§5.3)."""
-    assert example_indicator(ACCEPTED, misp=misp).warning_lists == ()
+    assert example_indicator(ACCEPTED, misp=misp).warning_lists is None
 
 
-def test_a_record_without_misp_has_no_lists() -> None:
+def test_no_misp_block_is_unknown_and_an_empty_map_is_on_no_list() -> None:
     record = example_record(ACCEPTED)
     record.pop("misp", None)
-    assert must_parse(record).warning_lists == ()
+    assert must_parse(record).warning_lists is None
+    assert example_indicator(ACCEPTED, misp={}).warning_lists == ()
 
 
 @given(st.dictionaries(st.text(max_size=12), st.one_of(st.booleans(), st.text(max_size=6))))
@@ -65,7 +67,7 @@ def test_any_map_parses_to_its_true_names(misp: dict[str, object]) -> None:
     parsed = parse_indicator({**example_record(ACCEPTED), "misp": misp})
     assert not isinstance(parsed, Exception)
     expected = {
-        name.strip()
+        name.strip().lower()
         for name, flag in misp.items()
         if name.strip()
         and (flag is True or (isinstance(flag, str) and flag.strip().lower() == "true"))
@@ -85,6 +87,7 @@ def test_any_map_parses_to_its_true_names(misp: dict[str, object]) -> None:
         (frozenset({"rfc1918"}), ("public-dns-v4",), False),
         (frozenset({"all"}), ("tranco10k",), True),
         (frozenset({"all"}), (), False),
+        (frozenset({"alexa_1m"}), ("Alexa_1M",), True),
     ],
 )
 def test_an_excluded_list_drops_the_indicator(
@@ -95,6 +98,20 @@ def test_an_excluded_list_drops_the_indicator(
     assert (verdict is DropReason.WARNINGLIST) is dropped
     if not dropped:
         assert isinstance(verdict, tuple)
+
+
+@pytest.mark.parametrize("excluded", [frozenset({"all"}), frozenset({"rfc1918"})])
+def test_without_flags_an_exclusion_drops_rather_than_guesses(excluded: frozenset[str]) -> None:
+    """The fetcher ran without the setting (or an old record was replayed): the filter cannot
+    tell, so it drops with a reason of its own, which ``explain`` turns into the fix."""
+    record = example_record(ACCEPTED)
+    record.pop("misp", None)
+    indicator, policy = must_parse(record), FilterPolicy(exclude_warninglists=excluded)
+    assert evaluate(indicator, policy) is DropReason.WARNINGLIST_UNKNOWN
+    assert isinstance(evaluate(indicator, FilterPolicy()), tuple)
+    assert "set it for the fetcher too" in drop_detail(
+        DropReason.WARNINGLIST_UNKNOWN, indicator, policy
+    )
 
 
 def test_an_earlier_check_names_the_reason_first() -> None:
@@ -120,10 +137,11 @@ def test_explain_names_the_lists_and_the_setting() -> None:
 @pytest.mark.parametrize(
     ("text", "lists"),
     [("public-dns-v4,rfc1918", {"public-dns-v4", "rfc1918"}),
-     (" sinkholes , alexa_1M ,", {"sinkholes", "alexa_1M"}),
+     (" sinkholes , alexa_1M ,", {"sinkholes", "alexa_1m"}),
      ("eicar.com", {"eicar.com"}),
+     ("RFC1918,Public-DNS-v4", {"rfc1918", "public-dns-v4"}),
      ("rfc1918,all", {"all"}),
-     ("all", {"all"})],
+     ("ALL", {"all"})],
 )  # fmt: skip
 def test_the_setting_reads_names_or_all(text: str, lists: set[str]) -> None:
     settings = load_settings({**VALID_ENV, "EXCLUDE_WARNINGLISTS": text})
@@ -148,7 +166,8 @@ def test_a_bad_name_is_one_line() -> None:
 
 
 def test_an_unset_exclusion_keeps_the_source_tags_of_earlier_versions() -> None:
-    """Upgrading must not make the filter judge every replayed record afresh."""
+    """Upgrading must not make the filter judge every replayed record afresh: the key of the
+    default policy is the one versions without the setting made."""
     unset = policy_key(FilterPolicy(), StixPolicy())
-    assert unset == policy_key(FilterPolicy(exclude_warninglists=frozenset()), StixPolicy())
+    assert unset.hex()[:16] == "2fc400c379438a92"
     assert unset != policy_key(FilterPolicy(exclude_warninglists=frozenset({"all"})), StixPolicy())
