@@ -56,15 +56,18 @@ class FetcherConfig:
             minimum_confidence=settings.minimum_confidence,
             exclude_osint=settings.exclude_osint,
             include_misp=bool(settings.exclude_warninglists),
-            full_window=min(
-                MATI_RETENTION - RETENTION_MARGIN,
-                timedelta(
-                    days=max(
-                        settings.ip_indicator_expiration,
-                        settings.fqdn_indicator_expiration,
-                        settings.url_indicator_expiration,
-                        settings.hash_indicator_expiration,
-                    )
-                ),
-            ),
+            full_window=min(MATI_RETENTION - RETENTION_MARGIN, _longest_live(settings)),
         )
+
+
+def _longest_live(settings: Settings) -> timedelta:
+    """The longest expiration of the indicator types the destination takes (of all four when
+    it takes none, so a full sync still has a window)."""
+    types = [
+        (settings.ip_indicator_expiration, settings.include_ipv4),
+        (settings.fqdn_indicator_expiration, settings.include_fqdn),
+        (settings.url_indicator_expiration, settings.include_url),
+        (settings.hash_indicator_expiration, settings.include_hash),
+    ]
+    taken = [days for days, included in types if included] or [days for days, _ in types]
+    return timedelta(days=max(taken))

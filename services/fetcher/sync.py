@@ -276,8 +276,8 @@ class Fetcher:
         """Publish the page whole, THEN move the checkpoint, THEN count it."""
         records, run_id = page.indicators, progress.run_id
         page_trace = tracing.inject({})  # every record carries the page's context
-        salt = run_id if progress.full else ""
-        messages = [raw_message(r, run_id=run_id, trace=page_trace, salt=salt) for r in records]
+        full = progress.full
+        messages = [raw_message(r, run_id=run_id, trace=page_trace, full=full) for r in records]
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
             await self.bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)

@@ -15,7 +15,7 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from shared.contract.bus import Delivery
-from shared.contract.messages import UploadRequest
+from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest
 from shared.core.events import get_logger
 from shared.core.filters import DropReason, FilterPolicy, evaluate
 from shared.core.fingerprint import refresh_after_for
@@ -38,6 +38,9 @@ class Forward:
     source: bytes
     valid_until: datetime
     refresh_after: timedelta
+    #: Until when an upload would have been valid had it followed MATI's last report of the
+    #: record (``last_updated`` plus the expiration); None for an undated record.
+    reported_until: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +49,8 @@ class Item:
 
     delivery: Delivery
     indicator_id: str = ""
+    #: From a full sync: re-judged, not reported again (``services.filter.worker._decide``).
+    full: bool = False
     dead_letter: tuple[str, str] | None = None  # (reason, description)
     observables: list[Forward] = field(default_factory=list)
     decided: list[UploadRequest] = field(default_factory=list)
@@ -80,7 +85,12 @@ def judge(
 ) -> Item:
     """Parse, filter and fingerprint one record; never raises (bad input is its verdict).
     ``source`` is the record's source tag, stored with the seen entry its upload writes."""
-    item = Item(delivery, indicator_id=delivery.properties.get("indicator_id", ""))
+    properties = delivery.properties
+    item = Item(
+        delivery,
+        indicator_id=properties.get("indicator_id", ""),
+        full=properties.get(SYNC_PROPERTY) == FULL_SYNC,
+    )
     try:
         raw = parse_json(delivery.body)
         indicator = raw if isinstance(raw, Rejection) else parse_indicator(raw)
@@ -103,6 +113,11 @@ def judge(
                     source=source,
                     valid_until=now + draft.expiration,
                     refresh_after=refresh_after_for(draft.expiration, refresh_ratio),
+                    reported_until=(
+                        None
+                        if indicator.last_updated is None
+                        else indicator.last_updated + draft.expiration
+                    ),
                 )
             )
     except Exception as exc:

@@ -47,7 +47,7 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
-from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
+from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Forward, Item, judge
 from shared.adapters.destination_state import DestinationState
 from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
@@ -59,7 +59,7 @@ from shared.contract.messages import (
 )
 from shared.core.errors import LockLost, TransientError
 from shared.core.events import get_logger
-from shared.core.fingerprint import SeenEntry, decide
+from shared.core.fingerprint import ForwardReason, SeenEntry, decide
 from shared.core.retrying import Retrier, Stopped, retry
 from shared.core.source_tag import Shortcut, predicted_ids
 from shared.core.timing import UtcClock, utc_now
@@ -283,13 +283,15 @@ class FilterWorker:
             await self._seen(list(dict.fromkeys(missing)), known)
         for item in items:
             for forward in item.observables:
+                seen = known.get(forward.draft.stix_id) if self.config.deduplication else None
+                if item.full and _stale(seen, forward, now):
+                    item.counts["dropped_stale"] += 1
+                    continue
                 reason = decide(
-                    known.get(forward.draft.stix_id) if self.config.deduplication else None,
-                    forward.draft.fingerprint,
-                    now,
-                    forward.valid_until,
-                    forward.refresh_after,
+                    seen, forward.draft.fingerprint, now, forward.valid_until, forward.refresh_after
                 )
+                if item.full and reason is ForwardReason.REFRESH:
+                    reason = None  # a full sync re-judges; only MATI's report extends validity
                 if reason is None:
                     item.counts["dropped_unchanged"] += 1
                     continue
@@ -417,3 +419,12 @@ class FilterWorker:
         if lost:
             log.warning("filter.lock_lost", messages=lost)
         return lost
+
+
+def _stale(seen: SeenEntry | None, forward: Forward, now: datetime) -> bool:
+    """A full sync's record that is not live in the workspace and whose last report by MATI
+    is older than its expiration: uploading it would bring back what the workspace rightly
+    let expire. (A normal sync never meets one: MATI reporting it is what makes it current.)"""
+    live = seen is not None and seen.valid_until > now
+    reported = forward.reported_until
+    return not live and reported is not None and reported <= now

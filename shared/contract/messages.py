@@ -71,15 +71,22 @@ def _text_field(record: object, key: str) -> str:
     return ""
 
 
+#: The raw message property that marks a full sync's records (``sync --once --full``).
+SYNC_PROPERTY: Final = "sync"
+FULL_SYNC: Final = "full"
+
+
 def raw_message(
-    record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY, salt: str = ""
+    record: object, *, run_id: str, trace: Mapping[str, str] = EMPTY, full: bool = False
 ) -> Message:
     """Wrap one MATI record as published by the fetcher; any JSON value is accepted, since
     judging records is the filter's job (a bad one is dead-lettered there, with its reason).
 
     The message id is derived from the record's id and ``last_updated``, so a page published
-    twice is published once; a ``salt`` (a full sync's run id) makes the ids its own, so the
-    bus does not drop a deliberate re-judging of records it carried minutes ago.
+    twice is published once. A ``full`` sync's messages take the run into their ids, so the
+    bus does not drop a deliberate re-judging of records it carried minutes ago (a retry
+    within the run still deduplicates), and say so (``sync=full``): the filter re-judges them
+    without treating them as MATI reporting the indicator again.
 
     The message carries the ``TRACE_PROPERTIES`` of ``trace`` as they are (a page's records
     share one context: it is formatted once, not per record)."""
@@ -87,8 +94,8 @@ def raw_message(
     indicator_id = _text_field(record, "id")
     last_updated = _text_field(record, "last_updated")
     seed = f"{indicator_id}|{last_updated}".encode() if indicator_id else body
-    if salt:
-        seed += b"|" + salt.encode()
+    if full:
+        seed += b"|" + run_id.encode()
     return Message(
         body=body,
         message_id=hashlib.blake2b(seed, digest_size=16).hexdigest(),
@@ -98,6 +105,7 @@ def raw_message(
                 "indicator_id": indicator_id,
                 "indicator_type": _text_field(record, "type"),
                 "run_id": run_id,
+                **({SYNC_PROPERTY: FULL_SYNC} if full else {}),
             },
             trace,
         ),

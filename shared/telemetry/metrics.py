@@ -184,7 +184,7 @@ AHEAD: Final[Mapping[Service, Mapping[str, tuple[str, ...]]]] = {
         "sync_": ("completed", "stopped", "lease_lost", "failed", "standby"),
     },
     Service.FILTER: {
-        "dropped_": (*(r.value for r in DropReason), "unchanged", "in_flight"),
+        "dropped_": (*(r.value for r in DropReason), "unchanged", "in_flight", "stale"),
         "rejected_": tuple(r.value for r in RejectReason),
         "forwarded_": tuple(r.value for r in ForwardReason),
     },

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from shared.contract.messages import (
     upload_queue,
 )
 from shared.core.filters import DropReason, FilterPolicy, evaluate
-from shared.core.fingerprint import fingerprint
+from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.indicator import HashType
 from shared.core.parsing import Rejection, parse_indicator
 from shared.core.stix import StixPolicy, content, stix_id
@@ -150,6 +151,12 @@ def expected(
 async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
     await publish(rig.bus, *records)
     return await worker.handle(await take(rig.bus, SOURCE, len(records)))
+
+
+async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:
+    """What the uploader does once Sentinel accepted the records."""
+    entries = [(r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag)) for r in requests]
+    await rig.state.commit(entries, now=rig.clock.now)
 
 
 async def assert_settled(rig: Rig) -> None:

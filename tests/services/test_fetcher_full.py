@@ -38,6 +38,13 @@ def test_the_full_window_is_the_longest_expiration_within_what_mati_serves() -> 
     assert FetcherConfig.from_settings(short).full_window == timedelta(days=30)
     longest = Settings(hash_indicator_expiration=365)
     assert FetcherConfig.from_settings(longest).full_window == served
+    # Only the types the destination takes: without hashes, the 30 days of URLs.
+    no_hashes = Settings(**days, include_hash=False)
+    assert FetcherConfig.from_settings(no_hashes).full_window == timedelta(days=30)
+    alike = Settings(ip_indicator_expiration=9, fqdn_indicator_expiration=9, include_fqdn=False)
+    assert FetcherConfig.from_settings(replace(alike, include_hash=False)).full_window == (
+        timedelta(days=9)
+    )
 
 
 async def test_a_full_sync_republishes_the_whole_window_and_keeps_the_checkpoint(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -21,10 +21,9 @@ from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_connect import connect
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Message, Target
-from shared.contract.messages import UploadRequest
 from shared.core.errors import BusUnavailable
 from shared.core.filters import DropReason, FilterPolicy, HashSelection
-from shared.core.fingerprint import ForwardReason, SeenEntry, fingerprint
+from shared.core.fingerprint import ForwardReason, fingerprint
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from tests.services.filter_rig import (
@@ -35,6 +34,7 @@ from tests.services.filter_rig import (
     Rig,
     again,
     assert_settled,
+    commit,
     expected,
     of_type,
     passing,
@@ -46,12 +46,6 @@ from tests.services.filter_rig import (
 from tests.state.lost_replies import LostReplies
 
 IPV4_DAYS = STIX.ipv4_expiration
-
-
-async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:
-    """What the uploader does once Sentinel accepted the records."""
-    entries = [(r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag)) for r in requests]
-    await rig.state.commit(entries, now=rig.clock.now)
 
 
 async def test_every_drop_reason_is_counted_and_accepted_ones_forwarded_once(rig: Rig) -> None:

@@ -63,14 +63,16 @@ def test_raw_message_id_is_one_per_indicator_version() -> None:
     assert raw_message(newer, run_id="a").message_id != first
 
 
-def test_a_salt_gives_a_full_sync_ids_of_its_own_and_keeps_them_within_it() -> None:
+def test_a_full_sync_has_ids_of_its_own_keeps_them_within_it_and_says_so() -> None:
     """A full sync re-judges records the bus carried minutes ago: without its own ids the
-    duplicate detection would drop them; with the run as salt its retries still deduplicate."""
-    plain = raw_message(RECORD, run_id="a").message_id
-    salted = raw_message(RECORD, run_id="full-1", salt="full-1").message_id
-    assert salted != plain
-    assert raw_message(RECORD, run_id="full-1", salt="full-1").message_id == salted
-    assert raw_message(RECORD, run_id="full-2", salt="full-2").message_id != salted
+    duplicate detection would drop them; with the run in them its retries still deduplicate."""
+    plain = raw_message(RECORD, run_id="a")
+    full = raw_message(RECORD, run_id="full-1", full=True)
+    assert full.message_id != plain.message_id
+    assert raw_message(RECORD, run_id="full-1", full=True).message_id == full.message_id
+    assert raw_message(RECORD, run_id="full-2", full=True).message_id != full.message_id
+    assert full.properties == {**RECORD_PROPERTIES, "run_id": "full-1", "sync": "full"}
+    assert "sync" not in plain.properties
 
 
 @settings(max_examples=100, deadline=None)
