@@ -120,7 +120,8 @@ def render(status: Status) -> str:
             for key in ("outcome", "pages", "fetched", "published")
             if key in run
         )
-        lines.append(f"last sync    {run.get('run_id', '?')}: {funnel}")
+        kind = " (full)" if run.get("full") else ""
+        lines.append(f"last sync    {run.get('run_id', '?')}{kind}: {funnel}")
     lines.append(
         f"circuit      {status.circuit}"
         + (f" ({status.circuit_reason})" if status.circuit_reason else "")

@@ -14,7 +14,8 @@ so one indicator's path is one trace. The caller hands it over as those properti
 
 ``message_id`` is derived from content, never random: the same indicator version published
 twice (a page re-fetched after a crash, an overlapping window) gets the same id, and the bus's
-duplicate detection drops the copy.
+duplicate detection drops the copy. A full sync adds its run to the content it derives from,
+so its re-judging gets through while its own retries are still dropped.
 """
 
 from __future__ import annotations

@@ -148,6 +148,12 @@ def upload(record: Mapping[str, Any], sid: str, fp: str) -> Message:
 
 # ---- dropped --------------------------------------------------------------------------------
 
+ACCEPT_EVERY_SCORE = {
+    "MINIMUM_CONFIDENCE": "0",
+    "MINIMUM_THREAT_SCORE": "0",
+    "EXCLUDE_OSINT": "false",
+}
+
 
 @pytest.mark.parametrize(
     ("reason", "env", "detail"),
@@ -165,6 +171,12 @@ def upload(record: Mapping[str, Any], sid: str, fp: str) -> Message:
         ),
         (DropReason.TYPE_EXCLUDED, {"INCLUDE_FQDN": "false"}, "INCLUDE_FQDN=false"),
         (DropReason.HASH_TYPE_MISSING, {"HASH_TYPE": "sha256"}, "(HASH_TYPE=sha256)"),
+        # Found only if explain asks MATI for the flags, as the fetcher does.
+        (
+            DropReason.WARNINGLIST,
+            {**ACCEPT_EVERY_SCORE, "EXCLUDE_WARNINGLISTS": "all"},
+            ", excluded by EXCLUDE_WARNINGLISTS",
+        ),
     ],
 )
 async def test_dropped_names_the_filter_and_the_numbers(

@@ -4,9 +4,11 @@ oldest MATI still serves) and that everything in it is published once, in order.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -15,6 +17,7 @@ from services.fetcher.sync import Outcome
 from shared.adapters.feed_state import FetcherLease
 from shared.core.settings import Settings
 from tests.services.fetcher_rig import (
+    CONFIG,
     DEST,
     LOOKBACK,
     T0,
@@ -122,3 +125,19 @@ async def test_a_checkpoint_older_than_mati_serves_is_clamped_not_rejected(
         oldest = w.clock.now - MATI_RETENTION + RETENTION_MARGIN
         assert query["start_epoch"] == str(math.floor(oldest.timestamp()))
         assert ids(await w.drain()) == w.expected(query)
+
+
+async def test_warning_list_flags_are_asked_for_on_every_page_only_when_excluded(
+    server_ssl: Any, client_ssl: Any, redis_client: Redis
+) -> None:
+    settings = Settings(destination=DEST, exclude_warninglists=frozenset({"rfc1918"}))
+    config = replace(FetcherConfig.from_settings(settings), page_size=CONFIG.page_size)
+    async with world(server_ssl, client_ssl, redis_client) as w:
+        await w.sync(w.fetcher(config=config))
+        delivered = await w.drain()
+
+        requests = w.mati.recorder.of("indicator")
+        assert len(requests) > 1
+        assert all(r.query["include_misp"] == "true" for r in requests)
+        assert delivered
+        assert all("misp" in orjson.loads(d.body) for d in delivered)

@@ -46,7 +46,9 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     rt = runtime_for(redis_client, redis_server.url)
     now = datetime.now(UTC)
     await FeedState(redis_client).advance(now - timedelta(minutes=10), "run-1")
-    await FeedState(redis_client).record_run({"run_id": "run-1", "outcome": "completed"})
+    await FeedState(redis_client).record_run(
+        {"run_id": "run-1", "outcome": "completed", "pages": 2, "full": True}
+    )
     await FeedState(redis_client).count({"fetched": 7})
     state = DestinationState(redis_client, "soc")
     await state.count({"dropped_low_confidence": 3, "uploaded": 4})
@@ -60,7 +62,7 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     status = await collect(rt, now=now)
     assert status.checkpoint_age_s is not None
     assert 590 <= status.checkpoint_age_s <= 610
-    assert status.last_run == {"run_id": "run-1", "outcome": "completed"}
+    assert status.last_run == {"run_id": "run-1", "outcome": "completed", "pages": 2, "full": True}
     queue = next(e for e in status.entities if e.entity == "upload.soc")
     assert (queue.depth, queue.in_flight, queue.dead_letter) == (1, 0, 1)
     assert status.counters == {"dropped_low_confidence": 3, "uploaded": 4}
@@ -70,6 +72,7 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     assert "circuit      open (AuthenticationFailed)" in text
     assert "upload.soc" in text
     assert "(age 10m)" in text
+    assert "last sync    run-1 (full): outcome=completed, pages=2" in text
 
     done = await asyncio.to_thread(cli, redis_server.url, "status", "--json")
     assert done.returncode == 0, done.stderr
