@@ -41,6 +41,17 @@ SOURCE_TAG_BYTES: Final = 8
 #: ms in base64url. 44 ASCII bytes: Redis keeps it inside the value's object (an "embstr", up
 #: to 44 bytes), and clients that decode responses as text still read it.
 _LAYOUT: Final = struct.Struct(f">{_DIGEST_BYTES}s{SOURCE_TAG_BYTES}sq")
+#: The int64 field holds ``valid_until`` in its low 48 bits (enough past year 9999), the
+#: revocation generation in bits 48..61 and "revoked" in bit 62. Entries written before
+#: revocation existed have those bits clear, so they read as generation 0, not revoked, and the
+#: format letter stays: no upgrade re-uploads anything. A negative field (a ``valid_until``
+#: before 1970, which only tests write) is plain milliseconds, as it always was.
+_MILLIS_BITS: Final = 48
+_MILLIS_MASK: Final = (1 << _MILLIS_BITS) - 1
+_GENERATION_BITS: Final = 14
+#: The highest revocation generation an entry can record.
+MAX_GENERATION: Final = (1 << _GENERATION_BITS) - 1
+_REVOKED_BIT: Final = 1 << 62
 _FORMAT: Final = b"1"
 _ENCODED: Final = re.compile(rb"1[A-Za-z0-9_-]{43}")
 _NO_TAG: Final = bytes(SOURCE_TAG_BYTES)
@@ -54,6 +65,8 @@ class ForwardReason(StrEnum):
     NEW = "new"
     CHANGED = "changed"
     REFRESH = "refresh"
+    #: The workspace holds the object and the record no longer passes: re-uploaded revoked.
+    REVOKE = "revoke"
 
 
 def fingerprint(content: Mapping[str, object]) -> str:
@@ -80,11 +93,18 @@ class SeenEntry:
     """What the seen cache keeps per STIX id: the fingerprint uploaded, the ``valid_until``
     it was uploaded with (millisecond precision once encoded, like STIX timestamps), and the
     source tag of the raw record it was decided from (empty when unknown), which lets the
-    filter recognise a record it already judged without parsing it again."""
+    filter recognise a record it already judged without parsing it again.
+
+    ``revoked`` says the object was last uploaded with ``revoked: true``; ``generation`` is how
+    many times the lineage was revoked and published again (STIX forbids un-revoking an id, so
+    each publication after a revocation goes out under a new id, see
+    ``shared.core.stix.stix_id``). The entry stays keyed by the generation-0 id."""
 
     fingerprint: str
     valid_until: datetime
     source: bytes = b""
+    revoked: bool = False
+    generation: int = 0
 
     def __post_init__(self) -> None:
         # Checked here so that every entry that can be built can also be decoded again.
@@ -94,11 +114,29 @@ class SeenEntry:
             raise ValueError("valid_until must be an aware datetime")
         if len(self.source) not in (0, SOURCE_TAG_BYTES):
             raise ValueError(f"source must be empty or {SOURCE_TAG_BYTES} bytes")
+        if not 0 <= self.generation <= MAX_GENERATION:
+            raise ValueError(f"generation must be within 0..{MAX_GENERATION}")
+        if (self.revoked or self.generation) and self.valid_until < _EPOCH:
+            raise ValueError("a revoked or later-generation entry needs valid_until after 1970")
+
+    def live(self, now: datetime) -> bool:
+        """Whether the workspace holds the object as a live indicator at ``now``: uploaded,
+        not revoked, not expired. Only such an object needs revoking."""
+        return not self.revoked and self.valid_until > now
+
+    def next_generation(self) -> int:
+        """The generation an upload of this lineage goes out under: a revoked id is never
+        published again, so a revoked entry moves on to the next one."""
+        return min(self.generation + 1, MAX_GENERATION) if self.revoked else self.generation
 
     def encode(self) -> bytes:
         """The 44-byte layout above. An unknown source is stored as zeros, which decode as
         unknown again: such an entry never matches a tag (the filter's full path runs)."""
         millis = (self.valid_until - _EPOCH) // _MILLISECOND
+        if millis >= 0:
+            millis |= self.generation << _MILLIS_BITS
+            if self.revoked:
+                millis |= _REVOKED_BIT
         packed = _LAYOUT.pack(bytes.fromhex(self.fingerprint), self.source or _NO_TAG, millis)
         return _FORMAT + base64.urlsafe_b64encode(packed).rstrip(b"=")
 
@@ -109,12 +147,18 @@ class SeenEntry:
         if _ENCODED.fullmatch(data) is None:
             return None
         packed = base64.urlsafe_b64decode(data[1:] + b"=")
-        digest, source, millis = _LAYOUT.unpack(packed)
+        digest, source, field = _LAYOUT.unpack(packed)
+        millis, generation, revoked = field, 0, False
+        if field >= 0:
+            millis = field & _MILLIS_MASK
+            generation = (field >> _MILLIS_BITS) & MAX_GENERATION
+            revoked = bool(field & _REVOKED_BIT)
         try:
             valid_until = _EPOCH + millis * _MILLISECOND
         except OverflowError:
             return None
-        return cls(digest.hex(), valid_until, b"" if source == _NO_TAG else source)
+        tag = b"" if source == _NO_TAG else source
+        return cls(digest.hex(), valid_until, tag, revoked, generation)
 
 
 def decide(
@@ -127,11 +171,12 @@ def decide(
     """Whether to forward an accepted indicator, and why; ``None`` means "unchanged, drop".
 
     An entry whose ``valid_until`` has passed counts as ``NEW``: Sentinel no longer matches on
-    that indicator, whatever the cache says. ``REFRESH`` fires when uploading now would push
+    that indicator, whatever the cache says; so does a revoked one (it goes out again under
+    the next generation's id). ``REFRESH`` fires when uploading now would push
     ``valid_until`` out by at least ``refresh_after``: still-reported indicators stay valid
     in Sentinel (the vendor's v1.2.2 problem) without re-uploading 90-day hashes every sync.
     """
-    if seen is None or seen.valid_until <= now:
+    if seen is None or seen.revoked or seen.valid_until <= now:
         return ForwardReason.NEW
     if seen.fingerprint != fingerprint:
         return ForwardReason.CHANGED

@@ -166,6 +166,7 @@ async def test_metrics_after_a_sync_match_the_workspace(
         "new": forwarded,
         "changed": 0,
         "refresh": 0,
+        "revoke": 0,
     }
     settled_upstream = sum(
         total(scrapes, UPLOADERS, name)

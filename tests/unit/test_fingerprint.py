@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shared.core.fingerprint import (
     EXTENSION_ID,
     FINGERPRINT_PROPERTY,
+    MAX_GENERATION,
     VOLATILE_PROPERTIES,
     ForwardReason,
     SeenEntry,
@@ -207,7 +208,7 @@ def test_encoding_keeps_valid_until_to_the_millisecond(valid_until: datetime) ->
         b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAABlZ33iHss",  # one long
         b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAABlZ33+Hs",  # not base64url
         b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAABlZ33 Hs",
-        b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3QAAAAAAAAAA",  # valid_until past year 9999
+        b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAD__________",  # valid_until past year 9999
         b'{"fingerprint": "x"}',
     ],
 )
@@ -348,3 +349,57 @@ def test_the_refresh_ratio_must_lie_in_0_to_1(ratio: float) -> None:
 def test_the_expiration_must_be_positive(expiration: timedelta) -> None:
     with pytest.raises(ValueError, match="expiration"):
         refresh_after_for(expiration, 0.5)
+
+
+# -- revocation: generation and revoked ride in the valid_until field ---------------------
+
+
+@PROPERTY
+@given(
+    utc_datetimes,
+    st.booleans(),
+    st.integers(min_value=0, max_value=MAX_GENERATION),
+    st.sampled_from([b"", TAG]),
+)
+def test_revoked_and_generation_round_trip(
+    valid_until: datetime, revoked: bool, generation: int, source: bytes
+) -> None:
+    valid_until = valid_until.replace(microsecond=valid_until.microsecond // 1000 * 1000)
+    entry = SeenEntry(FP, valid_until, source, revoked, generation)
+    data = entry.encode()
+    assert len(data) == 44
+    assert SeenEntry.decode(data) == entry
+
+
+def test_an_entry_written_before_revocation_decodes_as_generation_0_not_revoked() -> None:
+    # The pinned encoding above, as the code before revocation wrote it.
+    decoded = SeenEntry.decode(b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAABlZ33iHs")
+    assert decoded == SeenEntry(FP, datetime(2025, 3, 16, 8, 0, 0, 123000, tzinfo=UTC), TAG)
+    assert decoded is not None
+    assert (decoded.revoked, decoded.generation) == (False, 0)
+
+
+def test_a_live_entry_encodes_exactly_as_before_revocation_existed() -> None:
+    entry = SeenEntry(FP, datetime(2025, 3, 16, 8, 0, 0, 123000, tzinfo=UTC), TAG, False, 0)
+    assert entry.encode() == b"1ASNFZ4mrze8BI0VniavN7wARIjNEVWZ3AAABlZ33iHs"
+
+
+@pytest.mark.parametrize("generation", [-1, MAX_GENERATION + 1])
+def test_a_generation_fits_its_bits(generation: int) -> None:
+    with pytest.raises(ValueError, match="generation"):
+        SeenEntry(FP, NOW, generation=generation)
+
+
+def test_a_revoked_entry_is_not_live_and_moves_to_the_next_generation() -> None:
+    entry = SeenEntry(FP, NOW + timedelta(days=1), revoked=True, generation=2)
+    assert not entry.live(NOW)
+    assert entry.next_generation() == 3
+    unrevoked = SeenEntry(FP, NOW + timedelta(days=1), generation=2)
+    assert unrevoked.live(NOW)
+    assert not unrevoked.live(NOW + timedelta(days=1))
+    assert unrevoked.next_generation() == 2
+
+
+def test_a_revoked_entry_is_new_even_when_unchanged() -> None:
+    entry = SeenEntry(FP, NOW + timedelta(days=5), revoked=True)
+    assert decide(entry, FP, NOW, NOW + timedelta(days=7), timedelta(days=3)) is ForwardReason.NEW
