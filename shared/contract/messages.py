@@ -32,7 +32,12 @@ import orjson
 
 from shared.contract.bus import Message, Queue, Subscription, Topic
 from shared.core.errors import MalformedMessage
-from shared.core.fingerprint import EXTENSION_ID, SOURCE_TAG_BYTES, ForwardReason
+from shared.core.fingerprint import (
+    EXTENSION_ID,
+    MAX_GENERATION,
+    SOURCE_TAG_BYTES,
+    ForwardReason,
+)
 from shared.core.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
 
 RAW_SCHEMA: Final = "mati.indicator/1"
@@ -124,10 +129,20 @@ class UploadRequest:
     source_tag: bytes = b""
     #: MATI's type of the record (``ipv4``, ``md5``...), for the message's properties.
     indicator_type: str = ""
+    #: The generation-0 id the seen entry and the claim are keyed by, when the object goes
+    #: out under a later generation's id (``shared.core.stix.stix_id``); empty: the draft's id.
+    lineage: str = ""
+    #: The revocation generation the draft's id belongs to, recorded in the seen entry.
+    generation: int = 0
 
     @property
     def stix_id(self) -> str:
-        return self.draft.stix_id
+        """The lineage id: what the seen cache and claims know this object by."""
+        return self.lineage or self.draft.stix_id
+
+    @property
+    def revoked(self) -> bool:
+        return self.draft.revoked
 
     @property
     def fingerprint(self) -> str:
@@ -164,6 +179,9 @@ def upload_message(
             "reason": request.reason.value,
             "source_tag": request.source_tag.hex(),
             "indicator_type": request.indicator_type,
+            # Only when they differ from the defaults: an older uploader ignores them anyway.
+            **({"lineage": request.stix_id} if request.stix_id != draft.stix_id else {}),
+            **({"generation": request.generation} if request.generation else {}),
         }
     )
     properties = {
@@ -223,8 +241,21 @@ def read_upload(body: bytes) -> UploadRequest:
     indicator_type = data.get("indicator_type") or ""
     if not isinstance(indicator_type, str):
         raise MalformedMessage("upload message has a malformed indicator type")
+    lineage = data.get("lineage", stix_id)
+    if not isinstance(lineage, str) or not lineage.startswith("indicator--"):
+        raise MalformedMessage("upload message has a malformed lineage id")
+    generation = data.get("generation", 0)
+    if type(generation) is not int or not 0 <= generation <= MAX_GENERATION:
+        raise MalformedMessage("upload message has a malformed generation")
     draft = Draft.known(obj, fingerprint, timedelta(microseconds=expiration_us), _first_known(data))
-    return UploadRequest(draft, reason, _source_tag(data), indicator_type)
+    return UploadRequest(
+        draft,
+        reason,
+        _source_tag(data),
+        indicator_type,
+        lineage="" if lineage == stix_id else lineage,
+        generation=generation,
+    )
 
 
 def _from_version_2(obj: Mapping[str, object]) -> dict[str, object]:

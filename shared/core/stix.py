@@ -118,13 +118,20 @@ class StixPolicy:
 
 
 @functools.lru_cache(maxsize=4096)
-def stix_id(mati_id: str, hash_type: HashType | None) -> str:
-    """``indicator--uuid5(NAMESPACE, mati_id[:hash_type])``: stable across runs, replicas and
-    workspaces, and distinct per hash of one md5 indicator (``HASH_TYPE=all``).
+def stix_id(mati_id: str, hash_type: HashType | None, generation: int = 0) -> str:
+    """``indicator--uuid5(NAMESPACE, mati_id[:hash_type][#generation])``: stable across runs,
+    replicas and workspaces, and distinct per hash of one md5 indicator (``HASH_TYPE=all``).
+
+    ``generation`` counts how often the observable was revoked and then passed again: STIX 2.1
+    forbids un-revoking an object, so each publication after a revocation needs an id of its
+    own, still derived, never random. Generation 0 (everything never revoked) is the id every
+    earlier version minted; it names the lineage in the seen cache and in claims.
 
     Cached for the records in hand: the filter derives each id twice, once predicted from
     the message's properties (``shared.core.source_tag``), once from the parsed record."""
     name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
+    if generation:
+        name = f"{name}#{generation}"
     # ``uuid.uuid5`` byte for byte (tests pin it), without building a UUID object.
     digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
     version = ((digest[6] & 0x0F) | 0x50).to_bytes()  # version 5
@@ -310,6 +317,19 @@ class Draft:
     @property
     def stix_id(self) -> str:
         return str(self.body["id"])
+
+    @property
+    def revoked(self) -> bool:
+        return self.body.get("revoked") is True
+
+    def reissued(self, object_id: str, *, revoked: bool = False) -> Draft:
+        """This draft under another id (a later generation), and revoked if asked: a new
+        fingerprint, since both are content Sentinel stores."""
+        body = {key: value for key, value in self.body.items() if key != "revoked"}
+        body["id"] = object_id
+        if revoked:
+            body["revoked"] = True
+        return Draft.known(body, fingerprint(body), self.expiration, self.first_known)
 
     def at(self, time: UploadTime) -> tuple[dict[str, object], datetime]:
         """The object to upload at ``time`` (``indicator_object``) and its ``valid_until`` as

@@ -239,6 +239,11 @@ def _body(**fields: object) -> bytes:
         (_body(source_tag="00FF00FF00FF00FF"), "malformed source tag"),
         (_body(source_tag=" 0ff00ff00ff00ff"), "malformed source tag"),
         (_body(source_tag=7), "malformed source tag"),
+        (_body(lineage=7), "malformed lineage"),
+        (_body(lineage="x"), "malformed lineage"),
+        (_body(generation=-1), "malformed generation"),
+        (_body(generation=1 << 14), "malformed generation"),
+        (_body(generation="1"), "malformed generation"),
     ],
 )
 def test_poison_upload_messages_are_refused_with_a_reason(body: bytes, why: str) -> None:
@@ -259,3 +264,33 @@ def test_an_upload_message_can_carry_the_raw_messages_trace_as_is() -> None:
     message = upload_message(request, run_id="r", source_message_id="m", trace=carried)
     assert message.properties["traceparent"] == carried["traceparent"]
     assert message.properties["schema"] == UPLOAD_SCHEMA
+
+
+def test_a_later_generation_travels_with_its_lineage_id() -> None:
+    """The object goes out under its generation's id; the seen entry, the claim and the
+    message's ``stix_id`` property stay with the lineage (generation-0) id."""
+    first = _request(reason=ForwardReason.REVOKE)
+    later = first.draft.reissued("indicator--00000000-0000-5000-8000-000000000002")
+    request = UploadRequest(later, ForwardReason.NEW, lineage=STIX_ID, generation=1)
+    message = upload_message(request, run_id="r", source_message_id="m")
+    got = read_upload(message.body)
+    assert got == request
+    assert got.stix_id == STIX_ID
+    assert got.draft.stix_id != STIX_ID
+    assert got.generation == 1
+    assert message.properties["stix_id"] == STIX_ID
+
+
+def test_a_revocation_reads_back_revoked() -> None:
+    request = UploadRequest(_request().draft.reissued(STIX_ID, revoked=True), ForwardReason.REVOKE)
+    got = read_upload(upload_message(request, run_id="r", source_message_id="m").body)
+    assert got == request
+    assert got.revoked
+    assert got.draft.body["revoked"] is True
+    assert got.fingerprint != _request().fingerprint
+
+
+def test_a_message_of_a_filter_before_revocation_reads_as_generation_0_of_its_own_id() -> None:
+    request = read_upload(_body())
+    assert (request.stix_id, request.generation, request.revoked) == ("indicator--1", 0, False)
+    assert b"lineage" not in upload_message(_request(), run_id="r", source_message_id="m").body

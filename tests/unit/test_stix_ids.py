@@ -76,6 +76,21 @@ def test_stix_ids_are_exactly_uuid5_for_any_id(mati_id: str, hash_type: HashType
     assert stix_id(mati_id, hash_type) == f"indicator--{uuid.uuid5(NAMESPACE, name)}"
 
 
+@PROPERTY
+@given(st.text(), st.sampled_from([None, *HashType]), st.integers(min_value=1, max_value=99))
+def test_a_later_generation_has_an_id_of_its_own_derived_alike(
+    mati_id: str, hash_type: HashType | None, generation: int
+) -> None:
+    """Generation 0 is today's id, byte for byte; every later one is another uuid5, so an
+    indicator passing again after its revocation is published without un-revoking an id."""
+    assert stix_id(mati_id, hash_type, 0) == stix_id(mati_id, hash_type)
+    name = mati_id if hash_type is None else f"{mati_id}:{hash_type}"
+    later = stix_id(mati_id, hash_type, generation)
+    assert later == f"indicator--{uuid.uuid5(NAMESPACE, f'{name}#{generation}')}"
+    assert later != stix_id(mati_id, hash_type)
+    assert later != stix_id(mati_id, hash_type, generation + 1)
+
+
 def test_ids_are_deterministic_across_calls_and_objects() -> None:
     first = indicator_object(observable(), StixPolicy(), NOW)
     second = indicator_object(observable(), StixPolicy(), NOW + timedelta(days=3))
