@@ -119,7 +119,12 @@ async def prepare(
         if claim is not None and claim != item.fingerprint:
             prepared.superseded.append(item)
             continue
-        if entry is not None:
+        if entry is not None and entry.revoked:
+            # A revocation Sentinel already accepted (redelivered): revoking again is waste.
+            if item.request.revoked and entry.fingerprint == item.fingerprint:
+                prepared.already_uploaded.append(item)
+                continue
+        elif entry is not None:
             expiration = item.request.draft.expiration
             refresh_after = refresh_after_for(expiration, refresh_ratio)
             if decide(entry, item.fingerprint, now, now + expiration, refresh_after) is None:

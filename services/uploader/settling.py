@@ -213,7 +213,13 @@ class Settler:
         entries = [
             (
                 items[i].stix_id,
-                SeenEntry(items[i].fingerprint, built[i][1], items[i].request.source_tag),
+                SeenEntry(
+                    items[i].fingerprint,
+                    built[i][1],
+                    items[i].request.source_tag,
+                    revoked=items[i].request.revoked,
+                    generation=items[i].request.generation,
+                ),
             )
             for i in result.accepted
         ]

@@ -8,7 +8,7 @@ import functools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -36,6 +36,10 @@ log = get_logger(__name__)
 #: receipts cost one byte per claim for that long, next to the claims' own hundred-odd bytes
 #: for hours.
 CLAIM_RECEIPT_TTL_S: Final = 300.0
+#: How long a revoked (or re-published) lineage's seen entry outlives ``now`` in Redis: longer
+#: than any expiration a workspace keeps an indicator for (Sentinel's own retention included),
+#: so a lineage that passes again goes out under a fresh id, not the revoked one.
+REVOCATION_MEMORY: Final = timedelta(days=400)
 #: A granted claim in ``CLAIM``'s answer.
 _GRANTED: Final = ord("1")
 
@@ -166,6 +170,10 @@ class DestinationState:
         to the entry and expires at its ``valid_until`` (an entry already past ``now`` is
         removed instead), and each claim still holding the entry's fingerprint is cleared.
 
+        A revoked entry, or one of a later generation, is kept for ``REVOCATION_MEMORY`` past
+        ``now`` instead: forgetting it would publish the lineage under a revoked id again
+        (refused: STIX forbids un-revoking) or revoke it twice.
+
         Call it ONLY after Sentinel accepted these records (DESIGN §4; writing it earlier was
         the vendor's v1.2.3 bug). Returns how many seen keys were written.
         """
@@ -174,8 +182,11 @@ class DestinationState:
         keys: list[str] = []
         args: list[str | int | bytes] = [to_ms(now)]
         for stix_id, entry in entries:
+            expires = entry.valid_until
+            if entry.revoked or entry.generation:
+                expires = max(expires, now + REVOCATION_MEMORY)
             keys += (self.seen_key(stix_id), self.inflight_key(stix_id))
-            args += (entry.encode(), to_ms(entry.valid_until), entry.fingerprint)
+            args += (entry.encode(), to_ms(expires), entry.fingerprint)
         return int(await run(self._commit, keys, args, "commit"))
 
     async def forget(self, stix_ids: Sequence[str]) -> int:

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from shared.adapters.rate_budget import RateBudget
 from shared.adapters.sentinel_client import SentinelClient, UploadResult
 from shared.contract.bus import Message
-from shared.contract.messages import upload_message
-from shared.core.fingerprint import SeenEntry
+from shared.contract.messages import UploadRequest, upload_message
+from shared.core.fingerprint import ForwardReason, SeenEntry
 from simulators.faults import FaultKind
 from simulators.sentinel import STIX_ROUTE
 from tests.services.uploader_rig import (
@@ -100,6 +100,40 @@ async def test_the_seen_entry_keeps_the_source_tag_the_message_carried(w: World)
     [entry] = await w.state.seen([q.stix_id])
     assert entry is not None
     assert (entry.fingerprint, entry.source) == (q.request.fingerprint, tagged.source_tag)
+
+
+async def test_a_revocation_and_a_later_generation_are_committed_as_such(w: World) -> None:
+    """Accepted revocations are recorded as revoked (never revoked twice, never un-revoked);
+    a later generation goes out under its own id and is recorded under the lineage's."""
+    first, second = queued(0), queued(1)
+    revoke = UploadRequest(
+        first.request.draft.reissued(first.stix_id, revoked=True), ForwardReason.REVOKE
+    )
+    later_id = "indicator--00000000-0000-5000-8000-0000000000e1"
+    again = UploadRequest(
+        second.request.draft.reissued(later_id),
+        ForwardReason.NEW,
+        lineage=second.stix_id,
+        generation=1,
+    )
+    claims = [(r.stix_id, r.fingerprint) for r in (revoke, again)]
+    assert await w.state.claim(claims, ttl_s=600) == [True, True]
+    await w.bus.publish(
+        QUEUE, [upload_message(r, run_id="r", source_message_id="raw") for r in (revoke, again)]
+    )
+
+    await run_until([w.uploader()], w.drained)
+
+    assert first.stix_id in w.sentinel.revoked
+    assert w.sentinel.store[first.stix_id]["revoked"] is True
+    assert later_id in w.sentinel.store
+    assert second.stix_id not in w.sentinel.store
+    gone, later = await w.state.seen([first.stix_id, second.stix_id])
+    assert gone is not None
+    assert later is not None
+    assert (gone.revoked, gone.generation, gone.fingerprint) == (True, 0, revoke.fingerprint)
+    assert (later.revoked, later.generation, later.fingerprint) == (False, 1, again.fingerprint)
+    assert await w.state.claims([first.stix_id, second.stix_id]) == [None, None]
 
 
 async def test_superseded_uploaded_and_bad_messages_never_reach_sentinel(w: World) -> None:

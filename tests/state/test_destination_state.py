@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from services.cli.redis_server import LocalRedis
 from shared.adapters.destination_state import (
     CLAIM_RECEIPT_TTL_S,
+    REVOCATION_MEMORY,
     CircuitState,
     DestinationState,
     compact_id,
@@ -166,6 +167,34 @@ async def test_seen_expires_at_valid_until(dest: DestinationState) -> None:
     expected_ms = (until - datetime.now(UTC)) / timedelta(milliseconds=1)
     pttl = await dest._client.pttl(dest.seen_key(a))
     assert abs(pttl - expected_ms) < 2_000
+
+
+async def test_a_revoked_or_later_generation_entry_outlives_its_valid_until(
+    dest: DestinationState,
+) -> None:
+    """Forgetting a revoked lineage at its ``valid_until`` would publish it again under the
+    revoked id (which Sentinel refuses to un-revoke), so its entry is kept far longer."""
+    now = server_now_close_to_ours()
+    a, b, c = ids(3)
+    until = now + timedelta(hours=3)
+    await dest.commit(
+        [
+            (a, SeenEntry(FP_A, until, revoked=True)),
+            (b, SeenEntry(FP_A, until, generation=2)),
+            (c, SeenEntry(FP_A, now - timedelta(seconds=1), revoked=True, generation=1)),
+        ],
+        now=now,
+    )
+    expected_ms = (now + REVOCATION_MEMORY - datetime.now(UTC)) / timedelta(milliseconds=1)
+    for stix_id in (a, b, c):
+        pttl = await dest._client.pttl(dest.seen_key(stix_id))
+        assert abs(pttl - expected_ms) < 2_000
+    seen = await dest.seen([a, b, c])
+    assert [(e.revoked, e.generation) if e else None for e in seen] == [
+        (True, 0),
+        (False, 2),
+        (True, 1),
+    ]
 
 
 async def test_commit_does_not_store_what_already_expired(dest: DestinationState) -> None:
