@@ -8,17 +8,20 @@ No I/O: the seen cache has its say afterwards.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
+from services.filter.revoking import HASH_TYPE_UNSELECTED, Revocable
 from shared.contract.bus import Delivery
 from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest
 from shared.core.events import get_logger
-from shared.core.filters import DropReason, FilterPolicy, evaluate
+from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate, every_observable
 from shared.core.fingerprint import refresh_after_for
+from shared.core.indicator import HashType, Indicator
 from shared.core.parsing import Rejection, parse_indicator, parse_json
 from shared.core.stix import Draft, StixPolicy
 
@@ -38,6 +41,9 @@ class Forward:
     source: bytes
     valid_until: datetime
     refresh_after: timedelta
+    #: MATI's id and the hash type: a later generation's id derives from them.
+    mati_id: str = ""
+    hash_type: HashType | None = None
     #: Until when an upload would have been valid had it followed MATI's last report of the
     #: record (``last_updated`` plus the expiration); None for an undated record.
     reported_until: datetime | None = None
@@ -53,6 +59,10 @@ class Item:
     full: bool = False
     dead_letter: tuple[str, str] | None = None  # (reason, description)
     observables: list[Forward] = field(default_factory=list)
+    #: Observables the workspace may hold that no longer pass (``services.filter.revoking``).
+    revocable: list[Revocable] = field(default_factory=list)
+    #: ``revoked_<reason>`` of each revocation decided, by lineage id.
+    revoke_reasons: dict[str, str] = field(default_factory=dict)
     decided: list[UploadRequest] = field(default_factory=list)
     claimed: list[UploadRequest] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -103,7 +113,11 @@ def judge(
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
             item.counts[f"dropped_{accepted}"] += 1
+            item.revocable = _revocable(indicator, every_observable(indicator), accepted, source)
             return item
+        chosen = {observable.hash_type for observable in accepted}
+        unselected = [o for o in every_observable(indicator) if o.hash_type not in chosen]
+        item.revocable = _revocable(indicator, unselected, HASH_TYPE_UNSELECTED, source)
         for observable in accepted:
             draft = Draft.of(observable, stix_policy)
             item.observables.append(
@@ -113,6 +127,8 @@ def judge(
                     source=source,
                     valid_until=now + draft.expiration,
                     refresh_after=refresh_after_for(draft.expiration, refresh_ratio),
+                    mati_id=indicator.id,
+                    hash_type=observable.hash_type,
                     reported_until=(
                         None
                         if indicator.last_updated is None
@@ -125,6 +141,13 @@ def judge(
         # fixed), not the whole subscription in a crash loop.
         log.exception("filter.record_failed", indicator_id=item.indicator_id)
         item.observables.clear()
+        item.revocable.clear()
         item.dead_letter = (FILTER_ERROR, f"{type(exc).__name__}: {str(exc)[:150]}")
         item.counts = Counter({"failed": 1})
     return item
+
+
+def _revocable(
+    indicator: Indicator, observables: Sequence[Observable], reason: str, source: bytes
+) -> list[Revocable]:
+    return [Revocable(o, reason, indicator.type.value, source) for o in observables]

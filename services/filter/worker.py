@@ -30,7 +30,8 @@ context, and its dead-letter log line names that trace.
 
 Every outcome is counted in the destination's counters, per raw message (``received``,
 ``rejected_<reason>``, ``dropped_<filter reason>``) or per observable (``dropped_unchanged``,
-``dropped_in_flight``, ``forwarded``, ``forwarded_<reason>``). Counts cover the messages this
+``dropped_in_flight``, ``forwarded``, ``forwarded_<reason>``, ``revoked_<reason>`` for a
+revocation, see ``revoking``). Counts cover the messages this
 batch settled; a message that comes back is counted again when it is settled again.
 """
 
@@ -48,6 +49,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Forward, Item, judge
+from services.filter.revoking import in_generation, revocation
 from shared.adapters.destination_state import DestinationState
 from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
@@ -276,10 +278,12 @@ class FilterWorker:
         """New, changed, refresh, or unchanged (dropped); the seen entries the shortcut's
         ``MGET`` did not fetch cost one more."""
         pending = [forward for item in items for forward in item.observables]
-        if not pending:
+        revocable = [c.lineage for item in items for c in item.revocable]
+        if not pending and not revocable:
             return
         if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
+            missing += [lineage for lineage in revocable if lineage not in known]
             await self._seen(list(dict.fromkeys(missing)), known)
         for item in items:
             for forward in item.observables:
@@ -287,8 +291,11 @@ class FilterWorker:
                 if item.full and _stale(seen, forward, now):
                     item.counts["dropped_stale"] += 1
                     continue
+                draft, lineage, generation = in_generation(
+                    forward.draft, forward.mati_id, forward.hash_type, seen
+                )
                 reason = decide(
-                    seen, forward.draft.fingerprint, now, forward.valid_until, forward.refresh_after
+                    seen, draft.fingerprint, now, forward.valid_until, forward.refresh_after
                 )
                 if item.full and reason is ForwardReason.REFRESH:
                     reason = None  # a full sync re-judges; only MATI's report extends validity
@@ -297,12 +304,21 @@ class FilterWorker:
                     continue
                 item.decided.append(
                     UploadRequest(
-                        forward.draft,
+                        draft,
                         reason,
                         source_tag=forward.source,
                         indicator_type=forward.indicator_type,
+                        lineage=lineage,
+                        generation=generation,
                     )
                 )
+            # Without the seen cache nothing is known to be held, so nothing is revoked.
+            for candidate in item.revocable if self.config.deduplication else ():
+                entry = known.get(candidate.lineage)
+                request = revocation(candidate, entry, now, self.config.stix_policy)
+                if request is not None:
+                    item.decided.append(request)
+                    item.revoke_reasons[request.stix_id] = candidate.reason
 
     async def _claim(self, items: Sequence[Item]) -> None:
         """Claim every observable to forward: one script for first deliveries, one for
@@ -365,6 +381,8 @@ class FilterWorker:
             for request in item.claimed:
                 item.counts["forwarded"] += 1
                 item.counts[f"forwarded_{request.reason}"] += 1
+                if request.reason is ForwardReason.REVOKE:
+                    item.counts[f"revoked_{item.revoke_reasons[request.stix_id]}"] += 1
         return None
 
     async def _undo(self, forwarding: Sequence[Item]) -> None:
@@ -425,6 +443,6 @@ def _stale(seen: SeenEntry | None, forward: Forward, now: datetime) -> bool:
     """A full sync's record that is not live in the workspace and whose last report by MATI
     is older than its expiration: uploading it would bring back what the workspace rightly
     let expire. (A normal sync never meets one: MATI reporting it is what makes it current.)"""
-    live = seen is not None and seen.valid_until > now
+    live = seen is not None and seen.live(now)
     reported = forward.reported_until
     return not live and reported is not None and reported <= now

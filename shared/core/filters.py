@@ -150,6 +150,15 @@ def evaluate(indicator: Indicator, policy: FilterPolicy) -> tuple[Observable, ..
     return tuple(Observable(indicator, kind, value, hash_type) for hash_type, value in hashes)
 
 
+def every_observable(indicator: Indicator) -> tuple[Observable, ...]:
+    """Every observable ``indicator`` could be uploaded as under any settings (each hash it
+    carries): what a workspace may hold of it, so what may need revoking once it fails."""
+    kind = _KIND_OF[indicator.type]
+    if kind is not ObservableKind.HASH:
+        return (Observable(indicator, kind, indicator.value),)
+    return tuple(Observable(indicator, kind, value, h) for h, value in indicator.hashes)
+
+
 def excluded_lists(indicator: Indicator, policy: FilterPolicy) -> tuple[str, ...]:
     """The warning lists of ``indicator`` that ``policy`` excludes, in name order."""
     excluded, lists = policy.exclude_warninglists, indicator.warning_lists or ()

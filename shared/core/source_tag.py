@@ -74,6 +74,9 @@ class Prediction:
     stix_ids: tuple[str, ...]
     expiration: timedelta
     refresh_after: timedelta
+    #: The ids of an md5's hashes ``HASH_TYPE`` does not select: looked up in the same ``MGET``
+    #: (a workspace may hold them, to be revoked), never part of the "unchanged" verdict.
+    others: tuple[str, ...] = ()
 
 
 class Shortcut:
@@ -108,11 +111,11 @@ class Shortcut:
         if not indicator_id:
             return None
         expiration, refresh_after = self._thresholds[kind]
-        if kind is ObservableKind.HASH:
-            ids = tuple(stix_id(indicator_id, hash_type) for hash_type in self._hash_types)
-        else:
-            ids = (stix_id(indicator_id, None),)
-        return Prediction(ids, expiration, refresh_after)
+        if kind is not ObservableKind.HASH:
+            return Prediction((stix_id(indicator_id, None),), expiration, refresh_after)
+        ids = tuple(stix_id(indicator_id, hash_type) for hash_type in self._hash_types)
+        others = tuple(stix_id(indicator_id, h) for h in HashType if h not in self._hash_types)
+        return Prediction(ids, expiration, refresh_after, others)
 
     @staticmethod
     def unchanged(
@@ -122,7 +125,11 @@ class Shortcut:
         now: datetime,
     ) -> bool:
         """True when every predicted id was uploaded from this very record and needs no
-        refresh yet: the record would end ``dropped_unchanged`` on the full path too."""
+        refresh yet: the record would end ``dropped_unchanged`` on the full path too.
+
+        Never true for a revoked entry (``decide`` calls it new: it goes out again under the
+        next generation). Nor does it skip a record that now needs revoking: the entries hold
+        this tag only if these bytes passed these settings (the tag's key), so they pass again."""
         valid_until_if_uploaded = now + prediction.expiration
         for stix_id_ in prediction.stix_ids:
             entry = entries.get(stix_id_)
@@ -138,4 +145,6 @@ class Shortcut:
 
 def predicted_ids(predictions: Sequence[Prediction | None]) -> list[str]:
     """Every id the predictions name, once each, in order: one ``MGET`` for a batch."""
-    return list(dict.fromkeys(i for p in predictions if p is not None for i in p.stix_ids))
+    return list(
+        dict.fromkeys(i for p in predictions if p is not None for i in (*p.stix_ids, *p.others))
+    )

@@ -155,7 +155,16 @@ PREFIXED: Final[Sequence[tuple[str, Family]]] = (
         "forwarded_",
         Family(
             "mati2sentinel_indicators_forwarded_by_reason",
-            "Indicators queued for upload, by why (new, changed, refresh).",
+            "Indicators queued for upload, by why (new, changed, refresh, revoke).",
+            "reason",
+            services=_FILTER,
+        ),
+    ),
+    (
+        "revoked_",
+        Family(
+            "mati2sentinel_indicators_revoked",
+            "Indicators queued for upload as revoked (they no longer pass), by reason.",
             "reason",
             services=_FILTER,
         ),
@@ -187,6 +196,7 @@ AHEAD: Final[Mapping[Service, Mapping[str, tuple[str, ...]]]] = {
         "dropped_": (*(r.value for r in DropReason), "unchanged", "in_flight", "stale"),
         "rejected_": tuple(r.value for r in RejectReason),
         "forwarded_": tuple(r.value for r in ForwardReason),
+        "revoked_": (*(r.value for r in DropReason), "hash_type_unselected"),
     },
 }
 

@@ -155,7 +155,10 @@ async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome
 
 async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:
     """What the uploader does once Sentinel accepted the records."""
-    entries = [(r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag)) for r in requests]
+    entries = [
+        (r.stix_id, SeenEntry(r.fingerprint, valid_until, r.source_tag, r.revoked, r.generation))
+        for r in requests
+    ]
     await rig.state.commit(entries, now=rig.clock.now)
 
 
