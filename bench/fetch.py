@@ -77,8 +77,6 @@ async def run(pages: int = 30) -> Figure:
                         config=FetcherConfig(
                             destination="bench",
                             initial_lookback=timedelta(days=30),
-                            minimum_confidence=0,
-                            exclude_osint=False,
                         ),
                     )
                     summary = await fetcher.sync("bench-fetch", asyncio.Event())

@@ -5,7 +5,6 @@ accept the drop). Pure, like ``services.cli.explain_core``, which uses it.
 
 from __future__ import annotations
 
-from services.fetcher.pushdown import PushDown
 from shared.core.filters import DropReason, FilterPolicy, excluded_lists
 from shared.core.indicator import Indicator, IndicatorType
 
@@ -40,11 +39,6 @@ def drop_detail(reason: DropReason, indicator: Indicator, policy: FilterPolicy) 
     else:
         wanted = policy.hash_selection.value
         text = f"no {wanted} hash in associated_hashes (HASH_TYPE={wanted})"
-    # What the fetcher's query asks MATI to leave out never reaches the filter, whichever
-    # filter is named first.
-    server_side = PushDown.of(policy).leaves_out(indicator)
-    if server_side:
-        text += f"; MATI leaves it out server-side ({server_side}), so it is never fetched"
     return text
 
 

@@ -3,6 +3,6 @@ raw indicator to the ``indicators`` topic, moving its checkpoint only after the 
 page (DESIGN §2). One is active at a time, by a Redis lease.
 
 ``sync`` holds one sync (:class:`~services.fetcher.sync.Fetcher`), ``config`` what it asks
-MATI for, ``pushdown`` which filters MATI applies for us (``explain`` reads it too); ``main``
-wires it to the runtime and runs it on schedule or once.
+MATI for (no filter is pushed down: a record that stops passing must still be fetched, so the
+filter can revoke it); ``main`` wires it to the runtime and runs it on schedule or once.
 """

@@ -32,14 +32,13 @@ MAX_RESTARTS: Final = 3
 @dataclass(frozen=True, slots=True)
 class FetcherConfig:
     """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default.
-    ``minimum_confidence`` and ``exclude_osint`` reach MATI as ``services.fetcher.pushdown``
-    says. ``include_misp``: ask for the warning-list flags only when a filter reads them, since
-    they add about eighty keys to every record."""
+    No filter is pushed down to MATI (``gte_mscore``, ``exclude_osint``): a record that was
+    uploaded and then fell below a minimum must still be fetched, or the filter could never
+    revoke it (DESIGN §5). ``include_misp``: ask for the warning-list flags only when a
+    filter reads them, since they add about eighty keys to every record."""
 
     destination: str
     initial_lookback: timedelta
-    minimum_confidence: int
-    exclude_osint: bool
     include_misp: bool = False
     #: What a full sync pages: the longest expiration, so every indicator that can still be
     #: live in the workspace is judged again, within what MATI serves.
@@ -53,8 +52,6 @@ class FetcherConfig:
         return cls(
             destination=settings.destination,
             initial_lookback=timedelta(days=settings.initial_lookback),
-            minimum_confidence=settings.minimum_confidence,
-            exclude_osint=settings.exclude_osint,
             include_misp=bool(settings.exclude_warninglists),
             full_window=min(MATI_RETENTION - RETENTION_MARGIN, _longest_live(settings)),
         )

@@ -33,7 +33,6 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from services.fetcher.config import MATI_RETENTION, RETENTION_MARGIN, FetcherConfig
-from services.fetcher.pushdown import PushDown
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
 from shared.adapters.mati_paging import IndicatorQuery, RawPage
@@ -210,14 +209,11 @@ class Fetcher:
                 )
 
     def _query(self, start: datetime, end: datetime) -> IndicatorQuery:
-        push_down = PushDown.of(self.config)
         return IndicatorQuery(
             start_epoch=math.floor(start.timestamp()),
             # Rounded up: a record stamped within the current second is inside the window.
             end_epoch=math.ceil(end.timestamp()),
             limit=self.config.page_size,
-            gte_mscore=push_down.gte_mscore,
-            exclude_osint=push_down.exclude_osint,
             include_misp=self.config.include_misp,
             sort_by="last_updated:asc",
         )

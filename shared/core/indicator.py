@@ -96,8 +96,7 @@ class Indicator:
         """True iff every source is OSINT (DESIGN §5).
 
         An indicator without sources is *not* OSINT: nothing says it came from open sources,
-        and MATI's own ``exclude_osint`` already ran server-side, so excluding it here would
-        silently lose Mandiant's data on a missing optional field.
+        so excluding it here would silently lose Mandiant's data on a missing optional field.
         """
         return bool(self.sources) and all([source.osint for source in self.sources])
 

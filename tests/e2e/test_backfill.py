@@ -3,7 +3,8 @@
 After the backfill the simulated workspace must hold exactly the indicators the filters accept,
 each once, with the right pattern, validity and labels. Then 5 % of the feed changes and 2 % is
 re-reported by MATI while its copy in Sentinel is near the end of its validity: the second sync
-must upload exactly those, and not the re-reported indicators that are still valid for long.
+must upload exactly those (and revoke the changed ones that no longer pass), and not the
+re-reported indicators that are still valid for long.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ async def test_backfill_then_changes_and_refreshes(tmp_path: Path, bus_env: dict
             if key not in first
             or fingerprint_of(item, stix_policy) != fingerprint_of(first[key], stix_policy)
         } | set(near_end)
+        # A change that no longer passes revokes what the workspace holds (issue 14).
+        revoked = set(first) - set(second)
+        due |= revoked
         mark = len(pipeline.sims.sentinel.rows)
         assert await pipeline.sync_once() == 0
         await pipeline.wait_drained(timeout_s=90)
@@ -133,4 +137,7 @@ async def test_backfill_then_changes_and_refreshes(tmp_path: Path, bus_env: dict
         assert_workspace_holds_exactly(pipeline, uploads_each=0)
         _, counters = await pipeline.counters()
         assert counters["forwarded_refresh"] == len(near_end)
+        assert counters.get("forwarded_revoke", 0) == len(revoked)
+        assert revoked <= pipeline.sims.sentinel.revoked
+        assert all(pipeline.sims.sentinel.store[k]["revoked"] is True for k in revoked)
         assert counters["dropped_unchanged"] >= len(still_valid)

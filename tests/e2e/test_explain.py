@@ -46,7 +46,7 @@ async def test_explain_says_where_each_indicator_is(make_pipeline: PipelineFacto
     # Two broken records on the (only) page: the first loses its id, the second its value;
     # the second is one the filters accept, so nothing but the parser stands in its way.
     feed = pipeline.feed
-    page = feed.window_ms(0, 2**50, gte_mscore=80, exclude_osint=True)
+    page = feed.window_ms(0, 2**50)
     accepted = next(
         n
         for n, i in enumerate(page)

@@ -73,19 +73,16 @@ async def scrape_all(http: aiohttp.ClientSession, ports: Mapping[str, int]) -> d
 
 def served_by_mati(pipeline: Pipeline) -> list[int]:
     """The feed indexes MATI served the fetcher's sync: its window (as the fetcher rounds it
-    to whole seconds) through MATI's own server-side filters, so what the filter dropped can be
-    compared with what it was given rather than with the whole feed."""
+    to whole seconds; no filter is pushed down), so what the filter dropped can be compared
+    with what it was given rather than with the whole feed."""
     (finished,) = [
         e for e in log_events(pipeline, "fetcher") if e["event"] == "fetch.sync_finished"
     ]
     start = datetime.fromisoformat(finished["window_start"])
     end = datetime.fromisoformat(finished["window_end"])
-    settings = pipeline.settings
     return pipeline.feed.window_ms(
         math.floor(start.timestamp()) * 1000,
         math.ceil(end.timestamp()) * 1000,
-        gte_mscore=settings.minimum_confidence,
-        exclude_osint=settings.exclude_osint,
     )
 
 

@@ -46,8 +46,6 @@ LOOKBACK = timedelta(days=10)
 CONFIG = FetcherConfig(
     destination=DEST,
     initial_lookback=LOOKBACK,
-    minimum_confidence=50,
-    exclude_osint=True,
     page_size=50,
 )
 
@@ -113,8 +111,6 @@ class World:
         indexes = self.feed.window_ms(
             int(query["start_epoch"]) * 1000,
             int(query["end_epoch"]) * 1000,
-            gte_mscore=int(query["gte_mscore"]),
-            exclude_osint=query["exclude_osint"] == "true",
         )
         return [self.feed.id(i) for i in indexes]
 

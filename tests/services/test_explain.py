@@ -161,13 +161,13 @@ ACCEPT_EVERY_SCORE = {
         (
             DropReason.LOW_CONFIDENCE,
             {},
-            "< MINIMUM_CONFIDENCE 80; MATI leaves it out server-side (gte_mscore=80)",
+            "< MINIMUM_CONFIDENCE 80",
         ),
         (DropReason.LOW_THREAT_SCORE, {"MINIMUM_CONFIDENCE": "0"}, "< MINIMUM_THREAT_SCORE 80"),
         (
             DropReason.OSINT,
             {"MINIMUM_CONFIDENCE": "0", "MINIMUM_THREAT_SCORE": "0"},
-            "and EXCLUDE_OSINT=true; MATI leaves it out server-side (exclude_osint=true)",
+            "and EXCLUDE_OSINT=true",
         ),
         (DropReason.TYPE_EXCLUDED, {"INCLUDE_FQDN": "false"}, "INCLUDE_FQDN=false"),
         (DropReason.HASH_TYPE_MISSING, {"HASH_TYPE": "sha256"}, "(HASH_TYPE=sha256)"),

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from services.cli.explain_core import Verdict
-from services.fetcher.pushdown import PushDown
 from shared.core.filters import DropReason, FilterPolicy, HashSelection
 from tests.unit.explain_rig import (
     AT,
@@ -25,7 +24,7 @@ from tests.unit.explain_rig import (
     seen,
     unknown,
 )
-from tests.unit.strategies import example_record, must_parse
+from tests.unit.strategies import example_record
 
 # ---- not known, not readable ----------------------------------------------------------------
 
@@ -77,15 +76,13 @@ def test_an_accepted_record_refused_earlier_says_so() -> None:
             {**IPV4, "mscore": 40},
             POLICY,
             DropReason.LOW_CONFIDENCE,
-            "mscore 40 < MINIMUM_CONFIDENCE 80; MATI leaves it out server-side (gte_mscore=80), "
-            "so it is never fetched",
+            "mscore 40 < MINIMUM_CONFIDENCE 80",
         ),
         (
             {**IPV4, "mscore": None},
             POLICY,
             DropReason.LOW_CONFIDENCE,
-            "no mscore, and MINIMUM_CONFIDENCE 80 needs one; MATI leaves it out server-side "
-            "(gte_mscore=80), so it is never fetched",
+            "no mscore, and MINIMUM_CONFIDENCE 80 needs one",
         ),
         (
             {**IPV4, "threat_rating": {"threat_score": 10}},
@@ -103,8 +100,7 @@ def test_an_accepted_record_refused_earlier_says_so() -> None:
             example_record("url"),
             FilterPolicy(minimum_confidence=0, minimum_threat_score=0),
             DropReason.OSINT,
-            "every source is OSINT (phishstats, urlhaus) and EXCLUDE_OSINT=true; MATI leaves it "
-            "out server-side (exclude_osint=true), so it is never fetched",
+            "every source is OSINT (phishstats, urlhaus) and EXCLUDE_OSINT=true",
         ),
         (
             IPV4,
@@ -143,16 +139,12 @@ def test_dropped_names_the_filter_the_numbers_and_the_setting(
     assert answer.stories == []
 
 
-def test_a_drop_is_blamed_on_mati_exactly_when_the_fetchers_query_leaves_it_out() -> None:
-    """The one definition of the push-down decides: a minimum of 0 is not sent as a filter,
-    so nothing is said to be left out server-side."""
-    record = {**IPV4, "mscore": None, "threat_rating": None}
+def test_a_drop_is_never_blamed_on_mati() -> None:
+    """The fetcher pushes no filter down (a record that stops passing must be fetched to be
+    revoked), so no drop is said to happen server-side."""
+    record = {**IPV4, "mscore": None, "threat_rating": None, "sources": []}
     for policy in (POLICY, FilterPolicy(minimum_confidence=0)):
-        answer = explain(record, policy=policy)
-        server_side = PushDown.of(policy).leaves_out(must_parse(record))
-        assert ("MATI leaves it out server-side" in answer.headline) is (server_side is not None)
-        if server_side is not None:
-            assert f"({server_side})" in answer.headline
+        assert "server-side" not in explain(record, policy=policy).headline
 
 
 def test_dropped_leaves_its_raw_messages_in_notes_and_its_uploads_in_stories() -> None:
