@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack
@@ -61,6 +61,8 @@ class Revision:
     mscore: int | None = None
     threat_score: int | None = None
     categories: tuple[str, ...] | None = None
+    #: True: every source is OSINT from this revision on (Mandiant's own sighting withdrawn).
+    osint_only: bool | None = None
 
 
 class Feed:
@@ -149,6 +151,9 @@ class Feed:
 
     def is_osint_only(self, i: int) -> bool:
         """True when every source is OSINT: what ``exclude_osint`` drops (§7)."""
+        rev = self._rev(i)
+        if rev is not None and rev.osint_only:
+            return True
         return profile_at(self.seed, i) == "osint"
 
     def has_threat_rating(self, i: int) -> bool:
@@ -221,7 +226,10 @@ class Feed:
         # A sync's first request scans the whole window: one pass per filter, cheapest first.
         seed, history = self.seed, self._history
         if exclude_osint:
-            indexes = [i for i in indexes if profile_at(seed, i) != "osint"]
+            if history:
+                indexes = [i for i in indexes if not self.is_osint_only(i)]
+            else:
+                indexes = [i for i in indexes if profile_at(seed, i) != "osint"]
         if gte_mscore is not None and gte_mscore > 0:  # every mscore is at least 0
             if history:
                 indexes = [i for i in indexes if self.mscore(i) >= gte_mscore]
@@ -288,10 +296,36 @@ class Feed:
                 revs[i] = Revision(self.generation, now_ms)
             else:
                 revs[i] = Revision(
-                    self.generation, now_ms, prev.mscore, prev.threat_score, prev.categories
+                    self.generation,
+                    now_ms,
+                    prev.mscore,
+                    prev.threat_score,
+                    prev.categories,
+                    prev.osint_only,
                 )
         self._commit(revs)
         return [self.id(i) for i in indexes]
+
+    def revise(self, changes: Mapping[str, Mapping[str, Any]], now: datetime) -> list[str]:
+        """Give the indicators named (by id) exactly the changes asked (``mscore``,
+        ``threat_score``, ``categories``, ``osint_only``; the rest as it is now) and bump their
+        ``last_updated`` to ``now``: a test decides which pass and which fail afterwards."""
+        now_ms = to_ms(now)
+        self.generation += 1
+        revs: dict[int, Revision] = {}
+        for mati_id, change in changes.items():
+            i = self.index_of(mati_id)
+            prev = self._rev(i)
+            fields = {
+                "mscore": self.mscore(i),
+                "threat_score": None if prev is None else prev.threat_score,
+                "categories": None if prev is None else prev.categories,
+                "osint_only": None if prev is None else prev.osint_only,
+                **change,
+            }
+            revs[i] = Revision(self.generation, now_ms, **fields)
+        self._commit(revs)
+        return list(changes)
 
     def add(self, n: int, now: datetime) -> list[str]:
         """Append ``n`` new indicators, ``last_updated`` spread after the newest base record

@@ -266,6 +266,9 @@ class RecordBuilder:
         if rev is not None and rev.categories is not None:
             for n, source in enumerate(sources):
                 source["category"] = list(rev.categories) if n == 0 else []
+        if rev is not None and rev.osint_only:
+            for source in sources:
+                source["osint"] = True
         return sources
 
     # -- optional blocks ---------------------------------------------------------------
