@@ -113,3 +113,45 @@ async def test_what_no_longer_passes_is_revoked_and_comes_back_under_a_new_id(
             assert sentinel.store[lineage(feed, mati_id)]["revoked"] is True
         _, counters = await pipeline.counters()
         assert counters.get("dead_lettered", 0) == 0, "Sentinel refused nothing"
+
+
+@pytest.mark.timeout(180)
+async def test_a_full_sync_after_a_settings_change_revokes_what_the_settings_now_leave_out(
+    tmp_path: Path, bus_env: dict[str, str]
+) -> None:
+    """No longer taking URLs, and only md5 of the hashes: the full sync revokes exactly the
+    URLs and the sha1/sha256 indicators the workspace holds, and re-uploads nothing else."""
+    feed = Feed(seed=37, count=400, days=6)
+    async with Pipeline(tmp_path, feed=feed, env={**bus_env, "HASH_TYPE": "all"}) as pipeline:
+        filter_ = await pipeline.start_service("filter")
+        await pipeline.start_service("uploader")
+        assert await pipeline.sync_once() == 0
+        await pipeline.wait_drained(timeout_s=90)
+        sentinel = pipeline.sims.sentinel
+        first = pipeline.expected().objects
+        assert set(sentinel.store) == set(first)
+
+        pipeline.change_settings({"HASH_TYPE": "md5", "INCLUDE_URL": "false"})
+        assert await pipeline.stop_service(filter_) == 0
+        await pipeline.start_service("filter")
+        mark = len(sentinel.rows)
+        assert await pipeline.sync_once(full=True) == 0
+        await pipeline.wait_drained(timeout_s=90)
+
+        revoked = set(first) - set(pipeline.expected().objects)
+        urls = {k for k in first if sentinel.store[k]["pattern"].startswith("[url:")}
+        hashes = {
+            k
+            for k in first
+            if sentinel.store[k]["pattern"].startswith(
+                ("[file:hashes.'SHA-1'", "[file:hashes.'SHA-256'")
+            )
+        }
+        assert urls
+        assert hashes
+        assert revoked == urls | hashes
+        assert sorted(uploaded_since(pipeline, mark)) == sorted(revoked)
+        assert revoked <= sentinel.revoked
+        _, counters = await pipeline.counters()
+        assert counters["revoked_type_excluded"] == len(urls)
+        assert counters["revoked_hash_type_unselected"] == len(hashes)
