@@ -288,7 +288,8 @@ def _story(
     now = facts.now
     current = fingerprint(content(observable, stix_policy)) if observable else None
     seen = facts.seen.get(sid)
-    seen = seen if seen is not None and seen.valid_until > now else None
+    # A revoked object is in the workspace but matches nothing: not "in Sentinel" here.
+    seen = seen if seen is not None and seen.live(now) else None
     claim = facts.claims.get(sid)
     queued = [f for f in facts.queued if f.stix_id == sid]
     rejected = [f for f in facts.rejected if f.stix_id == sid]

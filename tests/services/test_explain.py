@@ -209,6 +209,18 @@ async def test_dropped_but_still_in_sentinel_from_an_earlier_upload(ctx: Ctx) ->
     assert "still in Sentinel from an earlier upload" in story.summary
 
 
+async def test_dropped_and_revoked_is_not_said_to_be_in_sentinel(ctx: Ctx) -> None:
+    """A revoked object matches nothing: explain must not call it still in Sentinel."""
+    record, sid, fp = accepted_ipv4()
+    until = datetime.now(UTC) + timedelta(days=3)
+    await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
+
+    answer = await ctx.explain(record["id"], settings_with(INCLUDE_IPV4="false"))
+
+    assert answer.verdict is Verdict.DROPPED
+    assert answer.stories == []
+
+
 # ---- on its way -----------------------------------------------------------------------------
 
 
