@@ -2,7 +2,8 @@
 changes N indicators so they fail (each MATI-side reason at least once) and M so they still
 pass; the next sync revokes exactly the N (same ids, ``revoked: true``), updates the M, and
 uploads nothing else. An indicator revoked and then passing again is live under a new id, and
-no id ever goes from revoked back to live (the Sentinel simulator refuses that)."""
+no id ever goes from revoked back to live (the Sentinel simulator refuses that). Both
+Sentinel APIs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from harness.pipeline import Pipeline, mati_properties
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from simulators.feed import Feed
+from simulators.sentinel import LEGACY_ROUTE, STIX_ROUTE
 
 #: (change, the filter reason it must fail with), two indicators each.
 FAILING: list[tuple[dict[str, Any], str]] = [
@@ -36,11 +38,12 @@ def uploaded_since(pipeline: Pipeline, mark: int) -> list[str]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("api", ["stix-objects", "upload-indicators"])
 async def test_what_no_longer_passes_is_revoked_and_comes_back_under_a_new_id(
-    tmp_path: Path, bus_env: dict[str, str]
+    tmp_path: Path, bus_env: dict[str, str], api: str
 ) -> None:
     feed = Feed(seed=31, count=600, days=6)
-    env = {**bus_env, "INCLUDE_UNCATEGORIZED": "false"}
+    env = {**bus_env, "INCLUDE_UNCATEGORIZED": "false", "SENTINEL_API": api}
     async with Pipeline(tmp_path, feed=feed, env=env) as pipeline:
         await pipeline.start_service("filter")
         await pipeline.start_service("uploader")
@@ -113,6 +116,8 @@ async def test_what_no_longer_passes_is_revoked_and_comes_back_under_a_new_id(
             assert sentinel.store[lineage(feed, mati_id)]["revoked"] is True
         _, counters = await pipeline.counters()
         assert counters.get("dead_lettered", 0) == 0, "Sentinel refused nothing"
+        route = STIX_ROUTE if api == "stix-objects" else LEGACY_ROUTE
+        assert {r.route for r in sentinel.request_log} == {route}
 
 
 @pytest.mark.timeout(180)
