@@ -15,9 +15,17 @@ from shared.core.filters import (
     Observable,
     ObservableKind,
     evaluate,
+    every_observable,
 )
 from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
-from tests.unit.strategies import PROPERTY, example_indicator, filter_policies, indicators
+from tests.unit.strategies import (
+    PROPERTY,
+    example_indicator,
+    example_record,
+    filter_policies,
+    indicators,
+    must_parse,
+)
 
 MD5 = "b3becab76a6d36861357bfa3fe966003"
 SHA1 = "537f7341e42b72c88032e89aafa94ce5861f2e2a"
@@ -425,3 +433,15 @@ def test_evaluate_agrees_with_the_reference_definition(
             assert observable.value == indicator.value
     stix_keys = [(o.kind, o.hash_type) for o in result]
     assert len(stix_keys) == len(set(stix_keys)), "one STIX id per observable"
+
+
+def test_every_observable_names_each_hash_an_md5_carries_whatever_the_settings() -> None:
+    """What a workspace may hold of an indicator, to be revoked once it fails."""
+    md5 = must_parse(example_record("md5"))
+    observables = every_observable(md5)
+    assert [o.hash_type for o in observables] == [h for h, _ in md5.hashes]
+    assert [o.value for o in observables] == [v for _, v in md5.hashes]
+    fqdn = must_parse(example_record("fqdn"))
+    assert [(o.kind, o.value, o.hash_type) for o in every_observable(fqdn)] == [
+        (ObservableKind.FQDN, fqdn.value, None)
+    ]

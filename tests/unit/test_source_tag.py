@@ -115,6 +115,24 @@ def test_an_md5_predicts_every_hash_the_selection_can_yield(selection: HashSelec
     hashes = list(HashType) if selection is HashSelection.ALL else [HashType(selection.value)]
     assert prediction.stix_ids == tuple(stix_id("md5--1", h) for h in hashes)
     assert prediction.expiration == StixPolicy().hash_expiration
+    # The hashes not selected are looked up too (a workspace may hold them, to be revoked),
+    # in the same MGET, but they never take part in the "unchanged" verdict.
+    others = tuple(stix_id("md5--1", h) for h in HashType if h not in hashes)
+    assert prediction.others == others
+    assert predicted_ids([prediction]) == [*prediction.stix_ids, *others]
+
+
+def test_a_revoked_entry_with_the_records_own_tag_is_never_unchanged() -> None:
+    shortcut = _shortcut()
+    prediction = shortcut.predict({"indicator_id": "fqdn--1", "indicator_type": "fqdn"})
+    assert prediction is not None
+    now = datetime(2025, 3, 9, tzinfo=UTC)
+    tag = shortcut.tag(b"{}")
+    (sid,) = prediction.stix_ids
+    live = SeenEntry("0" * 32, now + timedelta(days=6), tag)
+    assert shortcut.unchanged(prediction, tag, {sid: live}, now)
+    revoked = dataclasses.replace(live, revoked=True)
+    assert not shortcut.unchanged(prediction, tag, {sid: revoked}, now)
 
 
 @pytest.mark.parametrize(
