@@ -26,7 +26,7 @@ from shared.adapters.destination_state import DestinationState
 from shared.contract.bus import Bus, Delivery, Queue, Source
 from shared.contract.messages import UploadRequest, read_upload
 from shared.core.errors import BusUnavailable, LockLost, MalformedMessage, StateUnavailable
-from shared.core.fingerprint import decide, refresh_after_for
+from shared.core.fingerprint import SeenEntry, decide, refresh_after_for
 from shared.core.stix import UploadTime
 from shared.telemetry import logs, tracing
 
@@ -98,6 +98,8 @@ async def prepare(
 
     - superseded: the in-flight claim now holds another fingerprint, so a newer version of
       this indicator is queued behind us and uploading ours would only be overwritten;
+      or the seen entry is of a later revocation generation, or revoked this very one (a
+      message that waited out its claim): uploading ours would undo what Sentinel holds;
     - already uploaded: the seen cache says this very version went up recently enough that
       the filter would not forward it now (``decide`` is None): a redelivery after a crash
       between Sentinel's answer and ``complete`` must not cost a second request.
@@ -116,7 +118,7 @@ async def prepare(
     claims = await state.claims(ids)
     seen = await state.seen(ids) if skip_uploaded else [None] * len(items)
     for item, claim, entry in zip(items, claims, seen, strict=True):
-        if claim is not None and claim != item.fingerprint:
+        if (claim is not None and claim != item.fingerprint) or _overtaken(item, entry):
             prepared.superseded.append(item)
             continue
         if entry is not None and entry.revoked:
@@ -132,6 +134,13 @@ async def prepare(
                 continue
         prepared.upload.append(item)
     return prepared
+
+
+def _overtaken(item: Item, entry: SeenEntry | None) -> bool:
+    request = item.request
+    if entry is None or request.generation > entry.generation:
+        return False
+    return request.generation < entry.generation or (entry.revoked and not request.revoked)
 
 
 async def receive_batch(

@@ -136,6 +136,38 @@ async def test_a_revocation_and_a_later_generation_are_committed_as_such(w: Worl
     assert await w.state.claims([first.stix_id, second.stix_id]) == [None, None]
 
 
+async def test_a_message_of_an_earlier_generation_never_undoes_what_sentinel_holds(
+    w: World,
+) -> None:
+    """Messages that waited out their claims: a revocation of generation 0 after generation 1
+    went live, and an upload of generation 0 after it was revoked. Uploading either would
+    revoke the live object's lineage or try to un-revoke an id; both are superseded."""
+    first, second = queued(0), queued(1)
+    now = datetime.now(UTC).replace(microsecond=0)  # what a seen entry keeps: milliseconds
+    until = now + POLICY.ipv4_expiration
+    live = SeenEntry("0" * 32, until, generation=1)
+    gone = SeenEntry("1" * 32, until, revoked=True)
+    await w.state.commit([(first.stix_id, live), (second.stix_id, gone)], now=now)
+    late_revocation = UploadRequest(
+        first.request.draft.reissued(first.stix_id, revoked=True), ForwardReason.REVOKE
+    )
+    late_upload = second.request
+    await w.bus.publish(
+        QUEUE,
+        [
+            upload_message(r, run_id="r", source_message_id="raw")
+            for r in (late_revocation, late_upload)
+        ],
+    )
+
+    await run_until([w.uploader()], w.drained)
+
+    assert len(w.sentinel.store) == 0
+    assert await w.state.seen([first.stix_id, second.stix_id]) == [live, gone]
+    counters = await w.state.counters()
+    assert counters["superseded"] == 2
+
+
 async def test_superseded_uploaded_and_bad_messages_never_reach_sentinel(w: World) -> None:
     superseded, uploaded, fresh = await w.forward([0, 1, 2])
     # A newer version of record 0 was queued since: its claim holds another fingerprint.
