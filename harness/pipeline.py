@@ -156,6 +156,16 @@ class Pipeline:
     async def start_service(self, name: str, *, label: str | None = None) -> Child:
         return await self._processes().start(name, label=label)
 
+    async def first_sync(self, *, timeout_s: float = 90) -> Child:
+        """A filter and an uploader started, one sync, and everything it published uploaded;
+        returns the filter, for a test that restarts it with new settings."""
+        filter_ = await self.start_service("filter")
+        await self.start_service("uploader")
+        if await self.sync_once() != 0:
+            raise AssertionError("the first sync failed")
+        await self.wait_drained(timeout_s=timeout_s)
+        return filter_
+
     async def stop_service(self, child: Child) -> int:
         """SIGTERM, as a rollout stops a pod; its exit code."""
         return await self._processes().stop(child)

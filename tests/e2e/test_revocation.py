@@ -45,10 +45,7 @@ async def test_what_no_longer_passes_is_revoked_and_comes_back_under_a_new_id(
     feed = Feed(seed=31, count=600, days=6)
     env = {**bus_env, "INCLUDE_UNCATEGORIZED": "false", "SENTINEL_API": api}
     async with Pipeline(tmp_path, feed=feed, env=env) as pipeline:
-        await pipeline.start_service("filter")
-        await pipeline.start_service("uploader")
-        assert await pipeline.sync_once() == 0
-        await pipeline.wait_drained(timeout_s=90)
+        await pipeline.first_sync()
         sentinel = pipeline.sims.sentinel
         first = pipeline.expected().objects
         assert set(sentinel.store) == set(first)
@@ -128,10 +125,7 @@ async def test_a_full_sync_after_a_settings_change_revokes_what_the_settings_now
     URLs and the sha1/sha256 indicators the workspace holds, and re-uploads nothing else."""
     feed = Feed(seed=37, count=400, days=6)
     async with Pipeline(tmp_path, feed=feed, env={**bus_env, "HASH_TYPE": "all"}) as pipeline:
-        filter_ = await pipeline.start_service("filter")
-        await pipeline.start_service("uploader")
-        assert await pipeline.sync_once() == 0
-        await pipeline.wait_drained(timeout_s=90)
+        filter_ = await pipeline.first_sync()
         sentinel = pipeline.sims.sentinel
         first = pipeline.expected().objects
         assert set(sentinel.store) == set(first)

@@ -148,9 +148,13 @@ def expected(
     return stix_id(record["id"], hash_type), fingerprint(content(observable, STIX))
 
 
-async def sync(rig: Rig, worker: FilterWorker, *records: object) -> BatchOutcome:
-    await publish(rig.bus, *records)
-    return await worker.handle(await take(rig.bus, SOURCE, len(records)))
+async def sync(
+    rig: Rig, worker: FilterWorker, *records: object, bus: RedisStreamsBus | None = None
+) -> BatchOutcome:
+    """Publish ``records`` (on ``bus``, by default the rig's) and hand them to ``worker``."""
+    bus = bus or rig.bus
+    await publish(bus, *records)
+    return await worker.handle(await take(bus, SOURCE, len(records)))
 
 
 async def commit(rig: Rig, requests: Sequence[UploadRequest], valid_until: datetime) -> None:

@@ -16,7 +16,6 @@ from shared.core.fingerprint import ForwardReason, SeenEntry
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from tests.services.filter_rig import (
-    SOURCE,
     STIX,
     Rig,
     again,
@@ -24,9 +23,7 @@ from tests.services.filter_rig import (
     commit,
     of_type,
     passing,
-    publish,
     sync,
-    take,
     uploads,
 )
 
@@ -180,8 +177,7 @@ async def test_the_shortcut_never_skips_a_record_whose_entry_was_revoked(rig: Ri
     entry = SeenEntry(first.fingerprint, rig.clock.now + DAYS, first.source_tag, revoked=True)
     await rig.state.commit([(first.stix_id, entry)], now=rig.clock.now)
 
-    await publish(bus, record)  # the very same bytes
-    outcome = await worker.handle(await take(bus, SOURCE, 1))
+    outcome = await sync(rig, worker, record, bus=bus)  # the very same bytes
     assert outcome["dropped_unchanged"] == 0
     assert outcome["forwarded_new"] == 1
     (back,) = await uploads(rig.bus)
