@@ -109,23 +109,30 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
         changed = feed.mutate(0.05, seed=11, now=datetime.now(UTC))
         second = pipeline.expected()
         should_upload = {k for k, fp in second.objects.items() if first.objects.get(k) != fp}
-        say(f"\nsync 2: MATI changed {len(changed)} indicators; {len(should_upload)} uploads due")
-        code = await run_sync(pipeline, len(should_upload), mark)
+        # What MATI reported again and the filters no longer take is revoked under its id.
+        gone = first.objects.keys() - second.objects.keys()
+        due = should_upload | gone
+        say(
+            f"\nsync 2: MATI changed {len(changed)} indicators; {len(should_upload)} uploads "
+            f"and {len(gone)} revocations due"
+        )
+        code = await run_sync(pipeline, len(due), mark)
         uploaded = {str(row["Data"]["id"]) for row in sims.sentinel.rows[mark:]}
         problems = check_workspace(pipeline, second)
-        if uploaded != should_upload:
+        if uploaded != due:
             problems.append(
-                f"uploaded {len(uploaded)}: {len(uploaded - should_upload)} needlessly, "
-                f"{len(should_upload - uploaded)} missing"
+                f"uploaded {len(uploaded)}: {len(uploaded - due)} needlessly, "
+                f"{len(due - uploaded)} missing"
             )
+        revoked = sims.sentinel.revoked
+        live = [k for k in gone if k in sims.sentinel.store and k not in revoked]
+        if live:
+            problems.append(f"{len(live)} indicators that no longer pass are not revoked")
         if code != 0:
             problems.append(f"sync exited with {code}")
-        gone = first.objects.keys() - second.objects.keys()
-        say("  check: " + (f"uploaded exactly the {len(uploaded)} changed indicators"
+        say("  check: " + (f"uploaded exactly the {len(should_upload)} changed indicators and "
+                           f"revoked the {len(gone)} that no longer pass"
                            if not problems else "; ".join(problems)))  # fmt: skip
-        if gone:
-            say(f"  note: {len(gone)} indicators no longer pass the filters; they stay in the "
-                "workspace until their valid_until")  # fmt: skip
         say("  note: after upgrading from a version with top-level x_ properties, each "
             "indicator is uploaded once more when MATI next reports it")  # fmt: skip
         failures += problems
