@@ -69,6 +69,13 @@ def upload_queue(destination: str) -> Queue:
     return Queue(f"upload.{destination}")
 
 
+def revocation_queue(destination: str) -> Queue:
+    """The destination's priority lane: revocations (a filter's, a suppression's) wait here,
+    not behind a back-fill in ``upload_queue``; the uploader takes from it first, within the
+    same rate budget. Its messages are ``upload_message``s like any other."""
+    return Queue(f"revoke.{destination}")
+
+
 def _text_field(record: object, key: str) -> str:
     if isinstance(record, Mapping):
         value = record.get(key)
