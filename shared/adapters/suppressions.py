@@ -105,6 +105,14 @@ class Suppression:
         }
 
 
+def describe(listed: Mapping[str, str]) -> str:
+    """One line for a person, from ``Suppression.to_dict()``'s shape (what ``status`` keeps)."""
+    return (
+        f"{listed['added_at']}  {listed['type']} {listed['value']} ({listed['mati_id']}): "
+        f"{listed['reason']}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SuppressionSet:
     """The suppressions as of ``version`` (0: none was ever added)."""
