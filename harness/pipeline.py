@@ -26,7 +26,7 @@ from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Bus
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.filters import evaluate
 from shared.core.fingerprint import fingerprint
 from shared.core.indicator import Indicator
@@ -183,10 +183,15 @@ class Pipeline:
         return await self._processes().wait(child, timeout_s)
 
     async def queues_empty(self) -> bool:
-        """Nothing waiting or locked on the destination's subscription and upload queue."""
+        """Nothing waiting or locked on the destination's subscription, upload queue and
+        priority lane."""
         if self._observer is None:
             raise RuntimeError("pipeline is not started")
-        for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
+        for source in (
+            subscription(DESTINATION),
+            upload_queue(DESTINATION),
+            revocation_queue(DESTINATION),
+        ):
             counts = await self._observer.counts(source)
             if counts.depth or counts.in_flight:
                 return False

@@ -274,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument(
         "--queue",
-        choices=["upload", "indicators"],
+        choices=["upload", "revoke", "indicators"],
         default="upload",
-        help="upload: records Sentinel rejected; indicators: MATI records the filter refused",
+        help="upload: records Sentinel rejected; revoke: revocations Sentinel rejected; "
+        "indicators: MATI records the filter refused",
     )
     dead.add_argument("--limit", type=int, default=100, help="at most this many")
     dead.add_argument("--json", action="store_true", help="machine-readable output (list)")

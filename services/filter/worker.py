@@ -19,9 +19,10 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
    first is still queued. A redelivered raw message (``delivery_count > 1``) may hold a claim
    from its own earlier, possibly failed, forward: it takes its claim over instead of
    dropping itself as "in flight", which could otherwise lose the indicator.
-4. **Forward** all claimed observables in one publish, and only after that returned settle
-   the raw messages. If the publish fails, the claims are released and the raw messages that
-   had forwards are abandoned, so they come back; nothing is completed that was not forwarded.
+4. **Forward** all claimed observables in one publish (revocations in a second one, to the
+   uploader's priority lane), and only after that returned settle the raw messages. If the
+   publish fails, the claims are released and the raw messages that had forwards are
+   abandoned, so they come back; nothing is completed that was not forwarded.
 
 Each batch is a ``filter batch`` span linking its messages, and each raw message gets a
 ``filter indicator`` span whose parent is the context the message carried (the fetcher's page):
@@ -58,6 +59,7 @@ from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
+    revocation_queue,
     subscription,
     upload_message,
     upload_queue,
@@ -107,6 +109,8 @@ class FilterWorker:
         self.destination = config.destination
         self.source = subscription(config.destination)
         self.target = upload_queue(config.destination)
+        #: Revocations go to the uploader's priority lane, not behind a back-fill.
+        self.urgent = revocation_queue(config.destination)
         self._bus = bus
         self._state = state
         self._clock = clock
@@ -362,29 +366,34 @@ class FilterWorker:
         forwarding = [item for item in items if item.claimed]
         if not forwarding:
             return None
-        messages: list[Message] = [
-            upload_message(
-                request,
-                run_id=item.delivery.properties.get("run_id", ""),
-                source_message_id=item.delivery.message_id,
-                # The indicator's trace goes on: from our span, or, when nothing records
-                # spans, straight from the raw message's context.
-                trace=(
-                    tracing.inject({}, tracing.context_of(item.span))
-                    if item.span.is_recording()
-                    else item.delivery.properties
-                ),
+        messages: dict[bool, list[Message]] = {False: [], True: []}
+        for item in forwarding:
+            # The indicator's trace goes on: from our span, or, when nothing records spans,
+            # straight from the raw message's context.
+            trace = (
+                tracing.inject({}, tracing.context_of(item.span))
+                if item.span.is_recording()
+                else item.delivery.properties
             )
-            for item in forwarding
-            for request in item.claimed
-        ]
+            for request in item.claimed:
+                message = upload_message(
+                    request,
+                    run_id=item.delivery.properties.get("run_id", ""),
+                    source_message_id=item.delivery.message_id,
+                    trace=trace,
+                )
+                messages[request.revoked].append(message)
         try:
-            with tracing.producer_span(self._system, self.target.name, len(messages)):
-                await self._bus.publish(self.target, messages)
+            # Revocations first: were the second publish to fail, the batch comes back and
+            # forwards both again (the bus drops what it already holds, by message id).
+            for revoked, target in ((True, self.urgent), (False, self.target)):
+                if messages[revoked]:
+                    with tracing.producer_span(self._system, target.name, len(messages[revoked])):
+                        await self._bus.publish(target, messages[revoked])
         except Exception as exc:
             log.warning(
                 "filter.forward_failed",
-                messages=len(messages),
+                messages=sum(map(len, messages.values())),
                 error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
             )
             await self._undo(forwarding)

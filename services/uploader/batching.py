@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 
 from services.uploader.reasons import MALFORMED_MESSAGE, REJECTED_BY_SENTINEL
 from shared.adapters.destination_state import DestinationState
-from shared.contract.bus import Bus, Delivery, Queue, Source
+from shared.contract.bus import Bus, Delivery, Queue
 from shared.contract.messages import UploadRequest, read_upload
 from shared.core.errors import BusUnavailable, LockLost, MalformedMessage, StateUnavailable
 from shared.core.fingerprint import SeenEntry, decide, refresh_after_for
@@ -143,35 +143,73 @@ def _overtaken(item: Item, entry: SeenEntry | None) -> bool:
     return request.generation < entry.generation or (entry.revoked and not request.revoked)
 
 
+@dataclass(slots=True)
+class Received:
+    """One batch as received, each part with the queue its messages are settled on: the
+    priority lane's revocations first, then ordinary uploads."""
+
+    parts: list[tuple[Queue, list[Delivery]]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, queue: Queue, deliveries: Sequence[Delivery]) -> Received:
+        return cls([(queue, list(deliveries))] if deliveries else [])
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return [delivery for _, part in self.parts for delivery in part]
+
+    def __len__(self) -> int:
+        return sum(len(part) for _, part in self.parts)
+
+
 async def receive_batch(
     bus: Bus,
-    source: Source,
+    priority: Queue,
+    queue: Queue,
     *,
     max_messages: int,
     first_wait_s: float,
     linger_s: float,
     stop: asyncio.Event,
-) -> list[Delivery]:
-    """Up to ``max_messages``: wait ``first_wait_s`` for the first, then keep taking more for at
-    most ``linger_s`` so a trickle still fills a request (the quota counts requests, not
-    records). A bus failure while lingering ends the batch with what it already holds."""
-    batch = await bus.receive(source, max_messages=max_messages, max_wait_s=first_wait_s)
+) -> Received:
+    """Up to ``max_messages``: whatever waits in the ``priority`` lane (revocations), without
+    waiting for it, then ordinary uploads from ``queue``: wait ``first_wait_s`` for the first
+    (none when the lane gave some: they must not wait), then keep taking more for at most
+    ``linger_s`` so a trickle still fills a request (the quota counts requests, not records).
+    A bus failure once the batch holds something ends it with what it holds.
+
+    The lane costs one receive per batch that finds it empty, a round trip (Redis) or the
+    shortest wait (Service Bus): small beside a request to Sentinel, which the quota paces. A
+    revocation never waits behind a back-fill, and it rides in a request the quota already
+    counts, so the lane needs no budget of its own."""
+    urgent = await bus.receive(priority, max_messages=max_messages, max_wait_s=0.0)
+    received = Received.of(priority, urgent)
+    room = max_messages - len(urgent)
+    if not room:
+        return received
+    try:
+        batch = await bus.receive(
+            queue, max_messages=room, max_wait_s=0.0 if urgent else first_wait_s
+        )
+    except BusUnavailable:
+        if urgent:
+            return received
+        raise
     if not batch:
-        return []
+        return received
     loop = asyncio.get_running_loop()
     deadline = loop.time() + linger_s
-    while len(batch) < max_messages and not stop.is_set():
+    while len(batch) < room and not stop.is_set():
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         try:
-            more = await bus.receive(
-                source, max_messages=max_messages - len(batch), max_wait_s=remaining
-            )
+            more = await bus.receive(queue, max_messages=room - len(batch), max_wait_s=remaining)
         except BusUnavailable:
             break
         batch.extend(more)
-    return batch
+    received.parts.append((queue, batch))
+    return received
 
 
 class HeldBatch:
@@ -190,24 +228,28 @@ class HeldBatch:
     def __init__(
         self,
         bus: Bus,
-        queue: Queue,
+        received: Received,
         state: DestinationState,
-        deliveries: Sequence[Delivery],
         tally: Counter[str],
         now: float,
     ) -> None:
         self._bus = bus
-        self._queue = queue
         self._state = state
         self._tally = tally
+        deliveries = received.deliveries
         self._by_token = {d.lock_token: d for d in deliveries}
+        #: The queue each message is settled on (the priority lane's or the ordinary one).
+        self._queue_of = {d.lock_token: queue for queue, part in received.parts for d in part}
         #: Loop time of the last renewal (or of receiving).
         self.renewed_at = now
-        self._attributes = tracing.destination_attributes(
-            tracing.messaging_system(bus), queue.name, "process"
-        )
-        #: One attribute set per delivery count (nearly always just 1), not one per message.
-        self._per_count: dict[int, dict[str, str | int]] = {}
+        system = tracing.messaging_system(bus)
+        self._attributes = {
+            queue.name: tracing.destination_attributes(system, queue.name, "process")
+            for queue, _ in received.parts
+        }
+        #: One attribute set per queue and delivery count (nearly always just 1 per queue),
+        #: not one per message.
+        self._per_count: dict[tuple[str, int], dict[str, str | int]] = {}
         #: Whether spans are recorded at all; when not, no per-message span is made (a
         #: dead-letter still makes one, so its log line carries the message's trace).
         self.recording = tracing.recording()
@@ -219,10 +261,11 @@ class HeldBatch:
     def _span(self, delivery: Delivery) -> Span:
         """The ``upload indicator`` span of one message, child of the context it carried."""
         count = delivery.delivery_count
-        attributes = self._per_count.get(count)
+        queue = self._queue_of[delivery.lock_token].name
+        attributes = self._per_count.get((queue, count))
         if attributes is None:
-            attributes = self._per_count[count] = {
-                **self._attributes,
+            attributes = self._per_count[queue, count] = {
+                **self._attributes[queue],
                 "messaging.message.delivery_count": count,
             }
         return tracing.consumer_span(
@@ -235,6 +278,13 @@ class HeldBatch:
 
     def holds(self, delivery: Delivery) -> bool:
         return delivery.lock_token in self._by_token
+
+    def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[Queue, list[Delivery]]:
+        """``deliveries`` grouped by the queue each is settled on (one call per queue)."""
+        grouped: dict[Queue, list[Delivery]] = {}
+        for delivery in deliveries:
+            grouped.setdefault(self._queue_of[delivery.lock_token], []).append(delivery)
+        return grouped
 
     def _drop(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         for delivery in deliveries:
@@ -263,22 +313,25 @@ class HeldBatch:
         deliveries = self.deliveries
         if not deliveries:
             return
-        try:
-            await self._bus.renew_locks(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "renew")
-            lost = set(exc.message_ids)
-            self._drop([d for d in deliveries if d.message_id in lost], "lock_lost")
-        except BusUnavailable as exc:
-            log.warning("upload.renew_failed", detail=str(exc))
+        for queue, group in self._by_queue(deliveries).items():
+            try:
+                await self._bus.renew_locks(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "renew")
+                lost = set(exc.message_ids)
+                self._drop([d for d in group if d.message_id in lost], "lock_lost")
+            except BusUnavailable as exc:
+                log.warning("upload.renew_failed", detail=str(exc))
 
     async def complete(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         """``outcome`` (accepted, superseded, already_uploaded) goes on the messages' spans."""
+        groups = self._by_queue(deliveries)
         self._drop(deliveries, outcome)
-        try:
-            await self._bus.complete(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "complete")
+        for queue, group in groups.items():
+            try:
+                await self._bus.complete(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "complete")
 
     async def dead_letter(
         self,
@@ -293,11 +346,10 @@ class HeldBatch:
         if span is None and not self.recording and self.holds(delivery):
             span = self._span(delivery)  # not recorded: only for the log line's trace ids
         rejected = reason == REJECTED_BY_SENTINEL
+        queue = self._queue_of[delivery.lock_token]
         self._drop([delivery], "rejected" if rejected else f"dead_lettered_{reason}")
         try:
-            await self._bus.dead_letter(
-                self._queue, delivery, reason=reason, description=description
-            )
+            await self._bus.dead_letter(queue, delivery, reason=reason, description=description)
         except LockLost as exc:
             self._lock_lost(exc, "dead_letter")
             return
@@ -329,12 +381,13 @@ class HeldBatch:
             return
         self._tally["abandoned"] += len(deliveries)
         log.info("upload.abandoned", count=len(deliveries), why=why)
-        try:
-            await self._bus.abandon(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "abandon")
-        except BusUnavailable as exc:
-            log.warning("upload.abandon_failed", detail=str(exc))
+        for queue, group in self._by_queue(deliveries).items():
+            try:
+                await self._bus.abandon(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "abandon")
+            except BusUnavailable as exc:
+                log.warning("upload.abandon_failed", detail=str(exc))
 
     def _lock_lost(self, exc: LockLost, action: str) -> None:
         self._tally["lock_lost"] += len(exc.message_ids)
