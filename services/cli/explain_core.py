@@ -21,6 +21,7 @@ import orjson
 
 from services.cli.explain_drops import drop_detail
 from services.uploader.reasons import REJECTED_BY_SENTINEL
+from shared.adapters.suppressions import Suppression
 from shared.contract.messages import subscription, upload_queue
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
@@ -44,6 +45,7 @@ class Verdict(StrEnum):
     """Where an indicator (or one of its STIX ids) is; the first word of the answer."""
 
     UNKNOWN = "unknown"  # MATI does not know it
+    SUPPRESSED = "suppressed"  # an analyst suppressed it (``suppress add``)
     REFUSED = "refused"  # the parser refused the record
     DROPPED = "dropped"  # a filter drops it
     WAITING_FOR_FILTER = "waiting_for_filter"  # raw message in the subscription
@@ -135,6 +137,7 @@ class Facts:
     rejected: Sequence[Found] = ()  # upload dead letters
     scans: Sequence[Scan] = ()
     checkpoint: datetime | None = None
+    suppression: Suppression | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ class Explanation:
     filter_detail: str
     stories: list[Story]
     notes: list[str]
+    #: ``Suppression.to_dict()`` when the indicator is suppressed.
+    suppression: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -210,8 +215,19 @@ def judge(
             filter_detail=detail,
             stories=stories,
             notes=notes,
+            suppression=facts.suppression.to_dict() if facts.suppression else None,
         )
 
+    if facts.suppression is not None:
+        # Whatever MATI and the filters say, it stays out; its stories say what is left of it
+        # (a revocation not uploaded yet shows as its claim).
+        s = facts.suppression
+        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        headline = (
+            f"suppressed since {format_timestamp(s.added_at)}: {s.reason} "
+            "(kept out of the workspace until `suppress remove`)"
+        )
+        return result(Verdict.SUPPRESSED, headline, stories)
     if parsed is None or isinstance(parsed, Rejection):
         stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
         if parsed is None:

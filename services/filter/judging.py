@@ -8,7 +8,7 @@ No I/O: the seen cache has its say afterwards.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -16,11 +16,12 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.revoking import HASH_TYPE_UNSELECTED, Revocable
+from services.filter.suppressing import SUPPRESSED
 from shared.contract.bus import Delivery
 from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest
 from shared.core.events import get_logger
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate, every_observable
-from shared.core.fingerprint import refresh_after_for
+from shared.core.fingerprint import SeenEntry, refresh_after_for
 from shared.core.indicator import HashType, Indicator
 from shared.core.parsing import Rejection, parse_indicator, parse_json
 from shared.core.stix import Draft, StixPolicy
@@ -47,6 +48,14 @@ class Forward:
     #: Until when an upload would have been valid had it followed MATI's last report of the
     #: record (``last_updated`` plus the expiration); None for an undated record.
     reported_until: datetime | None = None
+
+    def stale(self, seen: SeenEntry | None, now: datetime) -> bool:
+        """A full sync's record that is not live in the workspace and whose last report by
+        MATI is older than its expiration: uploading it would bring back what the workspace
+        rightly let expire. (A normal sync never meets one: MATI reporting it is what makes
+        it current.)"""
+        live = seen is not None and seen.live(now)
+        return not live and self.reported_until is not None and self.reported_until <= now
 
 
 @dataclass(slots=True)
@@ -92,9 +101,12 @@ def judge(
     filter_policy: FilterPolicy,
     stix_policy: StixPolicy,
     refresh_ratio: float,
+    suppressed: Container[str] = (),
 ) -> Item:
     """Parse, filter and fingerprint one record; never raises (bad input is its verdict).
-    ``source`` is the record's source tag, stored with the seen entry its upload writes."""
+    ``source`` is the record's source tag, stored with the seen entry its upload writes.
+    A record whose MATI id is in ``suppressed`` is dropped whatever the filters say, and each
+    of its observables is revocable (``services.filter.suppressing``)."""
     properties = delivery.properties
     item = Item(
         delivery,
@@ -110,6 +122,10 @@ def judge(
             item.counts[f"rejected_{indicator.reason}"] += 1
             return item
         item.indicator_id = indicator.id
+        if indicator.id in suppressed:
+            item.counts[f"dropped_{SUPPRESSED}"] += 1
+            item.revocable = _revocable(indicator, every_observable(indicator), SUPPRESSED, source)
+            return item
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
             item.counts[f"dropped_{accepted}"] += 1

@@ -9,6 +9,8 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
    looked up, in the same ``MGET``, under the STIX ids the message's properties predict;
    a record whose every id was uploaded from these very bytes and needs no refresh is
    ``dropped_unchanged`` without being parsed. A steady-state sync costs a hash per record.
+   The same ``MGET`` reads the suppressions' version (``suppressing``): a suppressed record
+   is never recognised, it is judged, dropped and revoked where live.
 1. **Judge** every other record on its own (``judging``): parse, filter, fingerprint. A
    record that cannot be parsed is dead-lettered with the reason; the batch goes on.
 2. **Decide** against the seen cache (``decide``: new, changed, refresh, or unchanged); ids
@@ -49,9 +51,10 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
-from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Forward, Item, judge
+from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from services.filter.revoking import in_generation, revocation
-from shared.adapters.destination_state import DestinationState
+from services.filter.suppressing import SUPPRESSED, SuppressedIds
+from shared.adapters.destination_state import Claimed, DestinationState
 from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
     INDICATORS,
@@ -114,6 +117,7 @@ class FilterWorker:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._system = tracing.messaging_system(bus)
         self._shortcut = Shortcut(config.filter_policy, config.stix_policy, config.refresh_ratio)
+        self._suppressed = SuppressedIds(state.suppressions)
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -190,13 +194,20 @@ class FilterWorker:
                 self._shortcut.predict(delivery.properties) if self.config.deduplication else None
                 for delivery in deliveries
             ]
-            known = await self._seen(predicted_ids(predictions), {})
+            ids = predicted_ids(predictions)
+            entries, version = await self._state.seen_with_version(ids)
+            known = dict(zip(ids, entries, strict=True))
+            suppressed = await self._suppressed.at(version)
             items: list[Item] = []
             # Recognised records, when nothing records spans, are only completed and counted.
             recognised: list[Delivery] = []
             unchanged = 0
             for delivery, tag, prediction in zip(deliveries, tags, predictions, strict=True):
-                if prediction is not None and self._shortcut.unchanged(prediction, tag, known, now):
+                if (
+                    prediction is not None
+                    and delivery.properties.get("indicator_id", "") not in suppressed
+                    and self._shortcut.unchanged(prediction, tag, known, now)
+                ):
                     if not recording:
                         recognised.append(delivery)
                         unchanged += len(prediction.stix_ids)
@@ -215,6 +226,7 @@ class FilterWorker:
                         filter_policy=self.config.filter_policy,
                         stix_policy=self.config.stix_policy,
                         refresh_ratio=self.config.refresh_ratio,
+                        suppressed=suppressed,
                     )
                 item.span = span
                 items.append(item)
@@ -268,14 +280,6 @@ class FilterWorker:
     # ----------------------------------------------------------------------------------------
     # Stages
 
-    async def _seen(
-        self, stix_ids: list[str], known: dict[str, SeenEntry | None]
-    ) -> dict[str, SeenEntry | None]:
-        """``known`` plus what the seen cache says of ``stix_ids`` (one ``MGET``)."""
-        if stix_ids:
-            known.update(zip(stix_ids, await self._state.seen(stix_ids), strict=True))
-        return known
-
     async def _decide(
         self, items: Sequence[Item], known: dict[str, SeenEntry | None], now: datetime
     ) -> None:
@@ -288,11 +292,12 @@ class FilterWorker:
         if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             missing += [lineage for lineage in revocable if lineage not in known]
-            await self._seen(list(dict.fromkeys(missing)), known)
+            missing = list(dict.fromkeys(missing))
+            known.update(zip(missing, await self._state.seen(missing), strict=True))
         for item in items:
             for forward in item.observables:
                 seen = known.get(forward.draft.stix_id) if self.config.deduplication else None
-                if item.full and _stale(seen, forward, now):
+                if item.full and forward.stale(seen, now):
                     item.counts["dropped_stale"] += 1
                     continue
                 draft, lineage, generation = in_generation(
@@ -326,7 +331,9 @@ class FilterWorker:
 
     async def _claim(self, items: Sequence[Item]) -> None:
         """Claim every observable to forward: one script for first deliveries, one for
-        redeliveries (which take over the claim their earlier delivery may have left)."""
+        redeliveries (which take over the claim their earlier delivery may have left). An
+        upload (not a revocation) whose MATI id was suppressed since the batch began is not
+        claimed, and its record counts as suppressed (``services.filter.suppressing``)."""
         for redelivery in (False, True):
             group = [
                 (item, request)
@@ -336,14 +343,19 @@ class FilterWorker:
             ]
             if not group:
                 continue
-            granted = await self._state.claim(
-                [(request.stix_id, request.fingerprint) for _, request in group],
+            answers = await self._state.claim_unless_suppressed(
+                [
+                    (r.stix_id, r.fingerprint, "" if r.revoked else item.indicator_id)
+                    for item, r in group
+                ],
                 ttl_s=self.config.claim_ttl_s,
                 redelivery=redelivery,
             )
-            for (item, request), ok in zip(group, granted, strict=True):
-                if ok:
+            for (item, request), answer in zip(group, answers, strict=True):
+                if answer is Claimed.GRANTED:
                     item.claimed.append(request)
+                elif answer is Claimed.SUPPRESSED:
+                    item.counts[f"dropped_{SUPPRESSED}"] = 1
                 else:
                     item.counts["dropped_in_flight"] += 1
 
@@ -446,12 +458,3 @@ class FilterWorker:
         if lost:
             log.warning("filter.lock_lost", messages=lost)
         return lost
-
-
-def _stale(seen: SeenEntry | None, forward: Forward, now: datetime) -> bool:
-    """A full sync's record that is not live in the workspace and whose last report by MATI
-    is older than its expiration: uploading it would bring back what the workspace rightly
-    let expire. (A normal sync never meets one: MATI reporting it is what makes it current.)"""
-    live = seen is not None and seen.live(now)
-    reported = forward.reported_until
-    return not live and reported is not None and reported <= now

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.cli.explain_core import Explanation, Facts, Found, Verdict, judge, read_query
 from services.uploader.reasons import REJECTED_BY_SENTINEL
+from shared.adapters.suppressions import Suppression
 from shared.core.filters import FilterPolicy, evaluate
 from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.stix import StixPolicy, content, stix_id
@@ -100,6 +101,16 @@ def not_uploaded() -> Explanation:
     return explain(IPV4)
 
 
+#: An analyst's suppression of ``IPV4``, an hour before ``NOW``.
+SUPPRESSION = Suppression(
+    IPV4["id"], IPV4["value"], "ipv4", "our own proxy", NOW - timedelta(hours=1)
+)
+
+
+def suppressed() -> Explanation:
+    return explain(IPV4, suppression=SUPPRESSION)
+
+
 CASES: dict[Verdict, Callable[[], Explanation]] = {
     Verdict.UNKNOWN: unknown,
     Verdict.REFUSED: refused,
@@ -111,4 +122,5 @@ CASES: dict[Verdict, Callable[[], Explanation]] = {
     Verdict.STALE: stale,
     Verdict.REJECTED: rejected,
     Verdict.NOT_UPLOADED: not_uploaded,
+    Verdict.SUPPRESSED: suppressed,
 }
