@@ -179,8 +179,20 @@ class Pipeline:
     async def sync_once(self, *, timeout_s: float = 300, full: bool = False) -> int:
         """``mati2sentinel sync --once [--full]`` as its own process; returns its exit code."""
         args = ("sync", "--once", "--full") if full else ("sync", "--once")
-        child = await self._processes().start("cli", *args, label="sync")
+        return await self.command(*args, label="sync", timeout_s=timeout_s)
+
+    async def command(self, *args: str, label: str, timeout_s: float = 60) -> int:
+        """``mati2sentinel args`` as its own process, as an operator runs it (its output goes
+        to ``<label>.log``); returns its exit code."""
+        child = await self._processes().start("cli", *args, label=label)
         return await self._processes().wait(child, timeout_s)
+
+    async def queued_uploads(self) -> int:
+        """Messages waiting or held in the destination's upload queue (not its lane)."""
+        if self._observer is None:
+            raise RuntimeError("pipeline is not started")
+        counts = await self._observer.counts(upload_queue(DESTINATION))
+        return counts.depth + counts.in_flight
 
     async def queues_empty(self) -> bool:
         """Nothing waiting or locked on the destination's subscription, upload queue and
