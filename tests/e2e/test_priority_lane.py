@@ -1,7 +1,8 @@
 """Urgent before backlog (issue 14): with a back-fill of 50,000 uploads queued, a revocation
-reaches Sentinel within two quota windows, through the real services on the default quota of
-100 requests a window (a window of 10 s here rather than 60, so the test is short; the backlog
-alone needs 50 windows). Without the priority lane it would wait behind the whole backlog."""
+(MATI's downgrade, then an analyst's suppression) reaches Sentinel within two quota windows,
+through the real services on the default quota of 100 requests a window (a window of 10 s
+here rather than 60, so the test is short; the backlog alone needs 50 windows). Without the
+priority lane it would wait behind the whole backlog."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from shared.core.indicator import Indicator
 from shared.core.parsing import parse_indicator
 from shared.core.stix import Draft
 from simulators.feed import Feed
+from tests.e2e.pipeline_tools import run_cli
 from tests.helpers import wait_for
 
 WINDOW_S = 10.0
@@ -57,7 +59,7 @@ async def test_a_revocation_overtakes_a_backlog_of_50000(tmp_path: Path) -> None
         await pipeline.first_sync()
         sentinel = pipeline.sims.sentinel
         held = {mati_properties(obj)["mati_id"]: key for key, obj in sentinel.store.items()}
-        mati_id = next(m for m in held if feed.type_of(feed.index_of(m)) != "md5")
+        mati_id, pulled = [m for m in sorted(held) if feed.type_of(feed.index_of(m)) != "md5"][:2]
         assert pipeline.redis is not None
         bus = RedisStreamsBus(pipeline.redis, consumer="back-fill")
         await _queue_backlog(pipeline, bus, BACKLOG)
@@ -74,5 +76,17 @@ async def test_a_revocation_overtakes_a_backlog_of_50000(tmp_path: Path) -> None
         waiting = (await bus.counts(upload_queue(DESTINATION))).depth
         assert took <= WITHIN_WINDOWS * WINDOW_S
         assert waiting >= BACKLOG - WITHIN_WINDOWS * 100 * 100, "the backlog was still there"
+
+        started = time.monotonic()
+        await run_cli(pipeline, "suppress", "add", pulled, "--reason", "sinkholed by us")
+
+        async def suppressed() -> bool:
+            return sentinel.store[held[pulled]].get("revoked") is True
+
+        await wait_for(suppressed, WITHIN_WINDOWS * WINDOW_S, what="the suppression in Sentinel")
+        took = time.monotonic() - started
+        waiting = (await bus.counts(upload_queue(DESTINATION))).depth
+        assert took <= WITHIN_WINDOWS * WINDOW_S
+        assert waiting >= BACKLOG - 2 * WITHIN_WINDOWS * 100 * 100, "the backlog was still there"
         _, counters = await pipeline.counters()
-        assert counters["revoked_low_confidence"] == 1
+        assert counters["revoked_low_confidence"] == counters["revoked_suppressed"] == 1
