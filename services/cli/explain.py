@@ -3,8 +3,8 @@
 Nothing here stores anything per indicator (memory stays flat however large the feed): the
 answer is re-derived from what the pipeline already keeps. ``gather`` asks MATI for the
 indicator as it is now and reads its suppression and, for its STIX ids, the seen cache, the
-in-flight claims, the first ``scan_limit`` messages of the subscription and the upload queue
-(``Bus.peek``: nothing is locked or counted) and their dead letters.
+in-flight claims, the first ``scan_limit`` messages of the subscription, the upload queue and
+its priority lane (``Bus.peek``: nothing is locked or counted) and their dead letters.
 ``services.cli.explain_core.judge`` (pure) turns those facts into the verdict; ``render``
 prints it. The scans are bounded, and the answer says when one was cut.
 """
@@ -31,7 +31,7 @@ from services.cli.lookup import Lookups, find
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
-from shared.contract.messages import read_upload, subscription, upload_queue
+from shared.contract.messages import read_upload, revocation_queue, subscription, upload_queue
 from shared.core.errors import MalformedMessage
 from shared.core.parsing import format_timestamp, parse_indicator
 from shared.core.settings import Settings
@@ -71,7 +71,9 @@ async def gather(
     indicator_id = str(record.get("id") or "") if record else (query.indicator_id or "")
     parsed = parse_indicator(record) if record is not None else None
     stix_ids = [sid for sid, _ in candidates(indicator_id, parsed)]
-    raw, queue = subscription(settings.destination), upload_queue(settings.destination)
+    raw = subscription(settings.destination)
+    # The priority lane first: a revocation there is the indicator's most current place.
+    queues = (revocation_queue(settings.destination), upload_queue(settings.destination))
     scans: list[Scan] = []
 
     async def peek(source: Source) -> list[Peeked]:
@@ -102,9 +104,9 @@ async def gather(
         seen=dict(zip(stix_ids, seen, strict=True)),
         claims=dict(zip(stix_ids, claims, strict=True)),
         waiting=[_raw(raw, m) for m in await peek(raw) if mine(m.properties)],
-        queued=[_upload(queue, m) for m in await peek(queue) if mine(m.properties)],
+        queued=[_upload(q, m) for q in queues for m in await peek(q) if mine(m.properties)],
         refused=[_raw(raw, m) for m in await letters(raw) if mine(m.properties)],
-        rejected=[_upload(queue, m) for m in await letters(queue) if mine(m.properties)],
+        rejected=[_upload(q, m) for q in queues for m in await letters(q) if mine(m.properties)],
         scans=scans,
         checkpoint=checkpoint.last_updated if checkpoint else None,
         suppression=suppression,

@@ -22,7 +22,7 @@ import orjson
 from services.cli.explain_drops import drop_detail
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.adapters.suppressions import Suppression
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
 from shared.core.indicator import HashType, Indicator, IndicatorType
@@ -329,21 +329,22 @@ def _story(
             fingerprint=current, claim=claim, found=found, **extra,
         )  # fmt: skip
 
-    queue = upload_queue(facts.destination).name
     if any(f.locked for f in queued):
         held = next(f for f in queued if f.locked)
         return story(
-            Verdict.IN_FLIGHT, f"in flight: an uploader holds it ({queue}, queued {held.at})"
+            Verdict.IN_FLIGHT,
+            f"in flight: an uploader holds it ({held.entity}, queued {held.at})",
         )
     if queued:
         first = queued[0]
         why = f", {first.forward_reason}" if first.forward_reason else ""
-        return story(Verdict.QUEUED, f"queued for upload in {queue} since {first.at}{why}")
+        return story(Verdict.QUEUED, f"queued for upload in {first.entity} since {first.at}{why}")
     if claim is not None:
         return story(
             Verdict.IN_FLIGHT,
             f"in flight: claimed for upload (fingerprint {claim[:12]}…), its message not among "
-            f"the messages scanned in {queue}",
+            f"the messages scanned in {upload_queue(facts.destination).name} and "
+            f"{revocation_queue(facts.destination).name}",
         )
     if facts.waiting and observable is not None:
         name = entity_name(subscription(facts.destination))

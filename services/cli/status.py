@@ -16,7 +16,7 @@ from shared.adapters.feed_state import FeedState
 from shared.adapters.rate_budget import RateBudget
 from shared.adapters.suppressions import describe
 from shared.contract.bus import Bus, EntityCounts, Source
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.settings import Settings
 from shared.telemetry.gauges import entity_name
 
@@ -89,6 +89,7 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
         entities=[
             await _entity(runtime.bus, subscription(settings.destination)),
             await _entity(runtime.bus, upload_queue(settings.destination)),
+            await _entity(runtime.bus, revocation_queue(settings.destination)),
         ],
         feed_counters=await feed.counters(),
         counters=await destination.counters(),

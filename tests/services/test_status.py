@@ -66,12 +66,15 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     assert status.last_run == {"run_id": "run-1", "outcome": "completed", "pages": 2, "full": True}
     queue = next(e for e in status.entities if e.entity == "upload.soc")
     assert (queue.depth, queue.in_flight, queue.dead_letter) == (1, 0, 1)
+    lane = next(e for e in status.entities if e.entity == "revoke.soc")
+    assert (lane.depth, lane.in_flight, lane.dead_letter) == (0, 0, 0)
     assert status.counters == {"dropped_low_confidence": 3, "uploaded": 4}
     assert status.feed_counters == {"fetched": 7}
     assert (status.circuit, status.circuit_reason) == ("open", "AuthenticationFailed")
     text = render(status)
     assert "circuit      open (AuthenticationFailed)" in text
     assert "upload.soc" in text
+    assert "revoke.soc" in text
     assert "(age 10m)" in text
     assert "last sync    run-1 (full): outcome=completed, pages=2" in text
 
