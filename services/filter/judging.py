@@ -17,14 +17,15 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.revoking import HASH_TYPE_UNSELECTED, Revocable
 from services.filter.suppressing import SUPPRESSED
-from shared.contract.bus import Delivery
-from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest
+from shared.contract.bus import Delivery, Message
+from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest, upload_message
 from shared.core.events import get_logger
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate, every_observable
-from shared.core.fingerprint import SeenEntry, refresh_after_for
+from shared.core.fingerprint import ForwardReason, SeenEntry, refresh_after_for
 from shared.core.indicator import HashType, Indicator
 from shared.core.parsing import Rejection, parse_indicator, parse_json
 from shared.core.stix import Draft, StixPolicy
+from shared.telemetry import tracing
 
 log = get_logger(__name__)
 
@@ -78,6 +79,29 @@ class Item:
     abandoned: bool = False
     settled: bool = False
     span: Span = INVALID_SPAN
+
+    def upload_messages(self) -> list[Message]:
+        """The upload message of each claimed request. The indicator's trace goes on: from
+        our span, or, when nothing records spans, straight from the raw message's context."""
+        delivery = self.delivery
+        trace = (
+            tracing.inject({}, tracing.context_of(self.span))
+            if self.span.is_recording()
+            else delivery.properties
+        )
+        run_id = delivery.properties.get("run_id", "")
+        return [
+            upload_message(r, run_id=run_id, source_message_id=delivery.message_id, trace=trace)
+            for r in self.claimed
+        ]
+
+    def count_forwarded(self) -> None:
+        """Count what was forwarded, once the publish returned."""
+        for request in self.claimed:
+            self.counts["forwarded"] += 1
+            self.counts[f"forwarded_{request.reason}"] += 1
+            if request.reason is ForwardReason.REVOKE:
+                self.counts[f"revoked_{self.revoke_reasons[request.stix_id]}"] += 1
 
     def outcome(self) -> str:
         """What became of the message, for its span."""

@@ -61,7 +61,6 @@ from shared.contract.messages import (
     UploadRequest,
     revocation_queue,
     subscription,
-    upload_message,
     upload_queue,
 )
 from shared.core.errors import LockLost, TransientError
@@ -368,20 +367,7 @@ class FilterWorker:
             return None
         messages: dict[bool, list[Message]] = {False: [], True: []}
         for item in forwarding:
-            # The indicator's trace goes on: from our span, or, when nothing records spans,
-            # straight from the raw message's context.
-            trace = (
-                tracing.inject({}, tracing.context_of(item.span))
-                if item.span.is_recording()
-                else item.delivery.properties
-            )
-            for request in item.claimed:
-                message = upload_message(
-                    request,
-                    run_id=item.delivery.properties.get("run_id", ""),
-                    source_message_id=item.delivery.message_id,
-                    trace=trace,
-                )
+            for request, message in zip(item.claimed, item.upload_messages(), strict=True):
                 messages[request.revoked].append(message)
         try:
             # Revocations first: were the second publish to fail, the batch comes back and
@@ -399,11 +385,7 @@ class FilterWorker:
             await self._undo(forwarding)
             return exc
         for item in forwarding:
-            for request in item.claimed:
-                item.counts["forwarded"] += 1
-                item.counts[f"forwarded_{request.reason}"] += 1
-                if request.reason is ForwardReason.REVOKE:
-                    item.counts[f"revoked_{item.revoke_reasons[request.stix_id]}"] += 1
+            item.count_forwarded()
         return None
 
     async def _undo(self, forwarding: Sequence[Item]) -> None:
