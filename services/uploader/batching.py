@@ -94,7 +94,7 @@ async def prepare(
     refresh_ratio: float,
     skip_uploaded: bool = True,
 ) -> Prepared:
-    """Sort ``deliveries``; two Redis round trips for the whole batch (claims, seen).
+    """Sort ``deliveries``; one Redis round trip for the whole batch (claims and seen).
 
     - superseded: the in-flight claim now holds another fingerprint, so a newer version of
       this indicator is queued behind us and uploading ours would only be overwritten;
@@ -114,12 +114,13 @@ async def prepare(
             items.append(decoded)
     if not items:
         return prepared
-    ids = [item.stix_id for item in items]
-    claims = await state.claims(ids)
-    seen = await state.seen(ids) if skip_uploaded else [None] * len(items)
+    claims, seen = await state.claims_and_seen([item.stix_id for item in items])
     for item, claim, entry in zip(items, claims, seen, strict=True):
-        if (claim is not None and claim != item.fingerprint) or _overtaken(item, entry):
+        if _superseded(item, claim, entry):
             prepared.superseded.append(item)
+            continue
+        if not skip_uploaded:
+            prepared.upload.append(item)
             continue
         if entry is not None and entry.revoked:
             # A revocation Sentinel already accepted (redelivered): revoking again is waste.
@@ -134,6 +135,13 @@ async def prepare(
                 continue
         prepared.upload.append(item)
     return prepared
+
+
+def _superseded(item: Item, claim: str | None, entry: SeenEntry | None) -> bool:
+    """A newer version of the indicator is queued (the claim holds another fingerprint), or
+    what Sentinel holds overtook this message (``_overtaken``): sending it would only be
+    overwritten, or would undo a revocation."""
+    return (claim is not None and claim != item.fingerprint) or _overtaken(item, entry)
 
 
 def _overtaken(item: Item, entry: SeenEntry | None) -> bool:
@@ -237,9 +245,11 @@ class HeldBatch:
         self._state = state
         self._tally = tally
         deliveries = received.deliveries
-        self._by_token = {d.lock_token: d for d in deliveries}
+        #: Held messages by identity, not by lock token: tokens are only unique within one
+        #: entity (two Redis streams hand out the same entry ids), and a batch spans two.
+        self._held = {id(d): d for d in deliveries}
         #: The queue each message is settled on (the priority lane's or the ordinary one).
-        self._queue_of = {d.lock_token: queue for queue, part in received.parts for d in part}
+        self._queue_of = {id(d): queue for queue, part in received.parts for d in part}
         #: Loop time of the last renewal (or of receiving).
         self.renewed_at = now
         system = tracing.messaging_system(bus)
@@ -253,15 +263,15 @@ class HeldBatch:
         #: Whether spans are recorded at all; when not, no per-message span is made (a
         #: dead-letter still makes one, so its log line carries the message's trace).
         self.recording = tracing.recording()
-        self._spans: dict[str, Span] = (
-            {d.lock_token: self._span(d) for d in deliveries} if self.recording else {}
+        self._spans: dict[int, Span] = (
+            {id(d): self._span(d) for d in deliveries} if self.recording else {}
         )
-        self._attempts: Counter[str] = Counter()
+        self._attempts: Counter[int] = Counter()
 
     def _span(self, delivery: Delivery) -> Span:
         """The ``upload indicator`` span of one message, child of the context it carried."""
         count = delivery.delivery_count
-        queue = self._queue_of[delivery.lock_token].name
+        queue = self._queue_of[id(delivery)].name
         attributes = self._per_count.get((queue, count))
         if attributes is None:
             attributes = self._per_count[queue, count] = {
@@ -274,22 +284,22 @@ class HeldBatch:
 
     @property
     def deliveries(self) -> list[Delivery]:
-        return list(self._by_token.values())
+        return list(self._held.values())
 
     def holds(self, delivery: Delivery) -> bool:
-        return delivery.lock_token in self._by_token
+        return id(delivery) in self._held
 
     def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[Queue, list[Delivery]]:
         """``deliveries`` grouped by the queue each is settled on (one call per queue)."""
         grouped: dict[Queue, list[Delivery]] = {}
         for delivery in deliveries:
-            grouped.setdefault(self._queue_of[delivery.lock_token], []).append(delivery)
+            grouped.setdefault(self._queue_of[id(delivery)], []).append(delivery)
         return grouped
 
     def _drop(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         for delivery in deliveries:
-            self._by_token.pop(delivery.lock_token, None)
-            span = self._spans.pop(delivery.lock_token, None)
+            self._held.pop(id(delivery), None)
+            span = self._spans.pop(id(delivery), None)
             if span is not None:
                 tracing.finish(span, outcome)
 
@@ -300,12 +310,12 @@ class HeldBatch:
             return
         link = request.get_span_context()
         for delivery in deliveries:
-            span = self._spans.get(delivery.lock_token)
+            span = self._spans.get(id(delivery))
             if span is not None:
-                self._attempts[delivery.lock_token] += 1
+                self._attempts[id(delivery)] += 1
                 span.add_link(link)
                 span.add_event("upload.request", {"outcome": outcome})
-                span.set_attribute("upload.attempts", self._attempts[delivery.lock_token])
+                span.set_attribute("upload.attempts", self._attempts[id(delivery)])
 
     async def renew(self, now: float) -> None:
         """Restart every held lock; a bus hiccup is only logged (the lock may still last)."""
@@ -342,11 +352,11 @@ class HeldBatch:
     ) -> None:
         """Set the message aside with its reason, then drop its claim so the next sync may
         queue the indicator again (a fixed record, say)."""
-        span = self._spans.get(delivery.lock_token)
+        span = self._spans.get(id(delivery))
         if span is None and not self.recording and self.holds(delivery):
             span = self._span(delivery)  # not recorded: only for the log line's trace ids
         rejected = reason == REJECTED_BY_SENTINEL
-        queue = self._queue_of[delivery.lock_token]
+        queue = self._queue_of[id(delivery)]
         self._drop([delivery], "rejected" if rejected else f"dead_lettered_{reason}")
         try:
             await self._bus.dead_letter(queue, delivery, reason=reason, description=description)
@@ -364,6 +374,23 @@ class HeldBatch:
             )
         if claim is not None:
             await self.release_claims([claim])
+
+    async def without_overtaken(self, items: list[Item]) -> list[Item]:
+        """``items`` less those overtaken while they waited (for the quota, a retry, an open
+        circuit), which are completed as superseded: a revocation may have reached Sentinel
+        meanwhile, through the priority lane or another replica, and sending the live version
+        now would undo it. One round trip, paid only by a request that waited."""
+        claims, seen = await self._state.claims_and_seen([item.stix_id for item in items])
+        stale = [
+            item
+            for item, claim, entry in zip(items, claims, seen, strict=True)
+            if _superseded(item, claim, entry)
+        ]
+        if not stale:
+            return items
+        self._tally["superseded"] += len(stale)
+        await self.complete([item.delivery for item in stale], "superseded")
+        return [item for item in items if self.holds(item.delivery)]
 
     async def release_claims(self, claims: list[tuple[str, str]]) -> None:
         """Best effort: a claim left behind only expires later (its TTL), delaying a re-queue

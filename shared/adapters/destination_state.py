@@ -221,6 +221,22 @@ class DestinationState:
             values = await self._client.mget([self.inflight_key(i) for i in stix_ids])
         return [None if value is None else as_text(value) for value in values]
 
+    async def claims_and_seen(
+        self, stix_ids: Sequence[str]
+    ) -> tuple[list[str | None], list[SeenEntry | None]]:
+        """``claims`` and ``seen`` of the same ids in one ``MGET``: what the uploader checks
+        before it sends (a newer version queued, a revocation already in Sentinel)."""
+        if not stix_ids:
+            return [], []
+        keys = [self.inflight_key(i) for i in stix_ids] + [self.seen_key(i) for i in stix_ids]
+        with translated("claims"):
+            values = await self._client.mget(keys)
+        claims, entries = values[: len(stix_ids)], values[len(stix_ids) :]
+        return (
+            [None if value is None else as_text(value) for value in claims],
+            [None if value is None else SeenEntry.decode(as_bytes(value)) for value in entries],
+        )
+
     async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
         """Record uploads Sentinel accepted, atomically for the batch: each ``seen`` key is set
         to the entry and expires at its ``valid_until`` (an entry already past ``now`` is

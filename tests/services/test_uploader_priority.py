@@ -1,21 +1,27 @@
 """The priority lane (issue 14): a revocation queued behind a back-fill rides in the very next
 request, within the same quota, and every message of a batch that mixes the lane and the queue
-is settled on the queue it came from (completed, dead-lettered, given back)."""
+is settled on the queue it came from (completed, dead-lettered, given back). An upload that a
+revocation overtook while it waited is not sent after it."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from shared.adapters.rate_budget import RateBudget
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Message
 from shared.contract.messages import UploadRequest, upload_message
-from shared.core.fingerprint import ForwardReason
+from shared.core.fingerprint import ForwardReason, SeenEntry
 from simulators.faults import FaultKind
 from simulators.sentinel import STIX_ROUTE
+from tests.helpers import wait_for
 from tests.services.uploader_rig import (
+    DEST,
     LOCK_S,
     QUEUE,
     URGENT,
@@ -97,3 +103,59 @@ async def test_stopping_gives_each_message_back_to_its_own_queue(w: World) -> No
     for queue, waiting in ((URGENT, 1), (QUEUE, 3)):
         back = await other.receive(queue, max_messages=10, max_wait_s=1.0)
         assert [d.delivery_count for d in back] == [2] * waiting
+
+
+async def test_an_upload_overtaken_by_a_revocation_while_it_waited_is_not_sent(
+    w: World,
+) -> None:
+    """Past ``prepare`` and waiting for the quota, an ordinary upload must not follow a
+    revocation of its id that reached Sentinel meanwhile (through the lane, or another
+    replica): that would take the id from revoked back to live, which STIX forbids."""
+    [first] = await w.forward([0])
+    budget = RateBudget(w.redis, DEST, limit=1, window_s=2.0)
+    assert await budget.acquire() == 0.0  # the window's only request is spent
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)  # the only wait on this path is the quota's
+        await asyncio.sleep(seconds)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.uploader(budget=budget, sleep=sleep).run(stop))
+    await wait_for(lambda: bool(naps), 5, what="the batch prepared, waiting for the quota")
+    revoked = SeenEntry(first.request.fingerprint, datetime.now(UTC) + timedelta(days=1))
+    await w.state.commit([(first.stix_id, replace(revoked, revoked=True))], now=datetime.now(UTC))
+
+    await wait_for(w.drained, 10, what="the queue settled")
+    stop.set()
+    await task
+
+    assert w.statuses() == [], "nothing was sent"
+    assert (await w.state.counters())["superseded"] == 1
+
+
+async def test_a_lane_message_and_a_queue_message_with_one_lock_token_are_kept_apart(
+    w: World,
+) -> None:
+    """Redis gives out entry ids per stream, so a revocation and an upload written in the
+    same millisecond carry the same lock token: each must still be settled on its own
+    queue, neither mistaken for the other (the stream's last id is set so they collide)."""
+    [held] = await w.forward([0])
+    await run_until([w.uploader()], w.drained)
+    upload_stream, lane_stream = w.bus.keys(QUEUE).stream, w.bus.keys(URGENT).stream
+    for stream in (upload_stream, lane_stream):  # both streams go on from one id
+        await w.redis.execute_command("XSETID", stream, "9999999999999-0")
+    [other] = await w.forward([1])
+    await _revoke(w, held)
+    ids = [
+        (await w.redis.xinfo_stream(s))["last-generated-id"] for s in (upload_stream, lane_stream)
+    ]
+    assert ids[0] == ids[1], "one entry id in both streams"
+
+    await run_until([w.uploader()], w.drained)
+
+    assert w.sentinel.store[held.stix_id]["revoked"] is True
+    assert_stored_once(w, [other])
+    counters = await w.state.counters()
+    assert "lock_lost" not in counters
+    assert counters["uploaded"] == 3
