@@ -20,6 +20,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 import orjson
 
@@ -33,6 +34,7 @@ from shared.adapters.suppressions import Suppression, describe
 from shared.contract.bus import Bus
 from shared.contract.messages import (
     INDICATORS,
+    UploadRequest,
     raw_message,
     revocation_queue,
     upload_message,
@@ -104,11 +106,20 @@ async def add(
     return Added(suppression, new, revoking)
 
 
+#: What ``suppress add`` claims an id it has no revocation for with: no fingerprint is all
+#: zeros, so every upload of the indicator still queued, or waiting for the quota, is skipped
+#: by the uploader as superseded (``services.uploader.batching``) instead of going live.
+SUPPRESSED_CLAIM: Final = "0" * 32
+
+
 async def _revoke(
     indicator: Indicator, *, settings: Settings, bus: Bus, state: DestinationState, now: datetime
 ) -> int:
     """Queue the revocation of every observable of ``indicator`` (all hashes of an md5, the
-    ``HASH_TYPE`` of the day notwithstanding) whose seen entry is live; returns how many."""
+    ``HASH_TYPE`` of the day notwithstanding) whose seen entry is live; returns how many.
+
+    Every observable's claim is taken, live or not: an upload of it may be queued (a first
+    upload in a back-fill, a re-publication under its next id) and must not go live."""
     candidates = [
         # No source tag: these bytes were not judged by the filter, so none may be recorded.
         Revocable(observable, SUPPRESSED, indicator.type.value, b"")
@@ -116,14 +127,16 @@ async def _revoke(
     ]
     entries = await state.seen([candidate.lineage for candidate in candidates])
     policy = settings.stix_policy()
-    requests = [
-        request
-        for candidate, entry in zip(candidates, entries, strict=True)
-        if (request := revocation(candidate, entry, now, policy)) is not None
-    ]
+    claims: list[tuple[str, str]] = []
+    requests: list[UploadRequest] = []
+    for candidate, entry in zip(candidates, entries, strict=True):
+        request = revocation(candidate, entry, now, policy)
+        if request is not None:
+            requests.append(request)
+        claims.append((candidate.lineage, request.fingerprint if request else SUPPRESSED_CLAIM))
+    await state.claim_over(claims, ttl_s=CLAIM_TTL_S)
     if not requests:
         return 0
-    await state.claim_over([(r.stix_id, r.fingerprint) for r in requests], ttl_s=CLAIM_TTL_S)
     target = revocation_queue(settings.destination)
     await bus.ensure(target)
     run_id = _run_id("suppress")
@@ -135,6 +148,25 @@ async def _revoke(
         {"forwarded": queued, "forwarded_revoke": queued, f"revoked_{SUPPRESSED}": queued}
     )
     return queued
+
+
+async def _cancel_revocations(indicator: Indicator, state: DestinationState) -> None:
+    """Before ``remove`` hands the record to the filter: a revocation ``add`` queued that has
+    not reached Sentinel yet is called off, by claiming each still-live id with what
+    Sentinel holds (the uploader skips the revocation as superseded). Otherwise the filter
+    would find the indicator live and unchanged, forward nothing, and the late revocation
+    would take it out although nothing suppresses it any more."""
+    lineages = [
+        Revocable(o, SUPPRESSED, indicator.type.value, b"").lineage
+        for o in every_observable(indicator)
+    ]
+    claims, entries = await state.claims_and_seen(lineages)
+    held = [
+        (lineage, entry.fingerprint)
+        for lineage, claim, entry in zip(lineages, claims, entries, strict=True)
+        if entry is not None and not entry.revoked and claim not in (None, entry.fingerprint)
+    ]
+    await state.claim_over(held, ttl_s=CLAIM_TTL_S)
 
 
 async def remove(
@@ -157,6 +189,9 @@ async def remove(
             f"{query.text} is not suppressed in destination {settings.destination}"
         )
     if record is not None:
+        parsed = parse_indicator(record)
+        if isinstance(parsed, Indicator):
+            await _cancel_revocations(parsed, state)
         run_id = _run_id("unsuppress")
         await bus.publish(INDICATORS, [raw_message(record, run_id=run_id, full=True)])
     log.info("cli.unsuppressed", indicator_id=mati_id, republished=record is not None)

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from services.cli.explain_core import read_query
 from services.cli.lookup import find
 from services.cli.redis_server import LocalRedis
-from services.cli.suppress import Added, Removed, add, remove
+from services.cli.suppress import SUPPRESSED_CLAIM, Added, Removed, add, remove
 from shared.adapters.suppressions import Suppression, Suppressions
 from shared.contract.messages import (
     FULL_SYNC,
@@ -90,14 +90,22 @@ async def test_add_again_updates_and_queues_the_revocation_anew(ctx: Ctx) -> Non
     assert stored.reason == "a better reason"
 
 
-async def test_add_what_is_not_live_only_keeps_it_out(ctx: Ctx) -> None:
+async def test_add_what_is_not_live_keeps_it_out_and_supersedes_its_queued_upload(
+    ctx: Ctx,
+) -> None:
+    """Never uploaded yet (a first upload queued in a back-fill), or revoked already: nothing
+    to revoke, but what is queued must not go live: the claim makes the uploader skip it."""
     record, sid, fp = accepted_ipv4()
-    until = datetime.now(UTC) + timedelta(days=3)
-    await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
+    await ctx.state.claim([(sid, fp)], ttl_s=600)  # queued, never uploaded
     added = await suppress(ctx, record["id"])
     assert added.revoking == 0
     assert await ctx.state.suppressions.get(record["id"]) is not None
-    assert await ctx.state.claims([sid]) == [None]
+    assert await ctx.state.claims([sid]) == [SUPPRESSED_CLAIM]
+
+    until = datetime.now(UTC) + timedelta(days=3)
+    await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
+    assert (await suppress(ctx, record["id"])).revoking == 0
+    assert await ctx.state.claims([sid]) == [SUPPRESSED_CLAIM]
 
 
 async def test_add_revokes_every_live_hash_of_an_md5(ctx: Ctx) -> None:
@@ -133,6 +141,19 @@ async def test_remove_hands_the_record_to_the_filter_as_a_re_judging(ctx: Ctx) -
     assert raw.properties["run_id"].startswith("unsuppress-")
     with pytest.raises(OperatorRefused, match="is not suppressed"):
         await unsuppress(ctx, record["id"])
+
+
+async def test_remove_calls_off_a_revocation_not_yet_in_sentinel(ctx: Ctx) -> None:
+    """Added and removed before the revocation went out: the live indicator must stay live,
+    so its claim goes back to what Sentinel holds and the uploader skips the revocation."""
+    record, sid, fp = accepted_ipv4()
+    await live(ctx, sid, fp)
+    assert (await suppress(ctx, record["id"])).revoking == 1
+    assert await ctx.state.claims([sid]) != [fp]
+
+    await unsuppress(ctx, record["id"])
+
+    assert await ctx.state.claims([sid]) == [fp]
 
 
 async def test_remove_by_value_of_an_indicator_mati_no_longer_knows(ctx: Ctx) -> None:
