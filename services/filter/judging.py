@@ -153,7 +153,11 @@ def judge(
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
             item.counts[f"dropped_{accepted}"] += 1
-            item.revocable = _revocable(indicator, every_observable(indicator), accepted, source)
+            # Fetched without the flags, the record says nothing about warning lists: what is
+            # live stays live until a record that says is judged (never revoked on a guess).
+            if accepted is not DropReason.WARNINGLIST_UNKNOWN:
+                observables = every_observable(indicator)
+                item.revocable = _revocable(indicator, observables, accepted, source)
             return item
         chosen = {observable.hash_type for observable in accepted}
         unselected = [o for o in every_observable(indicator) if o.hash_type not in chosen]
