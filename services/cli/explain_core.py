@@ -53,6 +53,7 @@ class Verdict(StrEnum):
     IN_FLIGHT = "in_flight"  # an uploader holds it, or it is claimed for upload
     UPLOADED = "uploaded"  # seen entry, up to date
     STALE = "stale"  # seen entry, but MATI's current version differs
+    REVOKED = "revoked"  # uploaded with ``revoked: true``: in the workspace, matching nothing
     REJECTED = "rejected"  # in the upload dead-letter queue
     NOT_UPLOADED = "not_uploaded"  # accepted, and nothing anywhere
 
@@ -62,6 +63,7 @@ _URGENCY: Final = (
     Verdict.REJECTED,
     Verdict.REFUSED,
     Verdict.STALE,
+    Verdict.REVOKED,
     Verdict.NOT_UPLOADED,
     Verdict.WAITING_FOR_FILTER,
     Verdict.QUEUED,
@@ -149,6 +151,9 @@ class Story:
     verdict: Verdict
     summary: str
     accepted: bool
+    #: The id the object has in Sentinel: ``stix_id`` (the lineage the state is keyed by)
+    #: until a revocation, then the generation's (``shared.core.stix.stix_id``).
+    object_id: str | None = None
     fingerprint: str | None = None
     uploaded_fingerprint: str | None = None
     uploaded_at_approx: str | None = None
@@ -222,14 +227,14 @@ def judge(
         # Whatever MATI and the filters say, it stays out; its stories say what is left of it
         # (a revocation not uploaded yet shows as its claim).
         s = facts.suppression
-        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
         headline = (
             f"suppressed since {format_timestamp(s.added_at)}: {s.reason} "
             "(kept out of the workspace until `suppress remove`)"
         )
         return result(Verdict.SUPPRESSED, headline, stories)
     if parsed is None or isinstance(parsed, Rejection):
-        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
         if parsed is None:
             return result(Verdict.UNKNOWN, f"unknown to MATI: no indicator {query.text}", stories)
         detail = f"{parsed.reason}: {parsed.detail}"
@@ -237,11 +242,12 @@ def judge(
     verdict = evaluate(parsed, policy)
     if isinstance(verdict, DropReason):
         detail = drop_detail(verdict, parsed, policy)
-        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
         headline = f"dropped by {verdict}: {detail}"
         return result(Verdict.DROPPED, headline, stories, reason=str(verdict), detail=detail)
     stories = [
         _story(
+            parsed.id,
             stix_id(parsed.id, o.hash_type),
             o.hash_type,
             o,
@@ -258,6 +264,7 @@ def judge(
 
 
 def _leftovers(
+    mati_id: str,
     ids: Sequence[tuple[str, HashType | None]],
     facts: Facts,
     stix_policy: StixPolicy,
@@ -273,7 +280,9 @@ def _leftovers(
     ]
     notes += [f"refused by the parser earlier: {f.description} ({f.at})" for f in facts.refused]
     alone = replace(facts, waiting=(), refused=())
-    stories = [_story(sid, ht, None, None, alone, stix_policy, refresh_ratio) for sid, ht in ids]
+    stories = [
+        _story(mati_id, sid, ht, None, None, alone, stix_policy, refresh_ratio) for sid, ht in ids
+    ]
     return [s for s in stories if s.verdict is not Verdict.NOT_UPLOADED]
 
 
@@ -291,6 +300,7 @@ def candidates(
 
 
 def _story(
+    mati_id: str,
     sid: str,
     hash_type: HashType | None,
     observable: Observable | None,
@@ -302,10 +312,14 @@ def _story(
     """Where one STIX id is, most current place first: held or queued for upload, claimed,
     waiting for the filter, in Sentinel, dead-lettered, nowhere."""
     now = facts.now
-    current = fingerprint(content(observable, stix_policy)) if observable else None
-    seen = facts.seen.get(sid)
+    entry = facts.seen.get(sid)
+    generation = entry.generation if entry is not None else 0
+    object_id = stix_id(mati_id, hash_type, generation) if generation and mati_id else sid
+    current = (
+        fingerprint(content(observable, stix_policy, object_id=object_id)) if observable else None
+    )
     # A revoked object is in the workspace but matches nothing: not "in Sentinel" here.
-    seen = seen if seen is not None and seen.live(now) else None
+    seen = entry if entry is not None and entry.live(now) else None
     claim = facts.claims.get(sid)
     queued = [f for f in facts.queued if f.stix_id == sid]
     rejected = [f for f in facts.rejected if f.stix_id == sid]
@@ -313,12 +327,12 @@ def _story(
     expiration = _expiration(stix_policy, hash_type, indicator)
     uploaded = ""
     extra: dict[str, Any] = {}
-    if seen is not None:
-        at = format_timestamp(seen.valid_until - expiration)
-        until = format_timestamp(seen.valid_until)
+    if entry is not None:
+        at = format_timestamp(entry.valid_until - expiration)
+        until = format_timestamp(entry.valid_until)
         uploaded = f"uploaded ≈{at}, valid until {until}"
         extra = {
-            "uploaded_fingerprint": seen.fingerprint,
+            "uploaded_fingerprint": entry.fingerprint,
             "uploaded_at_approx": at,
             "valid_until": until,
         }
@@ -326,7 +340,7 @@ def _story(
     def story(verdict: Verdict, summary: str) -> Story:
         return Story(
             sid, hash_type and hash_type.value, verdict, summary, observable is not None,
-            fingerprint=current, claim=claim, found=found, **extra,
+            object_id=object_id, fingerprint=current, claim=claim, found=found, **extra,
         )  # fmt: skip
 
     if any(f.locked for f in queued):
@@ -352,29 +366,44 @@ def _story(
             Verdict.WAITING_FOR_FILTER,
             f"waiting for the filter in {name} since {facts.waiting[0].at}",
         )
+    if entry is not None and entry.revoked:
+        summary = f"revoked in Sentinel as {object_id} ({uploaded})"
+        if observable is not None and mati_id:
+            following = stix_id(mati_id, hash_type, entry.next_generation())
+            summary += f"; it passes again: the next sync that reports it publishes {following}"
+        return story(Verdict.REVOKED, summary)
     if seen is not None:
-        if current is None:
-            return story(Verdict.UPLOADED, f"still in Sentinel from an earlier upload: {uploaded}")
-        if seen.fingerprint == current:
-            due = decide(
+        due = current is not None and bool(
+            decide(
                 seen, current, now, now + expiration, refresh_after_for(expiration, refresh_ratio)
             )
-            refresh = "; a refresh is due (the next sync re-uploads it)" if due else ""
-            return story(Verdict.UPLOADED, f"{uploaded}; up to date{refresh}")
-        newer = [f for f in rejected if f.fingerprint == current]
-        if newer:
-            return story(Verdict.REJECTED, f"{_rejection(newer[0])} (the version {uploaded} stays)")
-        return story(
-            Verdict.STALE,
-            f"{uploaded}, but MATI's current version differs (fingerprint {current[:12]}… ≠ "
-            f"{seen.fingerprint[:12]}…): the next sync that reports it uploads it",
         )
+        return story(*_live(seen, current, uploaded, due, rejected))
     if rejected:
         return story(Verdict.REJECTED, _rejection(rejected[-1]))
     if facts.refused:
         letter = facts.refused[-1]
         return story(Verdict.REFUSED, f"refused by the parser: {letter.description} ({letter.at})")
     return story(Verdict.NOT_UPLOADED, _nowhere(indicator, facts.checkpoint))
+
+
+def _live(
+    seen: SeenEntry, current: str | None, uploaded: str, due: bool, rejected: Sequence[Found]
+) -> tuple[Verdict, str]:
+    """The verdict on an id live in Sentinel, against MATI's current version of it."""
+    if current is None:
+        return Verdict.UPLOADED, f"still in Sentinel from an earlier upload: {uploaded}"
+    if seen.fingerprint == current:
+        refresh = "; a refresh is due (the next sync re-uploads it)" if due else ""
+        return Verdict.UPLOADED, f"{uploaded}; up to date{refresh}"
+    newer = [f for f in rejected if f.fingerprint == current]
+    if newer:
+        return Verdict.REJECTED, f"{_rejection(newer[0])} (the version {uploaded} stays)"
+    return (
+        Verdict.STALE,
+        f"{uploaded}, but MATI's current version differs (fingerprint {current[:12]}… ≠ "
+        f"{seen.fingerprint[:12]}…): the next sync that reports it uploads it",
+    )
 
 
 def _rejection(letter: Found) -> str:

@@ -26,11 +26,13 @@ from shared.contract.messages import (
     subscription,
     upload_queue,
 )
-from shared.core.filters import DropReason
-from shared.core.fingerprint import SeenEntry
+from shared.core.filters import DropReason, evaluate
+from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.indicator import Indicator, IndicatorType
-from shared.core.stix import stix_id
+from shared.core.parsing import parse_indicator
+from shared.core.stix import content, stix_id
 from tests.services.explain_rig import (
+    DEFAULT,
     DEST,
     SENTINEL_MESSAGE,
     Ctx,
@@ -103,8 +105,9 @@ async def test_dropped_but_still_in_sentinel_from_an_earlier_upload(ctx: Ctx) ->
     assert "still in Sentinel from an earlier upload" in story.summary
 
 
-async def test_dropped_and_revoked_is_not_said_to_be_in_sentinel(ctx: Ctx) -> None:
-    """A revoked object matches nothing: explain must not call it still in Sentinel."""
+async def test_dropped_and_revoked_is_said_revoked_not_in_sentinel(ctx: Ctx) -> None:
+    """A revoked object matches nothing: explain says it was revoked, under which id, and
+    never calls it still in Sentinel."""
     record, sid, fp = accepted_ipv4()
     until = datetime.now(UTC) + timedelta(days=3)
     await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
@@ -112,7 +115,30 @@ async def test_dropped_and_revoked_is_not_said_to_be_in_sentinel(ctx: Ctx) -> No
     answer = await ctx.explain(record["id"], settings_with(INCLUDE_IPV4="false"))
 
     assert answer.verdict is Verdict.DROPPED
-    assert answer.stories == []
+    (story,) = answer.stories
+    assert (story.verdict, story.object_id) == (Verdict.REVOKED, sid)
+    assert "passes again" not in story.summary
+
+
+async def test_a_republished_indicator_is_up_to_date_under_its_generation_id(ctx: Ctx) -> None:
+    """Revoked once and live again under generation 1: the fingerprint explain compares is
+    the one of the object under that id, and the id shown is the one Sentinel holds."""
+    record, sid, _ = accepted_ipv4()
+    indicator = parse_indicator(record)
+    assert isinstance(indicator, Indicator)
+    verdict = evaluate(indicator, DEFAULT.filter_policy())
+    assert isinstance(verdict, tuple)
+    object_id = stix_id(record["id"], None, 1)
+    fp = fingerprint(content(verdict[0], DEFAULT.stix_policy(), object_id=object_id))
+    until = datetime.now(UTC) + timedelta(days=3)
+    await ctx.state.commit([(sid, SeenEntry(fp, until, generation=1))], now=datetime.now(UTC))
+
+    answer = await ctx.explain(record["id"])
+
+    assert answer.verdict is Verdict.UPLOADED
+    (story,) = answer.stories
+    assert (story.stix_id, story.object_id) == (sid, object_id)
+    assert story.fingerprint == fp
 
 
 # ---- on its way -----------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def stale() -> Explanation:
     return explain(IPV4, seen=seen(OLD, timedelta(days=6)))
 
 
+def revoked() -> Explanation:
+    """Accepted again after its revocation: the answer names the id it comes back under."""
+    entry = SeenEntry(current(IPV4), NOW + timedelta(days=6), revoked=True)
+    return explain(IPV4, seen={IPV4_ID: entry})
+
+
 def rejected() -> Explanation:
     letter = found(stix_id=IPV4_ID, reason=REJECTED_BY_SENTINEL, description=SENTINEL_MESSAGE)
     return explain(IPV4, rejected=[letter])
@@ -120,6 +126,7 @@ CASES: dict[Verdict, Callable[[], Explanation]] = {
     Verdict.IN_FLIGHT: in_flight,
     Verdict.UPLOADED: uploaded,
     Verdict.STALE: stale,
+    Verdict.REVOKED: revoked,
     Verdict.REJECTED: rejected,
     Verdict.NOT_UPLOADED: not_uploaded,
     Verdict.SUPPRESSED: suppressed,

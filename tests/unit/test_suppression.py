@@ -54,7 +54,10 @@ def test_explain_shows_what_a_suppression_has_not_revoked_yet() -> None:
     (story,) = answer.stories
     assert story.summary.startswith("still in Sentinel from an earlier upload")
     revoked = {IPV4_ID: SeenEntry(current(IPV4), NOW + timedelta(days=3), revoked=True)}
-    assert explain(IPV4, suppression=SUPPRESSION, seen=revoked).stories == []
+    (story,) = explain(IPV4, suppression=SUPPRESSION, seen=revoked).stories
+    assert story.verdict is Verdict.REVOKED
+    assert story.summary.startswith(f"revoked in Sentinel as {IPV4_ID}")
+    assert "passes again" not in story.summary, "suppressed: it does not come back"
 
 
 def test_what_suppress_prints() -> None:
