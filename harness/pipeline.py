@@ -187,24 +187,27 @@ class Pipeline:
         child = await self._processes().start("cli", *args, label=label)
         return await self._processes().wait(child, timeout_s)
 
-    async def queued_uploads(self) -> int:
-        """Messages waiting or held in the destination's upload queue (not its lane)."""
+    @property
+    def observer(self) -> Bus:
+        """A bus client of the harness's own, on the bus the services use."""
         if self._observer is None:
             raise RuntimeError("pipeline is not started")
-        counts = await self._observer.counts(upload_queue(DESTINATION))
+        return self._observer
+
+    async def queued_uploads(self) -> int:
+        """Messages waiting or held in the destination's upload queue (not its lane)."""
+        counts = await self.observer.counts(upload_queue(DESTINATION))
         return counts.depth + counts.in_flight
 
     async def queues_empty(self) -> bool:
         """Nothing waiting or locked on the destination's subscription, upload queue and
         priority lane."""
-        if self._observer is None:
-            raise RuntimeError("pipeline is not started")
         for source in (
             subscription(DESTINATION),
             upload_queue(DESTINATION),
             revocation_queue(DESTINATION),
         ):
-            counts = await self._observer.counts(source)
+            counts = await self.observer.counts(source)
             if counts.depth or counts.in_flight:
                 return False
         return True
