@@ -23,7 +23,7 @@ from harness.pipeline import DESTINATION
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 
 TARGET_GROWTH = 0.10
 TARGET_BYTES = 200
@@ -97,7 +97,11 @@ async def measure(count: int) -> dict[str, Any]:
         _, counters = await pipeline.counters()
         observer = RedisStreamsBus(pipeline.redis, consumer="bench-observer")
         dead = 0
-        for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
+        for source in (
+            subscription(DESTINATION),
+            upload_queue(DESTINATION),
+            revocation_queue(DESTINATION),
+        ):
             dead += (await observer.counts(source)).dead_letter
         memory = await _seen_bytes(run)
     seconds = finished - started

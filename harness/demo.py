@@ -4,17 +4,22 @@ It starts a private Redis, the MATI, Entra ID and Sentinel simulators and the th
 syncs a realistic feed (20,000 indicators over 29 days by default) with live progress, prints
 the funnel, and checks that the simulated workspace holds exactly the indicators the filters
 accept, each uploaded once. Then the feed changes 5 % of its indicators and a second sync must
-upload exactly those whose upload would change. Exit code 0 only if both checks hold.
-Everything it starts, it stops.
+upload exactly those whose upload would change and revoke those that no longer pass. A third
+sync carries a back-fill (every live indicator changed), MATI downgrades some indicators and
+an analyst suppresses one while the back-fill is queued: the revocations must not wait behind
+it, and the workspace must end up holding exactly what passes and is not suppressed. Exit
+code 0 only if every check holds. Everything it starts, it stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +58,7 @@ async def run_sync(pipeline: Pipeline, expected: int, mark: int) -> int:
 def funnel(feed: dict[str, int], dest: dict[str, int]) -> None:
     say("  funnel")
     say(f"    fetched from MATI        {feed.get('fetched', 0):>8}")
-    for name in sorted(k for k in dest if k.startswith(("dropped_", "rejected_"))):
+    for name in sorted(k for k in dest if k.startswith(("dropped_", "rejected_", "revoked_"))):
         say(f"    {name:<25}{dest[name]:>8}")
     for name in ("forwarded", "uploaded", "rejected", "dead_lettered", "throttled", "retried"):
         say(f"    {name:<25}{dest.get(name, 0):>8}")
@@ -136,8 +141,88 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
         say("  note: after upgrading from a version with top-level x_ properties, each "
             "indicator is uploaded once more when MATI next reports it")  # fmt: skip
         failures += problems
+        failures += await third_sync(pipeline, feed, second)
     say("\ndemo " + ("passed" if not failures else "FAILED"))
     return 0 if not failures else 1
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passed; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[str]:
+    """A back-fill, downgrades and a suppression at once; returns the problems found."""
+    sims = pipeline.sims
+    store = sims.sentinel.store
+    held = {mati_properties(store[key])["mati_id"]: key for key in before.objects}
+    ids = sorted(held)
+    picker = random.Random(13)  # noqa: S311 - which indicators the demo changes, not a secret
+    downgraded = set(picker.sample(ids, min(20, len(ids) // 4)))
+    rest = [m for m in ids if m not in downgraded]
+    suppressed = next(m for m in rest if feed.type_of(feed.index_of(m)) != "md5")
+    changes: dict[str, dict[str, int]] = {m: {"mscore": 10} for m in downgraded}
+    for m in rest:
+        if m != suppressed:  # changed and still passing: the back-fill
+            changes[m] = {"mscore": 99 if feed.mscore(feed.index_of(m)) != 99 else 98}
+    feed.revise(changes, datetime.now(UTC))
+    after = pipeline.expected()
+    key = held[suppressed]
+    live = {k: fp for k, fp in after.objects.items() if k != key}
+    backfill = {k for k, fp in live.items() if before.objects.get(k) != fp}
+    gone = before.objects.keys() - after.objects.keys()
+    say(
+        f"\nsync 3: a back-fill of {len(backfill)} changed indicators; MATI downgrades "
+        f"{len(gone)}; an analyst suppresses {suppressed} while the back-fill is queued"
+    )
+    mark = len(sims.sentinel.rows)
+    _, counted = await pipeline.counters()
+    sync = asyncio.create_task(pipeline.sync_once(timeout_s=900))
+    shown = asyncio.create_task(progress(pipeline, sync, len(backfill) + len(gone) + 1, mark))
+
+    async def backlog() -> bool:
+        return sync.done() or await pipeline.queued_uploads() >= len(backfill) // 2
+
+    async def revoked_now() -> bool:
+        return store[key].get("revoked") is True
+
+    await until(backlog, 600)
+    started = time.monotonic()
+    reason = "demo: an analyst's false positive"
+    problems = []
+    if await pipeline.command("suppress", "add", suppressed, "--reason", reason, label="suppress"):
+        problems.append("suppress add failed (see its log)")
+    await until(revoked_now, 180)
+    took, ahead = time.monotonic() - started, await pipeline.queued_uploads()
+    say(f"  suppression revoked in Sentinel {took:.1f}s after the command, with "
+        f"{ahead} ordinary uploads still queued")  # fmt: skip
+    await shown
+    code = await sync
+    await pipeline.wait_drained(timeout_s=600)
+    feed_counters, dest = await pipeline.counters()
+    funnel(feed_counters, dest)
+    problems += check_workspace(pipeline, Expected(live))
+    revoked = gone | {key}
+    uploaded = [str(row["Data"]["id"]) for row in sims.sentinel.rows[mark:]]
+    if sorted(uploaded) != sorted(backfill | revoked):
+        extra, missing = set(uploaded) - backfill - revoked, backfill | revoked - set(uploaded)
+        problems.append(f"uploaded {len(extra)} needlessly, {len(missing)} missing, "
+                        f"{len(uploaded) - len(set(uploaded))} twice")  # fmt: skip
+    if not revoked <= sims.sentinel.revoked or live.keys() & sims.sentinel.revoked:
+        problems.append("the revoked set is not exactly the downgraded and the suppressed")
+    if dest.get("revoked_suppressed", 0) - counted.get("revoked_suppressed", 0) != 1:
+        problems.append("the suppression was not counted once")
+    if code != 0:
+        problems.append(f"sync exited with {code}")
+    say("  check: " + (f"updated the {len(backfill)} changed indicators, revoked the "
+                       f"{len(gone)} downgraded and the suppressed one"
+                       if not problems else "; ".join(problems)))  # fmt: skip
+    return problems
 
 
 def main() -> int:

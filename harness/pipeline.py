@@ -26,7 +26,7 @@ from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Bus
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.filters import evaluate
 from shared.core.fingerprint import fingerprint
 from shared.core.indicator import Indicator
@@ -179,15 +179,35 @@ class Pipeline:
     async def sync_once(self, *, timeout_s: float = 300, full: bool = False) -> int:
         """``mati2sentinel sync --once [--full]`` as its own process; returns its exit code."""
         args = ("sync", "--once", "--full") if full else ("sync", "--once")
-        child = await self._processes().start("cli", *args, label="sync")
+        return await self.command(*args, label="sync", timeout_s=timeout_s)
+
+    async def command(self, *args: str, label: str, timeout_s: float = 60) -> int:
+        """``mati2sentinel args`` as its own process, as an operator runs it (its output goes
+        to ``<label>.log``); returns its exit code."""
+        child = await self._processes().start("cli", *args, label=label)
         return await self._processes().wait(child, timeout_s)
 
-    async def queues_empty(self) -> bool:
-        """Nothing waiting or locked on the destination's subscription and upload queue."""
+    @property
+    def observer(self) -> Bus:
+        """A bus client of the harness's own, on the bus the services use."""
         if self._observer is None:
             raise RuntimeError("pipeline is not started")
-        for source in (subscription(DESTINATION), upload_queue(DESTINATION)):
-            counts = await self._observer.counts(source)
+        return self._observer
+
+    async def queued_uploads(self) -> int:
+        """Messages waiting or held in the destination's upload queue (not its lane)."""
+        counts = await self.observer.counts(upload_queue(DESTINATION))
+        return counts.depth + counts.in_flight
+
+    async def queues_empty(self) -> bool:
+        """Nothing waiting or locked on the destination's subscription, upload queue and
+        priority lane."""
+        for source in (
+            subscription(DESTINATION),
+            upload_queue(DESTINATION),
+            revocation_queue(DESTINATION),
+        ):
+            counts = await self.observer.counts(source)
             if counts.depth or counts.in_flight:
                 return False
         return True

@@ -20,7 +20,7 @@ from shared.adapters.redis_connect import RedisClient
 from shared.adapters.sentinel_client import observe_requests
 from shared.adapters.state_counters import observe_counts as observe_state_counts
 from shared.contract.bus import Bus
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.settings import Service, Settings
 from shared.telemetry.gauges import REFRESH_S, GaugeCache, Read, Reading, queue_read
 from shared.telemetry.health import Health
@@ -95,7 +95,7 @@ def rate_read(budget: RateBudget, destination: str) -> Read:
 PARTS: Final[Mapping[Service, tuple[str, ...]]] = {
     Service.FETCHER: ("feed",),
     Service.FILTER: ("subscription",),
-    Service.UPLOADER: ("upload_queue", "circuit", "rate_budget"),
+    Service.UPLOADER: ("upload_queue", "revocation_queue", "circuit", "rate_budget"),
 }
 
 
@@ -107,6 +107,7 @@ def gauge_reads(
         "feed": lambda: feed_read(FeedState(redis), destination),
         "subscription": lambda: queue_read(bus, subscription(destination), destination),
         "upload_queue": lambda: queue_read(bus, upload_queue(destination), destination),
+        "revocation_queue": lambda: queue_read(bus, revocation_queue(destination), destination),
         "circuit": lambda: circuit_read(DestinationState(redis, destination)),
         "rate_budget": lambda: rate_read(
             RateBudget(

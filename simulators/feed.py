@@ -10,10 +10,10 @@ Why it is built this way:
   record (``feed_records``), so the MATI simulator can evaluate a 300k window without rendering
   300k dicts.
 * ``last_updated`` is strictly ascending by index, so a time window is two binary searches.
-* Changes (:meth:`Feed.mutate`, :meth:`Feed.rereport`, :meth:`Feed.add`) live in a small overlay
-  of revisions. Every revision carries a *generation*, so a reader that pinned a generation (the
-  simulator's scroll snapshot, like an Elasticsearch scroll) keeps seeing the records as they
-  were when its scroll started, while new queries see the change.
+* Changes (:meth:`Feed.mutate`, :meth:`Feed.rereport`, :meth:`Feed.revise`, :meth:`Feed.add`)
+  live in a small overlay of revisions. Every revision carries a *generation*, so a reader that
+  pinned a generation (the simulator's scroll snapshot, like an Elasticsearch scroll) keeps
+  seeing the records as they were when its scroll started, while new queries see the change.
 
 The generator does NOT share any code with the product's parser (``shared/``): a simulator that
 parsed with our own code would share our bugs.
@@ -40,7 +40,7 @@ from simulators.feed_attributes import (
 )
 from simulators.feed_records import RecordBuilder
 from simulators.feed_stamps import DAY_MS, from_ms, to_ms
-from simulators.feed_vocabulary import CATEGORIES
+from simulators.feed_vocabulary import CATEGORIES, MISP_KEYS
 
 
 class ServerFilters(TypedDict, total=False):
@@ -63,6 +63,9 @@ class Revision:
     categories: tuple[str, ...] | None = None
     #: True: every source is OSINT from this revision on (Mandiant's own sighting withdrawn).
     osint_only: bool | None = None
+    #: MISP warning-list flags set over the generated ones, ``(name, flag)`` sorted by name:
+    #: MATI found the value on a list (or no longer does) from this revision on (§5.3).
+    misp: tuple[tuple[str, bool], ...] | None = None
 
 
 class Feed:
@@ -274,7 +277,9 @@ class Feed:
             if self.has_threat_rating(i):
                 threat = max(0, min(100, mscore - 25 + rng.randrange(40)))
             cats = tuple(sorted(rng.sample(CATEGORIES, rng.randrange(3))))
-            revs[i] = Revision(self.generation, now_ms, mscore, threat, cats)
+            prev = self._rev(i)
+            misp = None if prev is None else prev.misp
+            revs[i] = Revision(self.generation, now_ms, mscore, threat, cats, misp=misp)
         self._commit(revs)
         return [self.id(i) for i in revs]
 
@@ -302,16 +307,22 @@ class Feed:
                     prev.threat_score,
                     prev.categories,
                     prev.osint_only,
+                    prev.misp,
                 )
         self._commit(revs)
         return [self.id(i) for i in indexes]
 
     def revise(self, changes: Mapping[str, Mapping[str, Any]], now: datetime) -> list[str]:
         """Give the indicators named (by id) exactly the changes asked (``mscore``,
-        ``threat_score``, ``categories``, ``osint_only``; the rest as it is now) and bump their
-        ``last_updated`` to ``now``: a test decides which pass and which fail afterwards."""
+        ``threat_score``, ``categories``, ``osint_only``, ``misp``; the rest as it is now) and
+        bump their ``last_updated`` to ``now``: a test decides which pass and which fail
+        afterwards.
+
+        ``misp`` maps warning-list names (§5.3, ones the feed knows) to their flag: those flags
+        are set over the record's own, the other lists keep theirs (``{"tranco": True}``: MATI
+        now finds the value on the Tranco list)."""
         now_ms = to_ms(now)
-        self.generation += 1
+        generation = self.generation + 1  # taken only once every change is understood
         revs: dict[int, Revision] = {}
         for mati_id, change in changes.items():
             i = self.index_of(mati_id)
@@ -323,7 +334,13 @@ class Feed:
                 "osint_only": None if prev is None else prev.osint_only,
                 **change,
             }
-            revs[i] = Revision(self.generation, now_ms, **fields)
+            before = None if prev is None else prev.misp
+            if "misp" in change:
+                fields["misp"] = _misp_flags(before, change["misp"])
+            else:
+                fields["misp"] = before
+            revs[i] = Revision(generation, now_ms, **fields)
+        self.generation = generation
         self._commit(revs)
         return list(changes)
 
@@ -357,7 +374,11 @@ class Feed:
         is the full one minus those keys, cheaper than building and dropping them.
         """
         self._check(i)
-        return RecordBuilder(self.seed, i, self._rev(i, generation), self._segment(i), omit).build()
+        rev = self._rev(i, generation)
+        record = RecordBuilder(self.seed, i, rev, self._segment(i), omit).build()
+        if rev is not None and rev.misp and "misp" in record:
+            record["misp"] = {**record["misp"], **dict(rev.misp)}  # same keys, same order
+        return record
 
     def records(
         self,
@@ -368,6 +389,18 @@ class Feed:
     ) -> Iterator[dict[str, Any]]:
         for i in indexes:
             yield self.record(i, generation=generation, omit=omit)
+
+
+def _misp_flags(
+    before: tuple[tuple[str, bool], ...] | None, change: Mapping[str, bool]
+) -> tuple[tuple[str, bool], ...]:
+    """The warning-list flags a revision sets: ``change`` over the ones set ``before``."""
+    unknown = sorted(name for name in change if name not in MISP_KEYS)
+    if unknown:
+        raise ValueError(f"not a warning list the feed knows: {', '.join(unknown)}")
+    if not all(isinstance(flag, bool) for flag in change.values()):
+        raise ValueError("a warning-list flag is true or false")
+    return tuple(sorted({**dict(before or ()), **change}.items()))
 
 
 def _bisect_pairs(pairs: list[tuple[int, int]], key: tuple[int, int]) -> int:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "mati2sentinel.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 METRIC = re.compile(r"\bmati2sentinel_[a-z0-9_]+")
+GROUPING = re.compile(r"\bby\s*\(([^)]*)\)")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
@@ -43,3 +44,11 @@ def referenced_metrics() -> set[str]:
                     name = name.removesuffix(suffix)
             names.add(name)
     return names
+
+
+def grouped_by(expr: str) -> set[str]:
+    """The labels ``expr`` aggregates ``by``, which every series it answers must carry: a
+    label the metric lacks sums everything into one series without it. ``le`` is left out:
+    ``histogram_quantile`` consumes it."""
+    labels = {label.strip() for group in GROUPING.findall(expr) for label in group.split(",")}
+    return labels - {"", "le"}

@@ -15,14 +15,16 @@ import orjson
 
 from services.runtime import Runtime
 from shared.contract.bus import DeadLetter, Source
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 
-Which = Literal["upload", "indicators"]
+Which = Literal["upload", "revoke", "indicators"]
 
 
 def source_of(runtime: Runtime, which: Which) -> Source:
     destination = runtime.settings.destination
-    return upload_queue(destination) if which == "upload" else subscription(destination)
+    if which == "upload":
+        return upload_queue(destination)
+    return revocation_queue(destination) if which == "revoke" else subscription(destination)
 
 
 @dataclass(frozen=True)

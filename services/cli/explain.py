@@ -2,11 +2,11 @@
 
 Nothing here stores anything per indicator (memory stays flat however large the feed): the
 answer is re-derived from what the pipeline already keeps. ``gather`` asks MATI for the
-indicator as it is now and reads, for its STIX ids, the seen cache, the in-flight claims, the
-first ``scan_limit`` messages of the subscription and the upload queue (``Bus.peek``: nothing
-is locked or counted) and their dead letters. ``services.cli.explain_core.judge`` (pure) turns
-those facts into the verdict; ``render`` prints it. The scans are bounded, and the answer says
-when one was cut.
+indicator as it is now and reads its suppression and, for its STIX ids, the seen cache, the
+in-flight claims, the first ``scan_limit`` messages of the subscription, the upload queue and
+its priority lane (``Bus.peek``: nothing is locked or counted) and their dead letters.
+``services.cli.explain_core.judge`` (pure) turns those facts into the verdict; ``render``
+prints it. The scans are bounded, and the answer says when one was cut.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
 
 from services.cli.explain_core import (
     DEFAULT_SCAN_LIMIT,
@@ -28,11 +27,11 @@ from services.cli.explain_core import (
     judge,
     read_query,
 )
-from services.fetcher.config import FetcherConfig
+from services.cli.lookup import Lookups, find
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
-from shared.contract.messages import read_upload, subscription, upload_queue
+from shared.contract.messages import read_upload, revocation_queue, subscription, upload_queue
 from shared.core.errors import MalformedMessage
 from shared.core.parsing import format_timestamp, parse_indicator
 from shared.core.settings import Settings
@@ -53,19 +52,6 @@ __all__ = [
 ]
 
 
-class Lookups(Protocol):
-    """What ``gather`` needs from ``shared.adapters.mati_client.MatiClient``."""
-
-    async def lookup(
-        self,
-        *,
-        indicator_id: str | None = None,
-        indicator_type: str | None = None,
-        value: str | None = None,
-        include_misp: bool = False,
-    ) -> dict[str, Any] | None: ...
-
-
 # ---- reading the facts (I/O) ---------------------------------------------------------------
 
 
@@ -81,17 +67,13 @@ async def gather(
     scan_limit: int = DEFAULT_SCAN_LIMIT,
 ) -> Facts:
     """Ask MATI, then read this indicator's traces in Redis and on the bus (bounded)."""
-    misp = FetcherConfig.from_settings(settings).include_misp  # what the fetcher asks for
-    if query.indicator_id is not None:
-        record = await mati.lookup(indicator_id=query.indicator_id, include_misp=misp)
-    else:
-        record = await mati.lookup(
-            indicator_type=str(query.indicator_type), value=query.value, include_misp=misp
-        )
+    record = await find(query, mati, settings)
     indicator_id = str(record.get("id") or "") if record else (query.indicator_id or "")
     parsed = parse_indicator(record) if record is not None else None
     stix_ids = [sid for sid, _ in candidates(indicator_id, parsed)]
-    raw, queue = subscription(settings.destination), upload_queue(settings.destination)
+    raw = subscription(settings.destination)
+    # The priority lane first: a revocation there is the indicator's most current place.
+    queues = (revocation_queue(settings.destination), upload_queue(settings.destination))
     scans: list[Scan] = []
 
     async def peek(source: Source) -> list[Peeked]:
@@ -111,6 +93,7 @@ async def gather(
             properties.get("indicator_id") == indicator_id or properties.get("stix_id") in stix_ids
         )
 
+    suppression = await state.suppressions.get(indicator_id) if indicator_id else None
     seen = await state.seen(stix_ids)
     claims = await state.claims(stix_ids)
     checkpoint = await feed.checkpoint()
@@ -121,11 +104,12 @@ async def gather(
         seen=dict(zip(stix_ids, seen, strict=True)),
         claims=dict(zip(stix_ids, claims, strict=True)),
         waiting=[_raw(raw, m) for m in await peek(raw) if mine(m.properties)],
-        queued=[_upload(queue, m) for m in await peek(queue) if mine(m.properties)],
+        queued=[_upload(q, m) for q in queues for m in await peek(q) if mine(m.properties)],
         refused=[_raw(raw, m) for m in await letters(raw) if mine(m.properties)],
-        rejected=[_upload(queue, m) for m in await letters(queue) if mine(m.properties)],
+        rejected=[_upload(q, m) for q in queues for m in await letters(q) if mine(m.properties)],
         scans=scans,
         checkpoint=checkpoint.last_updated if checkpoint else None,
+        suppression=suppression,
     )
 
 

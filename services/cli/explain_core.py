@@ -21,7 +21,8 @@ import orjson
 
 from services.cli.explain_drops import drop_detail
 from services.uploader.reasons import REJECTED_BY_SENTINEL
-from shared.contract.messages import subscription, upload_queue
+from shared.adapters.suppressions import Suppression
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
 from shared.core.indicator import HashType, Indicator, IndicatorType
@@ -44,6 +45,7 @@ class Verdict(StrEnum):
     """Where an indicator (or one of its STIX ids) is; the first word of the answer."""
 
     UNKNOWN = "unknown"  # MATI does not know it
+    SUPPRESSED = "suppressed"  # an analyst suppressed it (``suppress add``)
     REFUSED = "refused"  # the parser refused the record
     DROPPED = "dropped"  # a filter drops it
     WAITING_FOR_FILTER = "waiting_for_filter"  # raw message in the subscription
@@ -51,6 +53,7 @@ class Verdict(StrEnum):
     IN_FLIGHT = "in_flight"  # an uploader holds it, or it is claimed for upload
     UPLOADED = "uploaded"  # seen entry, up to date
     STALE = "stale"  # seen entry, but MATI's current version differs
+    REVOKED = "revoked"  # uploaded with ``revoked: true``: in the workspace, matching nothing
     REJECTED = "rejected"  # in the upload dead-letter queue
     NOT_UPLOADED = "not_uploaded"  # accepted, and nothing anywhere
 
@@ -60,6 +63,7 @@ _URGENCY: Final = (
     Verdict.REJECTED,
     Verdict.REFUSED,
     Verdict.STALE,
+    Verdict.REVOKED,
     Verdict.NOT_UPLOADED,
     Verdict.WAITING_FOR_FILTER,
     Verdict.QUEUED,
@@ -135,6 +139,7 @@ class Facts:
     rejected: Sequence[Found] = ()  # upload dead letters
     scans: Sequence[Scan] = ()
     checkpoint: datetime | None = None
+    suppression: Suppression | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,9 @@ class Story:
     verdict: Verdict
     summary: str
     accepted: bool
+    #: The id the object has in Sentinel: ``stix_id`` (the lineage the state is keyed by)
+    #: until a revocation, then the generation's (``shared.core.stix.stix_id``).
+    object_id: str | None = None
     fingerprint: str | None = None
     uploaded_fingerprint: str | None = None
     uploaded_at_approx: str | None = None
@@ -166,6 +174,8 @@ class Explanation:
     filter_detail: str
     stories: list[Story]
     notes: list[str]
+    #: ``Suppression.to_dict()`` when the indicator is suppressed.
+    suppression: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -210,10 +220,21 @@ def judge(
             filter_detail=detail,
             stories=stories,
             notes=notes,
+            suppression=facts.suppression.to_dict() if facts.suppression else None,
         )
 
+    if facts.suppression is not None:
+        # Whatever MATI and the filters say, it stays out; its stories say what is left of it
+        # (a revocation not uploaded yet shows as its claim).
+        s = facts.suppression
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
+        headline = (
+            f"suppressed since {format_timestamp(s.added_at)}: {s.reason} "
+            "(kept out of the workspace until `suppress remove`)"
+        )
+        return result(Verdict.SUPPRESSED, headline, stories)
     if parsed is None or isinstance(parsed, Rejection):
-        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
         if parsed is None:
             return result(Verdict.UNKNOWN, f"unknown to MATI: no indicator {query.text}", stories)
         detail = f"{parsed.reason}: {parsed.detail}"
@@ -221,11 +242,12 @@ def judge(
     verdict = evaluate(parsed, policy)
     if isinstance(verdict, DropReason):
         detail = drop_detail(verdict, parsed, policy)
-        stories = _leftovers(ids, facts, stix_policy, refresh_ratio, notes)
+        stories = _leftovers(indicator_id or "", ids, facts, stix_policy, refresh_ratio, notes)
         headline = f"dropped by {verdict}: {detail}"
         return result(Verdict.DROPPED, headline, stories, reason=str(verdict), detail=detail)
     stories = [
         _story(
+            parsed.id,
             stix_id(parsed.id, o.hash_type),
             o.hash_type,
             o,
@@ -242,6 +264,7 @@ def judge(
 
 
 def _leftovers(
+    mati_id: str,
     ids: Sequence[tuple[str, HashType | None]],
     facts: Facts,
     stix_policy: StixPolicy,
@@ -257,7 +280,9 @@ def _leftovers(
     ]
     notes += [f"refused by the parser earlier: {f.description} ({f.at})" for f in facts.refused]
     alone = replace(facts, waiting=(), refused=())
-    stories = [_story(sid, ht, None, None, alone, stix_policy, refresh_ratio) for sid, ht in ids]
+    stories = [
+        _story(mati_id, sid, ht, None, None, alone, stix_policy, refresh_ratio) for sid, ht in ids
+    ]
     return [s for s in stories if s.verdict is not Verdict.NOT_UPLOADED]
 
 
@@ -275,6 +300,7 @@ def candidates(
 
 
 def _story(
+    mati_id: str,
     sid: str,
     hash_type: HashType | None,
     observable: Observable | None,
@@ -286,10 +312,14 @@ def _story(
     """Where one STIX id is, most current place first: held or queued for upload, claimed,
     waiting for the filter, in Sentinel, dead-lettered, nowhere."""
     now = facts.now
-    current = fingerprint(content(observable, stix_policy)) if observable else None
-    seen = facts.seen.get(sid)
+    entry = facts.seen.get(sid)
+    generation = entry.generation if entry is not None else 0
+    object_id = stix_id(mati_id, hash_type, generation) if generation and mati_id else sid
+    current = (
+        fingerprint(content(observable, stix_policy, object_id=object_id)) if observable else None
+    )
     # A revoked object is in the workspace but matches nothing: not "in Sentinel" here.
-    seen = seen if seen is not None and seen.live(now) else None
+    seen = entry if entry is not None and entry.live(now) else None
     claim = facts.claims.get(sid)
     queued = [f for f in facts.queued if f.stix_id == sid]
     rejected = [f for f in facts.rejected if f.stix_id == sid]
@@ -297,12 +327,12 @@ def _story(
     expiration = _expiration(stix_policy, hash_type, indicator)
     uploaded = ""
     extra: dict[str, Any] = {}
-    if seen is not None:
-        at = format_timestamp(seen.valid_until - expiration)
-        until = format_timestamp(seen.valid_until)
+    if entry is not None:
+        at = format_timestamp(entry.valid_until - expiration)
+        until = format_timestamp(entry.valid_until)
         uploaded = f"uploaded ≈{at}, valid until {until}"
         extra = {
-            "uploaded_fingerprint": seen.fingerprint,
+            "uploaded_fingerprint": entry.fingerprint,
             "uploaded_at_approx": at,
             "valid_until": until,
         }
@@ -310,24 +340,25 @@ def _story(
     def story(verdict: Verdict, summary: str) -> Story:
         return Story(
             sid, hash_type and hash_type.value, verdict, summary, observable is not None,
-            fingerprint=current, claim=claim, found=found, **extra,
+            object_id=object_id, fingerprint=current, claim=claim, found=found, **extra,
         )  # fmt: skip
 
-    queue = upload_queue(facts.destination).name
     if any(f.locked for f in queued):
         held = next(f for f in queued if f.locked)
         return story(
-            Verdict.IN_FLIGHT, f"in flight: an uploader holds it ({queue}, queued {held.at})"
+            Verdict.IN_FLIGHT,
+            f"in flight: an uploader holds it ({held.entity}, queued {held.at})",
         )
     if queued:
         first = queued[0]
         why = f", {first.forward_reason}" if first.forward_reason else ""
-        return story(Verdict.QUEUED, f"queued for upload in {queue} since {first.at}{why}")
+        return story(Verdict.QUEUED, f"queued for upload in {first.entity} since {first.at}{why}")
     if claim is not None:
         return story(
             Verdict.IN_FLIGHT,
             f"in flight: claimed for upload (fingerprint {claim[:12]}…), its message not among "
-            f"the messages scanned in {queue}",
+            f"the messages scanned in {upload_queue(facts.destination).name} and "
+            f"{revocation_queue(facts.destination).name}",
         )
     if facts.waiting and observable is not None:
         name = entity_name(subscription(facts.destination))
@@ -335,29 +366,44 @@ def _story(
             Verdict.WAITING_FOR_FILTER,
             f"waiting for the filter in {name} since {facts.waiting[0].at}",
         )
+    if entry is not None and entry.revoked:
+        summary = f"revoked in Sentinel as {object_id} ({uploaded})"
+        if observable is not None and mati_id:
+            following = stix_id(mati_id, hash_type, entry.next_generation())
+            summary += f"; it passes again: the next sync that reports it publishes {following}"
+        return story(Verdict.REVOKED, summary)
     if seen is not None:
-        if current is None:
-            return story(Verdict.UPLOADED, f"still in Sentinel from an earlier upload: {uploaded}")
-        if seen.fingerprint == current:
-            due = decide(
+        due = current is not None and bool(
+            decide(
                 seen, current, now, now + expiration, refresh_after_for(expiration, refresh_ratio)
             )
-            refresh = "; a refresh is due (the next sync re-uploads it)" if due else ""
-            return story(Verdict.UPLOADED, f"{uploaded}; up to date{refresh}")
-        newer = [f for f in rejected if f.fingerprint == current]
-        if newer:
-            return story(Verdict.REJECTED, f"{_rejection(newer[0])} (the version {uploaded} stays)")
-        return story(
-            Verdict.STALE,
-            f"{uploaded}, but MATI's current version differs (fingerprint {current[:12]}… ≠ "
-            f"{seen.fingerprint[:12]}…): the next sync that reports it uploads it",
         )
+        return story(*_live(seen, current, uploaded, due, rejected))
     if rejected:
         return story(Verdict.REJECTED, _rejection(rejected[-1]))
     if facts.refused:
         letter = facts.refused[-1]
         return story(Verdict.REFUSED, f"refused by the parser: {letter.description} ({letter.at})")
     return story(Verdict.NOT_UPLOADED, _nowhere(indicator, facts.checkpoint))
+
+
+def _live(
+    seen: SeenEntry, current: str | None, uploaded: str, due: bool, rejected: Sequence[Found]
+) -> tuple[Verdict, str]:
+    """The verdict on an id live in Sentinel, against MATI's current version of it."""
+    if current is None:
+        return Verdict.UPLOADED, f"still in Sentinel from an earlier upload: {uploaded}"
+    if seen.fingerprint == current:
+        refresh = "; a refresh is due (the next sync re-uploads it)" if due else ""
+        return Verdict.UPLOADED, f"{uploaded}; up to date{refresh}"
+    newer = [f for f in rejected if f.fingerprint == current]
+    if newer:
+        return Verdict.REJECTED, f"{_rejection(newer[0])} (the version {uploaded} stays)"
+    return (
+        Verdict.STALE,
+        f"{uploaded}, but MATI's current version differs (fingerprint {current[:12]}… ≠ "
+        f"{seen.fingerprint[:12]}…): the next sync that reports it uploads it",
+    )
 
 
 def _rejection(letter: Found) -> str:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from services import runtime
-from shared.core.errors import ConfigError, PipelineError
+from shared.core.errors import ConfigError, OperatorRefused, PipelineError
 from shared.core.settings import Service
+
+if TYPE_CHECKING:  # the client's module is imported only by the commands that ask MATI
+    from shared.adapters.mati_client import MatiClient
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -85,6 +89,9 @@ def _failed(command: str, exc: PipelineError) -> int:
         for line in exc.problems:
             print(f"mati2sentinel {command}: {line}", file=sys.stderr)
         return 2
+    if isinstance(exc, OperatorRefused):
+        print(f"mati2sentinel {command}: {exc}", file=sys.stderr)
+        return 1
     print(f"mati2sentinel {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 1
 
@@ -119,13 +126,32 @@ def dlq(args: argparse.Namespace) -> int:
     return _admin("dlq", work)
 
 
+def _with_mati(command: str, work: Callable[[runtime.Runtime, MatiClient], Awaitable[None]]) -> int:
+    """Run an operator command that asks MATI (``explain``, ``suppress add|remove``): it loads
+    the fetcher's settings for MATI's URL and credentials; otherwise like ``_admin``."""
+    from services.fetcher.main import mati_client
+
+    settings = runtime.load(Service.FETCHER)
+
+    async def go() -> int:
+        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
+            if rt.http is None:
+                raise RuntimeError(f"{command} needs an HTTP session")
+            await work(rt, mati_client(rt.http, settings, max_wait_s=30.0))
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except PipelineError as exc:
+        return _failed(command, exc)
+
+
 def explain(args: argparse.Namespace) -> int:
-    """Needs MATI's credentials (it asks MATI for the indicator as it is now), so it loads the
-    fetcher's settings; otherwise it reads state and queues like ``status``."""
+    """Asks MATI for the indicator as it is now; otherwise reads state and queues like
+    ``status``."""
     from datetime import UTC, datetime
 
     from services.cli import explain as explain_
-    from services.fetcher.main import mati_client
     from shared.adapters.destination_state import DestinationState
     from shared.adapters.feed_state import FeedState
 
@@ -136,23 +162,19 @@ def explain(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mati2sentinel explain: {exc}", file=sys.stderr)
         return 2
-    settings = runtime.load(Service.FETCHER)
 
-    async def go() -> int:
-        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
-            if rt.http is None or not settings.mati_api_key or not settings.mati_api_secret:
-                raise RuntimeError("explain needs an HTTP session and MATI credentials")
-            mati = mati_client(rt.http, settings, max_wait_s=30.0)
-            facts = await explain_.gather(
-                query,
-                settings=settings,
-                bus=rt.bus,
-                state=DestinationState(rt.redis, settings.destination),
-                feed=FeedState(rt.redis),
-                mati=mati,
-                now=datetime.now(UTC),
-                scan_limit=args.scan,
-            )
+    async def work(rt: runtime.Runtime, mati: MatiClient) -> None:
+        settings = rt.settings
+        facts = await explain_.gather(
+            query,
+            settings=settings,
+            bus=rt.bus,
+            state=DestinationState(rt.redis, settings.destination),
+            feed=FeedState(rt.redis),
+            mati=mati,
+            now=datetime.now(UTC),
+            scan_limit=args.scan,
+        )
         answer = explain_.judge(
             query,
             facts,
@@ -164,12 +186,60 @@ def explain(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(answer.to_json() + b"\n")
         else:
             print(explain_.render(answer))
-        return 0
 
+    return _with_mati("explain", work)
+
+
+def suppress(args: argparse.Namespace) -> int:
+    """``add`` and ``remove`` ask MATI for the record (``_with_mati``); ``list`` reads Redis
+    only (``_admin``). A refusal (MATI does not know it, it is not suppressed) is one line and
+    exit 1 (``OperatorRefused``); a usage error exit 2."""
+    from datetime import UTC, datetime
+
+    from services.cli import suppress as suppress_
+    from services.cli.explain_core import read_query
+    from shared.adapters.destination_state import DestinationState
+
+    command = f"suppress {args.action}"
+    if args.action == "list":
+
+        async def show(rt: runtime.Runtime) -> None:
+            destination = rt.settings.destination
+            current = await DestinationState(rt.redis, destination).suppressions.snapshot()
+            listed = current.newest_first()
+            if args.json:
+                sys.stdout.buffer.write(suppress_.to_json(destination, listed) + b"\n")
+            else:
+                print(suppress_.render_list(destination, listed))
+
+        return _admin(command, show)
     try:
-        return asyncio.run(go())
-    except PipelineError as exc:
-        return _failed("explain", exc)
+        if args.indicator is None:
+            raise ValueError("give an indicator value or a MATI id")
+        query = read_query(args.indicator)
+        reason = (args.reason or "").strip()
+        if args.action == "add" and not reason:
+            raise ValueError("--reason is required: say why it is kept out")
+    except ValueError as exc:
+        print(f"mati2sentinel {command}: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(rt: runtime.Runtime, mati: MatiClient) -> None:
+        settings = rt.settings
+        state = DestinationState(rt.redis, settings.destination)
+        if args.action == "add":
+            now = datetime.now(UTC)
+            added = await suppress_.add(
+                query, reason, settings=settings, bus=rt.bus, state=state, mati=mati, now=now
+            )
+            print(suppress_.render_added(added, settings.destination))
+        else:
+            removed = await suppress_.remove(
+                query, settings=settings, bus=rt.bus, state=state, mati=mati
+            )
+            print(suppress_.render_removed(removed, settings.destination))
+
+    return _with_mati(command, work)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument(
         "--queue",
-        choices=["upload", "indicators"],
+        choices=["upload", "revoke", "indicators"],
         default="upload",
-        help="upload: records Sentinel rejected; indicators: MATI records the filter refused",
+        help="upload: records Sentinel rejected; revoke: revocations Sentinel rejected; "
+        "indicators: MATI records the filter refused",
     )
     dead.add_argument("--limit", type=int, default=100, help="at most this many")
     dead.add_argument("--json", action="store_true", help="machine-readable output (list)")
@@ -225,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="read at most this many messages of each queue and dead-letter queue",
     )
     why.set_defaults(handler=explain)
+
+    keep = commands.add_parser(
+        "suppress",
+        help="keep an indicator out of the workspace now (revoked) until removed; or list them",
+    )
+    keep.add_argument("action", choices=["add", "remove", "list"])
+    keep.add_argument(
+        "indicator",
+        nargs="?",
+        help="add/remove: a MATI id (ipv4--<uuid>) or a value (ip, domain, url, md5)",
+    )
+    keep.add_argument("--reason", help="add: why it is kept out (required, shown by explain)")
+    keep.add_argument("--json", action="store_true", help="list: machine-readable output")
+    keep.set_defaults(handler=suppress)
 
     local = commands.add_parser(
         "run-local",

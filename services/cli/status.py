@@ -1,12 +1,12 @@
 """``mati2sentinel status``: what the pipeline is doing, from the state it keeps in Redis and
 the bus, without reading a log: how fresh the checkpoint is, what waits where, what was
-dropped and why, and whether the destination's circuit is open."""
+dropped and why, whether the destination's circuit is open, and what analysts suppressed."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -14,10 +14,14 @@ from services.runtime import Runtime
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.rate_budget import RateBudget
+from shared.adapters.suppressions import describe
 from shared.contract.bus import Bus, EntityCounts, Source
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.settings import Settings
 from shared.telemetry.gauges import entity_name
+
+#: How many of the newest suppressions ``status`` shows (``suppress list`` shows them all).
+RECENT_SUPPRESSIONS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Status:
     rate_in_window: int
     rate_limit: int
     paused_for_s: float
+    #: How many indicators are suppressed, and the newest few (``Suppression.to_dict()``).
+    suppressed: int
+    recent_suppressions: list[dict[str, str]]
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -73,6 +80,7 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
     )
     checkpoint = await feed.checkpoint()
     circuit, reason, since = await destination.circuit()
+    suppressions = (await destination.suppressions.snapshot()).newest_first()
     return Status(
         destination=settings.destination,
         checkpoint=checkpoint.last_updated.isoformat() if checkpoint else None,
@@ -81,6 +89,7 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
         entities=[
             await _entity(runtime.bus, subscription(settings.destination)),
             await _entity(runtime.bus, upload_queue(settings.destination)),
+            await _entity(runtime.bus, revocation_queue(settings.destination)),
         ],
         feed_counters=await feed.counters(),
         counters=await destination.counters(),
@@ -90,6 +99,8 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
         rate_in_window=await budget.in_window(),
         rate_limit=settings.sentinel_requests_per_minute,
         paused_for_s=round(await budget.paused_for(), 3),
+        suppressed=len(suppressions),
+        recent_suppressions=[s.to_dict() for s in suppressions[:RECENT_SUPPRESSIONS]],
     )
 
 
@@ -130,6 +141,13 @@ def render(status: Status) -> str:
         f"rate budget  {status.rate_in_window}/{status.rate_limit} in window"
         + (f", paused {status.paused_for_s:g}s" if status.paused_for_s else "")
     )
+    lines.append(
+        f"suppressed   {status.suppressed}" + (" (newest first)" if status.suppressed else "")
+    )
+    for listed in status.recent_suppressions:
+        lines.append(f"  {describe(listed)}")
+    if status.suppressed > len(status.recent_suppressions):
+        lines.append("  … `mati2sentinel suppress list` shows them all")
     lines.append("")
     lines.append(f"{'entity':<28}{'depth':>9}{'in_flight':>11}{'dead_letter':>13}{'oldest':>9}")
     for e in status.entities:

@@ -58,13 +58,14 @@ class FetcherConfig:
 
 
 def _longest_live(settings: Settings) -> timedelta:
-    """The longest expiration of the indicator types the destination takes (of all four when
-    it takes none, so a full sync still has a window)."""
-    types = [
-        (settings.ip_indicator_expiration, settings.include_ipv4),
-        (settings.fqdn_indicator_expiration, settings.include_fqdn),
-        (settings.url_indicator_expiration, settings.include_url),
-        (settings.hash_indicator_expiration, settings.include_hash),
-    ]
-    taken = [days for days, included in types if included] or [days for days, _ in types]
-    return timedelta(days=max(taken))
+    """The longest expiration of all four indicator types, taken or not: a type the
+    destination no longer takes may still be live from before, and revoking it is what a full
+    sync after that settings change is for."""
+    return timedelta(
+        days=max(
+            settings.ip_indicator_expiration,
+            settings.fqdn_indicator_expiration,
+            settings.url_indicator_expiration,
+            settings.hash_indicator_expiration,
+        )
+    )

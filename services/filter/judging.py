@@ -8,7 +8,7 @@ No I/O: the seen cache has its say afterwards.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -16,14 +16,16 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.revoking import HASH_TYPE_UNSELECTED, Revocable
-from shared.contract.bus import Delivery
-from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest
+from services.filter.suppressing import SUPPRESSED
+from shared.contract.bus import Delivery, Message
+from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest, upload_message
 from shared.core.events import get_logger
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate, every_observable
-from shared.core.fingerprint import refresh_after_for
+from shared.core.fingerprint import ForwardReason, SeenEntry, refresh_after_for
 from shared.core.indicator import HashType, Indicator
 from shared.core.parsing import Rejection, parse_indicator, parse_json
 from shared.core.stix import Draft, StixPolicy
+from shared.telemetry import tracing
 
 log = get_logger(__name__)
 
@@ -48,6 +50,14 @@ class Forward:
     #: record (``last_updated`` plus the expiration); None for an undated record.
     reported_until: datetime | None = None
 
+    def stale(self, seen: SeenEntry | None, now: datetime) -> bool:
+        """A full sync's record that is not live in the workspace and whose last report by
+        MATI is older than its expiration: uploading it would bring back what the workspace
+        rightly let expire. (A normal sync never meets one: MATI reporting it is what makes
+        it current.)"""
+        live = seen is not None and seen.live(now)
+        return not live and self.reported_until is not None and self.reported_until <= now
+
 
 @dataclass(slots=True)
 class Item:
@@ -69,6 +79,29 @@ class Item:
     abandoned: bool = False
     settled: bool = False
     span: Span = INVALID_SPAN
+
+    def upload_messages(self) -> list[Message]:
+        """The upload message of each claimed request. The indicator's trace goes on: from
+        our span, or, when nothing records spans, straight from the raw message's context."""
+        delivery = self.delivery
+        trace = (
+            tracing.inject({}, tracing.context_of(self.span))
+            if self.span.is_recording()
+            else delivery.properties
+        )
+        run_id = delivery.properties.get("run_id", "")
+        return [
+            upload_message(r, run_id=run_id, source_message_id=delivery.message_id, trace=trace)
+            for r in self.claimed
+        ]
+
+    def count_forwarded(self) -> None:
+        """Count what was forwarded, once the publish returned."""
+        for request in self.claimed:
+            self.counts["forwarded"] += 1
+            self.counts[f"forwarded_{request.reason}"] += 1
+            if request.reason is ForwardReason.REVOKE:
+                self.counts[f"revoked_{self.revoke_reasons[request.stix_id]}"] += 1
 
     def outcome(self) -> str:
         """What became of the message, for its span."""
@@ -92,9 +125,12 @@ def judge(
     filter_policy: FilterPolicy,
     stix_policy: StixPolicy,
     refresh_ratio: float,
+    suppressed: Container[str] = (),
 ) -> Item:
     """Parse, filter and fingerprint one record; never raises (bad input is its verdict).
-    ``source`` is the record's source tag, stored with the seen entry its upload writes."""
+    ``source`` is the record's source tag, stored with the seen entry its upload writes.
+    A record whose MATI id is in ``suppressed`` is dropped whatever the filters say, and each
+    of its observables is revocable (``services.filter.suppressing``)."""
     properties = delivery.properties
     item = Item(
         delivery,
@@ -110,10 +146,18 @@ def judge(
             item.counts[f"rejected_{indicator.reason}"] += 1
             return item
         item.indicator_id = indicator.id
+        if indicator.id in suppressed:
+            item.counts[f"dropped_{SUPPRESSED}"] += 1
+            item.revocable = _revocable(indicator, every_observable(indicator), SUPPRESSED, source)
+            return item
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
             item.counts[f"dropped_{accepted}"] += 1
-            item.revocable = _revocable(indicator, every_observable(indicator), accepted, source)
+            # Fetched without the flags, the record says nothing about warning lists: what is
+            # live stays live until a record that says is judged (never revoked on a guess).
+            if accepted is not DropReason.WARNINGLIST_UNKNOWN:
+                observables = every_observable(indicator)
+                item.revocable = _revocable(indicator, observables, accepted, source)
             return item
         chosen = {observable.hash_type for observable in accepted}
         unselected = [o for o in every_observable(indicator) if o.hash_type not in chosen]

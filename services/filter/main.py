@@ -12,7 +12,7 @@ from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.worker import FilterWorker
 from services.runtime import Runtime, lanes_for, run_service
 from shared.adapters.destination_state import DestinationState
-from shared.contract.messages import subscription, upload_queue
+from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.errors import TransientError
 from shared.core.events import get_logger
 from shared.core.retrying import Retrier, Stopped, retry
@@ -33,13 +33,15 @@ def build_worker(runtime: Runtime) -> FilterWorker:
 
 async def ensure_entities(runtime: Runtime) -> bool:
     """Create the subscription (so nothing the fetcher publishes from now on is dropped by a
-    topic without subscribers) and the upload queue; retried while the bus is unavailable, so
-    a pod that starts before Redis does waits instead of crash-looping. False if stopped."""
+    topic without subscribers), the upload queue and its priority lane; retried while the bus
+    is unavailable, so a pod that starts before Redis does waits instead of crash-looping.
+    False if stopped."""
     destination = runtime.settings.destination
 
     async def ensure() -> None:
         await runtime.bus.ensure(subscription(destination))
         await runtime.bus.ensure(upload_queue(destination))
+        await runtime.bus.ensure(revocation_queue(destination))
 
     def failed(exc: BaseException, wait: float) -> None:
         log.warning("filter.ensure_failed", error=str(exc)[:200], retry_in_s=round(wait, 3))

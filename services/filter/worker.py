@@ -9,6 +9,8 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
    looked up, in the same ``MGET``, under the STIX ids the message's properties predict;
    a record whose every id was uploaded from these very bytes and needs no refresh is
    ``dropped_unchanged`` without being parsed. A steady-state sync costs a hash per record.
+   The same ``MGET`` reads the suppressions' version (``suppressing``): a suppressed record
+   is never recognised, it is judged, dropped and revoked where live.
 1. **Judge** every other record on its own (``judging``): parse, filter, fingerprint. A
    record that cannot be parsed is dead-lettered with the reason; the batch goes on.
 2. **Decide** against the seen cache (``decide``: new, changed, refresh, or unchanged); ids
@@ -17,9 +19,10 @@ complete (each chunked by 500) and one call per dead letter, which only bad inpu
    first is still queued. A redelivered raw message (``delivery_count > 1``) may hold a claim
    from its own earlier, possibly failed, forward: it takes its claim over instead of
    dropping itself as "in flight", which could otherwise lose the indicator.
-4. **Forward** all claimed observables in one publish, and only after that returned settle
-   the raw messages. If the publish fails, the claims are released and the raw messages that
-   had forwards are abandoned, so they come back; nothing is completed that was not forwarded.
+4. **Forward** all claimed observables in one publish (revocations in a second one, to the
+   uploader's priority lane), and only after that returned settle the raw messages. If the
+   publish fails, the claims are released and the raw messages that had forwards are
+   abandoned, so they come back; nothing is completed that was not forwarded.
 
 Each batch is a ``filter batch`` span linking its messages, and each raw message gets a
 ``filter indicator`` span whose parent is the context the message carried (the fetcher's page):
@@ -48,15 +51,16 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
-from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Forward, Item, judge
+from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from services.filter.revoking import in_generation, revocation
-from shared.adapters.destination_state import DestinationState
+from services.filter.suppressing import SUPPRESSED, SuppressedIds
+from shared.adapters.destination_state import Claimed, DestinationState
 from shared.contract.bus import Bus, Delivery, Message
 from shared.contract.messages import (
     INDICATORS,
     UploadRequest,
+    revocation_queue,
     subscription,
-    upload_message,
     upload_queue,
 )
 from shared.core.errors import LockLost, TransientError
@@ -104,12 +108,15 @@ class FilterWorker:
         self.destination = config.destination
         self.source = subscription(config.destination)
         self.target = upload_queue(config.destination)
+        #: Revocations go to the uploader's priority lane, not behind a back-fill.
+        self.urgent = revocation_queue(config.destination)
         self._bus = bus
         self._state = state
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._system = tracing.messaging_system(bus)
         self._shortcut = Shortcut(config.filter_policy, config.stix_policy, config.refresh_ratio)
+        self._suppressed = SuppressedIds(state.suppressions)
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -186,13 +193,20 @@ class FilterWorker:
                 self._shortcut.predict(delivery.properties) if self.config.deduplication else None
                 for delivery in deliveries
             ]
-            known = await self._seen(predicted_ids(predictions), {})
+            ids = predicted_ids(predictions)
+            entries, version = await self._state.seen_with_version(ids)
+            known = dict(zip(ids, entries, strict=True))
+            suppressed = await self._suppressed.at(version)
             items: list[Item] = []
             # Recognised records, when nothing records spans, are only completed and counted.
             recognised: list[Delivery] = []
             unchanged = 0
             for delivery, tag, prediction in zip(deliveries, tags, predictions, strict=True):
-                if prediction is not None and self._shortcut.unchanged(prediction, tag, known, now):
+                if (
+                    prediction is not None
+                    and delivery.properties.get("indicator_id", "") not in suppressed
+                    and self._shortcut.unchanged(prediction, tag, known, now)
+                ):
                     if not recording:
                         recognised.append(delivery)
                         unchanged += len(prediction.stix_ids)
@@ -211,6 +225,7 @@ class FilterWorker:
                         filter_policy=self.config.filter_policy,
                         stix_policy=self.config.stix_policy,
                         refresh_ratio=self.config.refresh_ratio,
+                        suppressed=suppressed,
                     )
                 item.span = span
                 items.append(item)
@@ -264,14 +279,6 @@ class FilterWorker:
     # ----------------------------------------------------------------------------------------
     # Stages
 
-    async def _seen(
-        self, stix_ids: list[str], known: dict[str, SeenEntry | None]
-    ) -> dict[str, SeenEntry | None]:
-        """``known`` plus what the seen cache says of ``stix_ids`` (one ``MGET``)."""
-        if stix_ids:
-            known.update(zip(stix_ids, await self._state.seen(stix_ids), strict=True))
-        return known
-
     async def _decide(
         self, items: Sequence[Item], known: dict[str, SeenEntry | None], now: datetime
     ) -> None:
@@ -284,11 +291,12 @@ class FilterWorker:
         if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             missing += [lineage for lineage in revocable if lineage not in known]
-            await self._seen(list(dict.fromkeys(missing)), known)
+            missing = list(dict.fromkeys(missing))
+            known.update(zip(missing, await self._state.seen(missing), strict=True))
         for item in items:
             for forward in item.observables:
                 seen = known.get(forward.draft.stix_id) if self.config.deduplication else None
-                if item.full and _stale(seen, forward, now):
+                if item.full and forward.stale(seen, now):
                     item.counts["dropped_stale"] += 1
                     continue
                 draft, lineage, generation = in_generation(
@@ -322,7 +330,9 @@ class FilterWorker:
 
     async def _claim(self, items: Sequence[Item]) -> None:
         """Claim every observable to forward: one script for first deliveries, one for
-        redeliveries (which take over the claim their earlier delivery may have left)."""
+        redeliveries (which take over the claim their earlier delivery may have left). An
+        upload (not a revocation) whose MATI id was suppressed since the batch began is not
+        claimed, and its record counts as suppressed (``services.filter.suppressing``)."""
         for redelivery in (False, True):
             group = [
                 (item, request)
@@ -332,14 +342,19 @@ class FilterWorker:
             ]
             if not group:
                 continue
-            granted = await self._state.claim(
-                [(request.stix_id, request.fingerprint) for _, request in group],
+            answers = await self._state.claim_unless_suppressed(
+                [
+                    (r.stix_id, r.fingerprint, "" if r.revoked else item.indicator_id)
+                    for item, r in group
+                ],
                 ttl_s=self.config.claim_ttl_s,
                 redelivery=redelivery,
             )
-            for (item, request), ok in zip(group, granted, strict=True):
-                if ok:
+            for (item, request), answer in zip(group, answers, strict=True):
+                if answer is Claimed.GRANTED:
                     item.claimed.append(request)
+                elif answer is Claimed.SUPPRESSED:
+                    item.counts[f"dropped_{SUPPRESSED}"] = 1
                 else:
                     item.counts["dropped_in_flight"] += 1
 
@@ -350,39 +365,27 @@ class FilterWorker:
         forwarding = [item for item in items if item.claimed]
         if not forwarding:
             return None
-        messages: list[Message] = [
-            upload_message(
-                request,
-                run_id=item.delivery.properties.get("run_id", ""),
-                source_message_id=item.delivery.message_id,
-                # The indicator's trace goes on: from our span, or, when nothing records
-                # spans, straight from the raw message's context.
-                trace=(
-                    tracing.inject({}, tracing.context_of(item.span))
-                    if item.span.is_recording()
-                    else item.delivery.properties
-                ),
-            )
-            for item in forwarding
-            for request in item.claimed
-        ]
+        messages: dict[bool, list[Message]] = {False: [], True: []}
+        for item in forwarding:
+            for request, message in zip(item.claimed, item.upload_messages(), strict=True):
+                messages[request.revoked].append(message)
         try:
-            with tracing.producer_span(self._system, self.target.name, len(messages)):
-                await self._bus.publish(self.target, messages)
+            # Revocations first: were the second publish to fail, the batch comes back and
+            # forwards both again (the bus drops what it already holds, by message id).
+            for revoked, target in ((True, self.urgent), (False, self.target)):
+                if messages[revoked]:
+                    with tracing.producer_span(self._system, target.name, len(messages[revoked])):
+                        await self._bus.publish(target, messages[revoked])
         except Exception as exc:
             log.warning(
                 "filter.forward_failed",
-                messages=len(messages),
+                messages=sum(map(len, messages.values())),
                 error=f"{type(exc).__name__}: {str(exc)[:_MAX_ERROR_CHARS]}",
             )
             await self._undo(forwarding)
             return exc
         for item in forwarding:
-            for request in item.claimed:
-                item.counts["forwarded"] += 1
-                item.counts[f"forwarded_{request.reason}"] += 1
-                if request.reason is ForwardReason.REVOKE:
-                    item.counts[f"revoked_{item.revoke_reasons[request.stix_id]}"] += 1
+            item.count_forwarded()
         return None
 
     async def _undo(self, forwarding: Sequence[Item]) -> None:
@@ -437,12 +440,3 @@ class FilterWorker:
         if lost:
             log.warning("filter.lock_lost", messages=lost)
         return lost
-
-
-def _stale(seen: SeenEntry | None, forward: Forward, now: datetime) -> bool:
-    """A full sync's record that is not live in the workspace and whose last report by MATI
-    is older than its expiration: uploading it would bring back what the workspace rightly
-    let expire. (A normal sync never meets one: MATI reporting it is what makes it current.)"""
-    live = seen is not None and seen.live(now)
-    reported = forward.reported_until
-    return not live and reported is not None and reported <= now

@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 
 from services.uploader.reasons import MALFORMED_MESSAGE, REJECTED_BY_SENTINEL
 from shared.adapters.destination_state import DestinationState
-from shared.contract.bus import Bus, Delivery, Queue, Source
+from shared.contract.bus import Bus, Delivery, Queue
 from shared.contract.messages import UploadRequest, read_upload
 from shared.core.errors import BusUnavailable, LockLost, MalformedMessage, StateUnavailable
 from shared.core.fingerprint import SeenEntry, decide, refresh_after_for
@@ -94,7 +94,7 @@ async def prepare(
     refresh_ratio: float,
     skip_uploaded: bool = True,
 ) -> Prepared:
-    """Sort ``deliveries``; two Redis round trips for the whole batch (claims, seen).
+    """Sort ``deliveries``; one Redis round trip for the whole batch (claims and seen).
 
     - superseded: the in-flight claim now holds another fingerprint, so a newer version of
       this indicator is queued behind us and uploading ours would only be overwritten;
@@ -114,12 +114,13 @@ async def prepare(
             items.append(decoded)
     if not items:
         return prepared
-    ids = [item.stix_id for item in items]
-    claims = await state.claims(ids)
-    seen = await state.seen(ids) if skip_uploaded else [None] * len(items)
+    claims, seen = await state.claims_and_seen([item.stix_id for item in items])
     for item, claim, entry in zip(items, claims, seen, strict=True):
-        if (claim is not None and claim != item.fingerprint) or _overtaken(item, entry):
+        if _superseded(item, claim, entry):
             prepared.superseded.append(item)
+            continue
+        if not skip_uploaded:
+            prepared.upload.append(item)
             continue
         if entry is not None and entry.revoked:
             # A revocation Sentinel already accepted (redelivered): revoking again is waste.
@@ -136,6 +137,13 @@ async def prepare(
     return prepared
 
 
+def _superseded(item: Item, claim: str | None, entry: SeenEntry | None) -> bool:
+    """A newer version of the indicator is queued (the claim holds another fingerprint), or
+    what Sentinel holds overtook this message (``_overtaken``): sending it would only be
+    overwritten, or would undo a revocation."""
+    return (claim is not None and claim != item.fingerprint) or _overtaken(item, entry)
+
+
 def _overtaken(item: Item, entry: SeenEntry | None) -> bool:
     request = item.request
     if entry is None or request.generation > entry.generation:
@@ -143,35 +151,73 @@ def _overtaken(item: Item, entry: SeenEntry | None) -> bool:
     return request.generation < entry.generation or (entry.revoked and not request.revoked)
 
 
+@dataclass(slots=True)
+class Received:
+    """One batch as received, each part with the queue its messages are settled on: the
+    priority lane's revocations first, then ordinary uploads."""
+
+    parts: list[tuple[Queue, list[Delivery]]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, queue: Queue, deliveries: Sequence[Delivery]) -> Received:
+        return cls([(queue, list(deliveries))] if deliveries else [])
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return [delivery for _, part in self.parts for delivery in part]
+
+    def __len__(self) -> int:
+        return sum(len(part) for _, part in self.parts)
+
+
 async def receive_batch(
     bus: Bus,
-    source: Source,
+    priority: Queue,
+    queue: Queue,
     *,
     max_messages: int,
     first_wait_s: float,
     linger_s: float,
     stop: asyncio.Event,
-) -> list[Delivery]:
-    """Up to ``max_messages``: wait ``first_wait_s`` for the first, then keep taking more for at
-    most ``linger_s`` so a trickle still fills a request (the quota counts requests, not
-    records). A bus failure while lingering ends the batch with what it already holds."""
-    batch = await bus.receive(source, max_messages=max_messages, max_wait_s=first_wait_s)
+) -> Received:
+    """Up to ``max_messages``: whatever waits in the ``priority`` lane (revocations), without
+    waiting for it, then ordinary uploads from ``queue``: wait ``first_wait_s`` for the first
+    (none when the lane gave some: they must not wait), then keep taking more for at most
+    ``linger_s`` so a trickle still fills a request (the quota counts requests, not records).
+    A bus failure once the batch holds something ends it with what it holds.
+
+    The lane costs one receive per batch that finds it empty, a round trip (Redis) or the
+    shortest wait (Service Bus): small beside a request to Sentinel, which the quota paces. A
+    revocation never waits behind a back-fill, and it rides in a request the quota already
+    counts, so the lane needs no budget of its own."""
+    urgent = await bus.receive(priority, max_messages=max_messages, max_wait_s=0.0)
+    received = Received.of(priority, urgent)
+    room = max_messages - len(urgent)
+    if not room:
+        return received
+    try:
+        batch = await bus.receive(
+            queue, max_messages=room, max_wait_s=0.0 if urgent else first_wait_s
+        )
+    except BusUnavailable:
+        if urgent:
+            return received
+        raise
     if not batch:
-        return []
+        return received
     loop = asyncio.get_running_loop()
     deadline = loop.time() + linger_s
-    while len(batch) < max_messages and not stop.is_set():
+    while len(batch) < room and not stop.is_set():
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         try:
-            more = await bus.receive(
-                source, max_messages=max_messages - len(batch), max_wait_s=remaining
-            )
+            more = await bus.receive(queue, max_messages=room - len(batch), max_wait_s=remaining)
         except BusUnavailable:
             break
         batch.extend(more)
-    return batch
+    received.parts.append((queue, batch))
+    return received
 
 
 class HeldBatch:
@@ -190,39 +236,46 @@ class HeldBatch:
     def __init__(
         self,
         bus: Bus,
-        queue: Queue,
+        received: Received,
         state: DestinationState,
-        deliveries: Sequence[Delivery],
         tally: Counter[str],
         now: float,
     ) -> None:
         self._bus = bus
-        self._queue = queue
         self._state = state
         self._tally = tally
-        self._by_token = {d.lock_token: d for d in deliveries}
+        deliveries = received.deliveries
+        #: Held messages by identity, not by lock token: tokens are only unique within one
+        #: entity (two Redis streams hand out the same entry ids), and a batch spans two.
+        self._held = {id(d): d for d in deliveries}
+        #: The queue each message is settled on (the priority lane's or the ordinary one).
+        self._queue_of = {id(d): queue for queue, part in received.parts for d in part}
         #: Loop time of the last renewal (or of receiving).
         self.renewed_at = now
-        self._attributes = tracing.destination_attributes(
-            tracing.messaging_system(bus), queue.name, "process"
-        )
-        #: One attribute set per delivery count (nearly always just 1), not one per message.
-        self._per_count: dict[int, dict[str, str | int]] = {}
+        system = tracing.messaging_system(bus)
+        self._attributes = {
+            queue.name: tracing.destination_attributes(system, queue.name, "process")
+            for queue, _ in received.parts
+        }
+        #: One attribute set per queue and delivery count (nearly always just 1 per queue),
+        #: not one per message.
+        self._per_count: dict[tuple[str, int], dict[str, str | int]] = {}
         #: Whether spans are recorded at all; when not, no per-message span is made (a
         #: dead-letter still makes one, so its log line carries the message's trace).
         self.recording = tracing.recording()
-        self._spans: dict[str, Span] = (
-            {d.lock_token: self._span(d) for d in deliveries} if self.recording else {}
+        self._spans: dict[int, Span] = (
+            {id(d): self._span(d) for d in deliveries} if self.recording else {}
         )
-        self._attempts: Counter[str] = Counter()
+        self._attempts: Counter[int] = Counter()
 
     def _span(self, delivery: Delivery) -> Span:
         """The ``upload indicator`` span of one message, child of the context it carried."""
         count = delivery.delivery_count
-        attributes = self._per_count.get(count)
+        queue = self._queue_of[id(delivery)].name
+        attributes = self._per_count.get((queue, count))
         if attributes is None:
-            attributes = self._per_count[count] = {
-                **self._attributes,
+            attributes = self._per_count[queue, count] = {
+                **self._attributes[queue],
                 "messaging.message.delivery_count": count,
             }
         return tracing.consumer_span(
@@ -231,15 +284,22 @@ class HeldBatch:
 
     @property
     def deliveries(self) -> list[Delivery]:
-        return list(self._by_token.values())
+        return list(self._held.values())
 
     def holds(self, delivery: Delivery) -> bool:
-        return delivery.lock_token in self._by_token
+        return id(delivery) in self._held
+
+    def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[Queue, list[Delivery]]:
+        """``deliveries`` grouped by the queue each is settled on (one call per queue)."""
+        grouped: dict[Queue, list[Delivery]] = {}
+        for delivery in deliveries:
+            grouped.setdefault(self._queue_of[id(delivery)], []).append(delivery)
+        return grouped
 
     def _drop(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         for delivery in deliveries:
-            self._by_token.pop(delivery.lock_token, None)
-            span = self._spans.pop(delivery.lock_token, None)
+            self._held.pop(id(delivery), None)
+            span = self._spans.pop(id(delivery), None)
             if span is not None:
                 tracing.finish(span, outcome)
 
@@ -250,12 +310,12 @@ class HeldBatch:
             return
         link = request.get_span_context()
         for delivery in deliveries:
-            span = self._spans.get(delivery.lock_token)
+            span = self._spans.get(id(delivery))
             if span is not None:
-                self._attempts[delivery.lock_token] += 1
+                self._attempts[id(delivery)] += 1
                 span.add_link(link)
                 span.add_event("upload.request", {"outcome": outcome})
-                span.set_attribute("upload.attempts", self._attempts[delivery.lock_token])
+                span.set_attribute("upload.attempts", self._attempts[id(delivery)])
 
     async def renew(self, now: float) -> None:
         """Restart every held lock; a bus hiccup is only logged (the lock may still last)."""
@@ -263,22 +323,25 @@ class HeldBatch:
         deliveries = self.deliveries
         if not deliveries:
             return
-        try:
-            await self._bus.renew_locks(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "renew")
-            lost = set(exc.message_ids)
-            self._drop([d for d in deliveries if d.message_id in lost], "lock_lost")
-        except BusUnavailable as exc:
-            log.warning("upload.renew_failed", detail=str(exc))
+        for queue, group in self._by_queue(deliveries).items():
+            try:
+                await self._bus.renew_locks(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "renew")
+                lost = set(exc.message_ids)
+                self._drop([d for d in group if d.message_id in lost], "lock_lost")
+            except BusUnavailable as exc:
+                log.warning("upload.renew_failed", detail=str(exc))
 
     async def complete(self, deliveries: Sequence[Delivery], outcome: str) -> None:
         """``outcome`` (accepted, superseded, already_uploaded) goes on the messages' spans."""
+        groups = self._by_queue(deliveries)
         self._drop(deliveries, outcome)
-        try:
-            await self._bus.complete(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "complete")
+        for queue, group in groups.items():
+            try:
+                await self._bus.complete(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "complete")
 
     async def dead_letter(
         self,
@@ -289,15 +352,14 @@ class HeldBatch:
     ) -> None:
         """Set the message aside with its reason, then drop its claim so the next sync may
         queue the indicator again (a fixed record, say)."""
-        span = self._spans.get(delivery.lock_token)
+        span = self._spans.get(id(delivery))
         if span is None and not self.recording and self.holds(delivery):
             span = self._span(delivery)  # not recorded: only for the log line's trace ids
         rejected = reason == REJECTED_BY_SENTINEL
+        queue = self._queue_of[id(delivery)]
         self._drop([delivery], "rejected" if rejected else f"dead_lettered_{reason}")
         try:
-            await self._bus.dead_letter(
-                self._queue, delivery, reason=reason, description=description
-            )
+            await self._bus.dead_letter(queue, delivery, reason=reason, description=description)
         except LockLost as exc:
             self._lock_lost(exc, "dead_letter")
             return
@@ -312,6 +374,23 @@ class HeldBatch:
             )
         if claim is not None:
             await self.release_claims([claim])
+
+    async def without_overtaken(self, items: list[Item]) -> list[Item]:
+        """``items`` less those overtaken while they waited (for the quota, a retry, an open
+        circuit), which are completed as superseded: a revocation may have reached Sentinel
+        meanwhile, through the priority lane or another replica, and sending the live version
+        now would undo it. One round trip, paid only by a request that waited."""
+        claims, seen = await self._state.claims_and_seen([item.stix_id for item in items])
+        stale = [
+            item
+            for item, claim, entry in zip(items, claims, seen, strict=True)
+            if _superseded(item, claim, entry)
+        ]
+        if not stale:
+            return items
+        self._tally["superseded"] += len(stale)
+        await self.complete([item.delivery for item in stale], "superseded")
+        return [item for item in items if self.holds(item.delivery)]
 
     async def release_claims(self, claims: list[tuple[str, str]]) -> None:
         """Best effort: a claim left behind only expires later (its TTL), delaying a re-queue
@@ -329,12 +408,13 @@ class HeldBatch:
             return
         self._tally["abandoned"] += len(deliveries)
         log.info("upload.abandoned", count=len(deliveries), why=why)
-        try:
-            await self._bus.abandon(self._queue, deliveries)
-        except LockLost as exc:
-            self._lock_lost(exc, "abandon")
-        except BusUnavailable as exc:
-            log.warning("upload.abandon_failed", detail=str(exc))
+        for queue, group in self._by_queue(deliveries).items():
+            try:
+                await self._bus.abandon(queue, group)
+            except LockLost as exc:
+                self._lock_lost(exc, "abandon")
+            except BusUnavailable as exc:
+                log.warning("upload.abandon_failed", detail=str(exc))
 
     def _lock_lost(self, exc: LockLost, action: str) -> None:
         self._tally["lock_lost"] += len(exc.message_ids)

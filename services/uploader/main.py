@@ -79,7 +79,8 @@ async def loop(runtime: Runtime) -> None:
 
 
 async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:
-    """Create the upload queue, waiting out a bus that is not up yet; False when stopped."""
+    """Create the upload queue and the priority lane, waiting out a bus that is not up yet;
+    False when stopped."""
 
     def unavailable(exc: BaseException, wait: float) -> None:
         log.warning("upload.bus_unavailable", detail=str(exc), wait_s=round(wait, 3))
@@ -87,9 +88,14 @@ async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:
     if runtime.stop.is_set():
         return False
     retrier = Retrier(BUS_BACKOFF, bounded=False)
+
+    async def ensure() -> None:
+        for queue in (uploader.priority, uploader.queue):
+            await runtime.bus.ensure(queue)
+
     try:
         await retry(
-            lambda: runtime.bus.ensure(uploader.queue),
+            ensure,
             on=BusUnavailable,
             retrier=retrier,
             stop=runtime.stop,

@@ -104,6 +104,7 @@ class Requester:
         Sentinel answers it (accepted, or refused with a 400); None when nothing of it is held
         any more or the uploader stopped (then everything still held is abandoned)."""
         failures = 0
+        tries = 0
         while True:
             items = [item for item in items if held.holds(item.delivery)]
             if not items:
@@ -112,6 +113,11 @@ class Requester:
             if waited is None:
                 await held.abandon("stopping")
                 return None
+            if waited or tries:  # time passed since ``prepare``: check again
+                items = await held.without_overtaken(items)
+                if not items:
+                    return None
+            tries += 1
             stamp = UploadTime(self.clock())
             built = [item.build(stamp) for item in items]
             self.tally["requests"] += 1

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from services.uploader.batching import HeldBatch, Prepared, prepare, receive_batch
+from services.uploader.batching import HeldBatch, Prepared, Received, prepare, receive_batch
 from services.uploader.circuit import Circuit
 from services.uploader.config import UploaderConfig
 from services.uploader.request import Requester, Uploads
@@ -42,7 +42,7 @@ from services.uploader.waiting import Waits
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.rate_budget import RateBudget
 from shared.contract.bus import Bus, Delivery
-from shared.contract.messages import upload_queue
+from shared.contract.messages import revocation_queue, upload_queue
 from shared.core.errors import TransientError
 from shared.core.retrying import Retrier
 from shared.core.timing import Sleep, UtcClock, utc_now
@@ -68,6 +68,8 @@ class Uploader:
     ) -> None:
         self.destination = config.destination
         self.queue = upload_queue(config.destination)
+        #: The priority lane: revocations, taken ahead of the queue (``receive_batch``).
+        self.priority = revocation_queue(config.destination)
         self._bus = bus
         self._state = state
         self._config = config
@@ -128,6 +130,7 @@ class Uploader:
                         break
                     batch = await receive_batch(
                         self._bus,
+                        self.priority,
                         self.queue,
                         max_messages=config.batch_size,
                         first_wait_s=config.receive_wait_s,
@@ -138,7 +141,7 @@ class Uploader:
                     retrier.reset()
                     continue
                 if stop.is_set():  # stopped while lingering: give it straight back
-                    held = HeldBatch(self._bus, self.queue, self._state, batch, self._tally, 0.0)
+                    held = HeldBatch(self._bus, batch, self._state, self._tally, 0.0)
                     await held.abandon("stopping")
                     await self._waits.flush()
                     break
@@ -180,13 +183,16 @@ class Uploader:
 
     # -- one batch -----------------------------------------------------------------------------
 
-    async def process(self, batch: Sequence[Delivery]) -> None:
-        """Upload one received batch and settle every message of it (module docstring)."""
+    async def process(self, batch: Received | Sequence[Delivery]) -> None:
+        """Upload one received batch and settle every message of it (module docstring); a
+        plain sequence is of the ordinary queue."""
+        if not isinstance(batch, Received):
+            batch = Received.of(self.queue, batch)
         loop = asyncio.get_running_loop()
-        held = HeldBatch(self._bus, self.queue, self._state, batch, self._tally, loop.time())
+        held = HeldBatch(self._bus, batch, self._state, self._tally, loop.time())
         try:
             prepared = await prepare(
-                batch,
+                batch.deliveries,
                 self._state,
                 now=self._clock(),
                 refresh_ratio=self._config.refresh_ratio,

@@ -1,5 +1,7 @@
-"""One destination's state in Redis: the seen cache, in-flight claims, counters and circuit
-the filter and the uploader share (DESIGN §4). Keys: ``shared.adapters.state_redis``."""
+"""One destination's state in Redis: the seen cache, in-flight claims, counters, circuit and
+suppressions the filter and the uploader share (DESIGN §4).
+
+Keys: ``shared.adapters.state_redis``."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from shared.adapters.state_redis import (
     to_ms,
     translated,
 )
+from shared.adapters.suppressions import Suppressions, read_version
 from shared.core.events import get_logger
 from shared.core.fingerprint import SeenEntry
 
@@ -40,8 +43,14 @@ CLAIM_RECEIPT_TTL_S: Final = 300.0
 #: than any expiration a workspace keeps an indicator for (Sentinel's own retention included),
 #: so a lineage that passes again goes out under a fresh id, not the revoked one.
 REVOCATION_MEMORY: Final = timedelta(days=400)
-#: A granted claim in ``CLAIM``'s answer.
-_GRANTED: Final = ord("1")
+
+
+class Claimed(StrEnum):
+    """One claim's answer (``DestinationState.claim_unless_suppressed``)."""
+
+    GRANTED = "1"
+    HELD = "0"  # someone else's claim stands: not to be forwarded
+    SUPPRESSED = "s"  # the MATI id is suppressed: never to be forwarded
 
 
 class CircuitState(StrEnum):
@@ -85,7 +94,9 @@ class DestinationState:
         self.counters_key = f"{self.prefix}counters"
         self.circuit_key = f"{self.prefix}circuit"
         self._client = client
+        self.suppressions = Suppressions(client, destination)
         self._claim = client.register_script(scripts.CLAIM)
+        self._claim_over = client.register_script(scripts.CLAIM_OVER)
         self._release = client.register_script(scripts.RELEASE)
         self._commit = client.register_script(scripts.COMMIT)
         self._count = client.register_script(scripts.COUNT)
@@ -109,19 +120,48 @@ class DestinationState:
             values = await self._client.mget([self.seen_key(i) for i in stix_ids])
         return [None if value is None else SeenEntry.decode(as_bytes(value)) for value in values]
 
+    async def seen_with_version(
+        self, stix_ids: Sequence[str]
+    ) -> tuple[list[SeenEntry | None], int]:
+        """``seen`` and the suppressions' version in the same ``MGET``: the filter learns
+        whether its copy of the suppressions is current at no extra round trip."""
+        keys = [self.seen_key(i) for i in stix_ids]
+        keys.append(self.suppressions.version_key)
+        with translated("seen"):
+            values = await self._client.mget(keys)
+        version = read_version(values.pop())
+        entries = [None if v is None else SeenEntry.decode(as_bytes(v)) for v in values]
+        return entries, version
+
     async def claim(
         self, claims: Sequence[tuple[str, str]], *, ttl_s: float, redelivery: bool = False
     ) -> list[bool]:
-        """Claim ``(stix_id, fingerprint)`` pairs before forwarding them; True = forward it.
+        """``claim_unless_suppressed`` with no suppression check; True = forward it."""
+        answers = await self.claim_unless_suppressed(
+            [(stix_id, fingerprint, "") for stix_id, fingerprint in claims],
+            ttl_s=ttl_s,
+            redelivery=redelivery,
+        )
+        return [answer is Claimed.GRANTED for answer in answers]
 
-        - free: claimed (``SET … PX``), True;
-        - held with the same fingerprint: someone already queued this very version, False —
+    async def claim_unless_suppressed(
+        self, claims: Sequence[tuple[str, str, str]], *, ttl_s: float, redelivery: bool = False
+    ) -> list[Claimed]:
+        """Claim ``(stix_id, fingerprint, mati_id)`` triples before forwarding them; GRANTED =
+        forward it. A non-empty ``mati_id`` that is suppressed is answered SUPPRESSED and not
+        claimed, checked in the same script: a batch judged before a suppression was added
+        cannot queue its indicator after ``suppress add`` took the claim (``claim_over``).
+
+        Otherwise:
+
+        - free: claimed (``SET … PX``), GRANTED;
+        - held with the same fingerprint: someone already queued this very version, HELD —
           unless ``redelivery`` (this raw message was delivered before and its forward may
-          have failed), then it counts as ours and its TTL restarts, True;
+          have failed), then it counts as ours and its TTL restarts, GRANTED;
         - held with a different fingerprint: on a first delivery this is the newer version,
           which supersedes the queued one (the uploader will skip that one, see ``claims``):
-          overwritten, True. On a redelivery it is not: the redelivered message may be older
-          than the version that claimed since, so it must not push it aside, False.
+          overwritten, GRANTED. On a redelivery it is not: the redelivered message may be
+          older than the version that claimed since, so it must not push it aside, HELD.
 
         ``ttl_s`` should outlast the upload queue's worst backlog: an expired claim only lets a
         later sync queue a duplicate (an idempotent re-upload), never loses anything. Pairs are
@@ -135,16 +175,32 @@ class DestinationState:
         """
         if not claims:
             return []
-        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        keys = [self.inflight_key(stix_id) for stix_id, _, _ in claims]
+        keys.append(self.suppressions.key)
         keys.append(self.claim_receipt_key(secrets.token_hex(8)))
         args: list[str | int] = [
             positive_ms(ttl_s, "ttl_s"),
             "1" if redelivery else "0",
             positive_ms(CLAIM_RECEIPT_TTL_S, "receipt ttl"),
         ]
+        for _, fingerprint, mati_id in claims:
+            args += (fingerprint, mati_id)
+        answer = as_text(await run(self._claim, keys, args, "claim"))
+        return [Claimed(flag) for flag in answer]
+
+    async def claim_over(self, claims: Sequence[tuple[str, str]], *, ttl_s: float) -> None:
+        """Take the claims of ``(stix_id, fingerprint)`` whoever holds them: ``suppress add``'s
+        revocations. An operator's suppression must win over whatever is queued: an ordinary
+        upload (a different fingerprint, which the uploader then skips as superseded), a
+        revocation of the same content that may wait behind a back-fill in the upload queue,
+        or a claim whose message was lost and would otherwise hold the id until its TTL.
+        Queuing a revocation twice costs nothing: the second finds it already uploaded."""
+        if not claims:
+            return
+        keys = [self.inflight_key(stix_id) for stix_id, _ in claims]
+        args: list[str | int] = [positive_ms(ttl_s, "ttl_s")]
         args.extend(fingerprint for _, fingerprint in claims)
-        answer = as_bytes(await run(self._claim, keys, args, "claim"))
-        return [flag == _GRANTED for flag in answer]
+        await run(self._claim_over, keys, args, "claim over")
 
     async def release(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
         """Drop claims we made but will not forward (the forward failed, the message was
@@ -164,6 +220,22 @@ class DestinationState:
         with translated("claims"):
             values = await self._client.mget([self.inflight_key(i) for i in stix_ids])
         return [None if value is None else as_text(value) for value in values]
+
+    async def claims_and_seen(
+        self, stix_ids: Sequence[str]
+    ) -> tuple[list[str | None], list[SeenEntry | None]]:
+        """``claims`` and ``seen`` of the same ids in one ``MGET``: what the uploader checks
+        before it sends (a newer version queued, a revocation already in Sentinel)."""
+        if not stix_ids:
+            return [], []
+        keys = [self.inflight_key(i) for i in stix_ids] + [self.seen_key(i) for i in stix_ids]
+        with translated("claims"):
+            values = await self._client.mget(keys)
+        claims, entries = values[: len(stix_ids)], values[len(stix_ids) :]
+        return (
+            [None if value is None else as_text(value) for value in claims],
+            [None if value is None else SeenEntry.decode(as_bytes(value)) for value in entries],
+        )
 
     async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
         """Record uploads Sentinel accepted, atomically for the batch: each ``seen`` key is set

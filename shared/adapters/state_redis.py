@@ -47,6 +47,14 @@ Each entry: key, type and value; TTL; who writes; who reads (D = the destination
     under a token unique to the call. TTL ``CLAIM_RECEIPT_TTL_S`` (5 min). Written by the
     filter (``claim``) and read by the same call when its client resends it after losing
     the reply, so the resend answers as the run that took the claims did.
+``m2s:{D}:suppressed``
+    hash, MATI id -> JSON ``{value, type, reason, added_at}``. No TTL: a suppression lasts
+    until removed. Written by ``suppress add|remove``; read by the filter (``snapshot`` when
+    the version moved, ``HEXISTS`` in ``claim``), ``explain``, ``status`` and ``suppress list``
+    (``shared.adapters.suppressions``).
+``m2s:{D}:suppressed:version``
+    string, a counter bumped by the same script as every change of the hash. No TTL. Written
+    by ``suppress add|remove``; read by the filter in each batch's first ``MGET``.
 ``m2s:{D}:counters``
     hash, reason -> count (dropped_*, forwarded, uploaded, rejected, dead_lettered, …). No TTL.
     Written by the filter and the uploader; read by ``status`` and metrics.

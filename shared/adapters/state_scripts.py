@@ -66,27 +66,31 @@ end
 return 1
 """
 
-#: KEYS inflight keys, then the call's receipt; ARGV[1] ttl ms, ARGV[2] '1' if redelivery,
-#: ARGV[3] receipt ttl ms, ARGV[3 + i] fingerprint i. Returns one character per claim, '1'
-#: granted, '0' not.
+#: KEYS inflight keys, then the suppressions hash, then the call's receipt; ARGV[1] ttl ms,
+#: ARGV[2] '1' if redelivery, ARGV[3] receipt ttl ms, then per claim i: fingerprint, MATI id
+#: ('' when the claim is not to be checked against the suppressions). Returns one character
+#: per claim, '1' granted, '0' not, 's' not because its MATI id is suppressed.
 #: A first delivery takes a free claim, or one holding a different fingerprint (it is the
 #: newer version: it supersedes the queued one); the same fingerprint is someone else's
 #: queued message. A redelivery takes a free claim or its own fingerprint's (its forward may
 #: have failed and must happen again), never another's: a redelivered message may be older
 #: than the version that claimed since, and must not push it aside.
+#: A suppressed id is never claimed: the batch may have been judged before the suppression
+#: was added, and its claim would supersede the suppression's revocation (``CLAIM_OVER``).
 #: The answer is kept under the receipt (a key named by a token unique to the call) and a run
 #: that finds it returns it unchanged: a client that resends the call because its reply was
 #: lost gets the answer of the run that took the claims, not "someone else's" for its own.
 CLAIM: Final = """
 local receipt = KEYS[#KEYS]
+local suppressed = KEYS[#KEYS - 1]
 local answered = redis.call('GET', receipt)
 if answered then
   return answered
 end
 local redelivery = ARGV[2] == '1'
 local claimed = {}
-for i = 1, #KEYS - 1 do
-  local key, fingerprint = KEYS[i], ARGV[i + 3]
+for i = 1, #KEYS - 2 do
+  local key, fingerprint, mati_id = KEYS[i], ARGV[2 * i + 2], ARGV[2 * i + 3]
   local held = redis.pcall('GET', key)
   local free = type(held) ~= 'string'
   local take
@@ -95,7 +99,9 @@ for i = 1, #KEYS - 1 do
   else
     take = free or held ~= fingerprint
   end
-  if take then
+  if mati_id ~= '' and redis.call('HEXISTS', suppressed, mati_id) == 1 then
+    claimed[i] = 's'
+  elseif take then
     redis.call('SET', key, fingerprint, 'PX', ARGV[1])
     claimed[i] = '1'
   else
@@ -105,6 +111,15 @@ end
 local answer = table.concat(claimed)
 redis.call('SET', receipt, answer, 'PX', ARGV[3])
 return answer
+"""
+
+#: KEYS inflight keys; ARGV[1] ttl ms, ARGV[1 + i] fingerprint i. Takes every claim, whoever
+#: holds it (see ``DestinationState.claim_over``).
+CLAIM_OVER: Final = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+end
+return #KEYS
 """
 
 #: KEYS inflight keys; ARGV[i] fingerprint i. Compare-and-delete.

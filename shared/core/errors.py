@@ -17,7 +17,8 @@
     │   ├── QueryRejected           MATI refused the query itself (a 4xx that is not auth)
     │   ├── BatchRejected           Sentinel refused the whole request (400), naming the
     │   │                           records at fault when its body does (``records``)
-    │   └── MalformedMessage        a bus message is not the contract's shape (a poison message)
+    │   ├── MalformedMessage        a bus message is not the contract's shape (a poison message)
+    │   └── OperatorRefused         an operator command cannot do what was asked: say why, exit 1
     └── FatalError                  stop taking work for this destination and alert
         ├── AuthenticationFailed    credentials refused even after a fresh token
         ├── DestinationNotFound     the workspace does not exist (404)
@@ -159,6 +160,11 @@ class MalformedMessage(PermanentError):
     """Raised when a message body is not the contract's shape (a poison message).
 
     No retry can fix it: the caller dead-letters the message with this message as the reason."""
+
+
+class OperatorRefused(PermanentError):
+    """Raised when an operator command cannot do what it was asked (the indicator is unknown
+    to MATI, not suppressed): the message is the whole answer, printed as one line."""
 
 
 class FatalError(PipelineError):

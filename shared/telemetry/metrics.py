@@ -164,7 +164,7 @@ PREFIXED: Final[Sequence[tuple[str, Family]]] = (
         "revoked_",
         Family(
             "mati2sentinel_indicators_revoked",
-            "Indicators queued for upload as revoked (they no longer pass), by reason.",
+            "Indicators queued for upload as revoked (failing, or suppressed), by reason.",
             "reason",
             services=_FILTER,
         ),
@@ -185,7 +185,7 @@ PREFIXED: Final[Sequence[tuple[str, Family]]] = (
 )
 
 #: Label values shown at 0 ahead of their first count, per service and counter prefix:
-#: the enums the filter counts by, and its two deduplication drops (services/filter); the
+#: the enums the filter counts by, its deduplication drops and suppressions (services/filter); the
 #: fetcher's sync outcomes (``services.fetcher.sync.Outcome``), so that ``increase()`` counts
 #: the first sync of each outcome too (Prometheus never saw a series that starts at 1 move).
 AHEAD: Final[Mapping[Service, Mapping[str, tuple[str, ...]]]] = {
@@ -193,10 +193,16 @@ AHEAD: Final[Mapping[Service, Mapping[str, tuple[str, ...]]]] = {
         "sync_": ("completed", "stopped", "lease_lost", "failed", "standby"),
     },
     Service.FILTER: {
-        "dropped_": (*(r.value for r in DropReason), "unchanged", "in_flight", "stale"),
+        "dropped_": (
+            *(r.value for r in DropReason),
+            "unchanged",
+            "in_flight",
+            "stale",
+            "suppressed",
+        ),
         "rejected_": tuple(r.value for r in RejectReason),
         "forwarded_": tuple(r.value for r in ForwardReason),
-        "revoked_": (*(r.value for r in DropReason), "hash_type_unselected"),
+        "revoked_": (*(r.value for r in DropReason), "hash_type_unselected", "suppressed"),
     },
 }
 

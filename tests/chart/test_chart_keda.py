@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.adapters.redis_streams import GROUP, RedisStreamsBus
-from shared.contract.messages import INDICATORS, subscription, upload_queue
+from shared.contract.messages import INDICATORS, revocation_queue, subscription, upload_queue
 from tests.chart.chart_rig import Manifest, deployments, one, render
 
 pytestmark = pytest.mark.usefixtures("chart_tools")
@@ -26,15 +26,16 @@ def _triggers(docs: list[Manifest], component: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("destination", ["default", "prod-eu"])
-def test_keda_service_bus_scales_on_the_subscription_and_the_upload_queue(destination: str) -> None:
+def test_keda_service_bus_scales_on_the_subscription_and_both_queues(destination: str) -> None:
     docs = render("servicebus", f"settings.DESTINATION={destination}")
     (f,) = _triggers(docs, "filter")
-    (u,) = _triggers(docs, "uploader")
-    assert f["type"] == u["type"] == "azure-servicebus"
+    u, lane = _triggers(docs, "uploader")
+    assert f["type"] == u["type"] == lane["type"] == "azure-servicebus"
     assert f["metadata"]["topicName"] == INDICATORS.name == subscription(destination).topic
     assert f["metadata"]["subscriptionName"] == subscription(destination).name == destination
     assert u["metadata"]["queueName"] == upload_queue(destination).name == f"upload.{destination}"
-    for t in (f, u):
+    assert lane["metadata"]["queueName"] == revocation_queue(destination).name
+    for t in (f, u, lane):
         assert t["metadata"]["namespace"] == "m2s-example"
         assert t["metadata"]["cloud"] == "AzurePublicCloud"
         assert int(t["metadata"]["messageCount"]) > 0
@@ -68,13 +69,14 @@ async def test_keda_redis_streams_scale_on_the_streams_the_bus_uses() -> None:
         for destination in ("default", "prod-eu"):
             docs = render("redis", f"settings.DESTINATION={destination}")
             (f,) = _triggers(docs, "filter")
-            (u,) = _triggers(docs, "uploader")
-            assert f["type"] == u["type"] == "redis-streams"
+            u, lane = _triggers(docs, "uploader")
+            assert f["type"] == u["type"] == lane["type"] == "redis-streams"
             assert f["metadata"]["stream"] == bus.keys(subscription(destination)).stream
             assert u["metadata"]["stream"] == bus.keys(upload_queue(destination)).stream
+            assert lane["metadata"]["stream"] == bus.keys(revocation_queue(destination)).stream
             assert f["metadata"]["stream"] == f"m2s:{{indicators/{destination}}}:stream"
             assert u["metadata"]["stream"] == f"m2s:{{upload.{destination}}}:stream"
-            for t in (f, u):
+            for t in (f, u, lane):
                 # Completed entries are deleted, so XLEN is the backlog; a consumerGroup would
                 # switch KEDA to pending entries, which miss what was never delivered.
                 assert "streamLength" in t["metadata"]

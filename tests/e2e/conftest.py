@@ -18,7 +18,7 @@ import pytest
 
 from harness.pipeline import DESTINATION, Pipeline
 from shared.adapters.servicebus_messages import REPLAY_TO
-from shared.contract.messages import INDICATORS, upload_queue
+from shared.contract.messages import INDICATORS, revocation_queue, upload_queue
 from simulators.feed import Feed
 from tests.e2e.pipeline_tools import BASE_ENV, PipelineFactory
 from tests.servicebus_peer import FakeServiceBus, ReplayRule
@@ -89,5 +89,6 @@ def bus_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
             INDICATORS.name, DESTINATION, rule=ReplayRule(REPLAY_TO, DESTINATION)
         )
         namespace.create_queue(upload_queue(DESTINATION).name)
+        namespace.create_queue(revocation_queue(DESTINATION).name)
         yield {"BUS": "servicebus", "SERVICEBUS_CONNECTION_STRING": namespace.connection_string}
         assert namespace.failure is None, f"the fake Service Bus failed: {namespace.failure!r}"

@@ -1,5 +1,6 @@
 """The Grafana dashboard against a real Prometheus: every panel's query returns data after a
-demo-sized sync, and the funnel and sync panels say what happened.
+demo-sized sync and a second one that revokes what MATI reported again failing, and the
+funnel, revocation and sync panels say what happened.
 
 Debian's ``prometheus`` (``scripts/ensure-prometheus.sh``) runs on a free loopback port with a
 temporary configuration and storage, scrapes the four service processes (two uploaders, so the
@@ -12,6 +13,8 @@ instant queries, the others as range queries over the run.
 Prometheus must see every counter at 0 before it moves: ``increase()`` cannot count what a
 series held when it was first scraped. The uploaders and the filter idle until work arrives;
 the simulated MATI holds the fetcher's first page until Prometheus has scraped the fetcher.
+The second sync is the fetcher's own sync at start, restarted on the same port (a counter
+reset, which ``increase()`` and ``rate()`` follow), its first page held the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,13 @@ import aiohttp
 import pytest
 import yaml
 
-from harness.pipeline import DESTINATION, Pipeline
+from harness.pipeline import DESTINATION, Pipeline, mati_properties
 from services.cli.redis_server import free_port
+from services.cli.supervisor import Child
 from services.fetcher.sync import Outcome
+from shared.core.filters import DropReason
 from simulators.feed import Feed
-from tests.dashboards import ALERTS, DASHBOARD
+from tests.dashboards import ALERTS, DASHBOARD, grouped_by
 from tests.e2e.pipeline_tools import PipelineFactory, log_events, synced_and_drained
 from tests.helpers import wait_for
 from tests.prometheus_tools import ensure_prometheus
@@ -58,6 +64,14 @@ FIRST_PAGE_HOLD_S = 4 * SCRAPE_S
 #: How long each simulated upload takes: the uploads' latency histogram then moves across
 #: scrapes (the run makes some thirty calls), as it does in production.
 UPLOAD_LATENCY_S = 0.4
+
+#: What MATI changes in uploaded indicators before the second sync (the filter reason each
+#: then fails with): how many indicators, and the change.
+REVOKING: dict[str, tuple[int, dict[str, Any]]] = {
+    "low_confidence": (2, {"mscore": 10}),
+    "osint": (1, {"osint_only": True}),
+}
+REVOKED_PANEL = "Revocations by reason"
 
 Json = dict[str, Any]
 
@@ -198,7 +212,7 @@ async def running(prometheus: Prometheus) -> AsyncIterator[Prometheus]:
         await prometheus.stop()
 
 
-async def start_on_port(pipeline: Pipeline, label: str, port: int) -> None:
+async def start_on_port(pipeline: Pipeline, label: str, port: int) -> Child:
     """Start a service (by its label) with its probes and /metrics on ``port``, where the
     Prometheus configuration already expects it."""
     processes = pipeline.processes
@@ -206,7 +220,7 @@ async def start_on_port(pipeline: Pipeline, label: str, port: int) -> None:
     before = processes.env["HEALTH_PORT"]
     processes.env["HEALTH_PORT"] = str(port)
     try:
-        await pipeline.start_service(SERVICES[label], label=label)
+        return await pipeline.start_service(SERVICES[label], label=label)
     finally:
         processes.env["HEALTH_PORT"] = before
 
@@ -264,14 +278,73 @@ async def run_target(
     return result
 
 
+async def run_every_panel(
+    prometheus: Prometheus, variables: Mapping[str, str], *, start: float, end: float
+) -> dict[tuple[str, str], list[Json]]:
+    """Every target's answer by (panel title, legend); each must hold data, and every series
+    the label(s) its query groups by (one the metric lacks sums all into a series without)."""
+    answers: dict[tuple[str, str], list[Json]] = {}
+    empty = []
+    unlabelled = []
+    for panel in panels():
+        for target in panel["targets"]:
+            expr = substitute(target["expr"], variables)
+            instant = bool(target.get("instant"))
+            result = await run_target(prometheus, expr, instant=instant, start=start, end=end)
+            answers[(panel["title"], target.get("legendFormat", target["refId"]))] = result
+            if not finite_values(result):
+                empty.append(f"{panel['title']!r} {target['refId']}: {expr}")
+            for label in grouped_by(target["expr"]):
+                if any(not series["metric"].get(label) for series in result):
+                    unlabelled.append(f"{panel['title']!r} {target['refId']}: {label}")
+    assert not empty, "panels without data from a healthy run:\n" + "\n".join(empty)
+    assert not unlabelled, "series without the label grouped by:\n" + "\n".join(unlabelled)
+    return answers
+
+
+async def revoked_over(prometheus: Prometheus, range_: str, end: float) -> dict[str, float]:
+    """``increase()`` of the revocations over the run, by reason."""
+    result = await prometheus.instant(
+        "sum by (reason) (increase(mati2sentinel_indicators_revoked_total"
+        f'{{destination="{DESTINATION}"}}[{range_}]))',
+        end,
+    )
+    return {series["metric"]["reason"]: float(series["value"][1]) for series in result}
+
+
 # ---- the test -------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(90)
+async def held_until_scraped(pipeline: Pipeline, scraped: Callable[[], Awaitable[bool]]) -> None:
+    """Serve MATI's pages again once Prometheus has ``scraped`` the fetcher's counters at 0, so
+    that ``increase()`` counts all that follows."""
+    await wait_for(scraped, 30, what="Prometheus to scrape the fetcher at 0")
+    pipeline.sims.mati.page_latency_s = 0.0
+
+
+def revoke_some(feed: Feed, store: Mapping[str, Json]) -> dict[str, set[str]]:
+    """MATI reports uploaded indicators again, now failing the filters (``REVOKING``); the
+    objects each reason must revoke."""
+    objects: dict[str, list[str]] = {}  # MATI id -> the ids of its objects in Sentinel
+    for key, obj in store.items():
+        objects.setdefault(mati_properties(obj)["mati_id"], []).append(key)
+    live = iter(sorted(objects))
+    changes: dict[str, dict[str, Any]] = {}
+    revoking: dict[str, set[str]] = {}
+    for reason, (count, change) in REVOKING.items():
+        for mati_id in [next(live) for _ in range(count)]:
+            changes[mati_id] = change
+            revoking.setdefault(reason, set()).update(objects[mati_id])
+    feed.revise(changes, datetime.now(UTC))
+    return revoking
+
+
+@pytest.mark.timeout(120)
 async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
     make_pipeline: PipelineFactory, prometheus_binary: str, tmp_path: Path
 ) -> None:
-    pipeline = await make_pipeline(feed=Feed(seed=7, count=20_000, days=29))
+    feed = Feed(seed=7, count=20_000, days=29)
+    pipeline = await make_pipeline(feed=feed)
     ports = {label: free_port() for label in SERVICES}
     prometheus = Prometheus(
         tmp_path / "prometheus",
@@ -283,8 +356,9 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
         # Uploads spread over several scrapes, as they do against Sentinel: a latency series
         # that appears already at its final count never moves, and rate() finds nothing in it.
         pipeline.sims.sentinel.upload_latency_s = UPLOAD_LATENCY_S
+        children = {}
         for label in SERVICES:
-            await start_on_port(pipeline, label, ports[label])
+            children[label] = await start_on_port(pipeline, label, ports[label])
         for label in SERVICES:
             started = await wait_for(
                 lambda label=label: [
@@ -301,27 +375,65 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             fetched = await prometheus.scalar("sum(mati2sentinel_indicators_fetched_total)")
             return up == len(SERVICES) and fetched is not None
 
-        await wait_for(all_scraped, 30, what="Prometheus to scrape every service")
-        pipeline.sims.mati.page_latency_s = 0.0
+        await held_until_scraped(pipeline, all_scraped)
         first = await prometheus.scalar("min_over_time(mati2sentinel_indicators_fetched_total[1m])")
         assert first == 0, "the first page came before Prometheus scraped the fetcher"
 
         store = await synced_and_drained(pipeline)
         assert store
-        feed_counters, destination_counters = await pipeline.counters()
+        uploaded_first = len(store)
 
         # Prometheus has scraped the end state: all uploaded, nothing in flight, the sync
         # counted and its gauges read (they follow within a scrape or two).
         uploaded = f'sum(mati2sentinel_indicators_uploaded_total{{destination="{DESTINATION}"}})'
 
-        async def caught_up() -> bool:
-            total = await prometheus.scalar(uploaded)
+        async def caught_up(total: int, revoked: int) -> bool:
+            got = await prometheus.scalar(uploaded)
             in_flight = await prometheus.scalar("max(mati2sentinel_queue_in_flight)")
             syncs = await prometheus.scalar('sum(mati2sentinel_syncs_total{outcome="completed"})')
             completed = await prometheus.scalar("min(mati2sentinel_last_sync_completed)")
-            return total == len(store) and in_flight == 0 and syncs == 1 and completed == 1
+            revocations = await prometheus.scalar("sum(mati2sentinel_indicators_revoked_total)")
+            return (got, in_flight, syncs, completed, revocations) == (total, 0, 1, 1, revoked)
 
-        await wait_for(caught_up, 20, what="Prometheus to scrape the end state", interval=0.2)
+        await wait_for(
+            lambda: caught_up(uploaded_first, 0),
+            20,
+            what="Prometheus to scrape the first sync's end state",
+            interval=0.2,
+        )
+
+        # MATI reports some of them again, now failing; the fetcher's next sync (at its
+        # restart) revokes them. The restarted fetcher's counters are seen at 0 first.
+        revoking = revoke_some(feed, store)
+        revoked = set().union(*revoking.values())
+        assert await pipeline.stop_service(children["fetcher"]) == 0
+        pipeline.sims.mati.page_latency_s = FIRST_PAGE_HOLD_S
+        children["fetcher"] = await start_on_port(pipeline, "fetcher", ports["fetcher"])
+
+        async def restarted_scraped() -> bool:
+            # The stopped process's series went stale: these are the new process's.
+            fetched = await prometheus.scalar("sum(mati2sentinel_indicators_fetched_total)")
+            syncs = await prometheus.scalar('sum(mati2sentinel_syncs_total{outcome="completed"})')
+            return fetched == 0 and syncs == 0
+
+        await held_until_scraped(pipeline, restarted_scraped)
+
+        async def synced_again() -> bool:
+            feed_counters, _ = await pipeline.counters()
+            return feed_counters.get("sync_completed", 0) >= 2
+
+        await wait_for(synced_again, 60, what="the fetcher's second sync", interval=0.2)
+        await pipeline.wait_drained(timeout_s=60)
+        feed_counters, destination_counters = await pipeline.counters()
+        assert destination_counters["uploaded"] == uploaded_first + len(revoked)
+        for key in revoked:
+            assert store[key]["revoked"] is True
+        await wait_for(
+            lambda: caught_up(destination_counters["uploaded"], len(revoked)),
+            20,
+            what="Prometheus to scrape the second sync's end state",
+            interval=0.2,
+        )
         end = time.time()
         # Range queries step back from `end`, so their last point sees the end state.
         start = end - math.ceil((end - prometheus.started_at) / STEP_S) * STEP_S
@@ -338,22 +450,7 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             "__range": f"{math.ceil(end - prometheus.started_at) + SCRAPE_S}s",
         }
 
-        answers: dict[tuple[str, str], list[Json]] = {}
-        empty = []
-        for panel in panels():
-            for target in panel["targets"]:
-                expr = substitute(target["expr"], variables)
-                result = await run_target(
-                    prometheus,
-                    expr,
-                    instant=bool(target.get("instant")),
-                    start=start,
-                    end=end,
-                )
-                answers[(panel["title"], target.get("legendFormat", target["refId"]))] = result
-                if not finite_values(result):
-                    empty.append(f"{panel['title']!r} {target['refId']}: {expr}")
-        assert not empty, "panels without data from a healthy run:\n" + "\n".join(empty)
+        answers = await run_every_panel(prometheus, variables, start=start, end=end)
 
         # The funnel over the run says what the services counted. increase() extrapolates from
         # a series' last sample to the window's end: up to a scrape interval's worth more, which
@@ -368,20 +465,37 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             return float(series["value"][1])
 
         assert counted(funnel("fetched"), feed_counters["fetched"]), funnel("fetched")
-        assert counted(funnel("uploaded"), len(store)), funnel("uploaded")
-        assert counted(funnel("forwarded"), len(store)), funnel("forwarded")
+        uploads = destination_counters["uploaded"]
+        assert counted(funnel("uploaded"), uploads), funnel("uploaded")
+        assert destination_counters["forwarded"] == uploads
+        assert counted(funnel("forwarded"), uploads), funnel("forwarded")
         dropped = sum(v for k, v in destination_counters.items() if k.startswith("dropped_"))
         assert counted(funnel("dropped"), dropped), funnel("dropped")
         for legend in ("unparseable", "rejected by Sentinel", "dead-lettered"):
             assert funnel(legend) == 0, legend
 
-        # Syncs by outcome: every outcome shown, the one sync as completed.
+        # Revocations by reason: a series for every reason the filter can revoke for, and the
+        # ones the second sync revoked for, alone, moved.
+        rates = {
+            series["metric"]["reason"]: max(finite_values([series]))
+            for series in answers[(REVOKED_PANEL, "{{reason}}")]
+        }
+        assert set(rates) >= {r.value for r in DropReason} | {"hash_type_unselected"}
+        assert {reason for reason, rate in rates.items() if rate > 0} == set(revoking)
+        # What each moved by over the run is what the filter counted.
+        increases = await revoked_over(prometheus, variables["__range"], end)
+        assert {reason for reason, value in increases.items() if value > 0} == set(revoking)
+        for reason, objects in revoking.items():
+            assert destination_counters[f"revoked_{reason}"] == len(objects), reason
+            assert counted(increases[reason], len(objects)), (reason, increases)
+
+        # Syncs by outcome: every outcome shown, the two syncs as completed.
         outcomes = {
             series["metric"]["outcome"]: finite_values([series])[-1]
             for series in answers[("Syncs by outcome over the range", "{{outcome}}")]
         }
         assert set(outcomes) == {outcome.value for outcome in Outcome}
-        assert counted(outcomes.pop("completed"), 1), outcomes
+        assert counted(outcomes.pop("completed"), 2), outcomes
         assert set(outcomes.values()) == {0}
 
         def last(title: str, legend: str) -> float:

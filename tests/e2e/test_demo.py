@@ -18,4 +18,6 @@ async def test_the_demo_passes_its_checks(
     out = capsys.readouterr().out
     assert "check: the workspace holds exactly the accepted set, each once" in out
     assert "revoked the" in out
+    assert "revoked the 20 downgraded and the suppressed one" in out
+    assert "revoked_suppressed              1" in out
     assert out.rstrip().endswith("demo passed")

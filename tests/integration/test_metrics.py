@@ -141,7 +141,7 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
     await bus.ensure(upload_queue("demo"))
     settings = Settings(destination="demo", sentinel_requests_per_minute=50)
     uploader = gauge_reads(Service.UPLOADER, settings, redis_client, bus)
-    assert sorted(uploader) == ["circuit", "rate_budget", "upload_queue"]
+    assert sorted(uploader) == ["circuit", "rate_budget", "revocation_queue", "upload_queue"]
     assert sorted(gauge_reads(Service.FILTER, settings, redis_client, bus)) == ["subscription"]
     assert sorted(gauge_reads(Service.FETCHER, settings, redis_client, bus)) == ["feed"]
 
@@ -152,6 +152,8 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
     assert values["mati2sentinel_rate_budget_limit"] == 50
     assert values["mati2sentinel_rate_budget_requests"] == 0
     assert values["mati2sentinel_queue_depth"] == 0
+    queues = {a["queue"] for name, _, a in readings if name == "mati2sentinel_queue_depth"}
+    assert queues == {"upload.demo", "revoke.demo"}
     assert {attrs["destination"] for _, _, attrs in readings} == {"demo"}
 
     (read_feed,) = gauge_reads(Service.FETCHER, settings, redis_client, bus).values()

@@ -26,6 +26,7 @@ from shared.contract.messages import (
     UploadRequest,
     raw_message,
     read_upload,
+    revocation_queue,
     subscription,
     upload_queue,
 )
@@ -40,6 +41,7 @@ from tests.helpers import wait_for
 DEST = "acme"
 SOURCE = subscription(DEST)
 QUEUE = upload_queue(DEST)
+URGENT = revocation_queue(DEST)
 FEED = Feed(seed=11, count=1200, days=10)
 STIX = StixPolicy()
 
@@ -127,10 +129,17 @@ async def take(bus: RedisStreamsBus, source: Any, want: int) -> list[Delivery]:
 
 
 async def uploads(bus: RedisStreamsBus) -> list[UploadRequest]:
-    """Whatever the upload queue holds now (received and completed, as an uploader would)."""
-    got = await bus.receive(QUEUE, max_messages=1000, max_wait_s=0.05)
-    await bus.complete(QUEUE, got)
-    return [read_upload(d.body) for d in got]
+    """Whatever the upload queue and its priority lane hold now (received and completed, as an
+    uploader would); each request is in the queue its kind belongs to: revocations, and only
+    they, in the lane."""
+    requests: list[UploadRequest] = []
+    for queue in (URGENT, QUEUE):
+        got = await bus.receive(queue, max_messages=1000, max_wait_s=0.05)
+        await bus.complete(queue, got)
+        taken = [read_upload(d.body) for d in got]
+        assert all(r.revoked == (queue == URGENT) for r in taken), f"misrouted in {queue}"
+        requests += taken
+    return requests
 
 
 # --- what the worker should forward, and did ------------------------------------------------

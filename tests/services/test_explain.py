@@ -6,145 +6,41 @@ the same adapters and message builders the services use, and reads the answer ba
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from services.cli.explain import (
-    Explanation,
     Verdict,
-    gather,
-    judge,
     read_query,
     render,
 )
-from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
-from shared.adapters.http import open_session
-from shared.adapters.mati_client import MatiClient
-from shared.adapters.redis_streams import RedisStreamsBus
-from shared.contract.bus import Message
+from shared.adapters.suppressions import Suppression
 from shared.contract.messages import (
     INDICATORS,
-    UploadRequest,
     raw_message,
     subscription,
-    upload_message,
     upload_queue,
 )
 from shared.core.filters import DropReason, evaluate
-from shared.core.fingerprint import EXTENSION_ID, ForwardReason, SeenEntry, fingerprint
+from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.indicator import Indicator, IndicatorType
 from shared.core.parsing import parse_indicator
-from shared.core.secrets import Secret
-from shared.core.settings import Service, Settings, load_settings
-from shared.core.stix import Draft, content, stix_id
-from simulators.feed import Feed
-from simulators.mati import MatiSimulator
-
-DEST = "soc"
-FEED = Feed(seed=23, count=400, days=10)
-KEY, SECRET = "sim-mati-key", "sim-mati-secret"
-SENTINEL_MESSAGE = "Error for Property=pattern: The pattern is invalid"
-
-
-def settings_with(**env: str) -> Settings:
-    base = {"DESTINATION": DEST, "MATI_API_KEY": KEY, "MATI_API_SECRET": SECRET}
-    return load_settings({**base, **env}, Service.FETCHER)
-
-
-DEFAULT = settings_with()
-
-
-@dataclass
-class Ctx:
-    redis: Redis
-    bus: RedisStreamsBus
-    state: DestinationState
-    mati: MatiClient
-    sim: MatiSimulator
-
-    async def explain(
-        self, text: str, settings: Settings = DEFAULT, scan_limit: int = 100
-    ) -> Explanation:
-        query = read_query(text)
-        facts = await gather(
-            query,
-            settings=settings,
-            bus=self.bus,
-            state=self.state,
-            feed=FeedState(self.redis),
-            mati=self.mati,
-            now=datetime.now(UTC),
-            scan_limit=scan_limit,
-        )
-        return judge(
-            query,
-            facts,
-            settings.filter_policy(),
-            settings.stix_policy(),
-            settings.validity_refresh_ratio,
-        )
-
-
-@pytest.fixture
-async def ctx(
-    redis_client: Redis, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
-) -> AsyncIterator[Ctx]:
-    async with MatiSimulator(server_ssl, feed=FEED) as sim:
-        session = open_session(client_ssl)
-        client = MatiClient(
-            session,
-            base_url=sim.url,
-            api_key=Secret(KEY),
-            api_secret=Secret(SECRET),
-            requests_per_second=50,
-            max_attempts=2,
-        )
-        bus = RedisStreamsBus(redis_client, consumer="explain-test", lock_duration_s=30)
-        await bus.ensure(subscription(DEST))
-        try:
-            yield Ctx(redis_client, bus, DestinationState(redis_client, DEST), client, sim)
-        finally:
-            await session.close()
-
-
-def find(
-    predicate: Callable[[Indicator, Any], bool], settings: Settings = DEFAULT
-) -> tuple[dict[str, Any], Indicator]:
-    """The first feed record whose parsed indicator and verdict under ``settings`` match."""
-    policy = settings.filter_policy()
-    for record in FEED.records(range(len(FEED))):
-        indicator = parse_indicator(record)
-        if isinstance(indicator, Indicator) and predicate(indicator, evaluate(indicator, policy)):
-            return record, indicator
-    raise AssertionError("no feed record fits")
-
-
-def accepted_ipv4() -> tuple[dict[str, Any], str, str]:
-    """A record the default filters accept: (record, STIX id, fingerprint)."""
-    record, indicator = find(lambda i, v: i.type is IndicatorType.IPV4 and isinstance(v, tuple))
-    verdict = evaluate(indicator, DEFAULT.filter_policy())
-    assert isinstance(verdict, tuple)
-    fp = fingerprint(content(verdict[0], DEFAULT.stix_policy()))
-    return record, stix_id(indicator.id, None), fp
-
-
-def upload(record: Mapping[str, Any], sid: str, fp: str) -> Message:
-    """The upload message of ``record`` (``explain`` reads its ids and fingerprint only)."""
-    ours = {"extension_type": "property-extension", "mati_id": record["id"]}
-    body: dict[str, object] = {"id": sid, "extensions": {EXTENSION_ID: ours}}
-    draft = Draft.known(body, fp, timedelta(days=7), None)
-    request = UploadRequest(draft, ForwardReason.NEW, indicator_type=str(record["type"]))
-    source = raw_message(record, run_id="r1").message_id
-    return upload_message(request, run_id="r1", source_message_id=source)
-
+from shared.core.stix import content, stix_id
+from tests.services.explain_rig import (
+    DEFAULT,
+    DEST,
+    SENTINEL_MESSAGE,
+    Ctx,
+    accepted_ipv4,
+    find,
+    settings_with,
+    upload,
+)
 
 # ---- dropped --------------------------------------------------------------------------------
 
@@ -209,8 +105,9 @@ async def test_dropped_but_still_in_sentinel_from_an_earlier_upload(ctx: Ctx) ->
     assert "still in Sentinel from an earlier upload" in story.summary
 
 
-async def test_dropped_and_revoked_is_not_said_to_be_in_sentinel(ctx: Ctx) -> None:
-    """A revoked object matches nothing: explain must not call it still in Sentinel."""
+async def test_dropped_and_revoked_is_said_revoked_not_in_sentinel(ctx: Ctx) -> None:
+    """A revoked object matches nothing: explain says it was revoked, under which id, and
+    never calls it still in Sentinel."""
     record, sid, fp = accepted_ipv4()
     until = datetime.now(UTC) + timedelta(days=3)
     await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
@@ -218,7 +115,30 @@ async def test_dropped_and_revoked_is_not_said_to_be_in_sentinel(ctx: Ctx) -> No
     answer = await ctx.explain(record["id"], settings_with(INCLUDE_IPV4="false"))
 
     assert answer.verdict is Verdict.DROPPED
-    assert answer.stories == []
+    (story,) = answer.stories
+    assert (story.verdict, story.object_id) == (Verdict.REVOKED, sid)
+    assert "passes again" not in story.summary
+
+
+async def test_a_republished_indicator_is_up_to_date_under_its_generation_id(ctx: Ctx) -> None:
+    """Revoked once and live again under generation 1: the fingerprint explain compares is
+    the one of the object under that id, and the id shown is the one Sentinel holds."""
+    record, sid, _ = accepted_ipv4()
+    indicator = parse_indicator(record)
+    assert isinstance(indicator, Indicator)
+    verdict = evaluate(indicator, DEFAULT.filter_policy())
+    assert isinstance(verdict, tuple)
+    object_id = stix_id(record["id"], None, 1)
+    fp = fingerprint(content(verdict[0], DEFAULT.stix_policy(), object_id=object_id))
+    until = datetime.now(UTC) + timedelta(days=3)
+    await ctx.state.commit([(sid, SeenEntry(fp, until, generation=1))], now=datetime.now(UTC))
+
+    answer = await ctx.explain(record["id"])
+
+    assert answer.verdict is Verdict.UPLOADED
+    (story,) = answer.stories
+    assert (story.stix_id, story.object_id) == (sid, object_id)
+    assert story.fingerprint == fp
 
 
 # ---- on its way -----------------------------------------------------------------------------
@@ -419,3 +339,19 @@ async def test_nothing_found_anywhere_says_what_the_checkpoint_means(ctx: Ctx) -
 
     assert answer.verdict is Verdict.NOT_UPLOADED
     assert "before the checkpoint" in answer.headline
+
+
+# ---- suppressed -----------------------------------------------------------------------------
+
+
+async def test_suppressed_with_its_reason_and_time(ctx: Ctx) -> None:
+    record, _, _ = accepted_ipv4()
+    added = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    keep_out = Suppression(record["id"], record["value"], "ipv4", "our own proxy", added)
+    await ctx.state.suppressions.add(keep_out)
+
+    answer = await ctx.explain(record["value"])
+
+    assert answer.verdict is Verdict.SUPPRESSED
+    assert answer.headline.startswith("suppressed since 2026-05-04T03:02:01.000Z: our own proxy")
+    assert answer.suppression == keep_out.to_dict()

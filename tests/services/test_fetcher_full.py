@@ -38,11 +38,13 @@ def test_the_full_window_is_the_longest_expiration_within_what_mati_serves() -> 
     assert FetcherConfig.from_settings(short).full_window == timedelta(days=30)
     longest = Settings(hash_indicator_expiration=365)
     assert FetcherConfig.from_settings(longest).full_window == served
-    # Only the types the destination takes: without hashes, the 30 days of URLs.
+    # Types the destination no longer takes count too: what it took before may still be
+    # live, and the full sync after the change is what revokes it.
     no_hashes = Settings(**days, include_hash=False)
-    assert FetcherConfig.from_settings(no_hashes).full_window == timedelta(days=30)
-    alike = Settings(ip_indicator_expiration=9, fqdn_indicator_expiration=9, include_fqdn=False)
-    assert FetcherConfig.from_settings(replace(alike, include_hash=False)).full_window == (
+    assert FetcherConfig.from_settings(no_hashes).full_window == served
+    alike = Settings(ip_indicator_expiration=9, fqdn_indicator_expiration=9)
+    nine = replace(alike, url_indicator_expiration=9, hash_indicator_expiration=9)
+    assert FetcherConfig.from_settings(replace(nine, include_hash=False)).full_window == (
         timedelta(days=9)
     )
 

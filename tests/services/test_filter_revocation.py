@@ -95,6 +95,22 @@ async def test_a_type_no_longer_included_is_revoked(rig: Rig) -> None:
     assert (revoke.stix_id, revoke.revoked) == (first.stix_id, True)
 
 
+async def test_a_record_fetched_without_warning_list_flags_revokes_nothing(rig: Rig) -> None:
+    """Filter and fetcher out of step (lists excluded, flags not asked for): the record says
+    nothing about warning lists, so what is live stays live, not revoked on a guess."""
+    record = passing(of_type("fqdn"))
+    record.pop("misp", None)
+    await sync(rig, rig.worker(), record)
+    (first,) = await uploads(rig.bus)
+    await commit(rig, [first], rig.clock.now + DAYS)
+
+    excluding = FilterPolicy(exclude_warninglists=frozenset({"tranco"}))
+    outcome = await sync(rig, rig.worker(filter_policy=excluding), again(record))
+    assert outcome["dropped_warninglist_unknown"] == 1
+    assert outcome["forwarded"] == 0
+    assert await uploads(rig.bus) == []
+
+
 async def test_nothing_is_revoked_that_the_workspace_does_not_hold_live(rig: Rig) -> None:
     """Never uploaded, or expired in Sentinel already: revoking would only cost quota."""
     worker = rig.worker()

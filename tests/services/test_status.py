@@ -12,11 +12,12 @@ import orjson
 from redis.asyncio import Redis
 
 from services.cli.redis_server import LocalRedis
-from services.cli.status import collect, render
+from services.cli.status import RECENT_SUPPRESSIONS, collect, render
 from services.runtime import Runtime
 from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.suppressions import Suppression
 from shared.contract.bus import Message
 from shared.contract.messages import INDICATORS, raw_message, subscription, upload_queue
 from shared.core.settings import Service, load_settings
@@ -65,12 +66,15 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     assert status.last_run == {"run_id": "run-1", "outcome": "completed", "pages": 2, "full": True}
     queue = next(e for e in status.entities if e.entity == "upload.soc")
     assert (queue.depth, queue.in_flight, queue.dead_letter) == (1, 0, 1)
+    lane = next(e for e in status.entities if e.entity == "revoke.soc")
+    assert (lane.depth, lane.in_flight, lane.dead_letter) == (0, 0, 0)
     assert status.counters == {"dropped_low_confidence": 3, "uploaded": 4}
     assert status.feed_counters == {"fetched": 7}
     assert (status.circuit, status.circuit_reason) == ("open", "AuthenticationFailed")
     text = render(status)
     assert "circuit      open (AuthenticationFailed)" in text
     assert "upload.soc" in text
+    assert "revoke.soc" in text
     assert "(age 10m)" in text
     assert "last sync    run-1 (full): outcome=completed, pages=2" in text
 
@@ -79,6 +83,32 @@ async def test_status_shows_checkpoint_queues_counters_and_circuit(
     shown = orjson.loads(done.stdout)
     assert shown["counters"] == {"dropped_low_confidence": 3, "uploaded": 4}
     assert shown["circuit"] == "open"
+
+
+async def test_status_shows_how_many_are_suppressed_and_the_newest(
+    redis_client: Redis, redis_server: LocalRedis
+) -> None:
+    rt = runtime_for(redis_client, redis_server.url)
+    await rt.bus.ensure(subscription("soc"))
+    await rt.bus.ensure(upload_queue("soc"))
+    store = DestinationState(redis_client, "soc").suppressions
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(RECENT_SUPPRESSIONS + 1):
+        at = start + timedelta(hours=n)
+        await store.add(Suppression(f"ipv4--{n}", f"10.0.0.{n}", "ipv4", f"reason {n}", at))
+
+    status = await collect(rt)
+    assert status.suppressed == RECENT_SUPPRESSIONS + 1
+    newest = [s["mati_id"] for s in status.recent_suppressions]
+    assert newest == [f"ipv4--{n}" for n in range(RECENT_SUPPRESSIONS, 0, -1)]
+    text = render(status)
+    assert f"suppressed   {RECENT_SUPPRESSIONS + 1} (newest first)" in text
+    assert f"10.0.0.{RECENT_SUPPRESSIONS} (ipv4--{RECENT_SUPPRESSIONS}): reason" in text
+    assert "`mati2sentinel suppress list` shows them all" in text
+
+    done = await asyncio.to_thread(cli, redis_server.url, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["suppressed"] == RECENT_SUPPRESSIONS + 1
 
 
 async def test_dlq_lists_and_replays_with_the_reason(

@@ -33,7 +33,13 @@ from shared.adapters.rate_budget import RateBudget
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.sentinel_client import SentinelClient
 from shared.contract.bus import Message
-from shared.contract.messages import UploadRequest, raw_message, upload_message, upload_queue
+from shared.contract.messages import (
+    UploadRequest,
+    raw_message,
+    revocation_queue,
+    upload_message,
+    upload_queue,
+)
 from shared.core.backoff import Backoff
 from shared.core.filters import FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import ForwardReason
@@ -53,6 +59,7 @@ CLIENT_SECRET = "sim-client-secret-0123456789"
 WORKSPACE = "00000000-0000-4000-8000-0000000000b0"
 DEST = "soc-a"
 QUEUE = upload_queue(DEST)
+URGENT = revocation_queue(DEST)
 LOCK_S = 3.0
 WINDOW_S = 2.0
 POLICY = StixPolicy()
@@ -166,8 +173,12 @@ class World:
         )
 
     async def drained(self) -> bool:
-        counts = await self.bus.counts(QUEUE)
-        return counts.depth == 0 and counts.in_flight == 0
+        """Nothing waiting or held in the upload queue or its priority lane."""
+        for queue in (QUEUE, URGENT):
+            counts = await self.bus.counts(queue)
+            if counts.depth or counts.in_flight:
+                return False
+        return True
 
     def statuses(self) -> list[int | None]:
         return [r.status for r in self.sentinel.recorder.of(STIX_ROUTE)]
@@ -198,6 +209,7 @@ async def world(
         entra.add_client(CLIENT_ID, CLIENT_SECRET)
         bus = RedisStreamsBus(redis, consumer="uploader-1", lock_duration_s=LOCK_S)
         await bus.ensure(QUEUE)
+        await bus.ensure(URGENT)
         w = World(entra, sentinel, session, redis, redis_server, bus, DestinationState(redis, DEST))
         try:
             yield w

@@ -247,6 +247,43 @@ def test_rereport_after_mutate_keeps_the_changed_content() -> None:
     assert again["last_updated"] == "2025-03-09T08:02:00.000Z"
 
 
+def test_revise_puts_a_record_on_a_warning_list_and_leaves_the_rest() -> None:
+    """§5.3: MATI finds a value on a MISP warning list later; the flags are the record's own
+    with those set, the record moves to ``now``, and nothing else in it changes."""
+    feed = Feed(seed=6, count=300, now=NOW)
+    unflagged = [i for i in range(300) if not any(feed.record(i)["misp"].values())]
+    i, j = unflagged[:2]
+    snapshot = feed.generation
+    before = feed.record(i)
+    later = NOW + timedelta(hours=2)
+    assert feed.revise({feed.id(i): {"misp": {"tranco": True, "google": True}}}, later)
+    rec = feed.record(i)
+    assert list(rec["misp"]) == list(before["misp"]), "the same lists, in the same order"
+    assert {name for name, flag in rec["misp"].items() if flag} == {"google", "tranco"}
+    assert rec["last_updated"] == "2025-03-09T10:00:00.000Z"
+    assert {**rec, "misp": before["misp"], "last_updated": before["last_updated"]} == before
+    assert list(rec) == list(before)
+    assert feed.window(later, later) == [i]
+    assert feed.record(i, generation=snapshot) == before
+    assert "misp" not in feed.record(i, omit=("misp",))
+
+    # Later changes keep the flags, and a flag can be cleared again.
+    feed.rereport([feed.id(i)], later + timedelta(minutes=1))
+    feed.revise({feed.id(i): {"mscore": 12}}, later + timedelta(minutes=2))
+    feed.mutate(1.0, seed=3, now=later + timedelta(minutes=3))
+    assert {name for name, flag in feed.record(i)["misp"].items() if flag} == {"google", "tranco"}
+    feed.revise({feed.id(i): {"misp": {"google": False}}}, later + timedelta(minutes=4))
+    assert {name for name, flag in feed.record(i)["misp"].items() if flag} == {"tranco"}
+    assert not any(feed.record(j)["misp"].values()), "only the indicator named"
+    generation = feed.generation
+
+    with pytest.raises(ValueError, match="not a warning list"):
+        feed.revise({feed.id(j): {"misp": {"no-such-list": True}}}, later)
+    with pytest.raises(ValueError, match="true or false"):
+        feed.revise({feed.id(j): {"misp": {"tranco": "true"}}}, later)
+    assert feed.generation == generation, "a change refused changes nothing"
+
+
 def test_add_appends_newer_records() -> None:
     feed = Feed(seed=5, count=100, now=NOW)
     later = NOW + timedelta(days=1)

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.cli.explain_core import Explanation, Facts, Found, Verdict, judge, read_query
 from services.uploader.reasons import REJECTED_BY_SENTINEL
+from shared.adapters.suppressions import Suppression
 from shared.core.filters import FilterPolicy, evaluate
 from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.stix import StixPolicy, content, stix_id
@@ -91,6 +92,12 @@ def stale() -> Explanation:
     return explain(IPV4, seen=seen(OLD, timedelta(days=6)))
 
 
+def revoked() -> Explanation:
+    """Accepted again after its revocation: the answer names the id it comes back under."""
+    entry = SeenEntry(current(IPV4), NOW + timedelta(days=6), revoked=True)
+    return explain(IPV4, seen={IPV4_ID: entry})
+
+
 def rejected() -> Explanation:
     letter = found(stix_id=IPV4_ID, reason=REJECTED_BY_SENTINEL, description=SENTINEL_MESSAGE)
     return explain(IPV4, rejected=[letter])
@@ -98,6 +105,16 @@ def rejected() -> Explanation:
 
 def not_uploaded() -> Explanation:
     return explain(IPV4)
+
+
+#: An analyst's suppression of ``IPV4``, an hour before ``NOW``.
+SUPPRESSION = Suppression(
+    IPV4["id"], IPV4["value"], "ipv4", "our own proxy", NOW - timedelta(hours=1)
+)
+
+
+def suppressed() -> Explanation:
+    return explain(IPV4, suppression=SUPPRESSION)
 
 
 CASES: dict[Verdict, Callable[[], Explanation]] = {
@@ -109,6 +126,8 @@ CASES: dict[Verdict, Callable[[], Explanation]] = {
     Verdict.IN_FLIGHT: in_flight,
     Verdict.UPLOADED: uploaded,
     Verdict.STALE: stale,
+    Verdict.REVOKED: revoked,
     Verdict.REJECTED: rejected,
     Verdict.NOT_UPLOADED: not_uploaded,
+    Verdict.SUPPRESSED: suppressed,
 }

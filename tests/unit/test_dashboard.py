@@ -29,8 +29,8 @@ def test_dashboard_panels_cover_what_the_issue_asks() -> None:
     titles = " | ".join(
         panel["title"].lower() for panel in json.loads(DASHBOARD.read_text())["panels"]
     )
-    for topic in ("funnel", "drops by reason", "quota", "429", "queue depth", "lag",
-                  "dead letters", "checkpoint"):  # fmt: skip
+    for topic in ("funnel", "drops by reason", "revocations by reason", "quota", "429",
+                  "queue depth", "lag", "dead letters", "checkpoint"):  # fmt: skip
         assert topic in titles, topic
 
 

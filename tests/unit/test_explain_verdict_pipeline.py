@@ -61,9 +61,22 @@ def test_in_flight_when_only_its_claim_is_found() -> None:
     assert answer.verdict is Verdict.IN_FLIGHT
     assert answer.headline == (
         f"in flight: claimed for upload (fingerprint {fp[:12]}…), its message not among the "
-        f"messages scanned in upload.{DEST}"
+        f"messages scanned in upload.{DEST} and revoke.{DEST}"
     )
     assert answer.stories[0].claim == fp
+
+
+def test_a_revocation_in_the_priority_lane_names_the_lane() -> None:
+    """What a suppression or a failing record queued waits in ``revoke.<d>``, not the
+    upload queue: explain says where it is, and held there is in flight like anywhere."""
+    lane = f"revoke.{DEST}"
+    queued_there = [found(stix_id=IPV4_ID, entity=lane, forward_reason="revoke")]
+    answer = explain(IPV4, seen=seen(current(IPV4), timedelta(days=6)), queued=queued_there)
+    assert answer.headline == f"queued for upload in {lane} since {AT}, revoke"
+    held = [found(stix_id=IPV4_ID, entity=lane, locked=True)]
+    assert explain(IPV4, queued=held).headline == (
+        f"in flight: an uploader holds it ({lane}, queued {AT})"
+    )
 
 
 def test_a_queued_message_is_more_current_than_a_seen_entry() -> None:
