@@ -21,6 +21,12 @@ Why these draws: scores sit on both sides of every minimum Hypothesis can pick, 
 filter flips both ways; an md5 carries one to three hashes, so ``HASH_TYPE`` changes revoke
 and re-publish single hashes of one record; steps are few, so a failure shrinks to a story
 a reader can follow.
+
+Outside the property, by design (README): records carry warning-list flags exactly when
+``EXCLUDE_WARNINGLISTS`` is set, as the fetcher asks for them then (a record fetched without
+them under an exclusion is dropped but revokes nothing: it says nothing about the lists);
+``ENABLE_DEDUPLICATION`` stays on (without the seen cache nothing is known to be held, so
+nothing is revoked); an md5 keeps its set of hashes from version to version.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import copy
 import hashlib
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,8 +72,11 @@ class Version:
     threat_score: int | None
     osint_only: bool
     categories: tuple[str, ...]
-    #: Flagged lists; ``None``: the record carries no ``misp`` block at all.
-    warning_lists: frozenset[str] | None
+    #: The MISP warning lists MATI finds the value on.
+    warning_lists: frozenset[str]
+    #: An md5's other hashes in this version; ``None``: its ``Spec``'s (never drawn, see
+    #: the module docstring).
+    hashes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ versions = st.builds(
     osint_only=st.sampled_from([False, False, True]),
     categories=st.sampled_from(CATEGORY_SETS),
     warning_lists=st.one_of(
-        st.just(frozenset()), st.frozensets(st.sampled_from(LISTS), max_size=2), st.none()
+        st.just(frozenset()), st.frozensets(st.sampled_from(LISTS), max_size=2)
     ),
 )
 specs = st.one_of(
@@ -161,9 +171,11 @@ def templates(universe: list[Spec]) -> list[dict[str, Any]]:
 
 
 def render(
-    template: dict[str, Any], spec: Spec, version: Version, updated: datetime
+    template: dict[str, Any], spec: Spec, version: Version, updated: datetime, *, flags: bool
 ) -> dict[str, Any]:
-    """The record MATI serves for ``version``, last updated at ``updated``."""
+    """The record MATI serves for ``version``, last updated at ``updated``; with its warning
+    list ``flags`` when the fetcher asks for them, which it does when ``EXCLUDE_WARNINGLISTS``
+    is set (a deployment that sets it the same for every service, as the README asks)."""
     record = copy.deepcopy(template)
     record["last_updated"] = updated.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     if version.mscore is None:
@@ -179,18 +191,22 @@ def render(
         source["osint"] = version.osint_only or (n > 0 and source["osint"])
         source["category"] = list(version.categories) if n == 0 else []
     record["category"] = sorted(version.categories)
-    if version.warning_lists is None:
-        record.pop("misp", None)
+    if flags:
+        unflagged = dict.fromkeys(record.get("misp") or (), False)
+        record["misp"] = {**unflagged, **{name: name in version.warning_lists for name in LISTS}}
     else:
-        flags = dict.fromkeys(record.get("misp") or (), False)
-        record["misp"] = {**flags, **{name: name in version.warning_lists for name in LISTS}}
+        record.pop("misp", None)
     if spec.kind == "md5":
         md5 = record["value"]
         record["associated_hashes"] = [
             {"id": record["id"], "type": "md5", "value": md5},
-            *(_hash_entry(kind, md5) for kind in spec.hashes),
+            *(_hash_entry(kind, md5) for kind in _or(version.hashes, spec.hashes)),
         ]
     return record
+
+
+def _or(hashes: tuple[str, ...] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    return default if hashes is None else hashes
 
 
 def _hash_entry(kind: str, md5: str) -> dict[str, str]:
@@ -208,30 +224,42 @@ class Story:
         self.workspace = workspace
         self.scenario = scenario
         self.templates = templates(scenario.universe)
-        #: Reported a little in the past and then later on each revision, never so long ago
-        #: that a full sync would call a record stale (that is test_filter_full_sync's case).
-        self.clock = datetime.now(UTC) - timedelta(hours=1)
-        self.records = [self._render(i, v) for i, v in enumerate(scenario.first)]
+        # Reported a little in the past and later on each revision, never so long ago that
+        # a full sync would call a record stale (that is test_filter_full_sync's case).
+        clock = datetime.now(UTC) - timedelta(hours=1)
+        #: MATI's current version of each record, and when it was last updated.
+        self.versions = list(scenario.first)
+        self.updated = [clock] * len(self.versions)
         self.ever_revoked: set[str] = set()
 
-    def _render(self, index: int, version: Version) -> dict[str, Any]:
-        spec = self.scenario.universe[index]
-        return render(self.templates[index], spec, version, self.clock)
+    def records(self, indexes: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """The current records (of ``indexes``, default all) as a fetch now serves them."""
+        flags = bool(self.workspace.settings.exclude_warninglists)
+        return [
+            render(
+                self.templates[i],
+                self.scenario.universe[i],
+                self.versions[i],
+                self.updated[i],
+                flags=flags,
+            )
+            for i in (range(len(self.versions)) if indexes is None else indexes)
+        ]
 
     async def play(self) -> None:
         workspace = self.workspace
         await workspace.restart(self.scenario.env)
-        await self.sync(self.records, full=False, step="first sync")
+        await self.sync(self.records(), full=False, step="first sync")
         for n, step in enumerate(self.scenario.steps, start=1):
             if isinstance(step, Revised):
-                self.clock += timedelta(minutes=1)
+                later = max(self.updated) + timedelta(minutes=1)
                 for index, version in step.versions.items():
-                    self.records[index] = self._render(index, version)
-                reported = [self.records[index] for index in sorted(step.versions)]
+                    self.versions[index], self.updated[index] = version, later
+                reported = self.records(sorted(step.versions))
                 await self.sync(reported, full=False, step=f"step {n}, MATI revised")
             else:
                 await workspace.restart(step.env)
-                await self.sync(self.records, full=True, step=f"step {n}, settings changed")
+                await self.sync(self.records(), full=True, step=f"step {n}, settings changed")
         # What the example reached, for ``--hypothesis-show-statistics``: the draws must keep
         # revoking and re-publishing, or the property holds for want of trying.
         event("revoked something", str(bool(self.ever_revoked)))
@@ -249,7 +277,7 @@ class Story:
     async def check(self, step: str) -> None:
         workspace = self.workspace
         assert await workspace.refusals() == [], step
-        want = accepted(self.records, workspace.settings)
+        want = accepted(self.records(), workspace.settings)
         live = workspace.live(datetime.now(UTC))
         assert set(live) == set(want), (
             f"{step}: live but not accepted {_names(set(live) - set(want))}, "
@@ -292,5 +320,25 @@ def workspace(w: World) -> Workspace:
 async def test_the_workspace_holds_live_exactly_what_the_filters_accept_now(
     workspace: Workspace, scenario: Scenario
 ) -> None:
+    async with workspace:
+        await Story(workspace, scenario).play()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a hash MATI stops listing is never revoked: judging offers only the hashes the "
+    "record carries now for revocation, and a revocation needs the hash's value for its pattern",
+)
+async def test_a_hash_mati_no_longer_lists_leaves_the_workspace(workspace: Workspace) -> None:
+    """Found by the property once versions could drop an md5's hashes (they do not, above):
+    the sha1 an md5 record went out as stays live after MATI drops it from the record, and
+    the record itself is dropped as ``hash_type_missing``."""
+    passing = Version(95, 95, osint_only=False, categories=("malware",), warning_lists=frozenset())
+    scenario = Scenario(
+        universe=[Spec("md5", ("sha1",))],
+        first=[passing],
+        env={"HASH_TYPE": "sha1"},
+        steps=[Revised({0: replace(passing, hashes=())})],
+    )
     async with workspace:
         await Story(workspace, scenario).play()
