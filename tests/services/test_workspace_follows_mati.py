@@ -26,7 +26,9 @@ Outside the property, by design (README): records carry warning-list flags exact
 ``EXCLUDE_WARNINGLISTS`` is set, as the fetcher asks for them then (a record fetched without
 them under an exclusion is dropped but revokes nothing: it says nothing about the lists);
 ``ENABLE_DEDUPLICATION`` stays on (without the seen cache nothing is known to be held, so
-nothing is revoked); an md5 keeps its set of hashes from version to version.
+nothing is revoked); an md5 keeps its set of hashes from version to version: a hash MATI
+stops listing is not revoked (revoking it needs its value for the pattern, which only the
+record had; README "what revocation cannot reach yet").
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -320,25 +322,5 @@ def workspace(w: World) -> Workspace:
 async def test_the_workspace_holds_live_exactly_what_the_filters_accept_now(
     workspace: Workspace, scenario: Scenario
 ) -> None:
-    async with workspace:
-        await Story(workspace, scenario).play()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hash MATI stops listing is never revoked: judging offers only the hashes the "
-    "record carries now for revocation, and a revocation needs the hash's value for its pattern",
-)
-async def test_a_hash_mati_no_longer_lists_leaves_the_workspace(workspace: Workspace) -> None:
-    """Found by the property once versions could drop an md5's hashes (they do not, above):
-    the sha1 an md5 record went out as stays live after MATI drops it from the record, and
-    the record itself is dropped as ``hash_type_missing``."""
-    passing = Version(95, 95, osint_only=False, categories=("malware",), warning_lists=frozenset())
-    scenario = Scenario(
-        universe=[Spec("md5", ("sha1",))],
-        first=[passing],
-        env={"HASH_TYPE": "sha1"},
-        steps=[Revised({0: replace(passing, hashes=())})],
-    )
     async with workspace:
         await Story(workspace, scenario).play()
