@@ -44,7 +44,7 @@ from tests.e2e.podman_pods import (
     secrets_of,
 )
 from tests.helm_tools import install_chart_tools
-from tests.helpers import assert_one_line
+from tests.helpers import assert_one_line, wait_for
 
 #: Every command ``mati2sentinel --help`` offers, and the test here that runs it.
 OFFERED = {
@@ -55,6 +55,7 @@ OFFERED = {
     "status": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "dlq": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "explain": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
+    "suppress": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "check-config": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "run-local": "test_run_local_in_the_image",
 }
@@ -152,6 +153,16 @@ async def test_chart_pods_deliver_a_sync_and_drain_on_sigterm(
         explain = await host.exec(fetcher, "mati2sentinel", "explain", mati_id, "--json")
         assert explain.code == 0, explain.output
         assert explain.json()["verdict"] == "uploaded", explain.stdout
+        pulled = await host.exec(
+            fetcher, "mati2sentinel", "suppress", "add", mati_id, "--reason", "image test"
+        )
+        assert pulled.code == 0, pulled.output
+        assert "1 object(s) queued for revocation" in pulled.stdout, pulled.output
+        key = next(k for k, obj in store.items() if mati_properties(obj)["mati_id"] == mati_id)
+        workspace = pipeline.sims.sentinel.store
+        await wait_for(lambda: workspace[key].get("revoked") is True, 60, what="the revocation")
+        listed = await host.exec(fetcher, "mati2sentinel", "suppress", "list", "--json")
+        assert [s["mati_id"] for s in listed.json()["suppressions"]] == [mati_id], listed.output
         check = await host.exec(
             started["uploader"], "mati2sentinel", "check-config", "--service", "uploader"
         )

@@ -13,7 +13,7 @@ import pytest
 
 from harness.pipeline import ACCEPT_ALL, DESTINATION, Pipeline
 from shared.adapters.servicebus_messages import REPLAY_TO
-from shared.contract.messages import INDICATORS, upload_queue
+from shared.contract.messages import INDICATORS, revocation_queue, upload_queue
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.sentinel import STIX_ROUTE
@@ -101,6 +101,7 @@ async def test_service_bus_locks_are_renewed_while_an_upload_waits_out_faults(
             INDICATORS.name, DESTINATION, rule=ReplayRule(REPLAY_TO, DESTINATION)
         )
         namespace.create_queue(upload_queue(DESTINATION).name)
+        namespace.create_queue(revocation_queue(DESTINATION).name)
         env = {"BUS": "servicebus", "SERVICEBUS_CONNECTION_STRING": namespace.connection_string}
         async with Pipeline(tmp_path, feed=Feed(seed=3, count=500, days=29), env=env) as p:
             faults = p.sims.sentinel.faults
