@@ -27,9 +27,10 @@ from services.cli.explain_core import (
     judge,
     read_query,
 )
-from services.cli.lookup import Lookups, find
+from services.cli.lookup import find
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
+from shared.adapters.mati_client import MatiClient
 from shared.contract.bus import Bus, DeadLetter, Peeked, Source
 from shared.contract.messages import read_upload, revocation_queue, subscription, upload_queue
 from shared.core.errors import MalformedMessage
@@ -42,7 +43,6 @@ __all__ = [
     "Explanation",
     "Facts",
     "Found",
-    "Lookups",
     "Query",
     "Verdict",
     "gather",
@@ -62,7 +62,7 @@ async def gather(
     bus: Bus,
     state: DestinationState,
     feed: FeedState,
-    mati: Lookups,
+    mati: MatiClient,
     now: datetime,
     scan_limit: int = DEFAULT_SCAN_LIMIT,
 ) -> Facts:

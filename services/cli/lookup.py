@@ -4,27 +4,15 @@ the flags the fetcher asks for, so the record is the one a sync would publish.""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from services.cli.explain_core import Query
 from services.fetcher.config import FetcherConfig
+from shared.adapters.mati_client import MatiClient
 from shared.core.settings import Settings
 
 
-class Lookups(Protocol):
-    """What ``find`` needs from ``shared.adapters.mati_client.MatiClient``."""
-
-    async def lookup(
-        self,
-        *,
-        indicator_id: str | None = None,
-        indicator_type: str | None = None,
-        value: str | None = None,
-        include_misp: bool = False,
-    ) -> dict[str, Any] | None: ...
-
-
-async def find(query: Query, mati: Lookups, settings: Settings) -> dict[str, Any] | None:
+async def find(query: Query, mati: MatiClient, settings: Settings) -> dict[str, Any] | None:
     """MATI's record of ``query`` now, or ``None`` when MATI does not know it."""
     misp = FetcherConfig.from_settings(settings).include_misp  # what the fetcher asks for
     if query.indicator_id is not None:

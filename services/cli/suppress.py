@@ -25,11 +25,12 @@ from typing import Final
 import orjson
 
 from services.cli.explain_core import Query
-from services.cli.lookup import Lookups, find
+from services.cli.lookup import find
 from services.filter.config import CLAIM_TTL_S
 from services.filter.revoking import Revocable, revocation
 from services.filter.suppressing import SUPPRESSED
 from shared.adapters.destination_state import DestinationState
+from shared.adapters.mati_client import MatiClient
 from shared.adapters.suppressions import Suppression, describe
 from shared.contract.bus import Bus
 from shared.contract.messages import (
@@ -77,7 +78,7 @@ async def add(
     settings: Settings,
     bus: Bus,
     state: DestinationState,
-    mati: Lookups,
+    mati: MatiClient,
     now: datetime,
 ) -> Added:
     """Suppress the indicator ``query`` names and queue the revocation of what is live."""
@@ -175,7 +176,7 @@ async def remove(
     settings: Settings,
     bus: Bus,
     state: DestinationState,
-    mati: Lookups,
+    mati: MatiClient,
 ) -> Removed:
     """Lift the suppression of ``query`` and hand MATI's current record to the filter."""
     record = await find(query, mati, settings)
