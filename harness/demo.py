@@ -5,10 +5,11 @@ syncs a realistic feed (20,000 indicators over 29 days by default) with live pro
 the funnel, and checks that the simulated workspace holds exactly the indicators the filters
 accept, each uploaded once. Then the feed changes 5 % of its indicators and a second sync must
 upload exactly those whose upload would change and revoke those that no longer pass. A third
-sync carries a back-fill (every live indicator changed), MATI downgrades some indicators and
-an analyst suppresses one while the back-fill is queued: the revocations must not wait behind
-it, and the workspace must end up holding exactly what passes and is not suppressed. Exit
-code 0 only if every check holds. Everything it starts, it stops.
+sync carries a back-fill (every live indicator changed, thousands more newly rated high) that
+outlasts a quota window, MATI downgrades some indicators, and an analyst suppresses one while
+the back-fill is queued: the revocations must not wait behind it, and the workspace must end
+up holding exactly what passes and is not suppressed. Exit code 0 only if every check holds.
+Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -170,6 +171,12 @@ async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[s
     for m in rest:
         if m != suppressed:  # changed and still passing: the back-fill
             changes[m] = {"mscore": 99 if feed.mscore(feed.index_of(m)) != 99 else 98}
+    # MATI raises thousands it rated low before (never uploaded, so never revoked): with the
+    # changes above, more uploads than one quota window takes, queued ahead of the analyst.
+    ever_up = {mati_properties(obj)["mati_id"] for obj in store.values()}
+    unrated = [m for m in map(feed.id, range(len(feed))) if m not in ever_up]
+    for m in picker.sample(unrated, min(8_000, len(unrated))):
+        changes[m] = {"mscore": 99, "threat_score": 99}
     feed.revise(changes, datetime.now(UTC))
     after = pipeline.expected()
     key = held[suppressed]
@@ -177,7 +184,7 @@ async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[s
     backfill = {k for k, fp in live.items() if before.objects.get(k) != fp}
     gone = before.objects.keys() - after.objects.keys()
     say(
-        f"\nsync 3: a back-fill of {len(backfill)} changed indicators; MATI downgrades "
+        f"\nsync 3: a back-fill of {len(backfill)} new and changed indicators; MATI downgrades "
         f"{len(gone)}; an analyst suppresses {suppressed} while the back-fill is queued"
     )
     mark = len(sims.sentinel.rows)
@@ -219,7 +226,7 @@ async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[s
         problems.append("the suppression was not counted once")
     if code != 0:
         problems.append(f"sync exited with {code}")
-    say("  check: " + (f"updated the {len(backfill)} changed indicators, revoked the "
+    say("  check: " + (f"uploaded the {len(backfill)} new and changed, revoked the "
                        f"{len(gone)} downgraded and the suppressed one"
                        if not problems else "; ".join(problems)))  # fmt: skip
     return problems
