@@ -20,14 +20,13 @@ from services.cli.explain_core import (
     Explanation,
     Facts,
     Found,
-    Query,
     Scan,
     Verdict,
     candidates,
     judge,
-    read_query,
 )
 from services.cli.lookup import find
+from services.cli.query import Query, read_query
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.mati_client import MatiClient

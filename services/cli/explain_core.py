@@ -10,7 +10,6 @@ reads the facts (``gather``) and prints the answer.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -20,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 from services.cli.explain_drops import drop_detail
+from services.cli.query import Query
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.adapters.suppressions import Suppression
 from shared.contract.messages import revocation_queue, subscription, upload_queue
@@ -32,13 +32,6 @@ from shared.telemetry.gauges import entity_name
 
 #: How many messages of each queue and dead-letter queue one ``explain`` reads at most.
 DEFAULT_SCAN_LIMIT: Final = 1000
-#: ``<type>--<uuid>``, the shape of every MATI indicator id.
-MATI_ID: Final = re.compile(
-    r"(ipv4|fqdn|url|md5)--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
-)
-_IPV4: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
-_MD5: Final = re.compile(r"[0-9a-fA-F]{32}")
-_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class Verdict(StrEnum):
@@ -70,35 +63,6 @@ _URGENCY: Final = (
     Verdict.IN_FLIGHT,
     Verdict.UPLOADED,
 )
-
-
-@dataclass(frozen=True)
-class Query:
-    """What the operator typed, read as a MATI id or as a typed value."""
-
-    text: str
-    indicator_id: str | None = None
-    indicator_type: IndicatorType | None = None
-    value: str | None = None
-
-
-def read_query(text: str) -> Query:
-    """A MATI id (``<type>--<uuid>``), else a value typed by its shape: ipv4, md5 (32 hex),
-    url (has a scheme), fqdn (anything else)."""
-    text = text.strip()
-    if not text:
-        raise ValueError("give an indicator value or a MATI id")
-    if MATI_ID.fullmatch(text):
-        return Query(text, indicator_id=text.lower())
-    if _IPV4.fullmatch(text):
-        kind = IndicatorType.IPV4
-    elif _MD5.fullmatch(text):
-        kind = IndicatorType.MD5
-    elif _SCHEME.match(text):
-        kind = IndicatorType.URL
-    else:
-        kind = IndicatorType.FQDN
-    return Query(text, indicator_type=kind, value=text)
 
 
 @dataclass(frozen=True)

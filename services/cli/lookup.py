@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.cli.explain_core import Query
+from services.cli.query import Query
 from services.fetcher.config import FetcherConfig
 from shared.adapters.mati_client import MatiClient
 from shared.core.settings import Settings

@@ -197,7 +197,7 @@ def suppress(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from services.cli import suppress as suppress_
-    from services.cli.explain_core import read_query
+    from services.cli.query import read_query
     from shared.adapters.destination_state import DestinationState
 
     command = f"suppress {args.action}"

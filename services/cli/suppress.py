@@ -24,8 +24,8 @@ from typing import Final
 
 import orjson
 
-from services.cli.explain_core import Query
 from services.cli.lookup import find
+from services.cli.query import Query
 from services.filter.config import CLAIM_TTL_S
 from services.filter.revoking import Revocable, revocation
 from services.filter.suppressing import SUPPRESSED

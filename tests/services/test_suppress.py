@@ -12,8 +12,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.cli.explain_core import read_query
 from services.cli.lookup import find
+from services.cli.query import read_query
 from services.cli.redis_server import LocalRedis
 from services.cli.suppress import SUPPRESSED_CLAIM, Added, Removed, add, remove
 from shared.adapters.suppressions import Suppression, Suppressions

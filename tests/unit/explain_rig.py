@@ -8,7 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.cli.explain_core import Explanation, Facts, Found, Verdict, judge, read_query
+from services.cli.explain_core import Explanation, Facts, Found, Verdict, judge
+from services.cli.query import read_query
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.adapters.suppressions import Suppression
 from shared.core.filters import FilterPolicy, evaluate
