@@ -113,19 +113,24 @@ async def add(
 SUPPRESSED_CLAIM: Final = "0" * 32
 
 
+def _revocable(indicator: Indicator) -> list[Revocable]:
+    """Every observable of ``indicator`` (all hashes of an md5, the ``HASH_TYPE`` of the day
+    notwithstanding), as a suppression revokes it. No source tag: these bytes were not
+    judged by the filter, so none may be recorded."""
+    return [
+        Revocable(o, SUPPRESSED, indicator.type.value, b"") for o in every_observable(indicator)
+    ]
+
+
 async def _revoke(
     indicator: Indicator, *, settings: Settings, bus: Bus, state: DestinationState, now: datetime
 ) -> int:
-    """Queue the revocation of every observable of ``indicator`` (all hashes of an md5, the
-    ``HASH_TYPE`` of the day notwithstanding) whose seen entry is live; returns how many.
+    """Queue the revocation of every observable of ``indicator`` whose seen entry is live;
+    returns how many.
 
     Every observable's claim is taken, live or not: an upload of it may be queued (a first
     upload in a back-fill, a re-publication under its next id) and must not go live."""
-    candidates = [
-        # No source tag: these bytes were not judged by the filter, so none may be recorded.
-        Revocable(observable, SUPPRESSED, indicator.type.value, b"")
-        for observable in every_observable(indicator)
-    ]
+    candidates = _revocable(indicator)
     entries = await state.seen([candidate.lineage for candidate in candidates])
     policy = settings.stix_policy()
     claims: list[tuple[str, str]] = []
@@ -157,10 +162,7 @@ async def _cancel_revocations(indicator: Indicator, state: DestinationState) -> 
     Sentinel holds (the uploader skips the revocation as superseded). Otherwise the filter
     would find the indicator live and unchanged, forward nothing, and the late revocation
     would take it out although nothing suppresses it any more."""
-    lineages = [
-        Revocable(o, SUPPRESSED, indicator.type.value, b"").lineage
-        for o in every_observable(indicator)
-    ]
+    lineages = [candidate.lineage for candidate in _revocable(indicator)]
     claims, entries = await state.claims_and_seen(lineages)
     held = [
         (lineage, entry.fingerprint)

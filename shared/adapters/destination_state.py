@@ -118,7 +118,7 @@ class DestinationState:
             return []
         with translated("seen"):
             values = await self._client.mget([self.seen_key(i) for i in stix_ids])
-        return [None if value is None else SeenEntry.decode(as_bytes(value)) for value in values]
+        return _entries(values)
 
     async def seen_with_version(
         self, stix_ids: Sequence[str]
@@ -130,8 +130,7 @@ class DestinationState:
         with translated("seen"):
             values = await self._client.mget(keys)
         version = read_version(values.pop())
-        entries = [None if v is None else SeenEntry.decode(as_bytes(v)) for v in values]
-        return entries, version
+        return _entries(values), version
 
     async def claim(
         self, claims: Sequence[tuple[str, str]], *, ttl_s: float, redelivery: bool = False
@@ -234,7 +233,7 @@ class DestinationState:
         claims, entries = values[: len(stix_ids)], values[len(stix_ids) :]
         return (
             [None if value is None else as_text(value) for value in claims],
-            [None if value is None else SeenEntry.decode(as_bytes(value)) for value in entries],
+            _entries(entries),
         )
 
     async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
@@ -301,3 +300,8 @@ class DestinationState:
         except (ValueError, OverflowError):
             when = None
         return parsed, "" if reason is None else as_text(reason), when
+
+
+def _entries(values: Sequence[bytes | str | None]) -> list[SeenEntry | None]:
+    """Seen entries as ``MGET`` returns them; a missing key reads as ``None``."""
+    return [None if value is None else SeenEntry.decode(as_bytes(value)) for value in values]
