@@ -42,11 +42,7 @@ spec:
     metadata:
       labels:
         {{- include "m2s.selectorLabels" . | nindent 8 }}
-        app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
-        mati2sentinel/destination: {{ $values.settings.DESTINATION | quote }}
-        {{- if $values.workloadIdentity.enabled }}
-        azure.workload.identity/use: "true"
-        {{- end }}
+        {{- include "m2s.podLabels" $root | nindent 8 }}
       annotations:
         checksum/settings: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
         {{- with $values.podAnnotations }}
@@ -63,12 +59,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       securityContext:
-        runAsNonRoot: true
-        runAsUser: {{ $values.podSecurity.runAsUser }}
-        runAsGroup: {{ $values.podSecurity.runAsGroup }}
-        fsGroup: {{ $values.podSecurity.runAsGroup }}
-        seccompProfile:
-          type: RuntimeDefault
+        {{- include "m2s.podSecurityContext" $root | nindent 8 }}
       containers:
         - name: {{ $component }}
           image: {{ include "m2s.image" $root | quote }}
@@ -83,13 +74,7 @@ spec:
                 name: {{ include "m2s.fullname" $root }}-settings
           {{- if $secretVars }}
           env:
-            {{- range $secretVars }}
-            - name: {{ . }}
-              valueFrom:
-                secretKeyRef:
-                  name: {{ include "m2s.secretName" $root }}
-                  key: {{ index $values.secrets.keys . }}
-            {{- end }}
+            {{- include "m2s.secretEnv" . | trim | nindent 12 }}
           {{- end }}
           startupProbe:
             httpGet:
@@ -115,61 +100,119 @@ spec:
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
-            runAsNonRoot: true
-            runAsUser: {{ $values.podSecurity.runAsUser }}
-            runAsGroup: {{ $values.podSecurity.runAsGroup }}
-            allowPrivilegeEscalation: false
-            privileged: false
-            readOnlyRootFilesystem: true
-            capabilities:
-              drop: ["ALL"]
-            seccompProfile:
-              type: RuntimeDefault
+            {{- include "m2s.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
-            - name: tmp
-              mountPath: /tmp
-            {{- if $values.caBundle.configMap }}
-            - name: ca-bundle
-              mountPath: /etc/mati2sentinel/ca
-              readOnly: true
-            {{- end }}
-            {{- if $keyVault }}
-            # Mounting the CSI volume is what makes the driver sync Key Vault into the Secret.
-            - name: keyvault
-              mountPath: /mnt/secrets-store
-              readOnly: true
-            {{- end }}
+            {{- include "m2s.volumeMounts" (dict "root" $root "keyVault" $keyVault) | nindent 12 }}
       volumes:
-        # The root filesystem is read-only; Python and the libraries get a small writable /tmp.
-        - name: tmp
-          emptyDir:
-            sizeLimit: 64Mi
-        {{- if $values.caBundle.configMap }}
-        - name: ca-bundle
-          configMap:
-            name: {{ $values.caBundle.configMap }}
-            items:
-              - key: {{ $values.caBundle.key }}
-                path: {{ $values.caBundle.key }}
-        {{- end }}
-        {{- if $keyVault }}
-        - name: keyvault
-          csi:
-            driver: secrets-store.csi.k8s.io
-            readOnly: true
-            volumeAttributes:
-              secretProviderClass: {{ include "m2s.fullname" $root }}-keyvault
-        {{- end }}
-      {{- with $values.nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
+        {{- include "m2s.volumes" (dict "root" $root "keyVault" $keyVault) | nindent 8 }}
+      {{- with include "m2s.placement" $root | trim }}
+      {{- . | nindent 6 }}
       {{- end }}
-      {{- with $values.tolerations }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $values.affinity }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+{{- end -}}
+
+{{/*
+The pieces every pod of the chart shares (the Deployments above, the reconcile CronJob): its
+labels, non-root and read-only hardening, secret references, volumes and placement.
+*/}}
+
+{{/* Pod template labels besides the selector's: version, destination, workload identity. */}}
+{{- define "m2s.podLabels" -}}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+mati2sentinel/destination: {{ .Values.settings.DESTINATION | quote }}
+{{- if .Values.workloadIdentity.enabled }}
+azure.workload.identity/use: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "m2s.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurity.runAsUser }}
+runAsGroup: {{ .Values.podSecurity.runAsGroup }}
+fsGroup: {{ .Values.podSecurity.runAsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "m2s.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurity.runAsUser }}
+runAsGroup: {{ .Values.podSecurity.runAsGroup }}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* env entries of one component's secrets, by secretKeyRef: (dict "root" $ "component" …).
+Starts with a newline: include it with trim. */}}
+{{- define "m2s.secretEnv" -}}
+{{- $root := .root -}}
+{{- range (include "m2s.secretVars" . | fromJsonArray) }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "m2s.secretName" $root }}
+      key: {{ index $root.Values.secrets.keys . }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounts and volumes: (dict "root" $ "keyVault" <whether this pod mounts the CSI volume>). */}}
+{{- define "m2s.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .root.Values.caBundle.configMap }}
+- name: ca-bundle
+  mountPath: /etc/mati2sentinel/ca
+  readOnly: true
+{{- end }}
+{{- if .keyVault }}
+# Mounting the CSI volume is what makes the driver sync Key Vault into the Secret.
+- name: keyvault
+  mountPath: /mnt/secrets-store
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "m2s.volumes" -}}
+{{- $values := .root.Values -}}
+# The root filesystem is read-only; Python and the libraries get a small writable /tmp.
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if $values.caBundle.configMap }}
+- name: ca-bundle
+  configMap:
+    name: {{ $values.caBundle.configMap }}
+    items:
+      - key: {{ $values.caBundle.key }}
+        path: {{ $values.caBundle.key }}
+{{- end }}
+{{- if .keyVault }}
+- name: keyvault
+  csi:
+    driver: secrets-store.csi.k8s.io
+    readOnly: true
+    volumeAttributes:
+      secretProviderClass: {{ include "m2s.fullname" .root }}-keyvault
+{{- end }}
+{{- end -}}
+
+{{/* nodeSelector, tolerations and affinity of every pod (empty when none is set; include it
+with trim). */}}
+{{- define "m2s.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
