@@ -78,12 +78,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- add $drain (int .Values.drain.marginSeconds) -}}
 {{- end -}}
 
-{{/* Secret variables each component reads (only those whose key is set). */}}
+{{/* Secret variables each component reads (only those whose key is set). The reconcile job
+reads the workspace as the uploader does, and with repair looks records up at MATI as the
+fetcher does. */}}
 {{- define "m2s.secretVars" -}}
 {{- $keys := .root.Values.secrets.keys -}}
 {{- $vars := list -}}
-{{- if eq .component "fetcher" -}}{{- $vars = list "MATI_API_KEY" "MATI_API_SECRET" -}}{{- end -}}
-{{- if and (eq .component "uploader") $keys.AZURE_CLIENT_SECRET -}}{{- $vars = append $vars "AZURE_CLIENT_SECRET" -}}{{- end -}}
+{{- $repair := and (eq .component "reconcile") .root.Values.reconcile.repair -}}
+{{- if or (eq .component "fetcher") $repair -}}{{- $vars = list "MATI_API_KEY" "MATI_API_SECRET" -}}{{- end -}}
+{{- if and (has .component (list "uploader" "reconcile")) $keys.AZURE_CLIENT_SECRET -}}{{- $vars = append $vars "AZURE_CLIENT_SECRET" -}}{{- end -}}
 {{- if $keys.SERVICEBUS_CONNECTION_STRING -}}{{- $vars = append $vars "SERVICEBUS_CONNECTION_STRING" -}}{{- end -}}
 {{- if $keys.REDIS_URL -}}{{- $vars = append $vars "REDIS_URL" -}}{{- end -}}
 {{- toJson $vars -}}
