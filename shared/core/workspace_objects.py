@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from shared.core.fingerprint import MAX_GENERATION, SeenEntry
+from shared.core.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, MAX_GENERATION, SeenEntry
 from shared.core.indicator import HashType
-from shared.core.stix import _OBJECT_PATHS, stix_id
+from shared.core.stix import _OBJECT_PATHS, MATI_ID_PROPERTY, stix_id
 
 #: How many generations are tried to find the one that reproduces an object's id. Each try
 #: costs a SHA-1; a lineage revoked and re-published more than 64 times is far outside any
@@ -46,6 +46,12 @@ COLUMNS: Final = (
     "MatiId",
     "Fingerprint",
 )
+
+#: A uuid's first group is 8 hex digits: partition prefixes never reach its ``-``.
+MAX_PREFIX_DIGITS: Final = 8
+#: The digits partition prefixes are made of, in order (STIX ids are lower-case uuids).
+HEX_DIGITS: Final = "0123456789abcdef"
+_STIX_PREFIX: Final = "indicator--"
 
 #: Pattern left sides we emit, to the hash type they carry (``None``: not a hash). Inverted
 #: from the mapping ``shared.core.stix`` builds patterns with, so the two never drift apart.
@@ -254,3 +260,63 @@ def _describe(value: object) -> str:
     if len(text) > _MAX_REASON_ID_CHARS:
         text = text[: _MAX_REASON_ID_CHARS - 1] + "…"
     return f"{type(value).__name__} {text}"
+
+
+# -- the query whose rows these are -----------------------------------------------------------
+#
+# Pure text, kept next to ``COLUMNS`` and ``parse_row`` because the three must agree; the reader
+# (``shared.adapters.workspace_reader``) only sends it. The shape is the one the Log Analytics
+# simulator is taught (simulators/kql.py): changing it here without there fails the client tests.
+
+
+def kql_string(text: str) -> str:
+    """``text`` as a double-quoted KQL string literal (backslash and quote escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def base_query(source_system: str, prefix: str | None) -> str:
+    """The latest row per object of ``source_system`` (those whose STIX id starts with
+    ``indicator--<prefix>`` when a prefix is given), up to and including ``summarize``."""
+    lines = [
+        "ThreatIntelIndicators",
+        f"| where SourceSystem == {kql_string(source_system)}",
+        "| extend StixId = tostring(Data.id)",
+    ]
+    if prefix is not None:
+        lines.append(f"| where StixId startswith {kql_string(_STIX_PREFIX + prefix)}")
+    lines.append("| summarize arg_max(TimeGenerated, *) by Id")
+    return "\n".join(lines)
+
+
+def objects_query(source_system: str, prefix: str | None) -> str:
+    """``base_query`` with our extension's properties lifted out and ``COLUMNS`` projected."""
+    ours = f"Data.extensions[{kql_string(EXTENSION_ID)}]"
+    return "\n".join(
+        [
+            base_query(source_system, prefix),
+            f"| extend MatiId = tostring({ours}.{MATI_ID_PROPERTY}), "
+            f"Fingerprint = tostring({ours}.{FINGERPRINT_PROPERTY})",
+            "| project " + ", ".join(COLUMNS),
+        ]
+    )
+
+
+def count_query(source_system: str) -> str:
+    """How many objects ``objects_query`` over every prefix would return together."""
+    return base_query(source_system, None) + "\n| count"
+
+
+def prefix_digits(count: int, target: int) -> int:
+    """The fewest hex digits k such that ``count / 16**k <= target`` (at most 8)."""
+    digits = 0
+    while count > target * 16**digits and digits < MAX_PREFIX_DIGITS:
+        digits += 1
+    return digits
+
+
+def prefixes(digits: int) -> list[str]:
+    """Every hex prefix of ``digits`` digits, in order (``[""]`` for none)."""
+    found = [""]
+    for _ in range(digits):
+        found = [head + digit for head in found for digit in HEX_DIGITS]
+    return found

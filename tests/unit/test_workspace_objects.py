@@ -16,14 +16,21 @@ from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from shared.core.workspace_objects import (
     COLUMNS,
+    HEX_DIGITS,
     MAX_GENERATION_SEARCHED,
+    MAX_PREFIX_DIGITS,
     UnreadableRow,
     WorkspaceObject,
+    count_query,
     hash_type_of,
+    kql_string,
     latest,
     lineage_of,
     newer,
+    objects_query,
     parse_row,
+    prefix_digits,
+    prefixes,
 )
 from tests.unit.strategies import PROPERTY, json_values, utc_datetimes
 
@@ -289,3 +296,54 @@ def test_a_foreign_object_ranks_below_any_generation() -> None:
     foreign = parsed(MatiId="", TimeGenerated=NOW)
     ours = generation_object(0, 10)
     assert latest([foreign, ours]) is ours
+
+
+# --- the query --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "literal"),
+    [
+        ("Mandiant Threat Intelligence", '"Mandiant Threat Intelligence"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ('\\"', '"\\\\\\""'),
+    ],
+)
+def test_kql_strings_escape_backslash_then_quote(text: str, literal: str) -> None:
+    assert kql_string(text) == literal
+
+
+@pytest.mark.parametrize(
+    ("count", "target", "digits"),
+    [
+        (0, 100_000, 0),
+        (100_000, 100_000, 0),
+        (100_001, 100_000, 1),
+        (1_600_000, 100_000, 1),
+        (1_600_001, 100_000, 2),
+        (1000, 50, 2),
+        (10**12, 1, MAX_PREFIX_DIGITS),
+    ],
+)
+def test_partitions_are_the_fewest_that_meet_the_target(
+    count: int, target: int, digits: int
+) -> None:
+    assert prefix_digits(count, target) == digits
+
+
+def test_prefixes_cover_every_id_once_in_order() -> None:
+    assert prefixes(0) == [""]
+    assert prefixes(1) == list(HEX_DIGITS)
+    two = prefixes(2)
+    assert len(two) == len(set(two)) == 256
+    assert two == sorted(two)
+
+
+def test_a_prefix_adds_one_startswith_clause() -> None:
+    whole, part = objects_query("S", None), objects_query("S", "0a")
+    assert "startswith" not in whole
+    assert '| where StixId startswith "indicator--0a"\n' in part
+    assert part.replace('| where StixId startswith "indicator--0a"\n', "") == whole
+    assert whole.endswith("| project " + ", ".join(COLUMNS))
+    assert count_query("S").endswith("by Id\n| count")
