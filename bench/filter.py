@@ -27,6 +27,7 @@ from services.filter.config import FilterConfig
 from services.filter.worker import BatchOutcome, FilterWorker
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.workspace_state import Born, WorkspaceState
 from shared.contract.bus import Delivery, Message
 from shared.contract.messages import (
     INDICATORS,
@@ -139,6 +140,9 @@ async def run(
         worker = TallyingWorker(replace(config, receive_wait_s=0.05), bus=bus, state=state)
         await bus.ensure(subscription(DESTINATION))
         await bus.ensure(upload_queue(DESTINATION))
+        # A running deployment's state is born (the uploader's cache guard): the filter
+        # decides instead of holding for a rebuild.
+        await WorkspaceState(client, state).mark_born(Born.REBUILT, at=datetime.now(UTC), objects=0)
         try:
             # First pass: everything is new; forward, then commit as the uploader would.
             await publish(publisher, records, "bench-first")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -19,8 +20,10 @@ from shared.adapters.rate_budget import RateBudget
 from shared.adapters.redis_connect import RedisClient
 from shared.adapters.sentinel_client import observe_requests
 from shared.adapters.state_counters import observe_counts as observe_state_counts
+from shared.adapters.workspace_state import WorkspaceState, when
 from shared.contract.bus import Bus
 from shared.contract.messages import revocation_queue, subscription, upload_queue
+from shared.core.drift import Drift
 from shared.core.settings import Service, Settings
 from shared.telemetry.gauges import REFRESH_S, GaugeCache, Read, Reading, queue_read
 from shared.telemetry.health import Health
@@ -91,11 +94,47 @@ def rate_read(budget: RateBudget, destination: str) -> Read:
     return read
 
 
+def reconcile_read(workspace: WorkspaceState, clock: Callable[[], float] = time.time) -> Read:
+    """The last ``reconcile``'s counts, the drift streak and its age; nothing before the
+    first one (an absent series, not a made-up zero)."""
+    destination = workspace.state.destination
+
+    async def read() -> list[Reading]:
+        done = await workspace.last_reconcile()
+        at = when(done.get("at"))
+        if at is None:
+            return []
+        readings: list[Reading] = [
+            (
+                "mati2sentinel_reconcile_objects",
+                _number(done.get(kind.value)),
+                {"destination": destination, "kind": kind.value},
+            )
+            for kind in Drift
+        ]
+        attributes = {"destination": destination}
+        readings.append(
+            ("mati2sentinel_reconcile_drift_streak", _number(done.get("streak")), attributes)
+        )
+        age = max(0.0, clock() - at.timestamp())
+        readings.append(("mati2sentinel_reconcile_age_seconds", age, attributes))
+        return readings
+
+    return read
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 #: What each service reports: the entity it consumes, and the state it owns.
 PARTS: Final[Mapping[Service, tuple[str, ...]]] = {
     Service.FETCHER: ("feed",),
     Service.FILTER: ("subscription",),
-    Service.UPLOADER: ("upload_queue", "revocation_queue", "circuit", "rate_budget"),
+    Service.UPLOADER: ("upload_queue", "revocation_queue", "circuit", "rate_budget", "reconcile"),
 }
 
 
@@ -109,6 +148,9 @@ def gauge_reads(
         "upload_queue": lambda: queue_read(bus, upload_queue(destination), destination),
         "revocation_queue": lambda: queue_read(bus, revocation_queue(destination), destination),
         "circuit": lambda: circuit_read(DestinationState(redis, destination)),
+        "reconcile": lambda: reconcile_read(
+            WorkspaceState(redis, DestinationState(redis, destination))
+        ),
         "rate_budget": lambda: rate_read(
             RateBudget(
                 redis,

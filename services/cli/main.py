@@ -242,6 +242,61 @@ def suppress(args: argparse.Namespace) -> int:
     return _with_mati(command, work)
 
 
+def reconcile(args: argparse.Namespace) -> int:
+    """Reads the workspace with the uploader's identity; ``--repair`` also asks MATI (the
+    fetcher's credentials) and publishes to the filter. Exit 0: no drift (or all of it
+    repaired); 1: drift found (or some left unresolved); 2: it could not be checked."""
+    from datetime import UTC, datetime
+
+    from services.cli import reconcile as reconcile_
+    from services.fetcher.main import mati_client
+    from services.workspace import open_reader, workspace_state
+
+    if args.max_lookups < 0:
+        print("mati2sentinel reconcile: --max-lookups must be at least 0", file=sys.stderr)
+        return 2
+    try:
+        settings = runtime.load(Service.ALL if args.repair else Service.UPLOADER)
+    except ConfigError as exc:
+        return _failed("reconcile", exc)
+
+    async def go() -> int:
+        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
+            if rt.http is None:
+                raise RuntimeError("reconcile needs an HTTP session")
+            reader = open_reader(settings, rt.http)
+            try:
+                work = reconcile_.Reconciler(
+                    settings,
+                    workspace_state(rt.redis, settings.destination),
+                    reader,
+                    datetime.now(UTC),
+                    progress=None if args.quiet else reconcile_.progress_line,
+                )
+                outcome = await work.compare()
+                if args.repair:
+                    mati = mati_client(rt.http, settings, max_wait_s=30.0)
+                    outcome.repair = await work.repair(
+                        bus=rt.bus, mati=mati, max_lookups=args.max_lookups
+                    )
+                await work.save(outcome)
+            finally:
+                await reader.close()
+        if args.json:
+            sys.stdout.buffer.write(outcome.to_json() + b"\n")
+        else:
+            print(reconcile_.render(outcome))
+        if outcome.repair is not None:
+            return 1 if outcome.repair.unresolved else 0
+        return 1 if outcome.report.drifted else 0
+
+    try:
+        return asyncio.run(go())
+    except PipelineError as exc:
+        _failed("reconcile", exc)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mati2sentinel",
@@ -310,6 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--reason", help="add: why it is kept out (required, shown by explain)")
     keep.add_argument("--json", action="store_true", help="list: machine-readable output")
     keep.set_defaults(handler=suppress)
+
+    check_ws = commands.add_parser(
+        "reconcile",
+        help="compare the workspace (Log Analytics) with the seen cache; --repair fixes drift",
+    )
+    check_ws.add_argument("--json", action="store_true", help="machine-readable output")
+    check_ws.add_argument(
+        "--repair",
+        action="store_true",
+        help="set the seen cache to what the workspace holds and hand drifted records to the "
+        "filter again (needs the MATI credentials too)",
+    )
+    check_ws.add_argument(
+        "--max-lookups",
+        type=int,
+        default=1000,
+        help="--repair: ask MATI for at most this many unknown objects' records (the rest are "
+        "rebuilt only; a full sync re-judges them)",
+    )
+    check_ws.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    check_ws.set_defaults(handler=reconcile)
 
     local = commands.add_parser(
         "run-local",

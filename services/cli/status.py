@@ -15,6 +15,7 @@ from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.rate_budget import RateBudget
 from shared.adapters.suppressions import describe
+from shared.adapters.workspace_state import WorkspaceState, when
 from shared.contract.bus import Bus, EntityCounts, Source
 from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.settings import Settings
@@ -51,6 +52,13 @@ class Status:
     #: How many indicators are suppressed, and the newest few (``Suppression.to_dict()``).
     suppressed: int
     recent_suppressions: list[dict[str, str]]
+    #: The seen cache's birth record (``how``, ``at`` ms, ``objects``), ``None`` when the state
+    #: is empty (new or lost): the uploader rebuilds it from the workspace.
+    seen_cache: dict[str, Any] | None
+    #: The last rebuild's progress (``WorkspaceState.rebuild_status``), and the last
+    #: reconcile's result (``at`` ms, ``streak``, counts by kind), both empty when none.
+    rebuild: dict[str, str]
+    reconcile: dict[str, str]
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -81,6 +89,7 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
     checkpoint = await feed.checkpoint()
     circuit, reason, since = await destination.circuit()
     suppressions = (await destination.suppressions.snapshot()).newest_first()
+    workspace = WorkspaceState(runtime.redis, destination)
     return Status(
         destination=settings.destination,
         checkpoint=checkpoint.last_updated.isoformat() if checkpoint else None,
@@ -101,6 +110,9 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
         paused_for_s=round(await budget.paused_for(), 3),
         suppressed=len(suppressions),
         recent_suppressions=[s.to_dict() for s in suppressions[:RECENT_SUPPRESSIONS]],
+        seen_cache=await workspace.born(),
+        rebuild=await workspace.rebuild_status(),
+        reconcile=await workspace.last_reconcile(),
     )
 
 
@@ -115,6 +127,41 @@ def _age(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def _workspace_lines(status: Status) -> list[str]:
+    """The seen cache's origin, a rebuild under way, and the last reconcile."""
+    born, rebuild = status.seen_cache, status.rebuild
+    if born is None:
+        progress = ""
+        if rebuild.get("state") in ("running", "retrying"):
+            progress = (
+                f": rebuild {rebuild['state']}, partition {rebuild.get('partitions_done', 0)}/"
+                f"{rebuild.get('partitions_total', '?')}, {rebuild.get('written', 0)} written"
+            )
+        line = f"seen cache   empty, the filter holds until it is rebuilt{progress}"
+    else:
+        at = when(str(born.get("at")))
+        line = f"seen cache   {born.get('how', '?')} {at.isoformat() if at else '?'}"
+        line += f" ({born.get('objects', 0)} entries from the workspace)"
+        if born.get("how") == "skipped":
+            line += f"; the workspace could not be read: {rebuild.get('error', '?')}"
+    lines = [line]
+    done = status.reconcile
+    if not done:
+        lines.append("reconcile    never run (`mati2sentinel reconcile`)")
+        return lines
+    at = when(done.get("at"))
+    kinds = ", ".join(
+        f"{kind}={done[kind]}"
+        for kind in ("agreeing", "missing", "stale", "unknown", "revoked_mismatch", "in_flight")
+        if done.get(kind, "0") != "0"
+    )
+    lines.append(
+        f"reconcile    {at.isoformat() if at else '?'} ({done.get('mode', 'report')}): "
+        f"{kinds or 'nothing compared'}; drift streak {done.get('streak', '0')}"
+    )
+    return lines
 
 
 def render(status: Status) -> str:
@@ -141,6 +188,7 @@ def render(status: Status) -> str:
         f"rate budget  {status.rate_in_window}/{status.rate_limit} in window"
         + (f", paused {status.paused_for_s:g}s" if status.paused_for_s else "")
     )
+    lines += _workspace_lines(status)
     lines.append(
         f"suppressed   {status.suppressed}" + (" (newest first)" if status.suppressed else "")
     )

@@ -40,6 +40,9 @@ class FilterConfig:
     receive_wait_s: float = RECEIVE_WAIT_S
     #: Batches handled at once in one process (``services.runtime.lanes_for`` the bus).
     lanes: int = 1
+    #: ``CACHE_REBUILD=auto``: decide nothing while the destination's state is not born
+    #: (a seen cache lost with Redis is being rebuilt from the workspace by the uploader).
+    hold_until_born: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, *, lanes: int = 1) -> FilterConfig:
@@ -51,4 +54,5 @@ class FilterConfig:
             refresh_ratio=settings.validity_refresh_ratio,
             batch_size=settings.filter_batch_size,
             lanes=lanes,
+            hold_until_born=settings.cache_rebuild == "auto" and settings.enable_deduplication,
         )

@@ -40,6 +40,8 @@ class UploaderConfig:
     #: Received batches refused entirely in a row that open the circuit (module docstring of
     #: ``services.uploader.worker``).
     systemic_after: int = 3
+    #: How long the ids of a committed batch are kept for ``reconcile``'s grace (0: not kept).
+    recent_s: float = 15 * 60.0
     retry: Backoff = RETRY
     probe: Backoff = PROBE
 
@@ -65,4 +67,5 @@ class UploaderConfig:
             drain_timeout_s=settings.drain_timeout_seconds,
             skip_uploaded=settings.enable_deduplication,
             lanes=lanes,
+            recent_s=settings.reconcile_grace_minutes * 60,
         )

@@ -6,15 +6,18 @@ worker runs the same code against the simulators in tests and against Azure in p
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from services.runtime import Runtime, lanes_for, run_service
 from services.uploader.config import UploaderConfig
 from services.uploader.worker import Uploader
+from services.workspace import CacheGuard, open_reader
 from shared.adapters.credentials import TokenProvider, credential_factory
 from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.rate_budget import RateBudget
 from shared.adapters.sentinel_client import SentinelClient
+from shared.adapters.workspace_state import WorkspaceState
 from shared.core.backoff import Backoff
 from shared.core.errors import BusUnavailable, NotReady
 from shared.core.retrying import Retrier, Stopped, retry
@@ -72,8 +75,16 @@ async def loop(runtime: Runtime) -> None:
             client=client,
             config=UploaderConfig.from_settings(settings, lanes=lanes_for(runtime.bus)),
         )
+        http = runtime.http
+        guard = CacheGuard(
+            WorkspaceState(runtime.redis, state),
+            lambda: open_reader(settings, http),
+            mode=settings.cache_rebuild if settings.enable_deduplication else "off",
+        )
         if await _ensure_queue(runtime, uploader):
-            await uploader.run(runtime.stop)
+            async with asyncio.TaskGroup() as work:
+                work.create_task(guard.run(runtime.stop))
+                work.create_task(uploader.run(runtime.stop))
     finally:
         await tokens.aclose()
 

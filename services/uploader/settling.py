@@ -71,6 +71,8 @@ class Settler:
     _: KW_ONLY
     systemic_after: int
     clock: UtcClock
+    #: ``UploaderConfig.recent_s``: what ``commit`` keeps for ``reconcile``'s grace.
+    recent_s: float = 0.0
     #: Received batches refused entirely in a row (``_systemic``); any 2xx restarts it.
     _refusals: int = field(default=0, init=False)
 
@@ -224,7 +226,7 @@ class Settler:
             for i in result.accepted
         ]
         if entries:
-            await self.state.commit(entries, now=self.clock())
+            await self.state.commit(entries, now=self.clock(), recent_s=self.recent_s)
             self.tally["uploaded"] += len(entries)
             await held.complete([items[i].delivery for i in result.accepted], "accepted")
         for error in result.rejected:

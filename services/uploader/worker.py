@@ -97,6 +97,7 @@ class Uploader:
             self._tally,
             systemic_after=config.systemic_after,
             clock=clock,
+            recent_s=config.recent_s,
         )
 
     # -- the loop ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from shared.adapters import state_counters
 from shared.adapters import state_scripts as scripts
@@ -51,6 +51,14 @@ class Claimed(StrEnum):
     GRANTED = "1"
     HELD = "0"  # someone else's claim stands: not to be forwarded
     SUPPRESSED = "s"  # the MATI id is suppressed: never to be forwarded
+
+
+class BatchView(NamedTuple):
+    """``DestinationState.batch_view``."""
+
+    entries: list[SeenEntry | None]
+    version: int
+    born: bool
 
 
 class CircuitState(StrEnum):
@@ -93,6 +101,8 @@ class DestinationState:
         self.prefix = destination_prefix(destination)
         self.counters_key = f"{self.prefix}counters"
         self.circuit_key = f"{self.prefix}circuit"
+        #: Written once the seen cache is trusted (``shared.adapters.workspace_state``).
+        self.born_key = f"{self.prefix}born"
         self._client = client
         self.suppressions = Suppressions(client, destination)
         self._claim = client.register_script(scripts.CLAIM)
@@ -125,12 +135,25 @@ class DestinationState:
     ) -> tuple[list[SeenEntry | None], int]:
         """``seen`` and the suppressions' version in the same ``MGET``: the filter learns
         whether its copy of the suppressions is current at no extra round trip."""
+        view = await self.batch_view(stix_ids)
+        return view.entries, view.version
+
+    async def batch_view(self, stix_ids: Sequence[str]) -> BatchView:
+        """What the filter reads per batch, in one ``MGET``: the seen entries, the
+        suppressions' version and whether the state is born (``WorkspaceState``): a cache lost
+        with Redis must not be decided against while it is rebuilt."""
         keys = [self.seen_key(i) for i in stix_ids]
-        keys.append(self.suppressions.version_key)
+        keys += (self.suppressions.version_key, self.born_key)
         with translated("seen"):
             values = await self._client.mget(keys)
+        born = values.pop() is not None
         version = read_version(values.pop())
-        return _entries(values), version
+        return BatchView(_entries(values), version, born)
+
+    async def born(self) -> bool:
+        """Whether the seen cache is trusted (``shared.adapters.workspace_state``)."""
+        with translated("born"):
+            return bool(await self._client.exists(self.born_key))
 
     async def claim(
         self, claims: Sequence[tuple[str, str]], *, ttl_s: float, redelivery: bool = False
@@ -236,7 +259,16 @@ class DestinationState:
             _entries(entries),
         )
 
-    async def commit(self, entries: Sequence[tuple[str, SeenEntry]], *, now: datetime) -> int:
+    def recent_key(self, token: str) -> str:
+        return f"{self.prefix}recent:{token}"
+
+    async def commit(
+        self,
+        entries: Sequence[tuple[str, SeenEntry]],
+        *,
+        now: datetime,
+        recent_s: float = 0.0,
+    ) -> int:
         """Record uploads Sentinel accepted, atomically for the batch: each ``seen`` key is set
         to the entry and expires at its ``valid_until`` (an entry already past ``now`` is
         removed instead), and each claim still holding the entry's fingerprint is cleared.
@@ -244,6 +276,10 @@ class DestinationState:
         A revoked entry, or one of a later generation, is kept for ``REVOCATION_MEMORY`` past
         ``now`` instead: forgetting it would publish the lineage under a revoked id again
         (refused: STIX forbids un-revoking) or revoke it twice.
+
+        With ``recent_s`` the batch's ids are also kept that long under one ``recent`` key
+        (``recent_uploads``): Log Analytics shows an upload minutes later, and ``reconcile``
+        must not call it missing meanwhile.
 
         Call it ONLY after Sentinel accepted these records (DESIGN §4; writing it earlier was
         the vendor's v1.2.3 bug). Returns how many seen keys were written.
@@ -253,11 +289,13 @@ class DestinationState:
         keys: list[str] = []
         args: list[str | int | bytes] = [to_ms(now)]
         for stix_id, entry in entries:
-            expires = entry.valid_until
-            if entry.revoked or entry.generation:
-                expires = max(expires, now + REVOCATION_MEMORY)
             keys += (self.seen_key(stix_id), self.inflight_key(stix_id))
-            args += (entry.encode(), to_ms(expires), entry.fingerprint)
+            args += (entry.encode(), to_ms(seen_expiry(entry, now)), entry.fingerprint)
+        recent_ms = round(recent_s * 1000)
+        if recent_ms > 0:
+            keys.append(self.recent_key(secrets.token_hex(8)))
+            ids = "".join(compact_id(stix_id) for stix_id, _ in entries)
+            args += (f"{to_ms(now)}:{ids}", recent_ms)
         return int(await run(self._commit, keys, args, "commit"))
 
     async def forget(self, stix_ids: Sequence[str]) -> int:
@@ -300,6 +338,14 @@ class DestinationState:
         except (ValueError, OverflowError):
             when = None
         return parsed, "" if reason is None else as_text(reason), when
+
+
+def seen_expiry(entry: SeenEntry, now: datetime) -> datetime:
+    """When a seen key may go: at its ``valid_until``, or ``REVOCATION_MEMORY`` past ``now``
+    for a revoked or later-generation lineage (see ``DestinationState.commit``)."""
+    if entry.revoked or entry.generation:
+        return max(entry.valid_until, now + REVOCATION_MEMORY)
+    return entry.valid_until
 
 
 def _entries(values: Sequence[bytes | str | None]) -> list[SeenEntry | None]:

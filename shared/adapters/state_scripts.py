@@ -136,13 +136,18 @@ end
 return released
 """
 
-#: KEYS[2i-1] seen key i, KEYS[2i] inflight key i; ARGV[1] now ms, then per entry: encoded
-#: entry, valid_until ms, fingerprint. The seen key expires when Sentinel stops matching on the
-#: indicator; one already past is removed so the filter uploads it again.
+#: KEYS[2i-1] seen key i, KEYS[2i] inflight key i, then (when their number is odd) the
+#: recent-uploads key; ARGV[1] now ms, then per entry: encoded entry, valid_until ms,
+#: fingerprint, then (with the recent key) its value and ttl ms. The seen key expires when
+#: Sentinel stops matching on the indicator; one already past is removed so the filter uploads
+#: it again. The recent key names the batch's ids for ``reconcile``'s grace (ingestion lags).
 COMMIT: Final = """
 local now = tonumber(ARGV[1])
 local stored = 0
-for i = 1, #KEYS / 2 do
+if #KEYS % 2 == 1 then
+  redis.call('SET', KEYS[#KEYS], ARGV[#ARGV - 1], 'PX', ARGV[#ARGV])
+end
+for i = 1, math.floor(#KEYS / 2) do
   local seen, inflight = KEYS[2 * i - 1], KEYS[2 * i]
   local encoded, valid_until, fingerprint = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   if tonumber(valid_until) > now then

@@ -15,8 +15,9 @@ one. ``read`` counts first, then reads 16^k partitions by the hex digits after
 partition's answer at a time. An answer that still comes back partial
 (``LogsQueryPartialResult``: HTTP 200 with a top-level ``error``) is **never** taken as
 complete: its partition is split into 16 and those are read instead, a bounded number of times;
-past that the read fails with ``PartialRead``, because a reconciliation that silently lost
-rows would report them missing and re-upload them.
+past that the read fails with ``MalformedResponse`` (saying "only partially"; errors are defined
+in ``shared.core.errors`` alone), because a reconciliation that silently lost rows would report
+them missing and re-upload them.
 
 **Errors**, as the pipeline's tree (``shared.core.errors``): 401/403 → ``AuthenticationFailed``
 (the identity needs Log Analytics Reader on the workspace); 404 → ``DestinationNotFound``;
@@ -63,7 +64,6 @@ from shared.core.errors import (
     AuthenticationFailed,
     DestinationNotFound,
     MalformedResponse,
-    PermanentError,
     PipelineError,
     QueryRejected,
     TlsVerificationFailed,
@@ -87,7 +87,6 @@ from shared.core.workspace_objects import (
 __all__ = [
     "DEFAULT_ENDPOINT",
     "LOG_ANALYTICS_AUDIENCE",
-    "PartialRead",
     "ReadProgress",
     "WorkspaceReader",
 ]
@@ -104,11 +103,6 @@ DEFAULT_PARTITION_TARGET: Final = 100_000
 DEFAULT_MAX_SPLITS: Final = 2
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _TRANSIENT_STATUSES: Final = frozenset({408, 429})
-
-
-class PartialRead(PermanentError):
-    """Raised when Log Analytics keeps answering a partition partially, even split as far as
-    allowed: what was read cannot be trusted as the workspace's content."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +205,7 @@ class WorkspaceReader:
         """How many objects of our source system the workspace holds within the lookback."""
         table = await self._complete(count_query(self.source_system), "the count")
         if table is None:
-            raise PartialRead("Log Analytics answered the count query only partially")
+            raise MalformedResponse("Log Analytics answered the count query only partially")
         try:
             (row,) = table.rows
             (value,) = list(row)
@@ -237,7 +231,7 @@ class WorkspaceReader:
             table = await self._complete(query, f"partition {prefix or '(all)'}")
             if table is None:
                 if splits >= self.max_splits or len(prefix) >= MAX_PREFIX_DIGITS:
-                    raise PartialRead(
+                    raise MalformedResponse(
                         f"Log Analytics answered partition {prefix or '(all)'} only partially, "
                         f"even after splitting it {splits} times"
                     )

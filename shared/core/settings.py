@@ -100,6 +100,11 @@ class Settings:
     sentinel_source_system: str = "Mandiant Threat Intelligence"
     sentinel_rate_window_seconds: float = 60.0
     log_analytics_base_url: str = "https://api.loganalytics.io"
+    #: ``auto``: a destination whose Redis state is found empty gets its seen cache rebuilt
+    #: from the workspace before the filter decides anything; ``off``: it starts empty.
+    cache_rebuild: str = "auto"
+    #: Objects uploaded this recently count as in flight, not missing (ingestion lags).
+    reconcile_grace_minutes: float = 15.0
     # Running
     redis_url: str = "redis://127.0.0.1:6379/0"
     bus: str = "redis"
@@ -253,6 +258,12 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         "seconds, 1 to 3600 (Sentinel's window is 60; shorter only against a simulator)",
     )
     r.read("LOG_ANALYTICS_BASE_URL", parse.https_url, "an https:// URL")
+    r.read("CACHE_REBUILD", parse.choice("auto", "off"), "auto or off")
+    r.read(
+        "RECONCILE_GRACE_MINUTES",
+        parse.float_range(0.0, 1440.0),
+        "minutes, 0 to 1440 (fractions allowed)",
+    )
     r.read("REDIS_URL", parse.redis_url, "a redis://, rediss:// or unix:// URL")
     r.read("BUS", parse.choice("redis", "servicebus"), "redis or servicebus")
     r.read(

@@ -63,6 +63,12 @@ GAUGES: Final = (
     Gauge("mati2sentinel_rate_budget_limit", "Upload requests allowed per window."),
     Gauge("mati2sentinel_rate_budget_used_ratio", "Granted requests over the limit."),
     Gauge("mati2sentinel_rate_budget_pause_seconds", "Seconds the shared 429 pause lasts.", "s"),
+    Gauge("mati2sentinel_reconcile_objects", "Lineages per kind in the last reconcile."),
+    Gauge(
+        "mati2sentinel_reconcile_drift_streak",
+        "Reconciles in a row that found drift (0 after a clean one).",
+    ),
+    Gauge("mati2sentinel_reconcile_age_seconds", "Seconds since the last reconcile finished.", "s"),
 )
 
 #: ``(gauge name, value, attributes)``.

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import socket
+from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from services.filter.worker import FilterWorker
 from services.runtime import Runtime
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.workspace_state import Born, WorkspaceState
 from shared.contract.messages import INDICATORS
 from shared.core.settings import Service, load_settings
 from tests.helpers import wait_for
@@ -126,6 +128,7 @@ async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis
         Service.FILTER,
     )
     bus = RedisStreamsBus(redis_client, consumer="filter-main", lock_duration_s=5.0)
+    await born(redis_client)
     runtime = Runtime(settings, Service.FILTER, "filter-main", redis_client, bus, asyncio.Event())
     task = asyncio.create_task(loop(runtime))
     await wait_for(  # the loop registers the subscription before it receives
@@ -141,3 +144,46 @@ async def test_the_service_loop_wires_settings_to_the_worker(redis_client: Redis
     async with asyncio.timeout(5):
         await task
     assert (await DestinationState(redis_client, DEST).counters())["dropped_type_excluded"] == 1
+
+
+async def born(redis: Redis) -> None:
+    """What the uploader's cache guard writes once the seen cache is trusted."""
+    state = WorkspaceState(redis, DestinationState(redis, DEST))
+    await state.mark_born(Born.REBUILT, at=datetime.now(UTC), objects=0)
+
+
+async def test_the_filter_holds_while_the_seen_cache_is_not_born(redis_client: Redis) -> None:
+    """``CACHE_REBUILD=auto`` (the default): with the destination's state empty, as after a
+    lost Redis, the filter decides nothing (judged against an empty cache, every live
+    indicator would be uploaded again) until the state is born; then it goes on."""
+    settings = load_settings(
+        {"REDIS_URL": "redis://127.0.0.1:1/0", "DESTINATION": DEST}, Service.FILTER
+    )
+    assert FilterConfig.from_settings(settings).hold_until_born
+    bus = RedisStreamsBus(redis_client, consumer="filter-main", lock_duration_s=0.5)
+    runtime = Runtime(settings, Service.FILTER, "filter-main", redis_client, bus, asyncio.Event())
+    holding = asyncio.Event()
+    watcher = Watcher("filter.holding", times=1, seen=holding)
+    logging.getLogger("services.filter.worker").addHandler(watcher)
+    try:
+        task = asyncio.create_task(loop(runtime))
+        async with asyncio.timeout(10):
+            await holding.wait()
+        await wait_for(
+            lambda: redis_client.sismember(bus.subscriptions_key(INDICATORS.name), DEST),
+            10,
+            what="the subscription registered",
+        )
+        first = passing(of_type("fqdn"))
+        await publish(bus, first)
+        assert await uploads(bus) == []
+        counts = await bus.counts(SOURCE)
+        assert counts.depth == 1, "held: not even received"
+        await born(redis_client)
+        got = await wait_for(lambda: uploads(bus), 10, what="the upload after birth")
+        assert [r.indicator_id for r in got] == [first["id"]]
+    finally:
+        logging.getLogger("services.filter.worker").removeHandler(watcher)
+    runtime.stop.set()
+    async with asyncio.timeout(5):
+        await task

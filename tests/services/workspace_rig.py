@@ -19,7 +19,7 @@ import asyncio
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from harness.pipeline import mati_properties
@@ -28,6 +28,7 @@ from services.filter.worker import FilterWorker
 from shared.adapters.credentials import TokenProvider
 from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
+from shared.adapters.workspace_state import Born, WorkspaceState
 from shared.contract.messages import (
     raw_message,
     revocation_queue,
@@ -90,6 +91,11 @@ class Workspace:
         subscription's registration with its topic: publishes would reach no one)."""
         await self.w.redis.flushdb()
         self.w.sentinel.reset()
+        # What the uploader's cache guard does on a new deployment: an empty workspace read,
+        # the state born, and the filter (CACHE_REBUILD=auto) stops holding.
+        await WorkspaceState(self.w.redis, self.state).mark_born(
+            Born.REBUILT, at=datetime.now(UTC), objects=0
+        )
         for source in (SOURCE, *UPLOAD_LANES):
             await self.bus.ensure(source)
         return self
