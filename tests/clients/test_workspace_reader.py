@@ -20,7 +20,7 @@ import pytest
 from shared.adapters.credentials import credential_factory
 from shared.adapters.http import open_session
 from shared.adapters.tls import client_context
-from shared.adapters.workspace_reader import PartialRead, ReadProgress, WorkspaceReader
+from shared.adapters.workspace_reader import ReadProgress, WorkspaceReader
 from shared.core.errors import (
     AuthenticationFailed,
     DestinationNotFound,
@@ -291,8 +291,15 @@ async def test_a_partial_answer_fault_is_never_taken_as_complete(w: World) -> No
 async def test_a_persistently_partial_answer_raises(w: World) -> None:
     w.sentinel.seed([ours(n) for n in range(1000)])
     w.logs.max_rows = 10
-    with pytest.raises(PartialRead, match="only partially"):
+    with pytest.raises(MalformedResponse, match="only partially"):
         await read_all(w.reader(partition_target=1000, max_splits=1))
+
+
+async def test_a_partial_count_is_never_taken_as_the_count(w: World) -> None:
+    w.sentinel.seed([ours(1)])
+    w.logs.faults.inject(FaultKind.PARTIAL_ERRORS, route=QUERY_ROUTE, record_indexes=(0,))
+    with pytest.raises(MalformedResponse, match="count query only partially"):
+        await read_all(w.reader())
 
 
 async def test_unreadable_rows_are_counted_not_fatal(w: World) -> None:
