@@ -36,10 +36,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-import orjson
 from aiohttp import web
 
 from simulators.faults import FAULT_ANSWERS, Fault, FaultAnswers, FaultKind, Handler, noting_status
@@ -56,14 +54,15 @@ from simulators.sentinel_api import (
     throttled,
     unauthorized,
 )
-from simulators.sentinel_rows import indicator_row, object_row
-from simulators.sentinel_store import Located, ObjectStore, decode_located
+from simulators.sentinel_store import ObjectStore
 from simulators.sentinel_validation import property_error, validate_batch
+from simulators.sentinel_workspace import DEFAULT_SOURCE, SentinelWorkspace
 from simulators.server import SimServer, bearer_token, json_response
 from simulators.tokens import Claims, TokenError, TokenMinter, TokenProblem, decode_unverified
 
 #: What importers find here, beside the simulator: the route tests aim faults at, and the store.
 __all__ = [
+    "DEFAULT_SOURCE",
     "DEFAULT_WORKSPACE_ID",
     "ERROR_KEYS",
     "STIX_ROUTE",
@@ -76,11 +75,6 @@ DEFAULT_WORKSPACE_ID: Final = "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b"
 ERROR_KEYS: Final = ("errorMessages", "validationErrorMessages")
 _ARRIVAL: Final = web.RequestKey("sentinel.arrival", float)
 _ADMITTED: Final = web.RequestKey("sentinel.admitted", bool)
-
-#: An accepted indicator whose row is not rendered yet (``SentinelSimulator.rows``): where
-#: the object is, its sourcesystem, the row's ``LastUpdateMethod`` and its ingestion time.
-#: A plain tuple: one is made per accepted object.
-_PendingRow = tuple[Located, str, str, datetime]
 
 
 @dataclass(frozen=True)
@@ -99,8 +93,9 @@ class LoggedRequest:
     admitted: bool
 
 
-class SentinelSimulator(SimServer):
-    """Both upload APIs for one workspace, with the quota, validation and storage of §6."""
+class SentinelSimulator(SimServer, SentinelWorkspace):
+    """Both upload APIs for one workspace, with the quota, validation and storage of §6;
+    what the workspace holds, and the hooks that change it, are ``SentinelWorkspace``'s."""
 
     name = "sentinel"
 
@@ -130,20 +125,10 @@ class SentinelSimulator(SimServer):
         self.upload_latency_s = 0.0
         #: Monotonic clock of the rate limiter (replaceable in tests).
         self.clock: Callable[[], float] = time.monotonic
-        self.store = ObjectStore()
-        self._rows: list[dict[str, Any]] = []
-        #: Rows accepted but not yet rendered (see ``rows``): what each one is built from.
-        self._pending_rows: list[_PendingRow] = []
-        self.object_rows: list[dict[str, Any]] = []
+        SentinelWorkspace.__init__(self, workspace_id)
         self.request_log: list[LoggedRequest] = []
-        self._uploads: defaultdict[str, int] = defaultdict(int)
-        #: Every STIX id accepted with ``revoked: true``; none ever leaves it.
-        self.revoked: set[str] = set()
-        #: The sourcesystem each stored object came from (``store`` keeps objects verbatim).
-        self._sources: dict[str, str] = {}
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
-        self._last_generated: datetime | None = None
-        super().__init__(ssl_context, host=host, port=port)
+        SimServer.__init__(self, ssl_context, host=host, port=port)
         # 429/5xx keep the APIM-style bodies the docs show for both APIs (§1.5, §2.4); a
         # malformed answer is a partial-success body cut off inside its first error entry.
         self.app[FAULT_ANSWERS] = FaultAnswers(
@@ -168,30 +153,6 @@ class SentinelSimulator(SimServer):
         router.add_get("/_sim/workspace", self._sim_workspace, name="sim.workspace")
 
     # -- what tests and the demo read --------------------------------------------------------
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """The ``ThreatIntelIndicators`` rows, oldest first (append-only, like the table).
-
-        A row is rendered the first time anyone reads ``rows``, not when its object is
-        accepted: rendering (timestamps normalised, the observable split out of the pattern,
-        the row id) costs more than validating the object, and a benchmark that only counts
-        ``store`` never reads a row. The ingestion time is taken at acceptance, so a row reads
-        the same whenever it is rendered; once rendered it is an ordinary dict in an ordinary
-        list, which callers may read or change as before.
-        """
-        if self._pending_rows:
-            workspace = self.workspace_id
-            self._rows.extend(
-                indicator_row(decode_located(*located), source, method, generated, workspace)
-                for located, source, method, generated in self._pending_rows
-            )
-            self._pending_rows.clear()
-        return self._rows
-
-    def uploads_for(self, stix_id: str) -> int:
-        """How many times ``stix_id`` was accepted (each acceptance added a row)."""
-        return self._uploads.get(stix_id, 0)
 
     def max_requests_in_any_window(
         self,
@@ -223,27 +184,11 @@ class SentinelSimulator(SimServer):
                 best = max(best, end - start + 1)
         return best
 
-    def republish(self) -> None:
-        """Sentinel's weekly republish: one more row for every stored indicator."""
-        for stix_id, obj in self.store.items():
-            if obj.get("type") == "indicator":
-                source = self._sources[stix_id]
-                located = self.store.locate(stix_id)
-                self._pending_rows.append(
-                    (located, source, "LogARepublisher", self._generated_now())
-                )
-
     def reset(self) -> None:
         """Forget everything stored, logged and counted (benchmarks reuse one server)."""
-        self.store.clear()
-        self._rows.clear()
-        self._pending_rows.clear()
-        self.object_rows.clear()
+        self.clear_tables()
         self.request_log.clear()
-        self._uploads.clear()
-        self.revoked.clear()
         self._admitted.clear()
-        self._sources.clear()
 
     # -- request flow ------------------------------------------------------------------------
 
@@ -365,30 +310,6 @@ class SentinelSimulator(SimServer):
             return max(1, math.ceil(slots[0] + self.window_s - now))
         slots.append(now)
         return None
-
-    # -- storage -----------------------------------------------------------------------------
-
-    def _accept(self, obj: dict[str, Any], source: str) -> None:
-        stix_id = obj["id"]
-        located = self.store.put_blob(stix_id, orjson.dumps(obj))
-        self._sources[stix_id] = source
-        self._uploads[stix_id] += 1
-        if obj.get("revoked") is True:
-            self.revoked.add(stix_id)
-        if obj["type"] == "indicator":
-            self._pending_rows.append((located, source, "UploadApi", self._generated_now()))
-        else:
-            self.object_rows.append(
-                object_row(obj, source, self._generated_now(), self.workspace_id)
-            )
-
-    def _generated_now(self) -> datetime:
-        """Ingestion time, strictly increasing so ``arg_max(TimeGenerated, *)`` is decisive."""
-        now = datetime.now(UTC)
-        if self._last_generated is not None and now <= self._last_generated:
-            now = self._last_generated + timedelta(microseconds=1)
-        self._last_generated = now
-        return now
 
     # -- control route -----------------------------------------------------------------------
 
