@@ -21,6 +21,7 @@ from simulators.together import Simulators
 async def serve(args: argparse.Namespace) -> None:
     feed = Feed(seed=args.seed, count=args.indicators, days=args.days)
     async with Simulators(Path(args.state_dir), feed=feed) as sims:
+        sims.log_analytics.ingestion_delay = args.ingestion_delay
         print(f"MATI          {sims.mati.url}", flush=True)
         print(f"Entra ID      {sims.entra.url}", flush=True)
         print(f"Sentinel      {sims.sentinel.url}", flush=True)
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--days", type=float, default=30, help="days the feed spans")
     parser.add_argument("--seed", type=int, default=7, help="seed of the feed generator")
     parser.add_argument("--state-dir", default=".state/simulators", help="where the CA file goes")
+    parser.add_argument(
+        "--ingestion-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long an uploaded indicator takes to show up in Log Analytics queries",
+    )
     parser.add_argument(
         "--env-file", default=None, help="also write the settings that point at the simulators"
     )

@@ -4,34 +4,51 @@ Apart from the HTTP side because it is a language, not an API: a query is split 
 each stage tokenized and applied to a ``Table`` by its operator. Anything outside the subset
 raises ``KqlError`` (the API answers it as a 400 ``BadArgumentError``), never a silently wrong
 answer. The subset is listed in ``simulators.loganalytics``.
+
+A workspace holds hundreds of thousands of rows, so no stage copies one: a table's rows are
+the workspace's own dicts (read, never changed), ``extend`` adds a column as a function of the
+row (``Table.derived``) rather than a key, and only ``project`` makes new, small rows. KQL's
+typing is applied as values are read (``Table.getter``): a string column is never null (it
+reads as empty), and a string column holding JSON (``Tags``) reads as its text.
 """
 
 from __future__ import annotations
 
-import operator
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from simulators.kql_lexer import (
+    KqlError,
+    Tokens,
+    literal_value,
+    parse_instant,
+    row_time,
+    split_pipes,
+)
 
-class KqlError(Exception):
-    """A query outside the supported subset, or one that refers to what does not exist."""
+__all__ = ["KqlError", "Table", "load", "parse_instant", "run_query"]
 
-    def __init__(self, message: str, *, code: str = "SyntaxError"):
-        super().__init__(message)
-        self.code = code
+
+Row = dict[str, Any]
+Getter = Callable[[Row], Any]
 
 
 @dataclass
 class Table:
-    """An intermediate result: ordered, typed columns and rows as dicts."""
+    """An intermediate result: ordered, typed columns and rows as dicts, shared, never changed.
+
+    A column named in ``derived`` is computed from the row by its function (what ``extend``
+    made); any other is read from the row's key of that name. Read values through ``getter``.
+    """
 
     columns: list[tuple[str, str]]
-    rows: list[dict[str, Any]]
+    rows: Sequence[Row]
+    derived: dict[str, Getter] = field(default_factory=dict)
 
     def type_of(self, name: str) -> str:
         for column, kind in self.columns:
@@ -39,66 +56,44 @@ class Table:
                 return kind
         raise KqlError(f"Failed to resolve scalar expression named '{name}'", code="SemanticError")
 
-
-def parse_instant(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def load(columns: Sequence[tuple[str, str]], rows: list[dict[str, Any]]) -> Table:
-    """A snapshot: string columns are never null in KQL, they are empty."""
-    loaded = []
-    for row in rows:
-        copy = dict(row)
-        for name, kind in columns:
-            value = copy.get(name)
-            copy[name] = "" if kind == "string" and value is None else value
-        loaded.append(copy)
-    return Table(list(columns), loaded)
+    def getter(self, name: str) -> Getter:
+        """How to read column ``name`` of a row, typed as KQL would see it."""
+        kind = self.type_of(name)
+        computed = self.derived.get(name)
+        if computed is not None:
+            return computed
+        if kind == "string":
+            return lambda row: v if type(v := row.get(name)) is str else _as_string(v)
+        return lambda row: row.get(name)
 
 
-def _split_pipes(query: str) -> list[str]:
-    stages, current, quote = [], [], ""
-    escaped = False
-    for char in query:
-        if quote:
-            current.append(char)
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-            current.append(char)
-        elif char == "|":
-            stages.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    if quote:
-        raise KqlError("Unterminated string literal")
-    stages.append("".join(current).strip())
-    return stages
+def _as_string(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):  # a string column whose rows keep it parsed (Tags)
+        return orjson.dumps(value).decode()
+    return value
+
+
+def load(columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -> Table:
+    """A table over ``rows`` as they are: nothing is copied, and no stage changes a row."""
+    return Table(list(columns), rows)
 
 
 def run_query(
     query: str, tables: dict[str, Table], window: tuple[datetime, datetime] | None
 ) -> Table:
     """Evaluate ``query`` (the supported subset) against ``tables``."""
-    stages = _split_pipes(query.strip().rstrip(";"))
+    stages = split_pipes(query.strip().rstrip(";"))
     source = stages[0]
     if source not in tables:
         raise KqlError(f"Failed to resolve table expression named '{source}'", code="SemanticError")
     table = tables[source]
     if window is not None:
-        table = Table(table.columns, [r for r in table.rows if _within(r, window)])
+        within = _within(window)
+        table = Table(table.columns, [r for r in table.rows if within(r)], table.derived)
     for stage in stages[1:]:
-        tokens = _Tokens(stage)
+        tokens = Tokens(stage)
         operator = tokens.ident()
         if operator in ("order", "sort"):
             tokens.keyword("by")
@@ -111,104 +106,29 @@ def run_query(
     return table
 
 
-def _within(row: dict[str, Any], window: tuple[datetime, datetime]) -> bool:
-    generated = parse_instant(str(row.get("TimeGenerated", "")).replace("Z", "+00:00"))
-    return generated is not None and window[0] <= generated < window[1]
+#: The one format the rows' timestamps are kept in, where text order is time order.
+_ROW_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 
-_TOKEN_RE = re.compile(
-    r"""\s*(?:
-      (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-     |(?P<datetime>datetime\(\s*[^)]*\))
-     |(?P<number>-?\d+(?:\.\d+)?)
-     |(?P<op>==|!=|=~|>=|<=|!in(?=[\s(])|[><=(),*.\[\]])
-     |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-    )""",
-    re.VERBOSE,
-)
+def _within(window: tuple[datetime, datetime]) -> Callable[[Row], bool]:
+    start, end = (row_time(moment) for moment in window)
 
+    def within(row: Row) -> bool:
+        text = row.get("TimeGenerated")
+        if not isinstance(text, str):
+            return False
+        if len(text) == 27 and _ROW_TIME_RE.match(text):  # compared as text: no parsing
+            return start <= text < end
+        generated = parse_instant(text.replace("Z", "+00:00"))
+        return generated is not None and window[0] <= generated < window[1]
 
-@dataclass(frozen=True)
-class _Token:
-    kind: str
-    text: str
-
-
-class _Tokens:
-    """A cursor over one stage's tokens; every read either matches or raises ``KqlError``."""
-
-    def __init__(self, stage: str):
-        self.items: list[_Token] = []
-        position = 0
-        stage = stage.rstrip()
-        while position < len(stage):
-            match = _TOKEN_RE.match(stage, position)
-            if match is None or match.end() == position:
-                raise KqlError(f"Query could not be parsed at '{stage[position:].strip()}'")
-            kind = match.lastgroup or ""
-            self.items.append(_Token(kind, match.group(kind)))
-            position = match.end()
-        self.position = 0
-
-    def peek(self) -> _Token | None:
-        return self.items[self.position] if self.position < len(self.items) else None
-
-    def take(self) -> _Token:
-        token = self.peek()
-        if token is None:
-            raise KqlError("Query ended unexpectedly")
-        self.position += 1
-        return token
-
-    def ident(self) -> str:
-        token = self.take()
-        if token.kind != "ident":
-            raise KqlError(f"Expected a name, found '{token.text}'")
-        return token.text
-
-    def keyword(self, word: str) -> None:
-        token = self.take()
-        if token.text != word:
-            raise KqlError(f"Expected '{word}', found '{token.text}'")
-
-    def accept(self, text: str) -> bool:
-        token = self.peek()
-        if token is not None and token.text == text:
-            self.position += 1
-            return True
-        return False
-
-    def end(self) -> None:
-        token = self.peek()
-        if token is not None:
-            raise KqlError(f"Query could not be parsed at '{token.text}'")
-
-    def names(self) -> Iterator[str]:
-        yield self.ident()
-        while self.accept(","):
-            yield self.ident()
+    return within
 
 
 # where ---------------------------------------------------------------------------------------
 
-_Predicate = Callable[[dict[str, Any]], bool]
+_Predicate = Callable[[Row], bool]
 _COMPARATORS = ("==", "!=", "=~", ">", ">=", "<", "<=")
-
-
-def _literal(token: _Token) -> Any:
-    if token.kind == "string":
-        return re.sub(r"\\(.)", r"\1", token.text[1:-1])
-    if token.kind == "number":
-        return float(token.text) if "." in token.text else int(token.text)
-    if token.kind == "ident" and token.text in ("true", "false"):
-        return token.text == "true"
-    if token.kind == "datetime":
-        inner = token.text[len("datetime(") : -1].strip()
-        moment = parse_instant(inner.replace("Z", "+00:00"))
-        if moment is None:
-            raise KqlError(f"Invalid datetime literal '{token.text}'")
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    raise KqlError(f"Expected a literal, found '{token.text}'")
 
 
 def _compare(left: Any, op: str, right: Any) -> bool:
@@ -234,41 +154,65 @@ def _compare(left: Any, op: str, right: Any) -> bool:
         return False
 
 
-def _condition(table: Table, tokens: _Tokens) -> _Predicate:
+def _condition(table: Table, tokens: Tokens) -> _Predicate:
     name = tokens.ident()
     if name in ("isempty", "isnotempty"):
         tokens.keyword("(")
-        column = tokens.ident()
-        table.type_of(column)
+        column = table.getter(tokens.ident())
         tokens.keyword(")")
         want_empty = name == "isempty"
-        return lambda row: (row.get(column) in (None, "")) == want_empty
+        return lambda row: (column(row) in (None, "")) == want_empty
     kind = table.type_of(name)
+    get = table.getter(name)
     token = tokens.peek()
     if token is None or token.text in ("and",):
         if kind != "bool":
             raise KqlError(f"'{name}' is not a boolean column", code="SemanticError")
-        return lambda row: row.get(name) is True
+        return lambda row: get(row) is True
     tokens.take()
     if token.text in ("in", "!in"):
         tokens.keyword("(")
-        values = [_literal(tokens.take())]
+        values = [literal_value(tokens.take())]
         while tokens.accept(","):
-            values.append(_literal(tokens.take()))
+            values.append(literal_value(tokens.take()))
         tokens.keyword(")")
         negate = token.text == "!in"
-        return lambda row: row.get(name) is not None and (row.get(name) in values) != negate
+        return lambda row: (value := get(row)) is not None and (value in values) != negate
+    if token.text in ("startswith", "!startswith"):
+        return _startswith(name, kind, get, tokens, negate=token.text == "!startswith")
     if token.text not in _COMPARATORS:
         raise KqlError(f"Unsupported operator '{token.text}'")
-    value, op = _literal(tokens.take()), token.text
-    return lambda row: _compare(row.get(name), op, value)
+    value, op = literal_value(tokens.take()), token.text
+    if kind == "string" and op == "==" and isinstance(value, str):  # the common case, fast
+        return lambda row: bool(get(row) == value)
+    return lambda row: _compare(get(row), op, value)
 
 
-def _where(table: Table, tokens: _Tokens) -> Table:
+def _startswith(name: str, kind: str, get: Getter, tokens: Tokens, *, negate: bool) -> _Predicate:
+    """``Col startswith "text"`` / ``!startswith``: a case-insensitive prefix, as in KQL."""
+    if kind != "string":
+        raise KqlError(
+            f"startswith needs a string column; '{name}' is {kind}", code="SemanticError"
+        )
+    literal = tokens.take()
+    if literal.kind != "string":
+        raise KqlError(f"startswith expects a string literal, found '{literal.text}'")
+    prefix = str(literal_value(literal)).lower()
+    if prefix.isascii():  # a character lowers to one or more: only the first len(prefix) count
+        size = len(prefix)
+        return lambda row: str(get(row))[:size].lower().startswith(prefix) != negate
+    return lambda row: str(get(row)).lower().startswith(prefix) != negate
+
+
+def _where(table: Table, tokens: Tokens) -> Table:
     predicates = [_condition(table, tokens)]
     while tokens.accept("and"):
         predicates.append(_condition(table, tokens))
-    return Table(table.columns, [r for r in table.rows if all(p(r) for p in predicates)])
+    if len(predicates) == 1:
+        (only,) = predicates
+        return Table(table.columns, [r for r in table.rows if only(r)], table.derived)
+    kept = [r for r in table.rows if all(p(r) for p in predicates)]
+    return Table(table.columns, kept, table.derived)
 
 
 # extend --------------------------------------------------------------------------------------
@@ -284,23 +228,29 @@ def _tostring(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _path(table: Table, tokens: _Tokens) -> Callable[[dict[str, Any]], Any]:
+def _path(table: Table, tokens: Tokens) -> Getter:
     column = tokens.ident()
     kind = table.type_of(column)
+    base = table.getter(column)
     steps: list[str] = []
     while True:
         if tokens.accept("."):
             steps.append(tokens.ident())
         elif tokens.accept("["):
-            steps.append(str(_literal(tokens.take())))
+            steps.append(str(literal_value(tokens.take())))
             tokens.keyword("]")
         else:
             break
     if steps and kind != "dynamic":
         raise KqlError(f"'{column}' is not a dynamic column", code="SemanticError")
+    if not steps:
+        return base
+    if len(steps) == 1:  # Data.id: the reader's partition key, read on every row
+        (only,) = steps
+        return lambda row: value.get(only) if type(value := base(row)) is dict else None
 
-    def get(row: dict[str, Any]) -> Any:
-        value = row.get(column)
+    def get(row: Row) -> Any:
+        value = base(row)
         for step in steps:
             value = value.get(step) if isinstance(value, dict) else None
         return value
@@ -308,28 +258,31 @@ def _path(table: Table, tokens: _Tokens) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
-def _extend(table: Table, tokens: _Tokens) -> Table:
-    columns = list(table.columns)
-    rows = [dict(r) for r in table.rows]
+def _extend(table: Table, tokens: Tokens) -> Table:
+    """New columns as functions of the row: nothing is copied, whatever the row count."""
+    columns, derived = list(table.columns), dict(table.derived)
     while True:
         name = tokens.ident()
         tokens.keyword("=")
         if tokens.ident() != "tostring":
             raise KqlError("Only tostring(...) is supported in extend")
         tokens.keyword("(")
-        getter = _path(Table(columns, []), tokens)
+        getter = _path(Table(columns, [], derived), tokens)
         tokens.keyword(")")
-        for row in rows:
-            row[name] = _tostring(getter(row))
+        derived[name] = _stringified(getter)
         columns = [c for c in columns if c[0] != name] + [(name, "string")]
         if not tokens.accept(","):
-            return Table(columns, rows)
+            return Table(columns, table.rows, derived)
+
+
+def _stringified(getter: Getter) -> Getter:
+    return lambda row: value if type(value := getter(row)) is str else _tostring(value)
 
 
 # summarize, project, count, take, order ------------------------------------------------------
 
 
-def _summarize(table: Table, tokens: _Tokens) -> Table:
+def _summarize(table: Table, tokens: Tokens) -> Table:
     if tokens.ident() != "arg_max":
         raise KqlError("Only summarize arg_max(Col, *) by ... is supported")
     tokens.keyword("(")
@@ -341,60 +294,71 @@ def _summarize(table: Table, tokens: _Tokens) -> Table:
     tokens.keyword("by")
     keys = list(tokens.names())
     key_columns = [(k, table.type_of(k)) for k in keys]
-    best: dict[bytes, dict[str, Any]] = {}
+    group_of = _group_key([table.getter(k) for k in keys], [kind for _, kind in key_columns])
+    value_of = table.getter(target)
+    best: dict[Any, tuple[Any, Row]] = {}
     for row in table.rows:
-        group = orjson.dumps([row.get(k) for k in keys])
+        group = group_of(row)
+        value = value_of(row)
         current = best.get(group)
-        value = row.get(target)
         if current is None or (
-            value is not None
-            and (current.get(target) is None or _compare(value, ">", current.get(target)))
+            value is not None and (current[0] is None or _compare(value, ">", current[0]))
         ):
-            best[group] = row
+            best[group] = (value, row)
     rest = [c for c in table.columns if c[0] not in keys and c[0] != target]
-    return Table([*key_columns, (target, target_kind), *rest], list(best.values()))
+    rows = [row for _, row in best.values()]
+    return Table([*key_columns, (target, target_kind), *rest], rows, table.derived)
 
 
-def _project(table: Table, tokens: _Tokens) -> Table:
+def _group_key(getters: list[Getter], kinds: list[str]) -> Callable[[Row], Any]:
+    """What tells the groups apart: the value itself when it is hashable, else its JSON."""
+    if "dynamic" in kinds:
+        return lambda row: orjson.dumps([get(row) for get in getters])
+    if len(getters) == 1:
+        return getters[0]
+    return lambda row: tuple(get(row) for get in getters)
+
+
+def _project(table: Table, tokens: Tokens) -> Table:
     names = list(tokens.names())
     columns = [(n, table.type_of(n)) for n in names]
-    return Table(columns, [{n: r.get(n) for n in names} for r in table.rows])
+    getters = [(n, table.getter(n)) for n in names]
+    return Table(columns, [{n: get(r) for n, get in getters} for r in table.rows])
 
 
-def _count(table: Table, tokens: _Tokens) -> Table:
+def _count(table: Table, tokens: Tokens) -> Table:
     return Table([("Count", "long")], [{"Count": len(table.rows)}])
 
 
-def _take(table: Table, tokens: _Tokens) -> Table:
+def _take(table: Table, tokens: Tokens) -> Table:
     token = tokens.take()
     if token.kind != "number" or "." in token.text or int(token.text) < 0:
         raise KqlError(f"take expects a non-negative integer, found '{token.text}'")
-    return Table(table.columns, table.rows[: int(token.text)])
+    return Table(table.columns, table.rows[: int(token.text)], table.derived)
 
 
-def _order(table: Table, tokens: _Tokens) -> Table:
-    keys: list[tuple[str, bool]] = []
+def _order(table: Table, tokens: Tokens) -> Table:
+    keys: list[tuple[Getter, bool]] = []
     while True:
-        name = tokens.ident()
-        table.type_of(name)
+        get = table.getter(tokens.ident())
         descending = True  # KQL's default
         if tokens.accept("asc"):
             descending = False
         else:
             tokens.accept("desc")
-        keys.append((name, descending))
+        keys.append((get, descending))
         if not tokens.accept(","):
             break
     rows = list(table.rows)
-    for name, descending in reversed(keys):
-        present = [r for r in rows if r.get(name) is not None]
-        nulls = [r for r in rows if r.get(name) is None]
-        present.sort(key=operator.itemgetter(name), reverse=descending)
+    for get, descending in reversed(keys):
+        present = [r for r in rows if get(r) is not None]
+        nulls = [r for r in rows if get(r) is None]
+        present.sort(key=get, reverse=descending)
         rows = present + nulls if descending else nulls + present
-    return Table(table.columns, rows)
+    return Table(table.columns, rows, table.derived)
 
 
-_OPERATORS: dict[str, Callable[[Table, _Tokens], Table]] = {
+_OPERATORS: dict[str, Callable[[Table, Tokens], Table]] = {
     "where": _where,
     "extend": _extend,
     "summarize": _summarize,

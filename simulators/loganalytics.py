@@ -3,22 +3,33 @@
 ``POST /v1/workspaces/{ws}/query`` (and ``GET ?query=``) answers the ``tables`` shape the REST API
 and ``azure-monitor-query`` use, over ``SentinelSimulator.rows`` (``ThreatIntelIndicators``) and
 ``object_rows`` (``ThreatIntelObjects``). Dynamic columns come back as JSON text and datetimes as
-ISO 8601 text, as the real API sends them.
+ISO 8601 text, as the real API sends them; ``Tags`` is a string column (the text of a JSON
+array), as in the real table, not a dynamic one.
+
+A row becomes visible ``ingestion_delay`` seconds after Sentinel ingested it (its
+``TimeGenerated``, which the delay does not change), on the simulator's ``now`` clock: a
+just-uploaded batch is not in the workspace yet (§4.3).
 
 The KQL is a deliberately tiny, honest subset (what a reconciliation query needs): anything
 outside it is a 400 ``BadArgumentError``, never a silently wrong answer. Supported, chained with
 ``|`` after a table name:
 
 - ``where`` with ``and``-joined ``Col <op> literal`` (``== != =~ > >= < <=``), ``Col in (...)``,
-  ``Col !in (...)``, ``isempty(Col)``, ``isnotempty(Col)`` or a bare boolean column; literals are
-  strings, numbers, ``true``/``false`` and ``datetime(...)``. Comparisons with null are false, as
-  in KQL.
+  ``Col !in (...)``, ``Col startswith "text"``, ``Col !startswith "text"`` (string columns,
+  case-insensitive as in KQL), ``isempty(Col)``, ``isnotempty(Col)`` or a bare boolean column;
+  literals are strings (escapes ``\\ \" \' \n \t \r``), numbers, ``true``/``false`` and
+  ``datetime(...)``. Comparisons with null are false, as in KQL.
 - ``extend Name = tostring(Col[.path | ["key"]]...)``
 - ``summarize arg_max(Col, *) by Col[, Col]``
 - ``project a, b``, ``count``, ``take N`` / ``limit N``, ``order by`` / ``sort by Col [asc|desc]``
 
 ``timespan`` (ISO 8601 duration such as ``P8D``, or ``start/end``, or ``start/duration``) bounds
 ``TimeGenerated`` as the real API does before the query runs.
+
+Limits (§4.3): a result over ``max_rows`` rows or ``max_bytes`` bytes (the rows rendered as
+JSON; the API's 500 000 records and 64 MiB by default) is cut to what fits and answered HTTP 200
+with a top-level ``"error"`` beside the ``tables``, worded as the API words it, which
+``azure-monitor-query`` turns into ``LogsQueryPartialResult``.
 
 Faults: the generic ones answer in the API's own ``{"error": {"code", "message"}}`` envelope.
 ``PARTIAL_ERRORS`` on the query route is the API's partial failure (§4.3): HTTP 200 with the
@@ -45,6 +56,9 @@ from simulators.server import SimServer, bearer_token, json_response
 from simulators.tokens import TokenError, TokenMinter, TokenProblem
 
 QUERY_ROUTE: Final = "query"
+#: The query API's limits on one result (§4.3): records, and bytes.
+MAX_ROWS: Final = 500_000
+MAX_BYTES: Final = 64 * 2**20
 LOG_ANALYTICS_AUDIENCES: Final = frozenset(
     {"https://api.loganalytics.io", "https://api.loganalytics.io/"}
 )
@@ -65,7 +79,7 @@ _INDICATOR_COLUMNS: Final = (
     ("Pattern", "string"),
     ("ObservableKey", "string"),
     ("ObservableValue", "string"),
-    ("Tags", "dynamic"),
+    ("Tags", "string"),
     ("Data", "dynamic"),
     ("AdditionalFields", "dynamic"),
     ("LastUpdateMethod", "string"),
@@ -104,6 +118,11 @@ class LogAnalyticsSimulator(SimServer):
         self.sentinel = sentinel
         #: Wall clock the timespan is measured back from (replaceable in tests).
         self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        #: Seconds between a row's ingestion and its being visible to queries (0: at once).
+        self.ingestion_delay = 0.0
+        #: The API's caps on one result: rows, and bytes of the rows rendered as JSON.
+        self.max_rows = MAX_ROWS
+        self.max_bytes = MAX_BYTES
         super().__init__(ssl_context, host=host, port=port)
         self.app[FAULT_ANSWERS] = _LogAnalyticsFaultAnswers()
 
@@ -125,8 +144,9 @@ class LogAnalyticsSimulator(SimServer):
             )
         try:
             query, timespan = await _read_request(request)
-            window = _parse_timespan(timespan, self.now())
-            table = run_query(query, self._tables(), window)
+            now = self.now()
+            window = _parse_timespan(timespan, now)
+            table = run_query(query, self._tables(now), window)
         except KqlError as exc:
             return _error(
                 400,
@@ -134,10 +154,16 @@ class LogAnalyticsSimulator(SimServer):
                 "The request had some invalid properties",
                 inner={"code": exc.code, "message": str(exc)},
             )
+        rendered = _render(table)
         partial = self.faults.take(QUERY_ROUTE, frozenset({FaultKind.PARTIAL_ERRORS}))
         if partial is not None:
-            return _partial(table, partial)
-        return json_response({"tables": [_render(table)]})
+            lost = set(partial.record_indexes)
+            rendered["rows"] = [row for i, row in enumerate(rendered["rows"]) if i not in lost]
+            return _partial(rendered, [_FAULT_LIMIT_MESSAGE])
+        exceeded = _enforce_limits(rendered, self.max_rows, self.max_bytes)
+        if exceeded:
+            return _partial(rendered, exceeded)
+        return json_response({"tables": [rendered]})
 
     def _authorize(self, request: web.Request) -> web.Response | None:
         token = bearer_token(request)
@@ -160,10 +186,16 @@ class LogAnalyticsSimulator(SimServer):
             return _error(401, "InvalidTokenError", "The provided authentication has expired")
         return None
 
-    def _tables(self) -> dict[str, Table]:
+    def _tables(self, now: datetime) -> dict[str, Table]:
+        """The rows ingested at least ``ingestion_delay`` seconds before ``now``."""
+        cutoff = now.timestamp() - self.ingestion_delay if self.ingestion_delay > 0 else None
         return {
-            "ThreatIntelIndicators": load(_INDICATOR_COLUMNS, self.sentinel.rows),
-            "ThreatIntelObjects": load(_OBJECT_COLUMNS, self.sentinel.object_rows),
+            "ThreatIntelIndicators": load(
+                _INDICATOR_COLUMNS, self.sentinel.rows_ingested_by(cutoff)
+            ),
+            "ThreatIntelObjects": load(
+                _OBJECT_COLUMNS, self.sentinel.object_rows_ingested_by(cutoff)
+            ),
         }
 
 
@@ -232,26 +264,55 @@ def _parse_timespan(timespan: str | None, now: datetime) -> tuple[datetime, date
 
 
 def _render(table: Table) -> dict[str, Any]:
-    def cell(value: Any, kind: str) -> Any:
-        if kind == "dynamic" and value is not None:
-            return orjson.dumps(value).decode()
-        return value
+    readers = [(table.getter(name), kind == "dynamic") for name, kind in table.columns]
+
+    def cell(value: Any, dynamic: bool) -> Any:
+        return orjson.dumps(value).decode() if dynamic and value is not None else value
 
     return {
         "name": "PrimaryResult",
         "columns": [{"name": name, "type": kind} for name, kind in table.columns],
-        "rows": [[cell(row.get(name), kind) for name, kind in table.columns] for row in table.rows],
+        "rows": [[cell(get(row), dynamic) for get, dynamic in readers] for row in table.rows],
     }
 
 
-def _partial(table: Table, fault: Fault) -> web.Response:
+#: What the ``PARTIAL_ERRORS`` fault says went wrong (a limit of the API's older days).
+_FAULT_LIMIT_MESSAGE: Final = (
+    "Query result set has exceeded the internal data size limit 8388608 bytes"
+)
+
+
+def _enforce_limits(rendered: dict[str, Any], max_rows: int, max_bytes: int) -> list[str]:
+    """Cut ``rendered``'s rows to the limits, as the API does; what was exceeded, worded as
+    the API words it (none: the result is whole)."""
+    rows: list[Any] = rendered["rows"]
+    exceeded = []
+    if len(rows) > max_rows:
+        rows = rows[:max_rows]
+        exceeded.append(
+            f"Query result set has exceeded the internal record count limit {max_rows} records"
+        )
+    if len(orjson.dumps(rows)) > max_bytes:
+        size, fits = 2, 0  # "[" and "]", then each row and the comma before it
+        for row in rows:
+            size += len(orjson.dumps(row)) + (1 if fits else 0)
+            if size > max_bytes:
+                break
+            fits += 1
+        rows = rows[:fits]
+        exceeded.append(
+            f"Query result set has exceeded the internal data size limit {max_bytes} bytes"
+        )
+    rendered["rows"] = rows
+    return exceeded
+
+
+def _partial(rendered: dict[str, Any], messages: list[str]) -> web.Response:
     """HTTP 200, the rows the engine still returned, and the error that says some are missing.
 
     Shaped like the API's answer when a query hits a server-side limit (what
     ``azure-monitor-query`` turns into ``LogsQueryPartialResult``).
     """
-    lost = set(fault.record_indexes)
-    kept = Table(table.columns, [row for i, row in enumerate(table.rows) if i not in lost])
     error = {
         "code": "PartialError",
         "message": "There were some errors when processing your query.",
@@ -260,16 +321,16 @@ def _partial(table: Table, fault: Fault) -> web.Response:
                 "code": "EngineError",
                 "message": "Something went wrong processing your query on the server.",
                 "innererror": {
-                    "code": "-2133196797",
-                    "message": "Query result set has exceeded the internal data size limit "
-                    "8388608 bytes",
+                    "code": "-2133196797",  # E_QUERY_RESULT_SET_TOO_LARGE
+                    "message": message,
                     "severity": 2,
                     "severityName": "Error",
                 },
             }
+            for message in messages
         ],
     }
-    return json_response({"tables": [_render(kept)], "error": error})
+    return json_response({"tables": [rendered], "error": error})
 
 
 class _LogAnalyticsFaultAnswers(FaultAnswers):

@@ -185,14 +185,14 @@ async def test_simple_operators(indexed: Indexed) -> None:
         assert records(reply) == expected, kql
 
 
-async def test_dynamic_columns_come_back_as_json_text(indexed: Indexed) -> None:
+async def test_dynamic_columns_and_tags_come_back_as_json_text(indexed: Indexed) -> None:
     status, reply = await indexed.query("ThreatIntelIndicators | take 1 | project Data, Tags")
     assert status == 200
     (row,) = records(reply)
     assert orjson.loads(row["Tags"]) == ["apt:apt29"]
     assert orjson.loads(row["Data"])["id"] == indexed.first
     types = {c["name"]: c["type"] for c in reply["tables"][0]["columns"]}
-    assert types == {"Data": "dynamic", "Tags": "dynamic"}
+    assert types == {"Data": "dynamic", "Tags": "string"}  # Tags: the text of a JSON array
 
 
 async def test_timespan_bounds_time_generated(indexed: Indexed) -> None:
@@ -230,6 +230,9 @@ async def test_get_with_query_parameter(indexed: Indexed) -> None:
         "ThreatIntelIndicators | take many",
         "ThreatIntelIndicators | where Revoked == ",
         'ThreatIntelIndicators | where SourceSystem == "unterminated',
+        'ThreatIntelIndicators | where IsActive startswith "t"',
+        "ThreatIntelIndicators | where Pattern !startswith 1",
+        'ThreatIntelIndicators | where Pattern startswith "\\d"',
     ],
 )
 async def test_unsupported_queries_are_400(
