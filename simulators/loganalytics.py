@@ -26,10 +26,10 @@ outside it is a 400 ``BadArgumentError``, never a silently wrong answer. Support
 ``timespan`` (ISO 8601 duration such as ``P8D``, or ``start/end``, or ``start/duration``) bounds
 ``TimeGenerated`` as the real API does before the query runs.
 
-Limits (§4.3): a result over ``max_rows`` rows or ``max_bytes`` bytes (the rows rendered as
-JSON; the API's 500 000 records and 64 MiB by default) is cut to what fits and answered HTTP 200
-with a top-level ``"error"`` beside the ``tables``, worded as the API words it, which
-``azure-monitor-query`` turns into ``LogsQueryPartialResult``.
+Limits (the query API's documented ones; §4.3 does not list them): a result over ``max_rows``
+rows or ``max_bytes`` bytes (the rows rendered as JSON; 500 000 records and 64 MiB by default) is
+cut to what fits and answered HTTP 200 with a top-level ``"error"`` beside the ``tables``, worded
+as the API words it, which ``azure-monitor-query`` turns into ``LogsQueryPartialResult``.
 
 Faults: the generic ones answer in the API's own ``{"error": {"code", "message"}}`` envelope.
 ``PARTIAL_ERRORS`` on the query route is the API's partial failure (§4.3): HTTP 200 with the
@@ -56,7 +56,7 @@ from simulators.server import SimServer, bearer_token, json_response
 from simulators.tokens import TokenError, TokenMinter, TokenProblem
 
 QUERY_ROUTE: Final = "query"
-#: The query API's limits on one result (§4.3): records, and bytes.
+#: The query API's limits on one result: records, and bytes (64 MiB).
 MAX_ROWS: Final = 500_000
 MAX_BYTES: Final = 64 * 2**20
 LOG_ANALYTICS_AUDIENCES: Final = frozenset(
