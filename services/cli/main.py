@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -255,6 +256,8 @@ def reconcile(args: argparse.Namespace) -> int:
     if args.max_lookups < 0:
         print("mati2sentinel reconcile: --max-lookups must be at least 0", file=sys.stderr)
         return 2
+    # azure-identity logs each failed token request itself; the one line below says it.
+    logging.getLogger("azure").setLevel(logging.CRITICAL)
     try:
         settings = runtime.load(Service.ALL if args.repair else Service.UPLOADER)
     except ConfigError as exc:

@@ -5,6 +5,9 @@ A batch goes through four stages, and the Redis cost is per batch, never per mes
 script takes one ``redelivery`` flag per call), one ``count``; the bus adds one publish, one
 complete (each chunked by 500) and one call per dead letter, which only bad input costs.
 
+Nothing is received while the destination's seen cache is not trusted (``holding``: it was
+lost with Redis and the uploader rebuilds it); the same ``MGET`` tells when it is lost again.
+
 0. **Recognise** records already judged: each body's source tag (``shared.core.source_tag``) is
    looked up, in the same ``MGET``, under the STIX ids the message's properties predict;
    a record whose every id was uploaded from these very bytes and needs no refresh is
@@ -41,7 +44,6 @@ batch settled; a message that comes back is counted again when it is settled aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -52,6 +54,7 @@ from typing import Final
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
+from services.filter.holding import Birth
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
 from services.filter.revoking import in_generation, revocation
 from services.filter.suppressing import SUPPRESSED, SuppressedIds
@@ -64,7 +67,7 @@ from shared.contract.messages import (
     subscription,
     upload_queue,
 )
-from shared.core.errors import LockLost, StateUnavailable, TransientError
+from shared.core.errors import LockLost, TransientError
 from shared.core.events import get_logger
 from shared.core.fingerprint import ForwardReason, SeenEntry, decide
 from shared.core.retrying import Retrier, Stopped, retry
@@ -77,9 +80,6 @@ __all__ = ["FILTER_ERROR", "INVALID_RECORD", "BatchOutcome", "FilterWorker"]
 log = get_logger(__name__)
 
 _MAX_ERROR_CHARS: Final = 200
-#: While the state is not born: how often to look again, and to say so.
-HOLD_POLL_S: Final = 1.0
-HOLD_LOG_EVERY_S: Final = 30.0
 
 
 @dataclass(slots=True)
@@ -121,8 +121,7 @@ class FilterWorker:
         self._system = tracing.messaging_system(bus)
         self._shortcut = Shortcut(config.filter_policy, config.stix_policy, config.refresh_ratio)
         self._suppressed = SuppressedIds(state.suppressions)
-        #: Seen born once; ``batch_view`` says when it is lost again.
-        self._born = False
+        self._birth = Birth(state, hold=config.hold_until_born)
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -148,10 +147,8 @@ class FilterWorker:
         retrier = Retrier(UNAVAILABLE_BACKOFF, self._rng, bounded=False)
 
         async def once() -> None:
-            if self.config.hold_until_born and not self._born:
-                await self._wait_until_born(stop)
-                if stop.is_set():
-                    return
+            if not await self._birth.ready(stop):
+                return
             deliveries = await self._receive()
             if deliveries:
                 await self.handle(deliveries)
@@ -171,22 +168,6 @@ class FilterWorker:
                 )
             except Stopped:
                 return
-
-    async def _wait_until_born(self, stop: asyncio.Event) -> None:
-        """Hold until the uploader has rebuilt the seen cache (``WorkspaceState``): judged
-        against a cache lost with Redis, every live indicator would be uploaded again."""
-        waited = 0.0
-        while not stop.is_set():
-            if await self._state.born():
-                self._born = True
-                if waited:
-                    log.info("filter.resumed", held_s=round(waited, 1))
-                return
-            if waited % HOLD_LOG_EVERY_S == 0:
-                log.warning("filter.holding", reason="seen cache not rebuilt yet", held_s=waited)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HOLD_POLL_S)
-            waited += HOLD_POLL_S
 
     async def _receive(self) -> list[Delivery]:
         return await self._bus.receive(
@@ -221,9 +202,7 @@ class FilterWorker:
             ]
             ids = predicted_ids(predictions)
             entries, version, born = await self._state.batch_view(ids)
-            if self.config.hold_until_born and not born:
-                self._born = False
-                raise StateUnavailable("the seen cache was lost; holding until it is rebuilt")
+            self._birth.check(born)
             known = dict(zip(ids, entries, strict=True))
             suppressed = await self._suppressed.at(version)
             items: list[Item] = []

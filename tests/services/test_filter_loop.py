@@ -23,6 +23,7 @@ from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.workspace_state import Born, WorkspaceState
 from shared.contract.messages import INDICATORS
+from shared.core.errors import StateUnavailable
 from shared.core.settings import Service, load_settings
 from tests.helpers import wait_for
 from tests.services.filter_rig import (
@@ -34,6 +35,7 @@ from tests.services.filter_rig import (
     of_type,
     passing,
     publish,
+    take,
     uploads,
 )
 
@@ -187,3 +189,21 @@ async def test_the_filter_holds_while_the_seen_cache_is_not_born(redis_client: R
     runtime.stop.set()
     async with asyncio.timeout(5):
         await task
+
+
+async def test_a_batch_meeting_a_lost_state_is_neither_decided_nor_settled(rig: Rig) -> None:
+    """Redis lost while the filter runs (a failover without persistence): the batch's
+    ``batch_view`` finds the state not born; the batch raises ``StateUnavailable`` with nothing
+    forwarded, claimed or completed, so it comes back once the cache is rebuilt."""
+    worker = rig.worker(hold_until_born=True)
+    await publish(rig.bus, passing(of_type("fqdn")))
+    deliveries = await take(rig.bus, SOURCE, 1)
+    with pytest.raises(StateUnavailable, match="rebuilt"):
+        await worker.handle(deliveries)
+    assert await uploads(rig.bus) == []
+    counts = await rig.bus.counts(SOURCE)
+    assert (counts.depth + counts.in_flight, counts.dead_letter) == (1, 0)
+    assert await rig.state.counters() == {}
+    await born(rig.redis)
+    outcome = await worker.handle(deliveries)
+    assert outcome["forwarded"] == 1

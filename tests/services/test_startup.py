@@ -152,3 +152,29 @@ async def test_run_local_with_an_unwritable_state_dir_is_one_line_and_exit_2(
     result = await run_bare(CREDENTIALS, "run-local", "--state-dir", str(blocked / "state"))
     assert result.code == 2, result.output
     assert_one_line(result, "mati2sentinel run-local:", "--state-dir", "writable")
+
+
+async def test_reconcile_without_its_settings_is_one_line_per_problem_and_exit_2() -> None:
+    result = await run_bare({"REDIS_URL": "redis://127.0.0.1:1/0"}, "reconcile", "--repair")
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.output
+    problems = [line for line in result.stderr.splitlines() if line.strip()]
+    assert any("MATI_API_KEY is required" in line for line in problems), problems
+    assert any("AZURE_WORKSPACE_ID is required" in line for line in problems), problems
+
+
+async def test_reconcile_with_an_unreachable_workspace_is_one_line_and_exit_2(
+    redis_server: LocalRedis,
+) -> None:
+    """Nothing listens at LOG_ANALYTICS_BASE_URL (nor at the authority): one line naming the
+    failure, exit 2 ("could not check", apart from 1 for drift), no secret."""
+    env = {
+        **CREDENTIALS,
+        "REDIS_URL": redis_server.url,
+        "AZURE_AUTHORITY_HOST": f"https://127.0.0.1:{free_port()}",
+        "LOG_ANALYTICS_BASE_URL": f"https://127.0.0.1:{free_port()}",
+    }
+    result = await run_bare(env, "reconcile", "--quiet", timeout_s=120)
+    assert result.code == 2, result.output
+    line = assert_one_line(result, "mati2sentinel reconcile:", "Unavailable")
+    assert "start-up-client-secret" not in result.output, line
