@@ -27,7 +27,7 @@ from tests.chart.chart_rig import (
     one,
     render,
 )
-from tests.helm_tools import KUBE_VERSION, helm_template
+from tests.helm_tools import CHART, KUBE_VERSION, helm_template
 
 pytestmark = pytest.mark.usefixtures("chart_tools")
 
@@ -386,3 +386,16 @@ def test_schema_rejects_bad_reconcile_values(bad: str) -> None:
 def test_schema_accepts_what_cron_and_the_services_take(good: str) -> None:
     result = helm_template(*VARIANTS["servicebus"], sets=(ON, good))
     assert result.returncode == 0, result.stderr
+
+
+def test_an_uploader_scaled_to_zero_needs_cache_rebuild_off() -> None:
+    """With ``CACHE_REBUILD=auto`` a filter holds until an uploader rebuilt a lost cache;
+    KEDA starts no uploader while nothing reaches its queues, so zero replicas would wait
+    forever: refused at install, accepted with ``off``."""
+    site = CHART / "ci" / "site-values.yaml"
+    zero = ("keda.enabled=true", "uploader.autoscaling.minReplicas=0")
+    result = helm_template(site, sets=zero)
+    assert result.returncode != 0
+    assert "uploader.autoscaling.minReplicas 0 needs settings.CACHE_REBUILD=off" in result.stderr
+    assert helm_template(site, sets=(*zero, "settings.CACHE_REBUILD=off")).returncode == 0
+    assert helm_template(site, sets=("keda.enabled=true",)).returncode == 0

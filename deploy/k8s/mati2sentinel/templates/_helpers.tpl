@@ -165,6 +165,9 @@ databaseIndex: {{ $db | toString | quote }}
 {{- if and (eq $s.BUS "servicebus") (not $wi.enabled) (not $sec.keys.SERVICEBUS_CONNECTION_STRING) -}}
 {{- fail "with BUS=servicebus and no workload identity, set secrets.keys.SERVICEBUS_CONNECTION_STRING" -}}
 {{- end -}}
+{{- if and .Values.keda.enabled (eq (int .Values.uploader.autoscaling.minReplicas) 0) (ne (lower (toString $s.CACHE_REBUILD)) "off") -}}
+{{- fail "uploader.autoscaling.minReplicas 0 needs settings.CACHE_REBUILD=off: with auto, a filter holding for the seen cache's rebuild waits for an uploader that KEDA never starts" -}}
+{{- end -}}
 {{- if not $sec.keys.REDIS_URL -}}
 {{- $host := (urlParse $s.REDIS_URL).hostname -}}
 {{- if or (eq $host "127.0.0.1") (eq $host "localhost") (eq $host "::1") -}}
