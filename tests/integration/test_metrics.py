@@ -27,6 +27,7 @@ from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.sentinel_client import SentinelClient, observe_requests
 from shared.adapters.state_counters import observe_counts
+from shared.adapters.workspace_state import WorkspaceState
 from shared.contract.messages import upload_queue
 from shared.core.errors import BatchRejected, RateLimited, UpstreamUnavailable
 from shared.core.settings import Service, Settings
@@ -141,7 +142,13 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
     await bus.ensure(upload_queue("demo"))
     settings = Settings(destination="demo", sentinel_requests_per_minute=50)
     uploader = gauge_reads(Service.UPLOADER, settings, redis_client, bus)
-    assert sorted(uploader) == ["circuit", "rate_budget", "revocation_queue", "upload_queue"]
+    assert sorted(uploader) == [
+        "circuit",
+        "rate_budget",
+        "reconcile",
+        "revocation_queue",
+        "upload_queue",
+    ]
     assert sorted(gauge_reads(Service.FILTER, settings, redis_client, bus)) == ["subscription"]
     assert sorted(gauge_reads(Service.FETCHER, settings, redis_client, bus)) == ["feed"]
 
@@ -155,6 +162,20 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
     queues = {a["queue"] for name, _, a in readings if name == "mati2sentinel_queue_depth"}
     assert queues == {"upload.demo", "revoke.demo"}
     assert {attrs["destination"] for _, _, attrs in readings} == {"demo"}
+
+    assert await uploader["reconcile"]() == [], "no reconcile yet: no made-up zeros"
+    workspace = WorkspaceState(redis_client, DestinationState(redis_client, "demo"))
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    for _ in range(2):
+        await workspace.save_reconcile({"agreeing": 7, "missing": 3}, at=at, drift=True, extra={})
+    drift = {
+        (name, attrs.get("kind", "")): value for name, value, attrs in await uploader["reconcile"]()
+    }
+    assert drift[("mati2sentinel_reconcile_objects", "missing")] == 3
+    assert drift[("mati2sentinel_reconcile_objects", "agreeing")] == 7
+    assert drift[("mati2sentinel_reconcile_objects", "stale")] == 0
+    assert drift[("mati2sentinel_reconcile_drift_streak", "")] == 2
+    assert 600 <= drift[("mati2sentinel_reconcile_age_seconds", "")] < 700
 
     (read_feed,) = gauge_reads(Service.FETCHER, settings, redis_client, bus).values()
     assert await read_feed() == []  # no checkpoint, no sync: no made-up age
