@@ -18,6 +18,7 @@ from shared.adapters.destination_state import CircuitState, DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.suppressions import Suppression
+from shared.adapters.workspace_state import Born, WorkspaceState
 from shared.contract.bus import Message
 from shared.contract.messages import INDICATORS, raw_message, subscription, upload_queue
 from shared.core.settings import Service, load_settings
@@ -109,6 +110,43 @@ async def test_status_shows_how_many_are_suppressed_and_the_newest(
     done = await asyncio.to_thread(cli, redis_server.url, "status", "--json")
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["suppressed"] == RECENT_SUPPRESSIONS + 1
+
+
+async def test_status_shows_the_seen_cache_its_rebuild_and_the_last_reconcile(
+    redis_client: Redis, redis_server: LocalRedis
+) -> None:
+    rt = runtime_for(redis_client, redis_server.url)
+    await rt.bus.ensure(subscription("soc"))
+    await rt.bus.ensure(upload_queue("soc"))
+    workspace = WorkspaceState(redis_client, DestinationState(redis_client, "soc"))
+    await workspace.rebuild_progress(
+        {"state": "running", "partitions_done": 3, "partitions_total": 16, "written": 4200},
+        fresh=True,
+    )
+    text = render(await collect(rt))
+    assert "seen cache   empty, the filter holds until it is rebuilt: rebuild running, " in text
+    assert "partition 3/16, 4200 written" in text
+    assert "reconcile    never run (`mati2sentinel reconcile`)" in text
+
+    at = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
+    await workspace.mark_born(Born.REBUILT, at=at, objects=4321)
+    counts = {"agreeing": 4300, "missing": 20, "stale": 1, "unknown": 0}
+    await workspace.save_reconcile(counts, at=at, drift=True, extra={"mode": "report"})
+    status = await collect(rt)
+    text = render(status)
+    assert (
+        "seen cache   rebuilt 2026-12-07T06:00:00+00:00 (4321 entries from the workspace)" in text
+    )
+    assert (
+        "reconcile    2026-12-07T06:00:00+00:00 (report): agreeing=4300, missing=20, stale=1; "
+        "drift streak 1"
+    ) in text
+
+    done = await asyncio.to_thread(cli, redis_server.url, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = orjson.loads(done.stdout)
+    assert shown["seen_cache"]["how"] == "rebuilt"
+    assert (shown["reconcile"]["missing"], shown["reconcile"]["streak"]) == ("20", "1")
 
 
 async def test_dlq_lists_and_replays_with_the_reason(
