@@ -277,8 +277,8 @@ def render(outcome: Outcome) -> str:
     if outcome.repair is not None:
         r = outcome.repair
         lines.append(
-            f"repaired: {r.rebuilt} seen entr(ies) set to the workspace's view, {r.forgotten} "
-            f"forgotten, {r.requeued} record(s) handed to the filter again"
+            f"repaired: seen entries set to the workspace's view {r.rebuilt}, forgotten "
+            f"{r.forgotten}; records handed to the filter again {r.requeued}"
         )
         if r.unresolved:
             lines.append(
