@@ -93,9 +93,7 @@ def test_the_report_names_each_kind_with_examples_and_what_to_do() -> None:
 def test_a_repair_says_what_it_did_and_what_it_could_not() -> None:
     done = Repair(requeued=2, rebuilt=1, forgotten=1, unresolved=1, not_rejudged=3)
     text = render(_outcome(done))
-    assert (
-        "repaired: 1 seen entr(ies) set to the workspace's view, 1 forgotten, 2 record(s)" in text
-    )
+    assert "repaired: seen entries set to the workspace's view 1, forgotten 1; records" in text
     assert "1 lineage(s) could not be re-judged" in text
     assert "run `mati2sentinel sync --once --full` to re-judge them" in text
     assert orjson.loads(_outcome(done).to_json())["repair"]["requeued"] == 2
