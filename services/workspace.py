@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
-from shared.adapters.workspace_reader import ReadProgress, WorkspaceReader
 
 from shared.adapters.credentials import credential_factory
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.redis_connect import RedisClient
+from shared.adapters.suppressions import Suppression
+from shared.adapters.workspace_reader import ReadProgress, WorkspaceReader
 from shared.adapters.workspace_state import Born, WorkspaceState, new_owner
 from shared.core.backoff import Backoff
 from shared.core.errors import FatalError, PipelineError, TransientError
@@ -73,7 +74,11 @@ class Restorer:
 
     Generation-0 objects go straight in; a lineage that was revoked and published again has
     several objects (one per generation), possibly in different partitions, so its
-    later-generation objects are kept aside and written last, over the earlier ones."""
+    later-generation objects are kept aside and written last, over the earlier ones.
+
+    Suppressions live in Redis too: a revocation ``suppress add`` caused carries its
+    suppression, and one whose object is still its lineage's latest is added back (a
+    lineage published again since was un-suppressed)."""
 
     state: WorkspaceState
     clock: UtcClock = utc_now
@@ -81,11 +86,16 @@ class Restorer:
     written: int = 0
     _chunk: list[tuple[str, SeenEntry]] = field(default_factory=list)
     _later: dict[str, tuple[int, SeenEntry]] = field(default_factory=dict)
+    _suppressed: dict[str, tuple[int, Suppression]] = field(default_factory=dict)
+    suppressions: int = 0
 
     async def add(self, found: WorkspaceObject) -> None:
         entry = found.seen_entry()
         if entry is None or found.lineage is None:
             return
+        if entry.revoked and found.suppressed and found.mati_id:
+            suppression = Suppression.decode(found.mati_id, found.suppressed)
+            self._suppressed[found.lineage] = (entry.generation, suppression)
         if found.generation:
             kept = self._later.get(found.lineage)
             if kept is None or kept[0] < found.generation:
@@ -98,8 +108,13 @@ class Restorer:
     async def finish(self) -> int:
         await self._flush(self.overwrite)
         self._chunk = [(lineage, entry) for lineage, (_, entry) in self._later.items()]
-        self._later = {}
         await self._flush(True)
+        for lineage, (generation, suppression) in self._suppressed.items():
+            latest = self._later.get(lineage, (0, None))[0]
+            if generation == latest:
+                await self.state.state.suppressions.add(suppression)
+                self.suppressions += 1
+        self._later, self._suppressed = {}, {}
         return self.written
 
     async def _flush(self, overwrite: bool) -> None:
@@ -149,11 +164,16 @@ async def rebuild(
             "finished_at": _ms(clock),
             "objects_read": read,
             "written": written,
+            "suppressions": restorer.suppressions,
             "seconds": seconds,
         }
     )
     log.info(
-        "rebuild.done", objects=read, written=written, seconds=round(time.monotonic() - started, 1)
+        "rebuild.done",
+        objects=read,
+        written=written,
+        suppressions=restorer.suppressions,
+        seconds=seconds,
     )
     return written
 

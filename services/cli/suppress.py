@@ -102,7 +102,7 @@ async def add(
         # be uploaded either, and the filter drops it once it parses again.
         note = f"MATI's record cannot be parsed ({parsed.reason}: {parsed.detail})"
         return Added(suppression, new, 0, note)
-    revoking = await _revoke(parsed, settings=settings, bus=bus, state=state, now=now)
+    revoking = await _revoke(parsed, suppression, settings=settings, bus=bus, state=state, now=now)
     log.info("cli.suppressed", indicator_id=mati_id, new=new, revoking=revoking)
     return Added(suppression, new, revoking)
 
@@ -113,24 +113,33 @@ async def add(
 SUPPRESSED_CLAIM: Final = "0" * 32
 
 
-def _revocable(indicator: Indicator) -> list[Revocable]:
+def _revocable(indicator: Indicator, suppression: Suppression | None = None) -> list[Revocable]:
     """Every observable of ``indicator`` (all hashes of an md5, the ``HASH_TYPE`` of the day
     notwithstanding), as a suppression revokes it. No source tag: these bytes were not
-    judged by the filter, so none may be recorded."""
+    judged by the filter, so none may be recorded. The revocations carry the suppression
+    into the workspace, so a cache rebuilt after a lost Redis knows it again."""
+    note = None if suppression is None else suppression.note()
     return [
-        Revocable(o, SUPPRESSED, indicator.type.value, b"") for o in every_observable(indicator)
+        Revocable(o, SUPPRESSED, indicator.type.value, b"", note)
+        for o in every_observable(indicator)
     ]
 
 
 async def _revoke(
-    indicator: Indicator, *, settings: Settings, bus: Bus, state: DestinationState, now: datetime
+    indicator: Indicator,
+    suppression: Suppression,
+    *,
+    settings: Settings,
+    bus: Bus,
+    state: DestinationState,
+    now: datetime,
 ) -> int:
     """Queue the revocation of every observable of ``indicator`` whose seen entry is live;
     returns how many.
 
     Every observable's claim is taken, live or not: an upload of it may be queued (a first
     upload in a back-fill, a re-publication under its next id) and must not go live."""
-    candidates = _revocable(indicator)
+    candidates = _revocable(indicator, suppression)
     entries = await state.seen([candidate.lineage for candidate in candidates])
     policy = settings.stix_policy()
     claims: list[tuple[str, str]] = []

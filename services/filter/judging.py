@@ -8,7 +8,7 @@ No I/O: the seen cache has its say afterwards.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -17,6 +17,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from services.filter.revoking import HASH_TYPE_UNSELECTED, Revocable
 from services.filter.suppressing import SUPPRESSED
+from shared.adapters.suppressions import SuppressionSet
 from shared.contract.bus import Delivery, Message
 from shared.contract.messages import FULL_SYNC, SYNC_PROPERTY, UploadRequest, upload_message
 from shared.core.events import get_logger
@@ -28,6 +29,8 @@ from shared.core.stix import Draft, StixPolicy
 from shared.telemetry import tracing
 
 log = get_logger(__name__)
+#: ``judge``'s default: nothing suppressed.
+NO_SUPPRESSIONS: Final = SuppressionSet()
 
 #: Dead-letter reasons: a record that is not a MATI indicator, or one the filter failed on.
 INVALID_RECORD: Final = "invalid_record"
@@ -125,7 +128,7 @@ def judge(
     filter_policy: FilterPolicy,
     stix_policy: StixPolicy,
     refresh_ratio: float,
-    suppressed: Container[str] = (),
+    suppressed: SuppressionSet = NO_SUPPRESSIONS,
 ) -> Item:
     """Parse, filter and fingerprint one record; never raises (bad input is its verdict).
     ``source`` is the record's source tag, stored with the seen entry its upload writes.
@@ -148,7 +151,13 @@ def judge(
         item.indicator_id = indicator.id
         if indicator.id in suppressed:
             item.counts[f"dropped_{SUPPRESSED}"] += 1
-            item.revocable = _revocable(indicator, every_observable(indicator), SUPPRESSED, source)
+            item.revocable = _revocable(
+                indicator,
+                every_observable(indicator),
+                SUPPRESSED,
+                source,
+                note=suppressed.note(indicator.id),
+            )
             return item
         accepted = evaluate(indicator, filter_policy)
         if isinstance(accepted, DropReason):
@@ -192,6 +201,11 @@ def judge(
 
 
 def _revocable(
-    indicator: Indicator, observables: Sequence[Observable], reason: str, source: bytes
+    indicator: Indicator,
+    observables: Sequence[Observable],
+    reason: str,
+    source: bytes,
+    *,
+    note: Mapping[str, str] | None = None,
 ) -> list[Revocable]:
-    return [Revocable(o, reason, indicator.type.value, source) for o in observables]
+    return [Revocable(o, reason, indicator.type.value, source, note) for o in observables]

@@ -17,6 +17,7 @@ lineages up in the batch's one ``MGET`` and hands the entries in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -25,7 +26,7 @@ from shared.contract.messages import UploadRequest
 from shared.core.filters import Observable
 from shared.core.fingerprint import ForwardReason, SeenEntry
 from shared.core.indicator import HashType
-from shared.core.stix import Draft, StixPolicy, stix_id
+from shared.core.stix import SUPPRESSED_PROPERTY, Draft, StixPolicy, stix_id
 
 #: The ``revoked_<reason>`` of an accepted md5's hash that ``HASH_TYPE`` no longer selects
 #: (every other reason is a ``DropReason``).
@@ -40,6 +41,9 @@ class Revocable:
     reason: str
     indicator_type: str
     source: bytes
+    #: A suppression's description (``Suppression.note``) when an analyst's suppression is
+    #: why: the revoked object carries it (``SUPPRESSED_PROPERTY``).
+    note: Mapping[str, str] | None = None
 
     @property
     def lineage(self) -> str:
@@ -55,7 +59,8 @@ def revocation(
         return None
     observable = candidate.observable
     object_id = stix_id(observable.indicator.id, observable.hash_type, entry.generation)
-    draft = Draft.of(observable, policy).reissued(object_id, revoked=True)
+    properties = None if candidate.note is None else {SUPPRESSED_PROPERTY: dict(candidate.note)}
+    draft = Draft.of(observable, policy).reissued(object_id, revoked=True, properties=properties)
     return UploadRequest(
         draft,
         ForwardReason.REVOKE,

@@ -65,14 +65,7 @@ class Suppression:
     added_at: datetime
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "value": self.value,
-                "type": self.type,
-                "reason": self.reason,
-                "added_at": self.added_at.isoformat(),
-            }
-        )
+        return orjson.dumps(self.note())
 
     @classmethod
     def decode(cls, mati_id: str, data: bytes | str) -> Suppression:
@@ -93,6 +86,16 @@ class Suppression:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("state.suppression_unreadable", mati_id=mati_id)
             return cls(mati_id, "", "", "(unreadable)", datetime.fromtimestamp(0, UTC))
+
+    def note(self) -> dict[str, str]:
+        """What a revocation it caused carries into the workspace (``SUPPRESSED_PROPERTY``):
+        all but the MATI id, which the object carries already; ``decode`` reads it back."""
+        return {
+            "value": self.value,
+            "type": self.type,
+            "reason": self.reason,
+            "added_at": self.added_at.isoformat(),
+        }
 
     def to_dict(self) -> dict[str, str]:
         """The documented JSON shape of ``suppress list --json`` and ``status --json``."""
@@ -122,6 +125,10 @@ class SuppressionSet:
 
     def __contains__(self, mati_id: object) -> bool:
         return mati_id in self.by_id
+
+    def note(self, mati_id: str) -> dict[str, str] | None:
+        found = self.by_id.get(mati_id)
+        return None if found is None else found.note()
 
     def newest_first(self) -> list[Suppression]:
         return sorted(self.by_id.values(), key=lambda s: (s.added_at, s.mati_id), reverse=True)

@@ -37,6 +37,9 @@ _NAMESPACE_BYTES: Final = NAMESPACE.bytes
 EXTENSION_NAME: Final = "mati2sentinel/mati-properties"
 MATI_ID_PROPERTY: Final = "mati_id"
 THREAT_SCORE_PROPERTY: Final = "threat_score"
+#: On a revocation ``suppress add`` caused: the suppression (value, type, reason, added_at),
+#: so a seen cache rebuilt from the workspace after a lost Redis brings the suppression back.
+SUPPRESSED_PROPERTY: Final = "suppressed"
 
 #: Sentinel's limits per upload request and on ``sourcesystem`` (sentinel-and-entra §2.2, §2.3).
 MAX_OBJECTS_PER_REQUEST: Final = 100
@@ -215,6 +218,10 @@ def content(
     return body
 
 
+def _mapping(value: object) -> dict[str, object]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def extension_of(obj: Mapping[str, object]) -> Mapping[str, object] | None:
     """Our property extension of ``obj`` (a STIX object, or its content), if it has one."""
     extensions = obj.get("extensions")
@@ -322,13 +329,23 @@ class Draft:
     def revoked(self) -> bool:
         return self.body.get("revoked") is True
 
-    def reissued(self, object_id: str, *, revoked: bool = False) -> Draft:
-        """This draft under another id (a later generation), and revoked if asked: a new
-        fingerprint, since both are content Sentinel stores."""
+    def reissued(
+        self,
+        object_id: str,
+        *,
+        revoked: bool = False,
+        properties: Mapping[str, object] | None = None,
+    ) -> Draft:
+        """This draft under another id (a later generation), and revoked if asked, with
+        ``properties`` added to our extension (a suppression's description, so the workspace
+        remembers it): a new fingerprint, since all of it is content Sentinel stores."""
         body = {key: value for key, value in self.body.items() if key != "revoked"}
         body["id"] = object_id
         if revoked:
             body["revoked"] = True
+        if properties:
+            ours = {**(extension_of(body) or {}), **properties}
+            body["extensions"] = {**_mapping(body.get("extensions")), EXTENSION_ID: ours}
         return Draft.known(body, fingerprint(body), self.expiration, self.first_known)
 
     def at(self, time: UploadTime) -> tuple[dict[str, object], datetime]:

@@ -26,7 +26,7 @@ from typing import Final
 
 from shared.core.fingerprint import EXTENSION_ID, FINGERPRINT_PROPERTY, MAX_GENERATION, SeenEntry
 from shared.core.indicator import HashType
-from shared.core.stix import _OBJECT_PATHS, MATI_ID_PROPERTY, stix_id
+from shared.core.stix import _OBJECT_PATHS, MATI_ID_PROPERTY, SUPPRESSED_PROPERTY, stix_id
 
 #: How many generations are tried to find the one that reproduces an object's id. Each try
 #: costs a SHA-1; a lineage revoked and re-published more than 64 times is far outside any
@@ -45,6 +45,7 @@ COLUMNS: Final = (
     "Pattern",
     "MatiId",
     "Fingerprint",
+    "Suppressed",
 )
 
 #: A uuid's first group is 8 hex digits: partition prefixes never reach its ``-``.
@@ -97,6 +98,9 @@ class WorkspaceObject:
     deleted: bool
     time_generated: datetime
     active: bool = True
+    #: The suppression a revocation by ``suppress add`` carries (``SUPPRESSED_PROPERTY``), as
+    #: the JSON text Log Analytics returns; ``None`` on every other object.
+    suppressed: str | None = None
 
     def live(self, now: datetime) -> bool:
         """Whether Sentinel matches on this object at ``now``: not revoked, not deleted, and not
@@ -174,7 +178,7 @@ def parse_row(row: Mapping[str, object]) -> WorkspaceObject | UnreadableRow:
             )
         flags[column] = flag
     texts: dict[str, str] = {}
-    for column in ("Pattern", "MatiId", "Fingerprint"):
+    for column in ("Pattern", "MatiId", "Fingerprint", "Suppressed"):
         value = row.get(column)
         if value is not None and not isinstance(value, str):
             return UnreadableRow(f"{column} is not a string: {_describe(value)}", object_id)
@@ -196,6 +200,7 @@ def parse_row(row: Mapping[str, object]) -> WorkspaceObject | UnreadableRow:
         deleted=flags["IsDeleted"],
         time_generated=generated,
         active=flags["IsActive"],
+        suppressed=texts["Suppressed"] or None,
     )
 
 
@@ -295,7 +300,8 @@ def objects_query(source_system: str, prefix: str | None) -> str:
         [
             base_query(source_system, prefix),
             f"| extend MatiId = tostring({ours}.{MATI_ID_PROPERTY}), "
-            f"Fingerprint = tostring({ours}.{FINGERPRINT_PROPERTY})",
+            f"Fingerprint = tostring({ours}.{FINGERPRINT_PROPERTY}), "
+            f"Suppressed = tostring({ours}.{SUPPRESSED_PROPERTY})",
             "| project " + ", ".join(COLUMNS),
         ]
     )

@@ -248,9 +248,10 @@ async def test_the_query_is_the_documented_one(w: World) -> None:
         head + '| where StixId startswith "indicator--0"\n'
         "| summarize arg_max(TimeGenerated, *) by Id\n"
         f"| extend MatiId = tostring({ours_}.mati_id), "
-        f"Fingerprint = tostring({ours_}.fingerprint)\n"
+        f"Fingerprint = tostring({ours_}.fingerprint), "
+        f"Suppressed = tostring({ours_}.suppressed)\n"
         "| project StixId, TimeGenerated, ValidUntil, Revoked, IsDeleted, IsActive, Pattern, "
-        "MatiId, Fingerprint"
+        "MatiId, Fingerprint, Suppressed"
     )
     assert set(timespans) == {"PT1209600.0S"}  # 14 days
 

@@ -40,9 +40,19 @@ async def test_a_lost_redis_is_rebuilt_from_the_workspace_without_re_uploading(
         assert await pipeline.sync_once() == 0
         await pipeline.wait_drained(timeout_s=120)
         sentinel = pipeline.sims.sentinel
-        first = len(sentinel.rows)
+        # An analyst's suppression lives in Redis too; the workspace remembers it.
         accepted = pipeline.expected().objects
-        assert set(sentinel.store) == set(accepted)
+        kept_out = sorted(accepted)[0]
+        mati_id = mati_properties(sentinel.store[kept_out])["mati_id"]
+        code = await pipeline.command(
+            "suppress", "add", mati_id, "--reason", "our proxy", label="suppress"
+        )
+        assert code == 0
+        await pipeline.wait_drained(timeout_s=60)
+        assert kept_out in sentinel.revoked
+        del accepted[kept_out]
+        first = len(sentinel.rows)
+        assert set(sentinel.store) - {kept_out} == set(accepted)
         assert first >= len(accepted)
 
         # A failover of a cache without persistence: every key is gone, the pods restart.
@@ -60,13 +70,16 @@ async def test_a_lost_redis_is_rebuilt_from_the_workspace_without_re_uploading(
 
         again = len(sentinel.rows) - first
         assert again <= first // 100, f"{again} uploads after the flush, {first} before"
-        assert set(sentinel.store) == set(accepted)
+        assert set(sentinel.store) - {kept_out} == set(accepted)
+        assert kept_out in sentinel.revoked, "still suppressed: not published again"
+        suppressed = await _workspace(pipeline).state.suppressions.snapshot()
+        assert [s.reason for s in suppressed.by_id.values()] == ["our proxy"]
         for stix_id, fingerprint in accepted.items():
             assert mati_properties(sentinel.store[stix_id])["fingerprint"] == fingerprint
         born = await _workspace(pipeline).born()
         assert born is not None
         assert born["how"] == "rebuilt"
-        assert born["objects"] == len(accepted)
+        assert born["objects"] == len(accepted) + 1, "the live ones and the revoked one"
         _, counters = await pipeline.counters()
         assert counters.get("dropped_unchanged", 0) >= len(accepted) - again
 

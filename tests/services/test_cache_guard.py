@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from services.workspace import CacheGuard
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.workspace_state import WorkspaceState
-from shared.core.fingerprint import SeenEntry
+from shared.core.fingerprint import EXTENSION_ID, SeenEntry
 from simulators.faults import FaultKind
 from simulators.loganalytics import QUERY_ROUTE
 from tests.clients.test_workspace_reader import UNTIL, World, fp, ours, world
@@ -128,3 +128,30 @@ async def test_a_replica_without_the_lease_leaves_the_rebuild_to_its_holder(
     await guard(w, state).check(asyncio.Event())
     assert await state.born() is None
     assert w.queries() == []
+
+
+async def test_the_rebuild_brings_back_suppressions_the_workspace_remembers(
+    w: World, state: WorkspaceState
+) -> None:
+    """A revocation ``suppress add`` caused carries the suppression; it is added back when
+    its object is still the lineage's latest, not when the lineage went out again since (it
+    was un-suppressed)."""
+    note = {
+        "value": "value-1",
+        "type": "ipv4",
+        "reason": "our egress proxy",
+        "added_at": "2026-12-01T08:00:00+00:00",
+    }
+    suppressed = ours(1, revoked=True)
+    suppressed["extensions"][EXTENSION_ID]["suppressed"] = note
+    lifted = ours(2, revoked=True)
+    lifted["extensions"][EXTENSION_ID]["suppressed"] = {**note, "value": "value-2"}
+    w.sentinel.seed([suppressed, lifted, ours(2, generation=1, fingerprint=fp(21)), ours(3)])
+
+    await guard(w, state).check(asyncio.Event())
+
+    current = await state.state.suppressions.snapshot()
+    assert list(current.by_id) == [suppressed["extensions"][EXTENSION_ID]["mati_id"]]
+    (restored,) = current.by_id.values()
+    assert restored.note() == note
+    assert (await state.rebuild_status())["suppressions"] == "1"

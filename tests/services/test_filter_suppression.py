@@ -12,11 +12,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.filter.worker import FilterWorker
-from shared.adapters.destination_state import DestinationState
+from shared.adapters.destination_state import BatchView, DestinationState
 from shared.adapters.suppressions import Suppression
 from shared.contract.messages import raw_message
 from shared.core.filters import FilterPolicy, HashSelection
-from shared.core.fingerprint import ForwardReason, SeenEntry
+from shared.core.fingerprint import ForwardReason
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from tests.services.filter_rig import (
@@ -137,10 +137,8 @@ class SuppressedMeanwhile(DestinationState):
         super().__init__(client, destination)
         self._suppression = suppression
 
-    async def seen_with_version(
-        self, stix_ids: Sequence[str]
-    ) -> tuple[list[SeenEntry | None], int]:
-        answer = await super().seen_with_version(stix_ids)
+    async def batch_view(self, stix_ids: Sequence[str]) -> BatchView:
+        answer = await super().batch_view(stix_ids)
         await self.suppressions.add(self._suppression)
         return answer
 

@@ -26,9 +26,9 @@ from shared.contract.messages import (
     upload_queue,
 )
 from shared.core.errors import OperatorRefused
-from shared.core.fingerprint import ForwardReason, SeenEntry
+from shared.core.fingerprint import EXTENSION_ID, ForwardReason, SeenEntry
 from shared.core.indicator import HashType
-from shared.core.stix import stix_id
+from shared.core.stix import SUPPRESSED_PROPERTY, stix_id
 from tests.services.explain_rig import DEFAULT, DEST, FEED, Ctx, accepted_ipv4, upload
 from tests.services.test_status import cli
 
@@ -74,6 +74,10 @@ async def test_add_revokes_what_is_live_and_supersedes_a_queued_upload(ctx: Ctx)
     assert (request.stix_id, request.draft.stix_id) == (sid, sid)
     assert request.reason is ForwardReason.REVOKE
     assert request.draft.body["revoked"] is True
+    # The workspace remembers the suppression, for a cache rebuilt after a lost Redis.
+    ours = request.draft.extensions[EXTENSION_ID]
+    assert isinstance(ours, dict)
+    assert ours[SUPPRESSED_PROPERTY] == stored.note()
     assert await ctx.state.claims([sid]) == [request.fingerprint], "the queued upload is superseded"
     counters = await ctx.state.counters()
     assert counters["revoked_suppressed"] == counters["forwarded_revoke"] == 1

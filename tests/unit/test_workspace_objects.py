@@ -59,6 +59,7 @@ def row(**overrides: Any) -> dict[str, Any]:
         "Pattern": PATTERNS[HashType.MD5],
         "MatiId": MATI_ID,
         "Fingerprint": FP,
+        "Suppressed": "",
     }
     values.update(overrides)
     return values
@@ -94,6 +95,9 @@ def test_a_row_becomes_an_object_with_every_field() -> None:
         time_generated=NOW - timedelta(hours=1),
         active=True,
     )
+    note = '{"value":"x","type":"md5","reason":"ours","added_at":"2026-12-01T00:00:00+00:00"}'
+    assert parsed(Revoked=True, Suppressed=note).suppressed == note
+    assert unreadable(Suppressed=7).reason.startswith("Suppressed is not a string")
 
 
 @PROPERTY
