@@ -56,6 +56,7 @@ OFFERED = {
     "dlq": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "explain": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "suppress": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
+    "reconcile": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "check-config": "test_chart_pods_deliver_a_sync_and_drain_on_sigterm",
     "run-local": "test_run_local_in_the_image",
 }
@@ -163,6 +164,12 @@ async def test_chart_pods_deliver_a_sync_and_drain_on_sigterm(
         await wait_for(lambda: workspace[key].get("revoked") is True, 60, what="the revocation")
         listed = await host.exec(fetcher, "mati2sentinel", "suppress", "list", "--json")
         assert [s["mati_id"] for s in listed.json()["suppressions"]] == [mati_id], listed.output
+        # The workspace read back through Log Analytics with the uploader's identity.
+        proof = await host.exec(
+            started["uploader"], "mati2sentinel", "reconcile", "--json", "--quiet"
+        )
+        assert proof.code == 0, proof.output
+        assert proof.json()["drifted"] == 0, proof.stdout
         check = await host.exec(
             started["uploader"], "mati2sentinel", "check-config", "--service", "uploader"
         )
