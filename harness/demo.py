@@ -8,8 +8,11 @@ upload exactly those whose upload would change and revoke those that no longer p
 sync carries a back-fill (every live indicator changed, thousands more newly rated high) that
 outlasts a quota window, MATI downgrades some indicators, and an analyst suppresses one while
 the back-fill is queued: the revocations must not wait behind it, and the workspace must end
-up holding exactly what passes and is not suppressed. Exit code 0 only if every check holds.
-Everything it starts, it stops.
+up holding exactly what passes and is not suppressed. Last, Redis loses everything (a
+failover of a cache without persistence): the services restart, the uploader rebuilds the seen
+cache and the suppression from the workspace while the filter holds, a sync of the whole
+look-back uploads next to nothing, and ``reconcile`` proves the workspace matches. Exit code 0
+only if every check holds. Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.pipeline import Expected, Pipeline, mati_properties
+from harness.pipeline import DESTINATION, Expected, Pipeline, mati_properties
+from services.cli.supervisor import Child
+from shared.adapters.destination_state import DestinationState
+from shared.adapters.workspace_state import WorkspaceState
 from simulators.feed import Feed
 
 
@@ -90,8 +96,10 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
         say(f"  Sentinel simulator  {sims.sentinel.url}  (100 requests/minute, like Sentinel)")
         say(f"  Redis (embedded)    {pipeline.redis_server.url}")
         say(f"  service logs        {state_dir / 'logs'}")
-        await pipeline.start_service("filter")
-        await pipeline.start_service("uploader")
+        services = [
+            await pipeline.start_service("filter"),
+            await pipeline.start_service("uploader"),
+        ]
 
         first = pipeline.expected()
         say(f"\nsync 1: backfill, the filters accept {len(first.objects)} indicators")
@@ -142,7 +150,9 @@ async def demo(count: int, days: float, state_dir: Path) -> int:
         say("  note: after upgrading from a version with top-level x_ properties, each "
             "indicator is uploaded once more when MATI next reports it")  # fmt: skip
         failures += problems
-        failures += await third_sync(pipeline, feed, second)
+        problems, holds = await third_sync(pipeline, feed, second)
+        failures += problems
+        failures += await lost_redis(pipeline, services, holds, len(first.objects))
     say("\ndemo " + ("passed" if not failures else "FAILED"))
     return 0 if not failures else 1
 
@@ -157,8 +167,11 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> b
     return False
 
 
-async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[str]:
-    """A back-fill, downgrades and a suppression at once; returns the problems found."""
+async def third_sync(
+    pipeline: Pipeline, feed: Feed, before: Expected
+) -> tuple[list[str], Expected]:
+    """A back-fill, downgrades and a suppression at once; returns the problems found and
+    what the workspace must hold live."""
     sims = pipeline.sims
     store = sims.sentinel.store
     held = {mati_properties(store[key])["mati_id"]: key for key in before.objects}
@@ -228,6 +241,47 @@ async def third_sync(pipeline: Pipeline, feed: Feed, before: Expected) -> list[s
         problems.append(f"sync exited with {code}")
     say("  check: " + (f"uploaded the {len(backfill)} new and changed, revoked the "
                        f"{len(gone)} downgraded and the suppressed one"
+                       if not problems else "; ".join(problems)))  # fmt: skip
+    return problems, Expected(live)
+
+
+async def lost_redis(
+    pipeline: Pipeline, services: list[Child], live: Expected, backfilled: int
+) -> list[str]:
+    """FLUSHALL, the services restarted, a sync: the seen cache and the suppression come back
+    from the workspace, next to nothing is uploaded, and ``reconcile`` finds no drift."""
+    sims, redis = pipeline.sims, pipeline.redis
+    assert redis is not None
+    say("\nRedis loses everything (seen cache, checkpoint, suppressions, queues); the services "
+        "restart and sync the whole look-back again")  # fmt: skip
+    for child in services:
+        await pipeline.stop_service(child)
+    await redis.flushall()
+    services[:] = [await pipeline.start_service(name) for name in ("filter", "uploader")]
+    mark = len(sims.sentinel.rows)
+    code = await pipeline.sync_once(timeout_s=900)
+    await pipeline.wait_drained(timeout_s=600)
+    workspace = WorkspaceState(redis, DestinationState(redis, DESTINATION))
+    born, rebuild = await workspace.born(), await workspace.rebuild_status()
+    uploaded = len(sims.sentinel.rows) - mark
+    say(f"  the uploader rebuilt the seen cache from the workspace ({rebuild.get('written')} "
+        f"entries, {rebuild.get('suppressions')} suppression, {rebuild.get('seconds')} s) "
+        f"while the filter held; the sync uploaded {uploaded}")  # fmt: skip
+    problems = check_workspace(pipeline, live)
+    if born is None or born.get("how") != "rebuilt":
+        problems.append(f"the seen cache was not rebuilt ({born})")
+    if uploaded > backfilled // 100:
+        problems.append(f"{uploaded} uploads after losing Redis, over 1% of {backfilled}")
+    if code != 0:
+        problems.append(f"sync exited with {code}")
+    answer = await pipeline.command("reconcile", "--quiet", label="reconcile", timeout_s=300)
+    report = (pipeline.state_dir / "logs" / "reconcile.log").read_text().splitlines()
+    shown = [line for line in report if line.startswith(("reconcile of", "  "))]
+    for line in shown[:7]:
+        say(f"  {line}")
+    if answer != 0:
+        problems.append(f"reconcile found drift or failed (exit {answer})")
+    say("  check: " + ("nothing lost, nothing uploaded twice, the workspace matches"
                        if not problems else "; ".join(problems)))  # fmt: skip
     return problems
 

@@ -20,4 +20,7 @@ async def test_the_demo_passes_its_checks(
     assert "revoked the" in out
     assert "revoked the 20 downgraded and the suppressed one" in out
     assert "revoked_suppressed              1" in out
+    assert "the uploader rebuilt the seen cache from the workspace (" in out
+    assert "1 suppression" in out
+    assert "check: nothing lost, nothing uploaded twice, the workspace matches" in out
     assert out.rstrip().endswith("demo passed")
