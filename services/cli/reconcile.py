@@ -4,7 +4,7 @@ believes, and fix it where it does not (DESIGN §5 "Reconciliation", issue 15).
 The workspace is read through Log Analytics (``shared.adapters.workspace_reader``), the seen
 cache by ``SCAN`` (``WorkspaceState.seen_entries``), and every lineage is judged by
 ``shared.core.drift.classify``. Only the workspace side is held in memory (an index by lineage,
-about 300 bytes an object); the cache streams past it.
+about 700 bytes a lineage, measured); the cache streams past it.
 
 ``--repair`` makes the cache say what the workspace holds, lineage by lineage, and then lets
 the pipeline decide again from MATI's current record, the one path every upload takes:
