@@ -1,5 +1,6 @@
 """Fixtures the simulator tests share: one token minter, a Sentinel simulator, a TLS session,
-and MATI simulators on a hand-moved clock."""
+MATI simulators on a hand-moved clock, and the Log Analytics simulator with the real
+``azure-monitor-query`` client on it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from azure.monitor.query.aio import LogsQueryClient
 
 from simulators.feed import Feed
+from simulators.loganalytics import LogAnalyticsSimulator
 from simulators.mati import MatiSimulator
 from simulators.sentinel import SentinelSimulator
 from simulators.tokens import TokenMinter
+from tests.simulators.logs_client import logs_client
 from tests.simulators.mati_requests import NOW, Clock, MakeMati
 
 
@@ -65,3 +69,19 @@ async def make_mati(server_ssl: ssl.SSLContext, clock: Clock) -> AsyncIterator[M
 @pytest.fixture
 async def mati(make_mati: MakeMati) -> MatiSimulator:
     return await make_mati()
+
+
+@pytest.fixture
+async def logs(
+    server_ssl: ssl.SSLContext, minter: TokenMinter, sentinel: SentinelSimulator
+) -> AsyncIterator[LogAnalyticsSimulator]:
+    async with LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def client(
+    server_ssl: ssl.SSLContext, session: aiohttp.ClientSession, logs: LogAnalyticsSimulator
+) -> AsyncIterator[LogsQueryClient]:
+    async with logs_client(server_ssl, session, logs) as made:
+        yield made

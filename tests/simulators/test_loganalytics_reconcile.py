@@ -4,8 +4,6 @@ the real ``azure-monitor-query`` async client, over workspaces changed by Sentin
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -16,34 +14,15 @@ from azure.monitor.query.aio import LogsQueryClient
 
 from simulators.__main__ import build_parser
 from simulators.loganalytics import LogAnalyticsSimulator
-from simulators.sentinel import SentinelSimulator
-from simulators.tokens import TokenMinter
 from tests.simulators.logs_client import (
     PREFIXES,
     count,
     indicator,
-    logs_client,
     partition_query,
     raw_rows,
     rows,
     run,
 )
-
-
-@pytest.fixture
-async def logs(
-    server_ssl: ssl.SSLContext, minter: TokenMinter, sentinel: SentinelSimulator
-) -> AsyncIterator[LogAnalyticsSimulator]:
-    async with LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def client(
-    server_ssl: ssl.SSLContext, session: aiohttp.ClientSession, logs: LogAnalyticsSimulator
-) -> AsyncIterator[LogsQueryClient]:
-    async with logs_client(server_ssl, session, logs) as made:
-        yield made
 
 
 def stix_ids(found: list[dict[str, object]]) -> list[str]:

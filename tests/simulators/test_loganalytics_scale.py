@@ -6,45 +6,24 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 from azure.monitor.query import LogsQueryResult
 from azure.monitor.query.aio import LogsQueryClient
 
 from simulators.loganalytics import MAX_BYTES, MAX_ROWS, LogAnalyticsSimulator
-from simulators.sentinel import SentinelSimulator
-from simulators.tokens import TokenMinter
 from tests.simulators.logs_client import (
     PREFIXES,
     count,
     indicator,
-    logs_client,
     partition_query,
     run,
 )
 
 OBJECTS = 300_000
-
-
-@pytest.fixture
-async def logs(
-    server_ssl: ssl.SSLContext, minter: TokenMinter, sentinel: SentinelSimulator
-) -> AsyncIterator[LogAnalyticsSimulator]:
-    async with LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def client(
-    server_ssl: ssl.SSLContext, session: aiohttp.ClientSession, logs: LogAnalyticsSimulator
-) -> AsyncIterator[LogsQueryClient]:
-    async with logs_client(server_ssl, session, logs) as made:
-        yield made
 
 
 def objects(ids: list[str]) -> Iterator[dict[str, Any]]:

@@ -7,9 +7,7 @@ refused loudly (400) rather than answered wrongly.
 
 from __future__ import annotations
 
-import ssl
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,14 +30,6 @@ DEDUP_QUERY = f"""ThreatIntelIndicators
 | summarize arg_max(TimeGenerated, *) by Id
 | where IsDeleted == false
 | project StixId, Modified, ValidUntil, IsActive, Revoked, ObservableKey, ObservableValue"""
-
-
-@pytest.fixture
-async def logs(
-    server_ssl: ssl.SSLContext, minter: TokenMinter, sentinel: SentinelSimulator
-) -> AsyncIterator[LogAnalyticsSimulator]:
-    async with LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as sim:
-        yield sim
 
 
 def mint(minter: TokenMinter, audience: str = "https://api.loganalytics.io") -> str:
