@@ -108,6 +108,8 @@ async def test_metrics_after_a_sync_match_the_workspace(
     expected = pipeline.expected(pipeline.feed.records(served))
     assert set(store) == set(expected.objects)
     assert store
+    # An operator's reconcile: its result is exported by the uploaders from then on.
+    assert await pipeline.command("reconcile", "--quiet", label="reconcile", timeout_s=120) == 0
 
     async with aiohttp.ClientSession() as http:
 
@@ -119,7 +121,9 @@ async def test_metrics_after_a_sync_match_the_workspace(
             queue = scrapes[UPLOADERS[0]].value(
                 "mati2sentinel_queue_in_flight", queue="upload.demo"
             )
-            return scrapes if uploaded == len(store) and queue == 0 else None
+            reconciled = scrapes[UPLOADERS[0]].value("mati2sentinel_reconcile_drift_streak")
+            done = uploaded == len(store) and queue == 0 and reconciled is not None
+            return scrapes if done else None
 
         scrapes = await wait_for(settled, 20, what="metrics to catch up", interval=0.2)
 
@@ -202,6 +206,11 @@ async def test_metrics_after_a_sync_match_the_workspace(
         assert 0 <= used <= 100
         assert uploader.value("mati2sentinel_rate_budget_pause_seconds") == 0
         assert uploader.value("mati2sentinel_queue_depth", queue=SUBSCRIPTION) is None
+        assert uploader.value("mati2sentinel_reconcile_drift_streak") == 0
+        assert uploader.value("mati2sentinel_reconcile_objects", kind="missing") == 0
+        in_grace = uploader.value("mati2sentinel_reconcile_objects", kind="in_flight")
+        agreeing = uploader.value("mati2sentinel_reconcile_objects", kind="agreeing")
+        assert (in_grace or 0) + (agreeing or 0) == len(store)
     saved_age = fetcher.value("mati2sentinel_checkpoint_saved_age_seconds")
     assert saved_age is not None
     assert 0 <= saved_age < 120
