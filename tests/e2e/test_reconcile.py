@@ -33,7 +33,7 @@ async def test_a_lost_redis_is_rebuilt_from_the_workspace_without_re_uploading(
     Analytics while the filter holds, and the second sync (a whole look-back again, since the
     checkpoint went with Redis) uploads at most 1% of the first; the workspace still equals
     the accepted set."""
-    feed = Feed(seed=83, count=1500, days=20)
+    feed = Feed(seed=83, count=800, days=20)
     async with Pipeline(tmp_path, feed=feed, env=bus_env) as pipeline:
         filter_ = await pipeline.start_service("filter")
         uploader = await pipeline.start_service("uploader")
