@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import PIPELINE_ENV, cpu_seconds, poll_until, vm_hwm_bytes
-from harness.pipeline import Pipeline
+from harness.pipeline import DESTINATION, Pipeline
 from services.cli.supervisor import Child
 from services.runtime import tune_gc
+from shared.adapters.destination_state import DestinationState
 from shared.adapters.mati_paging import IndicatorQuery
 from simulators.feed import Feed
 
@@ -97,6 +98,11 @@ async def pipeline_run(
             for n in range(uploaders):
                 label = "uploader" if uploaders == 1 else f"uploader-{n + 1}"
                 run.services[label] = await pipeline.start_service("uploader", label=label)
+            if uploaders and pipeline.redis is not None:
+                # A running deployment's seen cache is born: the one-off read of an empty
+                # workspace at a new deployment's start is not the throughput measured here.
+                state = DestinationState(pipeline.redis, DESTINATION)
+                await poll_until(state.born, timeout_s=120, interval_s=0.05, what="born")
             if fetcher_service:
                 run.services["fetcher"] = await pipeline.start_service("fetcher")
             yield run

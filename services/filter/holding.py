@@ -20,8 +20,8 @@ from shared.core.events import get_logger
 
 log = get_logger("services.filter.worker")
 
-#: While the state is not born: how often to look again, and to say so.
-POLL_S: Final = 1.0
+#: While the state is not born: how often to look again (a GET), and to say so.
+POLL_S: Final = 0.25
 LOG_EVERY_S: Final = 30.0
 
 
