@@ -21,6 +21,7 @@ import aiohttp
 
 from shared.adapters.credentials import credential_factory
 from shared.adapters.destination_state import DestinationState
+from shared.adapters.feed_state import Lease
 from shared.adapters.redis_connect import RedisClient
 from shared.adapters.suppressions import Suppression
 from shared.adapters.workspace_reader import ReadProgress, WorkspaceReader
@@ -128,14 +129,14 @@ async def rebuild(
     state: WorkspaceState,
     reader: WorkspaceReader,
     *,
-    owner: str,
+    lease: Lease,
     clock: UtcClock = utc_now,
 ) -> int:
     """Rebuild the seen cache from the workspace and mark the state born; returns how many
-    entries were written. The caller holds the rebuild lease as ``owner``."""
+    entries were written. The caller holds the rebuild ``lease``, renewed as it goes."""
     started = time.monotonic()
     await state.rebuild_progress(
-        {"state": "running", "started_at": _ms(clock), "owner": owner}, fresh=True
+        {"state": "running", "started_at": _ms(clock), "owner": lease.owner}, fresh=True
     )
     restorer = Restorer(state, clock)
     last: list[ReadProgress] = []
@@ -154,7 +155,7 @@ async def rebuild(
         read += 1
         await restorer.add(found)
         if read % 10_000 == 0 or (last and read == last[0].objects_read):
-            await _report(state, owner, last, restorer.written)
+            await _report(state, lease, last, restorer.written)
     written = await restorer.finish()
     seconds = round(time.monotonic() - started, 1)
     await state.mark_born(Born.REBUILT, at=clock(), objects=written)
@@ -179,9 +180,9 @@ async def rebuild(
 
 
 async def _report(
-    state: WorkspaceState, owner: str, last: list[ReadProgress], written: int
+    state: WorkspaceState, lease: Lease, last: list[ReadProgress], written: int
 ) -> None:
-    if not await state.renew_rebuild(owner, ttl_s=LEASE_S):
+    if not await lease.renew():
         raise TransientError("the rebuild lease was lost; another replica takes over")
     fields: dict[str, str | int | float] = {"written": written}
     if last:
@@ -230,22 +231,22 @@ class CacheGuard:
             await self.state.mark_born(Born.OFF, at=self.clock(), objects=0)
             log.warning("rebuild.off", detail="seen cache empty; CACHE_REBUILD=off")
             return
-        owner = new_owner()
-        if not await self.state.take_rebuild(owner, ttl_s=LEASE_S):
+        lease = self.state.rebuild_lease(new_owner(), ttl_s=LEASE_S)
+        if not await lease.acquire():
             return  # another replica rebuilds
         try:
-            await self._rebuild(owner, stop)
+            await self._rebuild(lease, stop)
         finally:
-            await self.state.release_rebuild(owner)
+            await lease.release()
 
-    async def _rebuild(self, owner: str, stop: asyncio.Event) -> None:
+    async def _rebuild(self, lease: Lease, stop: asyncio.Event) -> None:
         log.warning("rebuild.start", detail="seen cache empty; rebuilding it from the workspace")
         deadline = time.monotonic() + self.give_up_after_s
         failures = 0
         while not stop.is_set():
             reader = self.reader()
             try:
-                await rebuild(self.state, reader, owner=owner, clock=self.clock)
+                await rebuild(self.state, reader, lease=lease, clock=self.clock)
                 return
             except FatalError as exc:
                 await self._skip(str(exc))
@@ -258,7 +259,7 @@ class CacheGuard:
                 wait = RETRY.jittered(failures, _JITTER)
                 await self.state.rebuild_progress({"state": "retrying", "error": str(exc)[:300]})
                 log.warning("rebuild.retry", error=str(exc)[:200], retry_in_s=round(wait, 1))
-                await self.state.renew_rebuild(owner, ttl_s=LEASE_S + wait)
+                await lease.renew()  # the wait (at most RETRY's cap) is shorter than LEASE_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
             finally:

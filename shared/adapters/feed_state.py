@@ -40,21 +40,21 @@ class Checkpoint:
     run_id: str
 
 
-class FetcherLease:
-    """Keeps one fetcher active at a time, across pods and restarts.
+class Lease:
+    """Keeps one worker at a time on a job (fetching, rebuilding a seen cache), across pods
+    and restarts.
 
-    The holder must ``renew`` well within ``ttl_s`` (every third of it, say) and stop fetching
+    The holder must ``renew`` well within ``ttl_s`` (every third of it, say) and stop working
     as soon as ``renew`` answers False: the lease expired or someone else holds it now. The
-    lease is advisory; what keeps a late loser harmless is that the checkpoint only moves
-    forward and every publish is idempotent (DESIGN §4).
+    lease is advisory; what keeps a late loser harmless is that its writes are idempotent.
     """
 
-    def __init__(self, client: RedisClient, *, owner: str, ttl_s: float = 30.0) -> None:
+    def __init__(self, client: RedisClient, key: str, *, owner: str, ttl_s: float) -> None:
         if not owner:
             raise ValueError("owner must not be empty")
         self.owner = owner
         self.ttl_ms = positive_ms(ttl_s, "ttl_s")
-        self.key = fetcher_key("lease")
+        self.key = key
         self._client = client
         self._acquire = client.register_script(scripts.LEASE_ACQUIRE)
         self._renew = client.register_script(scripts.LEASE_RENEW)
@@ -78,6 +78,14 @@ class FetcherLease:
         with translated("lease holder"):
             value = await self._client.get(self.key)
         return None if value is None else as_text(value)
+
+
+class FetcherLease(Lease):
+    """Keeps one fetcher active at a time: a late loser is harmless because the checkpoint
+    only moves forward and every publish is idempotent (DESIGN §4)."""
+
+    def __init__(self, client: RedisClient, *, owner: str, ttl_s: float = 30.0) -> None:
+        super().__init__(client, fetcher_key("lease"), owner=owner, ttl_s=ttl_s)
 
 
 class FeedState:

@@ -22,14 +22,13 @@ from typing import Any, Final
 
 import orjson
 
-from shared.adapters import state_scripts as scripts
-from shared.adapters.destination_state import DestinationState, compact_id, seen_expiry
+from shared.adapters.destination_state import DestinationState, seen_expiry
+from shared.adapters.feed_state import Lease
 from shared.adapters.redis_connect import RedisClient
 from shared.adapters.state_redis import (
     as_bytes,
     as_text,
     from_ms,
-    positive_ms,
     run,
     to_ms,
     translated,
@@ -113,9 +112,6 @@ class WorkspaceState:
         self._born_once = client.register_script(_BORN_ONCE)
         self._restore = client.register_script(_RESTORE)
         self._save = client.register_script(_SAVE_RECONCILE)
-        self._acquire = client.register_script(scripts.LEASE_ACQUIRE)
-        self._renew = client.register_script(scripts.LEASE_RENEW)
-        self._release = client.register_script(scripts.LEASE_RELEASE)
 
     # -- birth ---------------------------------------------------------------------------------
 
@@ -132,16 +128,9 @@ class WorkspaceState:
 
     # -- the rebuild ---------------------------------------------------------------------------
 
-    async def take_rebuild(self, owner: str, *, ttl_s: float) -> bool:
-        args: list[str | int | bytes] = [owner, positive_ms(ttl_s, "ttl_s")]
-        return bool(await run(self._acquire, [self.lease_key], args, "take rebuild"))
-
-    async def renew_rebuild(self, owner: str, *, ttl_s: float) -> bool:
-        args: list[str | int | bytes] = [owner, positive_ms(ttl_s, "ttl_s")]
-        return bool(await run(self._renew, [self.lease_key], args, "renew rebuild"))
-
-    async def release_rebuild(self, owner: str) -> None:
-        await run(self._release, [self.lease_key], [owner], "release rebuild")
+    def rebuild_lease(self, owner: str, *, ttl_s: float) -> Lease:
+        """The lease one replica rebuilds under, so two never read the workspace at once."""
+        return Lease(self._client, self.lease_key, owner=owner, ttl_s=ttl_s)
 
     async def rebuild_progress(
         self, fields: Mapping[str, str | int | float], *, fresh: bool = False
@@ -238,11 +227,6 @@ class WorkspaceState:
         with translated("last reconcile"):
             raw = await self._client.hgetall(self.reconcile_key)
         return {as_text(k): as_text(v) for k, v in raw.items()}
-
-
-def lineage_key(stix_id: str) -> str:
-    """The compact id ``seen_entries`` reports for the lineage named by ``stix_id``."""
-    return compact_id(stix_id)
 
 
 def new_owner() -> str:

@@ -67,7 +67,7 @@ async def test_an_empty_state_is_rebuilt_from_the_workspace_and_born(
     assert entries[ours(1)["id"]] == SeenEntry(fp(1), UNTIL)
     status = await state.rebuild_status()
     assert (status["state"], status["written"]) == ("done", "300")
-    assert await state.take_rebuild("next", ttl_s=5), "the lease was released"
+    assert await state.rebuild_lease("next", ttl_s=5).acquire(), "the lease was released"
 
     # Born once: a second look reads nothing more.
     queried = len(w.queries())
@@ -124,7 +124,7 @@ async def test_a_failing_workspace_is_retried_then_given_up_on(
 async def test_a_replica_without_the_lease_leaves_the_rebuild_to_its_holder(
     w: World, state: WorkspaceState
 ) -> None:
-    assert await state.take_rebuild("another replica", ttl_s=30)
+    assert await state.rebuild_lease("another replica", ttl_s=30).acquire()
     await guard(w, state).check(asyncio.Event())
     assert await state.born() is None
     assert w.queries() == []

@@ -133,14 +133,15 @@ async def test_only_one_replica_rebuilds_at_a_time(
     dest: DestinationState, redis_client: Redis
 ) -> None:
     state = ws(dest, redis_client)
-    assert await state.take_rebuild("a", ttl_s=30)
-    assert not await state.take_rebuild("b", ttl_s=30)
-    assert await state.renew_rebuild("a", ttl_s=30)
-    assert not await state.renew_rebuild("b", ttl_s=30)
-    await state.release_rebuild("b")
-    assert not await state.take_rebuild("b", ttl_s=30), "only the holder releases"
-    await state.release_rebuild("a")
-    assert await state.take_rebuild("b", ttl_s=30)
+    a, b = (state.rebuild_lease(owner, ttl_s=30) for owner in "ab")
+    assert await a.acquire()
+    assert not await b.acquire()
+    assert await a.renew()
+    assert not await b.renew()
+    await b.release()
+    assert not await b.acquire(), "only the holder releases"
+    await a.release()
+    assert await b.acquire()
     await state.rebuild_progress({"state": "running", "written": 3}, fresh=True)
     await state.rebuild_progress({"written": 9})
     assert await state.rebuild_status() == {"state": "running", "written": "9"}
