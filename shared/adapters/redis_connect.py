@@ -1,13 +1,21 @@
-"""Opening Redis clients: every service's client packs its commands in C.
+"""Opening Redis clients: every service's client packs its commands in C, and verifies TLS.
 
 redis-py's asyncio connections build each command's wire form in Python, one argument at a
 time; a filter batch sends an ``MGET`` of 500 keys and an ``XACK`` of 500 ids, and that
 packing was a tenth of a steady-state batch. hiredis (which redis-py already uses to parse
 replies) packs a whole command in one call, as redis-py's own synchronous client does.
+
+redis-py also takes every query parameter of the URL as a connection keyword, so
+``rediss://…?ssl_cert_reqs=none`` would switch certificate checks off. ``connect`` refuses such
+a URL with the line ``REDIS_URL`` gets at start-up (``shared.core.setting_values.redis_url``),
+and a ``rediss://`` connection verifies the certificate and the host name whatever keywords
+it was given.
 """
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
 
 import hiredis
@@ -23,6 +31,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import DataError
 
+from shared.core import setting_values
+from shared.core.errors import ConfigError
+
 #: Either client works: every script and multi-key operation stays inside one hash slot.
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -35,10 +46,25 @@ class CPackedConnection(Connection):
 
 
 class CPackedSSLConnection(SSLConnection):
-    """A TLS connection (``rediss://``) whose commands hiredis packs."""
+    """A TLS connection (``rediss://``) whose commands hiredis packs, and whose context checks
+    the certificate and the host name at TLS 1.2 or later, whatever it was configured with."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack_command(args)
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        arguments = dict(super()._connection_arguments())
+        arguments["ssl"] = verifying(arguments["ssl"])
+        return arguments
+
+
+def verifying(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context`` with verification on (in this order: Python refuses host-name checks
+    without a required certificate)."""
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
+    return context
 
 
 class CPackedUnixConnection(UnixDomainSocketConnection):
@@ -72,7 +98,14 @@ def pack_command(args: tuple[Any, ...]) -> list[bytes]:
 
 def connect(url: str, **options: Any) -> Redis:
     """``Redis.from_url(url, **options)``, with the connection class of the URL's scheme
-    swapped for its C-packing twin; closing the client closes its pool."""
+    swapped for its C-packing (and, for TLS, always verifying) twin; closing the client closes
+    its pool. A URL whose query string would weaken TLS is a ``ConfigError``."""
+    try:
+        setting_values.redis_url(url)
+    except setting_values.Refused as refused:
+        raise ConfigError([setting_values.refused_line("REDIS_URL", url, refused)]) from None
+    except ValueError:
+        pass  # another scheme: redis-py's own error says which ones it takes
     pool = ConnectionPool.from_url(url, **options)
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)

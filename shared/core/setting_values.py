@@ -7,11 +7,13 @@ have no format to check, so they never pass through a parser.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from shared.core.filters import ALL_WARNINGLISTS
 from shared.core.secrets import MASK, Secret
@@ -26,11 +28,26 @@ GUID: Final = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
 DNS_NAME: Final = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
 DESTINATION_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
-#: Settings the vendor removed in v1.2: still accepted, never silently.
+#: Query parameters redis-py reads as a password: masked wherever a URL is printed.
+_QUERY_SECRETS: Final = frozenset({"password", "ssl_password"})
+_QUERY_SECRET: Final = re.compile(r"(?i)([?&](?:ssl_)?password=)[^&#]*")
+
+
+class Refused(ValueError):
+    """A value that parses but is refused; its message says why and is printed as is, so it
+    must never hold the value (the value is echoed back masked, beside it)."""
+
+
+def refused_line(name: str, text: str, refused: Refused) -> str:
+    """The one line an operator reads about a refused value: the variable, the value masked,
+    and why."""
+    return f"{name}={mask_url_password(text)!r} is refused: {refused}"
 
 
 def mask_url_password(url: str) -> str:
-    """``redis://user:********@host/0``: a URL may carry a password, and a URL gets printed."""
+    """``redis://user:********@host/0``: a URL may carry a password, and a URL gets printed.
+    A password in the query string (``?password=``, which redis-py also reads) is masked too."""
+    url = _QUERY_SECRET.sub(rf"\g<1>{MASK}", url)
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
@@ -88,6 +105,9 @@ class Reader:
             return
         try:
             self.values[name.lower()] = parse(text)
+        except Refused as refused:
+            self.problems.append(refused_line(name, text, refused))
+            self.invalid.add(name)
         except ValueError:
             self.problems.append(f"{name}={mask_url_password(text)!r} is not valid: {allowed}")
             self.invalid.add(name)
@@ -172,9 +192,67 @@ def authority(text: str) -> str:
 
 
 def redis_url(text: str) -> str:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL whose query string neither weakens TLS
+    nor hides a password (``Refused`` says which parameter and why).
+
+    redis-py hands every query parameter to its connection as a keyword, so
+    ``?ssl_cert_reqs=none`` would turn certificate checks off; verification is not a setting
+    anywhere in the product. CA files (``ssl_ca_certs``) only add trust and stay allowed.
+    """
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(text)
+    for name, value in parse_qsl(urlsplit(text).query, keep_blank_values=True):
+        problem = _redis_query_problem(name.lower(), value.strip().lower())
+        if problem is not None:
+            raise Refused(problem)
     return text
+
+
+#: ``ssl_min_version`` as redis-py reads it: an ``ssl.TLSVersion`` number; 771 is TLS 1.2.
+_TLS_1_2: Final = 771
+
+
+def _redis_query_problem(name: str, value: str) -> str | None:
+    weakening = "TLS verification is always on and is not a setting"
+    if name == "ssl_cert_reqs" and value != "required":
+        return f"ssl_cert_reqs={value} would not verify Redis's certificate: {weakening}"
+    if name == "ssl_check_hostname" and value not in TRUE:
+        return f"ssl_check_hostname={value} would accept any host's certificate: {weakening}"
+    if name in {"ssl_include_verify_flags", "ssl_exclude_verify_flags", "ssl_ciphers"}:
+        return f"{name} would change how Redis's certificate is checked: {weakening}"
+    if name == "ssl_min_version" and not (value.isdigit() and int(value) >= _TLS_1_2):
+        return f"ssl_min_version={value} is below TLS 1.2 ({_TLS_1_2}): {weakening}"
+    if name in _QUERY_SECRETS:
+        return f"{name} in the query string: put the password in the URL (rediss://user:pw@host)"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1`` (bracketed or not): this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def emulator_host(connection_string: str) -> str | None:
+    """The endpoint's host name when a Service Bus connection string turns the SDK's
+    development-emulator mode on (plain AMQP, no TLS), else None. Keys are read in any case,
+    as the SDK reads them; the value in any case too, which is stricter than the SDK."""
+    fields: dict[str, str] = {}
+    for part in connection_string.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    if fields.get("usedevelopmentemulator", "").lower() != "true":
+        return None
+    endpoint = fields.get("endpoint") or fields.get("hostname") or ""
+    try:
+        return urlsplit(endpoint if "://" in endpoint else f"sb://{endpoint}").hostname or ""
+    except ValueError:
+        return ""
 
 
 def servicebus_namespace(text: str) -> str:

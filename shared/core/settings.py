@@ -299,7 +299,12 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
         values["health_port"] = DEFAULT_HEALTH_PORTS[service]
     if "sentinel_base_url" not in values and "sentinel_api" in values:
         values["sentinel_base_url"] = SENTINEL_DEFAULT_HOSTS[values["sentinel_api"]]
-    problems = r.problems + _missing(values, r.invalid, service) + _bus_problems(values, r.invalid)
+    problems = (
+        r.problems
+        + _missing(values, r.invalid, service)
+        + _bus_problems(values, r.invalid)
+        + _plaintext_bus(values)
+    )
     if problems:
         raise ConfigError(problems)
     warnings = tuple(
@@ -325,6 +330,24 @@ def _bus_problems(values: Mapping[str, Any], invalid: set[str]) -> list[str]:
             "SERVICEBUS_CONNECTION_STRING"
         ]
     return []
+
+
+def _plaintext_bus(values: Mapping[str, Any]) -> list[str]:
+    """``UseDevelopmentEmulator=true`` makes the Service Bus SDK speak plain AMQP: no TLS, so
+    no certificate to check and the SAS token in clear. An emulator on this machine (the local
+    tests' fake peer) may; a namespace elsewhere may not. The line names the host, never the
+    string, which holds the key."""
+    connection_string = values.get("servicebus_connection_string")
+    if connection_string is None:
+        return []
+    host = parse.emulator_host(connection_string.reveal())
+    if host is None or parse.is_loopback(host):
+        return []
+    return [
+        f"SERVICEBUS_CONNECTION_STRING sets UseDevelopmentEmulator=true for {host!r}, which "
+        "turns TLS off: it is accepted for an emulator on this machine only (localhost, "
+        "127.0.0.1, ::1); remove it for a real namespace"
+    ]
 
 
 def _missing(values: Mapping[str, Any], invalid: set[str], service: Service) -> list[str]:
