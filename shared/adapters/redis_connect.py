@@ -60,10 +60,13 @@ class CPackedSSLConnection(SSLConnection):
 
 def verifying(context: ssl.SSLContext) -> ssl.SSLContext:
     """``context`` with verification on (in this order: Python refuses host-name checks
-    without a required certificate)."""
+    without a required certificate), and without the key log ``SSLKEYLOGFILE`` gives every
+    ``ssl.create_default_context()``: a file of session keys decrypts the Redis password and
+    every message on the wire."""
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
+    context.keylog_filename = None  # type: ignore[assignment]  # typeshed: str; None is "off"
     return context
 
 
