@@ -1,8 +1,9 @@
 """The chart's pods, the properties the deployment relies on: three deployments of one image
-with their ``python -m`` entrypoints, pod security, probes on the health port, a grace period
-longer than the drain, one fetcher, disruption budgets and a NetworkPolicy; secrets only by
-reference, each service getting only the credentials it uses, and an environment the services'
-own validation accepts; and the Dockerfile that builds the image they run.
+with their ``python -m`` entrypoints, probes on the health port, a grace period longer than the
+drain, one fetcher, disruption budgets and a NetworkPolicy; secrets only by reference, each
+service getting only the credentials it uses, and an environment the services' own validation
+accepts; and the Dockerfile that builds the image they run. Pod security (non-root, read-only,
+unprivileged) is checked on every pod the chart renders, in test_chart_security.py.
 """
 
 from __future__ import annotations
@@ -45,37 +46,6 @@ def test_three_deployments_one_image_python_m_entrypoints(variant: str) -> None:
         assert container["command"] == ["python", "-m", f"services.{component}"]
         images.add(container["image"])
     assert len(images) == 1
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_pod_security_on_every_pod_and_container(variant: str) -> None:
-    for component, d in deployments(render(variant)):
-        pod = d["spec"]["template"]["spec"]
-        psc = pod["securityContext"]
-        assert psc["runAsNonRoot"] is True, component
-        assert isinstance(psc["runAsUser"], int)
-        assert psc["runAsUser"] > 0
-        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False
-        containers = pod["containers"] + pod.get("initContainers", [])
-        for c in containers:
-            sc = c["securityContext"]
-            assert sc["runAsNonRoot"] is True
-            assert sc["allowPrivilegeEscalation"] is False
-            assert sc["readOnlyRootFilesystem"] is True
-            assert sc["privileged"] is False
-            assert sc["capabilities"] == {"drop": ["ALL"]}
-            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert "add" not in sc["capabilities"]
-            # A read-only root needs a writable /tmp.
-            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-            assert "/tmp" in mounts  # noqa: S108 - the pod's own emptyDir
-            (tmp,) = [v for v in pod["volumes"] if v["name"] == mounts["/tmp"]]  # noqa: S108
-            assert "emptyDir" in tmp
-            assert c["resources"]["requests"]
-            assert c["resources"]["limits"]["memory"]
-        assert "hostNetwork" not in pod
-        assert "hostPID" not in pod
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
