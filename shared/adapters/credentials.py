@@ -32,7 +32,11 @@ which already owns back-off, the shared pause and lock renewal for Sentinel's ow
 about an hour and are renewed ahead of expiry, so a failed renewal costs one retried batch.
 
 The token request's timeouts are the session's (``connection_timeout``/``read_timeout`` on the
-transport): azure-core would otherwise replace the session's bounds with its own 300 s ones.
+transport): azure-core would otherwise replace the session's bounds with its own 300 s ones. Its
+per-read timeouts alone would let an answer trickling a byte at a time run for ever, so the
+transport also bounds the whole request by the session's total; and it reads token answers
+within ``TOKEN_MAX_BODY`` (``shared.adapters.http_limits``, whose response class and redirect
+refusal the transport goes through, being over our session).
 
 **Errors.** azure-identity raises ``ClientAuthenticationError`` for *any* token answer it cannot
 use — also a 429 or 5xx whose body has no OAuth ``error`` key, and then without the status. So
@@ -41,25 +45,41 @@ the body: only a 400/401/403 carrying an OAuth error (``invalid_client``,
 ``unauthorized_client``, AADSTS codes…) is Entra refusing us (``AuthenticationFailed``, fatal).
 Throttling is ``RateLimited`` when Entra said how long to wait; everything else that failed —
 429 without a wait, 5xx, empty or unreadable bodies, timeouts, resets — is
-``UpstreamUnavailable``. A refused TLS handshake is ``TlsVerificationFailed`` (fatal).
+``UpstreamUnavailable``. A refused TLS handshake is ``TlsVerificationFailed`` (fatal). An answer
+refused unread (too large, never ending, a redirect) or nested too deep to decode is
+``UpstreamUnavailable`` with that reason: it says nothing about the credential.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import aiohttp
 import orjson
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-from azure.core.pipeline.transport import AioHttpTransport
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceResponseTimeoutError,
+)
+from azure.core.pipeline.transport import AioHttpTransport, AsyncHttpResponse, HttpRequest
+from azure.core.rest import AsyncHttpResponse as RestAsyncHttpResponse
+from azure.core.rest import HttpRequest as RestHttpRequest
 from azure.identity import CredentialUnavailableError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
 from shared.adapters.http import MAX_PEER_MESSAGE, redact
+from shared.adapters.http_limits import (
+    TOKEN_MAX_BODY,
+    BodyTooLarge,
+    BodyTooSlow,
+    RedirectRefused,
+    body_limit,
+)
 from shared.core.backoff import parse_retry_after
 from shared.core.errors import (
     AuthenticationFailed,
@@ -118,7 +138,7 @@ def credential_factory(
     connect_timeout = session.timeout.connect or session.timeout.sock_connect or read_timeout
 
     def transport() -> AioHttpTransport:
-        return AioHttpTransport(
+        return _BoundedTransport(
             session=session,
             session_owner=False,
             connection_timeout=connect_timeout,
@@ -158,6 +178,53 @@ def credential_factory(
     return client_secret_credential
 
 
+# azure-core exports the transport through a module ``__getattr__``: mypy sees it as Any.
+class _BoundedTransport(AioHttpTransport):  # type: ignore[misc]
+    """azure-core's transport over our session, bounded as the module docstring says: token
+    answers within ``TOKEN_MAX_BODY``, the whole request within ``read_timeout``."""
+
+    @overload
+    async def send(
+        self,
+        request: HttpRequest,
+        *,
+        stream: bool = False,
+        proxies: MutableMapping[str, str] | None = None,
+        **config: Any,
+    ) -> AsyncHttpResponse: ...
+
+    @overload
+    async def send(
+        self,
+        request: RestHttpRequest,
+        *,
+        stream: bool = False,
+        proxies: MutableMapping[str, str] | None = None,
+        **config: Any,
+    ) -> RestAsyncHttpResponse: ...
+
+    async def send(
+        self,
+        request: HttpRequest | RestHttpRequest,
+        *,
+        stream: bool = False,
+        proxies: MutableMapping[str, str] | None = None,
+        **config: Any,
+    ) -> AsyncHttpResponse | RestAsyncHttpResponse:
+        total = self.connection_config.read_timeout
+        with body_limit(TOKEN_MAX_BODY):
+            try:
+                async with asyncio.timeout(total):
+                    sent: AsyncHttpResponse | RestAsyncHttpResponse = await super().send(
+                        request, stream=stream, proxies=proxies, **config
+                    )
+                    return sent
+            except TimeoutError as exc:  # ours: azure-core turns aiohttp's into its own errors
+                raise ServiceResponseTimeoutError(
+                    f"the token request did not end within {total:g} s"
+                ) from exc
+
+
 class TokenProvider:
     """Access tokens for one identity: cached by azure-identity, renewed on demand.
 
@@ -181,6 +248,10 @@ class TokenProvider:
             access = await credential.get_token(scope)
         except AzureError as exc:
             raise self._translate(exc) from exc
+        except RecursionError as exc:  # the stdlib decoder azure-core uses, on deep nesting
+            raise UpstreamUnavailable(
+                "Entra ID token request failed: the answer is nested too deep to decode"
+            ) from exc
         except OSError as exc:  # workload identity: the projected token file is unreadable
             raise AuthenticationFailed(
                 f"cannot read the federated token file ({type(exc).__name__})"
@@ -225,6 +296,9 @@ class TokenProvider:
         """
         detail = " ".join(str(exc.message or type(exc).__name__).split())[:MAX_PEER_MESSAGE]
         detail = redact(detail, *(s.reveal() for s in self._redact))
+        refused = _inner(exc, (BodyTooLarge, BodyTooSlow, RedirectRefused))
+        if refused is not None:
+            return UpstreamUnavailable(f"Entra ID token request failed: {refused}")
         tls = _tls_refusal(exc)
         if tls is not None:
             return TlsVerificationFailed(
@@ -269,16 +343,22 @@ def _oauth_refusal(response: Any) -> bool:
 def _tls_refusal(exc: BaseException) -> BaseException | None:
     """The TLS error inside ``exc`` when the handshake refused the peer, else ``None``.
 
-    azure-core wraps aiohttp's exception (``inner_exception`` / ``__cause__``). A handshake that
-    merely lost its connection arrives as a reset (``ClientConnectorError``), not as an SSL
-    error, so it stays transient.
+    A handshake that merely lost its connection arrives as a reset (``ClientConnectorError``),
+    not as an SSL error, so it stays transient.
     """
+    found = _inner(exc, (aiohttp.ClientSSLError,))
+    return found.os_error if isinstance(found, aiohttp.ClientSSLError) else None
+
+
+def _inner(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``'s chain: azure-core wraps aiohttp's
+    (``inner_exception`` / ``__cause__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, aiohttp.ClientSSLError):
-            return current.os_error
+        if isinstance(current, kinds):
+            return current
         inner = getattr(current, "inner_exception", None)
         current = inner if isinstance(inner, BaseException) else current.__cause__
     return None

@@ -2,7 +2,9 @@
 
 One session per process so every client (MATI, Sentinel, and azure-identity's transport) shares
 one connection pool and, above all, one TLS context (``shared.adapters.tls.client_context``: the
-system store plus ``SSL_CERT_FILE``). Verification is never switched off anywhere.
+system store plus ``SSL_CERT_FILE``). Verification is never switched off anywhere. And one set
+of bounds on what any peer makes us read (``shared.adapters.http_limits``): a body limit per
+client, no redirect ever followed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from shared.adapters.http_limits import BoundedResponse, refuse_redirects
 from shared.core.secrets import MASK
 
 
@@ -48,6 +51,8 @@ def open_session(
       ``HTTPS_PROXY`` is ignored by every client, azure-identity's included (it uses this
       session).
     - No cookie jar: no peer we talk to uses cookies, and a jar is state shared between clients.
+    - ``BoundedResponse`` reads every body within the limit in force, and ``refuse_redirects``
+      ends any request answered with a redirect (``shared.adapters.http_limits``).
     """
     if not timeout_s > 0:
         raise ValueError("timeout_s must be a positive number of seconds")
@@ -64,6 +69,8 @@ def open_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         raise_for_status=False,
+        response_class=BoundedResponse,
+        middlewares=(refuse_redirects,),
     )
 
 
@@ -92,8 +99,11 @@ def peer_message(body: bytes, *, secrets: tuple[str, ...] = ()) -> str:
     text = ""
     try:
         data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", errors="replace")
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            text = _TOO_DEEP  # its raw text would be a wall of brackets
+        else:
+            text = body[:_RAW_BYTES].decode("utf-8", errors="replace")
     else:
         text = _message_of(data)
     text = " ".join(text.split())
@@ -102,11 +112,17 @@ def peer_message(body: bytes, *, secrets: tuple[str, ...] = ()) -> str:
     return redact(text, *secrets)
 
 
+_TOO_DEEP: Final = "an error body nested deeper than JSON allows"
+#: How much of a body that is not JSON is looked at: far more than a message keeps, far less
+#: than a whole page.
+_RAW_BYTES: Final = 16 * MAX_PEER_MESSAGE
+
+
 def _message_of(data: Any) -> str:
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict):
-            parts = [str(error[k]) for k in ("code", "message") if error.get(k)]
+            parts = [json_text(error[k]) for k in ("code", "message") if error.get(k)]
             if parts:
                 return ": ".join(parts)
         for key in ("message", "error_description", "detail", "title"):
@@ -115,6 +131,17 @@ def _message_of(data: Any) -> str:
                 return value
         if isinstance(error, str) and error:
             return error
-    if isinstance(data, str):
-        return data
-    return orjson.dumps(data).decode()
+    return json_text(data)
+
+
+def json_text(value: Any) -> str:
+    """A decoded JSON ``value`` as text, for a message. Not ``str()``: a list nested a thousand
+    deep (valid JSON to orjson) exhausts Python's recursion in ``repr``; orjson writes at most
+    254 levels and says so."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        kind = "object" if isinstance(value, dict) else "array"
+        return f"a JSON {kind} nested too deep to show"

@@ -76,15 +76,48 @@ def message(answer: Answer, secrets: tuple[str, ...]) -> str:
 
 
 def decode(answer: Answer) -> Any:
-    """The JSON body; a body that does not decode is worth asking for again."""
+    """The JSON body; a body that does not decode is worth asking for again. orjson's reason
+    ("depth limit exceeded", "unexpected character"…) names a place, never the content."""
     try:
         return orjson.loads(answer.body)
     except orjson.JSONDecodeError as exc:
         raise Retry(
-            f"undecodable JSON body ({len(answer.body)} bytes)",
+            f"undecodable JSON body ({len(answer.body)} bytes: {exc})",
             kind="malformed",
             status=answer.status,
         ) from exc
+
+
+def check_encodable(records: list[Any], what: str) -> None:
+    """Refuse ``records`` if one cannot be written as JSON again.
+
+    orjson reads 1,024 levels of nesting but writes only 254, and the fetcher publishes each
+    record as orjson writes it: a record nested between the two would raise from deep inside the
+    publish, a crash instead of a reason. Refused whole (``MalformedResponse``), so the checkpoint
+    stays before it; the cost is one more encoding of what the fetcher encodes anyway.
+    """
+    try:
+        orjson.dumps(records)
+    except orjson.JSONEncodeError:
+        culprit = next((r for r in records if not _encodable(r)), None)
+        known = culprit.get("id") if isinstance(culprit, dict) else None
+        named = f" (id {known[:_MAX_ID_CHARS]!r})" if isinstance(known, str) else ""
+        raise MalformedResponse(
+            f"MATI {what} holds a record nested too deep to pass on{named}: "
+            "refused, nothing of it is published"
+        ) from None
+
+
+#: How much of a record's id a message quotes (real ids are about 45 characters).
+_MAX_ID_CHARS = 100
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def exhausted(what: str, retry: Retry, failures: int) -> Exception:

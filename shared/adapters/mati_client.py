@@ -20,11 +20,19 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
   jittered back-off; 5xx, empty 500s, timeouts, connection resets and undecodable bodies back off
   and retry the *same* request. Attempts and total waiting are both bounded
   (``shared.core.backoff``); then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``.
+  A body that would not end is such a timeout.
   A 400 on a ``next`` request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``,
   restart the window. Any other 4xx is ``QueryRejected`` with the server's message. A TLS handshake
   that refuses the server (untrusted or expired certificate, wrong host) is
   ``TlsVerificationFailed`` at once: no retry fixes a certificate, and retrying would hide a missing
   CA behind "MATI is down".
+- **Bounds** (``shared.adapters.http_limits``). An answer larger than ``max_body_bytes`` (token
+  answers: ``TOKEN_MAX_BODY``), counted decompressed, is ``MalformedResponse`` at once: the same
+  request would bring the same answer, each time as large, and the fetcher's next sync asks again
+  from its checkpoint. A redirect is never followed: ``UpstreamUnavailable`` at once (a wrong base
+  URL or an interception, which no retry within seconds fixes), so neither the key and secret
+  nor the bearer reach another host. A page holding a record that cannot be written as JSON again
+  is refused whole (``mati_answers.check_encodable``).
 - **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
   publishes no limit and ≈1 request/second is what survives (§8).
 
@@ -45,8 +53,17 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from shared.adapters import mati_answers as answers
+from shared.adapters.http_limits import (
+    MATI_MAX_BODY,
+    TOKEN_MAX_BODY,
+    BodyTooLarge,
+    BodyTooSlow,
+    RedirectRefused,
+    body_limit,
+)
 from shared.adapters.mati_answers import Answer, Retry
 from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.core.backoff import Backoff
@@ -54,6 +71,7 @@ from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
     TlsVerificationFailed,
+    UpstreamUnavailable,
 )
 from shared.core.events import get_logger
 from shared.core.pacing import Pacer
@@ -78,7 +96,8 @@ class MatiClient:
 
     ``sleep``, ``clock`` and ``rng`` are injected so tests see every wait the client chose
     (pacing and back-off) without sleeping. ``max_wait_s`` bounds the total back-off of one
-    request; keep it well under the cursor's ~10 minute life.
+    request; keep it well under the cursor's ~10 minute life. ``max_body_bytes`` bounds what one
+    answer (a page) may be; the default fits the largest page with wide headroom (tests lower it).
     """
 
     def __init__(
@@ -94,6 +113,7 @@ class MatiClient:
         max_wait_s: float = 300.0,
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 60.0,
+        max_body_bytes: int = MATI_MAX_BODY,
         sleep: Sleep = asyncio.sleep,
         clock: Monotonic = time.monotonic,
         rng: random.Random | None = None,
@@ -102,11 +122,14 @@ class MatiClient:
             raise ValueError("base_url must be an https:// URL")
         if not api_key or not api_secret:
             raise ValueError("api_key and api_secret are required")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
         self._session = session
         self._base = base_url.rstrip("/")
         self._key = api_key
         self._secret = api_secret
         self._app_name = app_name
+        self._max_body = max_body_bytes
         self._backoff = Backoff(
             base_s=backoff_base_s,
             cap_s=backoff_cap_s,
@@ -201,6 +224,7 @@ class MatiClient:
             cursor = data.get("next")
             if cursor is not None and not isinstance(cursor, str):
                 raise MalformedResponse("MATI page's 'next' is not a string")
+            answers.check_encodable(indicators, f"page {index}")
             return RawPage(
                 index=index,
                 indicators=indicators,
@@ -251,6 +275,7 @@ class MatiClient:
                 raise MalformedResponse(
                     f"MATI answered a JSON {type(data).__name__}, not an indicator object"
                 )
+            answers.check_encodable([data], "look-up")
             return data
 
         return await self._with_retries("GET /v4/indicator/{…}", attempt)
@@ -285,6 +310,7 @@ class MatiClient:
             f"{self._base}/token",
             headers=headers,
             data={"grant_type": "client_credentials"},
+            max_bytes=TOKEN_MAX_BODY,
         )
         if answer.status in _AUTH_STATUSES or answer.status == 400:
             raise AuthenticationFailed(
@@ -315,17 +341,28 @@ class MatiClient:
         headers: dict[str, str],
         params: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
+        max_bytes: int | None = None,
     ) -> Answer:
-        """One paced request; transport failures become ``Retry``."""
+        """One paced request; transport failures become ``Retry``, refused answers the
+        errors the module docstring names."""
         await self._pacer.wait()
         try:
-            async with self._session.request(
-                method, url, params=params, headers=headers, data=data
-            ) as response:
-                body = await response.read()
-                return Answer(response.status, body, response.headers)
+            with body_limit(max_bytes or self._max_body):
+                async with self._session.request(
+                    method, url, params=params, headers=headers, data=data
+                ) as response:
+                    body = await response.read()
+                    return Answer(response.status, body, response.headers)
         except aiohttp.InvalidURL:
             raise
+        except BodyTooLarge as exc:
+            raise MalformedResponse(f"MATI {method} {_path(url)}: {exc}") from exc
+        except RedirectRefused as exc:
+            raise UpstreamUnavailable(
+                f"MATI {method} {_path(url)}: {exc}", status=exc.status
+            ) from exc
+        except BodyTooSlow as exc:
+            raise Retry(str(exc)) from exc
         except TimeoutError as exc:
             raise Retry("timed out") from exc
         except aiohttp.ClientSSLError as exc:
@@ -365,3 +402,8 @@ class MatiClient:
             )
         except Retry as failed:
             raise answers.exhausted(what, failed, retrier.failures) from failed.__cause__
+
+
+def _path(url: str) -> str:
+    """The path of one of our URLs, for a message: no host, no query."""
+    return URL(url).path

@@ -35,6 +35,13 @@ A TLS handshake that refuses Sentinel's certificate is ``TlsVerificationFailed``
 retry): a certificate does not fix itself, and a retried "outage" would hide a missing CA or an
 intercepting proxy from the operator.
 
+**Answers we refuse to read** (``shared.adapters.http_limits``): one larger than
+``max_body_bytes`` (counted decompressed) is ``MalformedResponse``; a redirect, never followed
+(the bearer token goes nowhere else), and a body that does not end in time are
+``UpstreamUnavailable``. The uploader retries all three with back-off and keeps the batch: such an
+answer says nothing about the records (Sentinel may even have stored them; ids are
+deterministic, so sending them again is harmless), so no record is ever dead-lettered for it.
+
 Nothing secret (the bearer token) ever reaches an exception message or a log line.
 """
 
@@ -49,7 +56,14 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from shared.adapters.http import peer_message, redact
+from shared.adapters.http import json_text, peer_message, redact
+from shared.adapters.http_limits import (
+    SENTINEL_MAX_BODY,
+    BodyTooLarge,
+    BodyTooSlow,
+    RedirectRefused,
+    body_limit,
+)
 from shared.core.backoff import parse_retry_after, parse_try_again_text
 from shared.core.errors import (
     AuthenticationFailed,
@@ -84,6 +98,8 @@ DEFAULT_SOURCE_SYSTEM: Final = "Mandiant Threat Intelligence"
 DEFAULT_RETRY_AFTER_S: Final = 60.0
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _ERROR_KEYS: Final = ("errorMessages", "validationErrorMessages")
+#: How much of an unusable value from an answer a message quotes.
+_MAX_SHOWN: Final = 60
 
 
 DEFAULT_BASE_URLS: Final = {
@@ -174,6 +190,7 @@ class SentinelClient:
         source_system: str = DEFAULT_SOURCE_SYSTEM,
         scope: str = DEFAULT_SCOPE,
         on_request: RequestObserver | None = None,
+        max_body_bytes: int = SENTINEL_MAX_BODY,
     ) -> None:
         self._api = SentinelApi(api)
         self._on_request = on_request
@@ -182,6 +199,9 @@ class SentinelClient:
             raise ValueError("base_url must be an https:// URL")
         if not workspace_id:
             raise ValueError("workspace_id is required")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        self._max_body = max_body_bytes
         problem = check_source_system(source_system)
         if problem is not None:
             raise ValueError(problem)
@@ -264,10 +284,15 @@ class SentinelClient:
             "Accept": "application/json",
         }
         try:
-            async with self._session.post(self._url, data=body, headers=headers) as response:
-                return response.status, await response.read(), response.headers
+            with body_limit(self._max_body):
+                async with self._session.post(self._url, data=body, headers=headers) as response:
+                    return response.status, await response.read(), response.headers
         except aiohttp.InvalidURL:
             raise
+        except BodyTooLarge as exc:
+            raise MalformedResponse(f"Sentinel's upload answer was refused: {exc}") from exc
+        except (RedirectRefused, BodyTooSlow) as exc:
+            raise UpstreamUnavailable(f"Sentinel upload failed: {exc}") from exc
         except TimeoutError as exc:
             raise UpstreamUnavailable("Sentinel upload timed out") from exc
         except aiohttp.ClientSSLError as exc:
@@ -344,8 +369,9 @@ def _result(count: int, payload: bytes) -> UploadResult:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        # orjson's reason names a place ("depth limit exceeded: line 1 column 1026"), no content.
         raise MalformedResponse(
-            f"Sentinel answered 2xx with an undecodable body ({len(payload)} bytes)"
+            f"Sentinel answered 2xx with an undecodable body ({len(payload)} bytes: {exc})"
         ) from exc
     if not isinstance(data, dict):
         # Not the documented shape: it may be a refusal, so no record may pass as accepted.
@@ -360,8 +386,10 @@ def _result(count: int, payload: bytes) -> UploadResult:
         index = entry.get("recordIndex") if isinstance(entry, dict) else None
         # A refusal we cannot attribute must not let its record pass as accepted.
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            shown = json_text(index)  # anything a peer sent: never repr, clipped
+            shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 1] + "…"
             raise MalformedResponse(
-                f"Sentinel reported an error for record index {index!r} of a {count}-record batch"
+                f"Sentinel reported an error for record index {shown} of a {count}-record batch"
             )
         messages.setdefault(index, []).extend(_messages_of(entry))
     rejected = tuple(
@@ -379,5 +407,5 @@ def _messages_of(entry: Mapping[str, Any]) -> list[str]:
         if isinstance(value, str):
             found.append(value)
         elif isinstance(value, list):
-            found.extend(str(item) for item in value)
+            found.extend(json_text(item) for item in value)
     return found
