@@ -2,7 +2,9 @@
 
 A test (or `make demo`, over the ``/_sim/faults`` control route) queues faults; each request
 to a matching route consumes one. Generic faults (429, 5xx, empty 500, a gateway's HTML error
-page, timeout, reset, malformed JSON) are applied by a middleware before the handler runs;
+page, timeout, reset, malformed JSON, and the hostile bodies of ``simulators.fault_bodies``: too
+large, inflating, nested deep, one huge value, endless, a redirect to plain HTTP) are applied by
+a middleware before the handler runs;
 faults that only make sense inside a handler (partial record errors, an expired token, a
 refusal of the whole upload) are taken by the handler.
 
@@ -29,6 +31,9 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from simulators import fault_bodies
+from simulators.fault_bodies import DEFAULT_CHUNK
+
 
 class FaultKind(StrEnum):
     RATE_LIMIT = "rate_limit"
@@ -42,6 +47,12 @@ class FaultKind(StrEnum):
     EXPIRED_TOKEN = "expired_token"
     REJECT_ALL = "reject_all"
     REJECT_RECORDS = "reject_records"
+    OVERSIZED_BODY = "oversized_body"
+    INFLATING_BODY = "inflating_body"
+    DEEP_JSON = "deep_json"
+    HUGE_VALUE = "huge_value"
+    ENDLESS_BODY = "endless_body"
+    REDIRECT_PLAIN = "redirect_plain"
 
 
 #: Faults the middleware answers itself; the rest are taken by handlers.
@@ -54,6 +65,12 @@ GENERIC = frozenset(
         FaultKind.TIMEOUT,
         FaultKind.RESET,
         FaultKind.MALFORMED_JSON,
+        FaultKind.OVERSIZED_BODY,
+        FaultKind.INFLATING_BODY,
+        FaultKind.DEEP_JSON,
+        FaultKind.HUGE_VALUE,
+        FaultKind.ENDLESS_BODY,
+        FaultKind.REDIRECT_PLAIN,
     }
 )
 
@@ -83,6 +100,15 @@ class Fault:
     Sentinel's side); with ``attributed`` the answer also lists ``errors[]`` naming every record,
     each with that same message. REJECT_RECORDS answers 400 naming only ``record_indexes``, each
     with a message of its own. Neither stores anything.
+
+    The hostile bodies (``simulators.fault_bodies``) answer ``answer_status`` (200 unless told),
+    shaped like the route's success answer. ``size_bytes`` is how large OVERSIZED_BODY is (its
+    length declared) and INFLATING_BODY inflates to (gzip), and how long HUGE_VALUE's one string
+    is; 0 takes the kind's default. DEEP_JSON nests one value ``depth`` arrays deep.
+    ENDLESS_BODY sends ``chunk_bytes`` every ``interval_s`` until the client hangs up.
+    REDIRECT_PLAIN answers ``redirect_status`` with ``location``, by default the request's own
+    URL over plain http. Each adds what it wrote to ``sent_bytes`` and sets ``ended`` once its
+    answer is over, the client gone included.
     """
 
     kind: FaultKind
@@ -96,6 +122,15 @@ class Fault:
     after: int = 0
     message: str = SCHEMA_CHANGED
     attributed: bool = False
+    answer_status: int = 200
+    size_bytes: int = 0
+    depth: int = 5000
+    chunk_bytes: int = DEFAULT_CHUNK
+    interval_s: float = 0.0
+    redirect_status: int = 302
+    location: str | None = None
+    sent_bytes: int = 0
+    ended: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:
@@ -268,8 +303,24 @@ async def answer_generic(
         return web.Response(status=504)
     if fault.kind is FaultKind.MALFORMED_JSON:
         return answers.malformed(request, fault)
+    hostile = _HOSTILE.get(fault.kind)
+    if hostile is not None:
+        return await hostile(request, fault)
     reset_connection(request)
     raise ConnectionResetError("simulated reset")
+
+
+#: The hostile bodies' answers (``simulators.fault_bodies``), by kind.
+_HOSTILE: Final[
+    Mapping[FaultKind, Callable[[web.Request, Fault], Awaitable[web.StreamResponse]]]
+] = {
+    FaultKind.OVERSIZED_BODY: fault_bodies.oversized,
+    FaultKind.INFLATING_BODY: fault_bodies.inflating,
+    FaultKind.ENDLESS_BODY: fault_bodies.endless,
+    FaultKind.DEEP_JSON: fault_bodies.deep,
+    FaultKind.HUGE_VALUE: fault_bodies.huge,
+    FaultKind.REDIRECT_PLAIN: fault_bodies.redirect,
+}
 
 
 def _gateway_page(status: int) -> str:
