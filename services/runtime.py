@@ -10,6 +10,11 @@ setting, before anything connects; a probe port already taken; an unreadable CA 
 entity that does not exist), said in one line; 1 when the loop crashed (the pod restarts;
 every effect is idempotent, so restarting is safe). A Redis or bus that does not answer yet
 is waited for, with readiness false, since in a cluster it may simply start later.
+
+Redis must refuse writes when it is full rather than evict keys (``maxmemory-policy
+noeviction``; ``shared.adapters.redis_memory`` says why): each service reads the policy once
+Redis answers and warns in one line when it evicts; readiness is false while Redis refuses
+writes, and the gauges export both, so an alert sees them.
 """
 
 from __future__ import annotations
@@ -30,16 +35,19 @@ from redis.asyncio import Redis
 
 from services import observability
 from shared.adapters.http import open_session
-from shared.adapters.redis_connect import resilient
+from shared.adapters.redis_connect import RedisClient, resilient
+from shared.adapters.redis_memory import FIX, check_writes, probe_key, read_memory
 from shared.adapters.redis_streams import RedisStreamsBus
 from shared.adapters.servicebus import ServiceBusBus
 from shared.adapters.tls import client_context
 from shared.contract.bus import Bus
-from shared.core.errors import ConfigError, FatalError
+from shared.core.errors import ConfigError, FatalError, StateUnavailable
 from shared.core.secrets import Secret
 from shared.core.setting_values import url_password
 from shared.core.settings import Service, Settings, load_settings
+from shared.core.timing import sleep_unless_stopped
 from shared.telemetry import logs, tracing
+from shared.telemetry.gauges import Read, Reading, readiness_read
 from shared.telemetry.health import Health, HealthServer
 
 log = logs.get_logger(__name__)
@@ -146,7 +154,13 @@ async def open_runtime(
         async def redis_answers() -> None:
             await redis.ping()
 
+        async def redis_takes_writes() -> None:
+            # The fetcher writes in its own slot, the others in the destination's.
+            slot = None if service is Service.FETCHER else settings.destination
+            await check_writes(redis, probe_key(slot))
+
         health.add_check("redis", redis_answers)
+        health.add_check("redis_writes", redis_takes_writes)
         health.add_check("bus", bus.ping)
         yield Runtime(
             settings=settings,
@@ -161,6 +175,52 @@ async def open_runtime(
 
 
 Loop = Callable[[Runtime], Awaitable[None]]
+
+#: The longest wait between two attempts to read Redis's eviction policy at start.
+POLICY_RETRY_MAX_S: Final = 60.0
+
+
+async def warn_if_evicting(redis: RedisClient, stop: asyncio.Event) -> None:
+    """Read Redis's ``maxmemory-policy`` once it answers (it may start after us) and, when it
+    drops keys at ``maxmemory``, say so in one warning line with the fix. Never fails the
+    service: a policy nobody can read is a warning too."""
+    wait, memory = 1.0, None
+    while memory is None:
+        try:
+            memory = await read_memory(redis)
+        except StateUnavailable:
+            if not await sleep_unless_stopped(stop, wait):
+                return
+            wait = min(wait * 2, POLICY_RETRY_MAX_S)
+    if memory.evicting:
+        log.warning(
+            "redis.evicting_policy",
+            maxmemory_policy=memory.policy,
+            effect=memory.what_evicts(),
+            fix=FIX,
+        )
+    elif memory.policy is None:
+        log.warning("redis.policy_unknown", maxmemory_policy="unknown", fix=f"make sure: {FIX}")
+    else:
+        log.info("redis.policy", maxmemory_policy=memory.policy)
+
+
+def redis_memory_read(redis: RedisClient, destination: str) -> Read:
+    """Whether Redis's policy evicts, and how full it is; what nobody knows is left out."""
+    attributes = {"destination": destination}
+
+    async def read() -> list[Reading]:
+        memory = await read_memory(redis)
+        readings: list[Reading] = []
+        if memory.evicting is not None:
+            evicting = 1.0 if memory.evicting else 0.0
+            readings.append(("mati2sentinel_redis_evicting", evicting, attributes))
+        ratio = memory.used_ratio
+        if ratio is not None:
+            readings.append(("mati2sentinel_redis_memory_used_ratio", ratio, attributes))
+        return readings
+
+    return read
 
 
 #: How often the event loop proves it is alive; /livez fails after HEARTBEAT_STALE_S without.
@@ -209,9 +269,12 @@ async def _serve(
         # Counters, gauges and upload latency; /metrics on the probes' port.
         observability.serving(
             service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
-        ),
+        ) as metrics,
         _probes(runtime.health, settings.health_port if probes else None) as port,
     ):
+        # Every service reports its own readiness and its view of Redis's memory.
+        metrics.gauges.add("readiness", readiness_read(runtime.health, settings.destination))
+        metrics.gauges.add("redis_memory", redis_memory_read(runtime.redis, settings.destination))
         beating = asyncio.create_task(_heartbeat(runtime.health))
         task = asyncio.current_task()
         signals = asyncio.get_running_loop()
@@ -231,6 +294,8 @@ async def _serve(
                 bus=settings.bus,
                 health_port=port,
             )
+            # In the bound context, so its line names the service like every other.
+            policy = asyncio.create_task(warn_if_evicting(runtime.redis, runtime.stop))
             try:
                 await loop(runtime)
             except asyncio.CancelledError:
@@ -246,6 +311,7 @@ async def _serve(
                 return 1
             finally:
                 beating.cancel()
+                policy.cancel()
             log.info("service.stopped")
             return 0
 

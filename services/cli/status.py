@@ -1,6 +1,7 @@
 """``mati2sentinel status``: what the pipeline is doing, from the state it keeps in Redis and
 the bus, without reading a log: how fresh the checkpoint is, what waits where, what was
-dropped and why, whether the destination's circuit is open, and what analysts suppressed."""
+dropped and why, whether the destination's circuit is open, what analysts suppressed, and
+whether Redis would evict keys when it fills up (``shared.adapters.redis_memory``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.runtime import Runtime
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.rate_budget import RateBudget
+from shared.adapters.redis_memory import RedisMemory, read_memory
 from shared.adapters.suppressions import describe
 from shared.adapters.workspace_state import WorkspaceState, when
 from shared.contract.bus import Bus, EntityCounts, Source
@@ -59,6 +61,9 @@ class Status:
     #: reconcile's result (``at`` ms, ``streak``, counts by kind), both empty when none.
     rebuild: dict[str, str]
     reconcile: dict[str, str]
+    #: Redis's eviction policy and memory (``RedisMemory.to_dict()``): ``maxmemory_policy``,
+    #: ``evicting``, ``maxmemory``, ``used_memory``, ``used_ratio``; ``None`` where unknown.
+    redis: dict[str, Any]
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -113,6 +118,7 @@ async def collect(runtime: Runtime, *, now: datetime | None = None) -> Status:
         seen_cache=await workspace.born(),
         rebuild=await workspace.rebuild_status(),
         reconcile=await workspace.last_reconcile(),
+        redis=(await read_memory(runtime.redis)).to_dict(),
     )
 
 
@@ -164,6 +170,35 @@ def _workspace_lines(status: Status) -> list[str]:
     return lines
 
 
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def redis_line(redis: dict[str, Any]) -> str:
+    """The policy, what it does at ``maxmemory`` (the fix when it evicts), and memory use:
+    an operator sees here why a full Redis dropped keys, or why the services stopped."""
+    memory = RedisMemory(redis.get("maxmemory_policy"), redis.get("maxmemory"),
+                         redis.get("used_memory"))  # fmt: skip
+    line = f"redis        maxmemory-policy {memory.policy or 'unknown'} ({memory.what_evicts()})"
+    if memory.evicting:
+        line += "; set maxmemory-policy noeviction"
+    elif memory.evicting is None:
+        line += "; make sure it is noeviction"
+    if memory.used is not None:
+        line += f"; memory {_bytes(memory.used)}"
+        ratio = memory.used_ratio
+        if ratio is not None and memory.maxmemory:
+            line += f" of {_bytes(memory.maxmemory)} ({ratio:.0%})"
+        elif memory.maxmemory == 0:
+            line += " (no maxmemory)"
+    return line
+
+
 def render(status: Status) -> str:
     """The status as a person reads it in a terminal."""
     lines = [f"destination  {status.destination}"]
@@ -188,6 +223,7 @@ def render(status: Status) -> str:
         f"rate budget  {status.rate_in_window}/{status.rate_limit} in window"
         + (f", paused {status.paused_for_s:g}s" if status.paused_for_s else "")
     )
+    lines.append(redis_line(status.redis))
     lines += _workspace_lines(status)
     lines.append(
         f"suppressed   {status.suppressed}" + (" (newest first)" if status.suppressed else "")

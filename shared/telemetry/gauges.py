@@ -8,7 +8,9 @@ an alert can see beats an old value passing for a current one.
 
 Each service reports only what it owns (``PARTS``): the filter the subscription it reads, the
 uploader its queue, circuit and rate budget, the fetcher the checkpoint and last sync. So a
-series is never reported by every replica of every service.
+series is never reported by every replica of every service, except what each pod knows of
+itself: its readiness checks (``readiness_read``) and the Redis it writes to (whether its
+policy evicts, how full it is), added by ``services.runtime``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from opentelemetry.metrics import Observation
 
 from shared.contract.bus import Bus, Source, Subscription
 from shared.telemetry import logs
+from shared.telemetry.health import Health
 
 log = logs.get_logger(__name__)
 
@@ -69,6 +72,12 @@ GAUGES: Final = (
         "Reconciles in a row that found drift (0 after a clean one).",
     ),
     Gauge("mati2sentinel_reconcile_age_seconds", "Seconds since the last reconcile finished.", "s"),
+    Gauge("mati2sentinel_ready", "1 while this readiness check passes (/readyz), else 0."),
+    Gauge(
+        "mati2sentinel_redis_evicting",
+        "1 if Redis's maxmemory-policy drops keys at maxmemory, 0 if it refuses writes.",
+    ),
+    Gauge("mati2sentinel_redis_memory_used_ratio", "Redis used_memory over maxmemory."),
 )
 
 #: ``(gauge name, value, attributes)``.
@@ -97,6 +106,11 @@ class GaugeCache:
         self._failing: set[str] = set()
         self._lock = asyncio.Lock()
         self.refreshed_at: float | None = None
+
+    def add(self, part: str, read: Read) -> None:
+        """Read ``part`` too, from the next refresh on: what every service reports whatever
+        it is (readiness, Redis's memory) is added where the service is assembled."""
+        self._reads = {**self._reads, part: read}
 
     def on_failure(self, listener: Callable[[str], None]) -> None:
         """Also tell ``listener`` the name of each part whose read failed."""
@@ -175,6 +189,24 @@ def queue_read(bus: Bus, source: Source, destination: str) -> Read:
                 counts.oldest_age_s or 0.0,
                 attributes,
             ),
+        ]
+
+    return read
+
+
+def readiness_read(health: Health, destination: str) -> Read:
+    """``/readyz`` as a gauge, one series per check: a probe only restarts or unlists a pod,
+    while an alert needs a series to say that Redis refuses writes (say) for minutes."""
+
+    async def read() -> list[Reading]:
+        checks = await health.ready()
+        return [
+            (
+                "mati2sentinel_ready",
+                1.0 if result == "ok" else 0.0,
+                {"destination": destination, "check": name},
+            )
+            for name, result in checks.items()
         ]
 
     return read
