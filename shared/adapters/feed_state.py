@@ -82,7 +82,13 @@ class Lease:
 
 class FetcherLease(Lease):
     """Keeps one fetcher active at a time: a late loser is harmless because the checkpoint
-    only moves forward and every publish is idempotent (DESIGN §4)."""
+    only moves forward and every publish is idempotent (DESIGN §4).
+
+    The checkpoint needs no fence on the lease: each fetcher moves it only past pages it
+    published itself, paging from at or before the checkpoint it read. So a lease lost early
+    (expired during a stall, or evicted by a Redis whose policy drops keys with a TTL) can
+    let two fetchers page at once, but never skip a page (tests/state/test_redis_memory.py).
+    """
 
     def __init__(self, client: RedisClient, *, owner: str, ttl_s: float = 30.0) -> None:
         super().__init__(client, fetcher_key("lease"), owner=owner, ttl_s=ttl_s)
