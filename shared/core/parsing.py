@@ -27,6 +27,10 @@ MAX_DETAIL_CHARS: Final = 200
 MAX_ID_CHARS: Final = 100
 #: How much of an offending value a detail quotes.
 _MAX_QUOTE_CHARS: Final = 60
+#: Longest indicator value: an fqdn has at most 253 characters and real URLs a few thousand; a
+#: value of megabytes is a broken or hostile record, refused here rather than carried into a
+#: STIX pattern Sentinel would refuse, in a message larger than a bus may take.
+MAX_VALUE_CHARS: Final = 16_384
 _JSON_NAMES: Final[dict[type, str]] = {
     dict: "object",
     list: "array",
@@ -167,6 +171,12 @@ def parse_indicator(raw: object) -> Indicator | Rejection:
         return Rejection(
             RejectReason.UNSUPPORTED_TYPE,
             f"type {_quote(type_text)} is not one of {', '.join(IndicatorType)}",
+            indicator_id,
+        )
+    if len(value_text) > MAX_VALUE_CHARS:
+        return Rejection(
+            RejectReason.BAD_FIELD,
+            f"{kind} value has {len(value_text)} characters, more than {MAX_VALUE_CHARS}",
             indicator_id,
         )
     value = _normalise_value(kind, value_text)
