@@ -189,6 +189,8 @@ async def warn_if_evicting(redis: RedisClient, stop: asyncio.Event) -> None:
         try:
             memory = await read_memory(redis)
         except StateUnavailable:
+            if wait == 1.0:  # once: why the policy line has not come yet
+                log.info("redis.policy_unread", reason="redis does not answer yet")
             if not await sleep_unless_stopped(stop, wait):
                 return
             wait = min(wait * 2, POLICY_RETRY_MAX_S)

@@ -10,6 +10,7 @@ leak into the session's Redis that every other test shares.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 from services.cli.redis_server import LocalRedis, free_port
 from services.fetcher.config import FetcherConfig
 from services.fetcher.sync import Outcome
+from services.runtime import warn_if_evicting
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.redis_connect import connect
@@ -29,6 +31,7 @@ from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Message
 from shared.contract.messages import upload_queue
 from shared.core.errors import NotReady, StateUnavailable
+from shared.core.events import fields_of
 from shared.core.fingerprint import SeenEntry
 from tests.helpers import wait_for
 from tests.services.fetcher_rig import DEST, LOOKBACK, ids, newest, world
@@ -127,6 +130,81 @@ async def test_a_redis_that_does_not_answer_is_unavailable_not_unknown() -> None
             await read_memory(silent)
     finally:
         await silent.aclose()
+
+
+# ---- the warning at start -----------------------------------------------------------------
+
+
+def policy_events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(event, level, fields)`` of what ``warn_if_evicting`` logged."""
+    return [
+        (r.getMessage(), r.levelname.lower(), fields_of(r))
+        for r in caplog.records
+        if r.getMessage().startswith("redis.")
+    ]
+
+
+async def test_an_evicting_policy_is_one_warning_naming_it_and_the_fix(
+    redis: Redis, own_server: LocalRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await warn_if_evicting(redis, asyncio.Event())
+    assert policy_events(caplog) == [("redis.policy", "info", {"maxmemory_policy": "noeviction"})]
+    caplog.clear()
+
+    await redis.config_set("maxmemory-policy", "volatile-lru")
+    await warn_if_evicting(redis, asyncio.Event())
+    ((event, level, fields),) = policy_events(caplog)
+    assert (event, level, fields["maxmemory_policy"]) == ("redis.evicting_policy", "warning",
+                                                         "volatile-lru")  # fmt: skip
+    assert "set maxmemory-policy noeviction" in fields["fix"]
+    assert "seen entries" in fields["effect"]
+    caplog.clear()
+
+    # A server that will not say (neither INFO nor CONFIG) is a warning too, not a failure.
+    await redis.acl_setuser("mute", enabled=True, passwords=["+mute-pw"], keys=["*"],
+                            commands=["+@all", "-config", "-info"])  # fmt: skip
+    mute: Redis = connect(f"redis://mute:mute-pw@127.0.0.1:{own_server.port}/0")
+    try:
+        await warn_if_evicting(mute, asyncio.Event())
+    finally:
+        await mute.aclose()
+        await redis.acl_deluser("mute")
+    ((event, level, fields),) = policy_events(caplog)
+    assert (event, level, fields["maxmemory_policy"]) == ("redis.policy_unknown", "warning",
+                                                         "unknown")  # fmt: skip
+
+
+async def test_the_policy_is_read_once_redis_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that starts after the service is waited for, never a failed start; a service
+    stopped meanwhile stops waiting."""
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    client: Redis = connect(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+    late = LocalRedis(tmp_path / "late", port=port)
+    try:
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(warn_if_evicting(client, stop))
+        await wait_for(lambda: policy_events(caplog), 10, what="the first failed read")
+        assert [event for event, _, _ in policy_events(caplog)] == ["redis.policy_unread"]
+        await asyncio.to_thread(late.start)
+        await wait_for(lambda: len(policy_events(caplog)) == 2, 10, what="the policy")
+        await waiting
+        assert policy_events(caplog)[1] == (
+            "redis.policy",
+            "info",
+            {"maxmemory_policy": "noeviction"},
+        )
+        late.stop()
+        caplog.clear()
+        stop.set()
+        await warn_if_evicting(client, stop)  # stopped: it tries once, then stops waiting
+        assert [event for event, _, _ in policy_events(caplog)] == ["redis.policy_unread"]
+    finally:
+        late.stop()
+        await client.aclose()
 
 
 # ---- the write probe -----------------------------------------------------------------------
