@@ -46,8 +46,9 @@ the body: only a 400/401/403 carrying an OAuth error (``invalid_client``,
 Throttling is ``RateLimited`` when Entra said how long to wait; everything else that failed —
 429 without a wait, 5xx, empty or unreadable bodies, timeouts, resets — is
 ``UpstreamUnavailable``. A refused TLS handshake is ``TlsVerificationFailed`` (fatal). An answer
-refused unread (too large, never ending, a redirect) or nested too deep to decode is
-``UpstreamUnavailable`` with that reason: it says nothing about the credential.
+refused unread (too large, never ending, a redirect), nested too deep to decode, or whose access
+token is not a string (azure-identity passes on any JSON value) is ``UpstreamUnavailable`` with
+that reason: it says nothing about the credential.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ CredentialFactory = Callable[[], AsyncTokenCredential]
 _REFUSAL_STATUSES: Final = frozenset({400, 401, 403})
 #: OAuth ``error`` values that mean "Entra is failing", not "Entra refuses you" (RFC 6749 §4.1.2.1).
 _TRANSIENT_OAUTH_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
+#: JSON's names of what a decoded value may be, for a message that must not show the value.
+_JSON_KINDS: Final[dict[type, str]] = {list: "array", dict: "object", int: "number"}
 #: Used when the session sets no bound (aiohttp allows ``None``); azure-core's own is 300 s.
 _FALLBACK_TIMEOUT_S: Final = 30.0
 
@@ -256,7 +259,14 @@ class TokenProvider:
             raise AuthenticationFailed(
                 f"cannot read the federated token file ({type(exc).__name__})"
             ) from exc
-        return access.token
+        # azure-identity hands on whatever JSON value the answer's access_token held.
+        token: object = access.token
+        if not isinstance(token, str) or not token:
+            kind = "empty" if token == "" else f"a JSON {_JSON_KINDS.get(type(token), 'value')}"
+            raise UpstreamUnavailable(
+                f"Entra ID token request failed: the answer's access token is {kind}"
+            )
+        return token
 
     async def refresh(self, scope: str) -> str:
         """A token that was certainly issued after this call started (the cache is discarded).
