@@ -291,11 +291,16 @@ class FilterWorker:
         self, items: Sequence[Item], known: dict[str, SeenEntry | None], now: datetime
     ) -> None:
         """New, changed, refresh, or unchanged (dropped); the seen entries the shortcut's
-        ``MGET`` did not fetch cost one more."""
+        ``MGET`` did not fetch cost one more. What fails the filters is revoked where the
+        workspace holds it live; where it does not, an upload of it may still be queued (an
+        earlier version, or this one judged under earlier settings before ``sync --once
+        --full``), and its claim is taken so the uploader skips it (``supersede``): one more
+        round trip for a batch with such records."""
         pending = [forward for item in items for forward in item.observables]
         revocable = [c.lineage for item in items for c in item.revocable]
         if not pending and not revocable:
             return
+        unheld: list[str] = []
         if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             missing += [lineage for lineage in revocable if lineage not in known]
@@ -328,13 +333,20 @@ class FilterWorker:
                         generation=generation,
                     )
                 )
-            # Without the seen cache nothing is known to be held, so nothing is revoked.
-            for candidate in item.revocable if self.config.deduplication else ():
+            for candidate in item.revocable:
+                # Without the seen cache nothing is known to be held, so nothing is revoked.
                 entry = known.get(candidate.lineage)
-                request = revocation(candidate, entry, now, self.config.stix_policy)
-                if request is not None:
-                    item.decided.append(request)
-                    item.revoke_reasons[request.stix_id] = candidate.reason
+                request = (
+                    revocation(candidate, entry, now, self.config.stix_policy)
+                    if self.config.deduplication
+                    else None
+                )
+                if request is None:
+                    unheld.append(candidate.lineage)
+                    continue
+                item.decided.append(request)
+                item.revoke_reasons[request.stix_id] = candidate.reason
+        await self._state.supersede(list(dict.fromkeys(unheld)))
 
     async def _claim(self, items: Sequence[Item]) -> None:
         """Claim every observable to forward: one script for first deliveries, one for

@@ -122,6 +122,21 @@ end
 return #KEYS
 """
 
+#: KEYS inflight keys; ARGV[1] the mark of a version judged failing. Every claim held (by a
+#: queued upload) is overwritten with the mark, its expiry kept; a free one stays free. Returns
+#: how many were held (see ``DestinationState.supersede``).
+SUPERSEDE: Final = """
+local held = 0
+for _, key in ipairs(KEYS) do
+  local claim = redis.pcall('GET', key)
+  if type(claim) == 'string' and claim ~= ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'KEEPTTL')
+    held = held + 1
+  end
+end
+return held
+"""
+
 #: KEYS inflight keys; ARGV[i] fingerprint i. Compare-and-delete.
 RELEASE: Final = """
 local released = {}
@@ -178,6 +193,10 @@ return 1
 
 #: KEYS[1] log zset, KEYS[2] pause; ARGV limit, span µs, unique token. Returns µs to wait
 #: (0 = granted and recorded). Scores are the server's clock in microseconds.
+#: ZADD is the script's first write on purpose: Redis refuses a script's write at maxmemory
+#: only until the script has written once, and a trim first (never refused, it frees memory)
+#: would let a full Redis grant budget it cannot record, so uploads went on that could never
+#: be committed. Counting the window with ZCOUNT instead of trimming first keeps that order.
 RATE_ACQUIRE: Final = """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
@@ -186,14 +205,15 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local span = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - span))
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+local cutoff = string.format('%.0f', now - span)
+if redis.call('ZCOUNT', KEYS[1], '(' .. cutoff, '+inf') < tonumber(ARGV[1]) then
   local score = string.format('%.0f', now)
   redis.call('ZADD', KEYS[1], score, score .. ':' .. ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
   redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return math.max(1, tonumber(oldest[2]) + span - now)
 """
 

@@ -1,0 +1,50 @@
+"""A version queued for upload that fails the filters by the time its indicator is judged
+again (MATI reported it failing, or a minimum was raised and ``sync --once --full`` re-judged
+it) never goes live. Nothing is revoked, since the workspace does not hold it yet, but the
+filter takes its claim, so the uploader skips the queued upload as superseded. Found by
+``make chaos``: a full sync during a back-fill left every queued indicator below the new
+minimum live in the workspace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.uploader.batching import prepare
+from shared.contract.messages import raw_message
+from shared.core.filters import FilterPolicy
+from shared.core.stix import stix_id
+from tests.services.filter_rig import QUEUE, Rig, again, of_type, passing, sync, take
+
+
+def _reported_failing(record: dict[str, Any]) -> tuple[object, dict[str, Any]]:
+    failing = again(record)
+    failing["mscore"] = 10
+    return failing, {}
+
+
+def _minimum_raised(record: dict[str, Any]) -> tuple[object, dict[str, Any]]:
+    full = raw_message(record, run_id="full-1", full=True)
+    return full, {"filter_policy": FilterPolicy(minimum_confidence=96)}
+
+
+@pytest.mark.parametrize("judged_again", [_reported_failing, _minimum_raised])
+async def test_a_queued_upload_of_what_now_fails_is_skipped_by_the_uploader(
+    rig: Rig, judged_again: Any
+) -> None:
+    record = passing(of_type("fqdn"))  # mscore 95
+    await sync(rig, rig.worker(), record)  # queued; no uploader has taken it yet
+    message, options = judged_again(record)
+    never_queued = passing(of_type("url"))
+    never_queued["mscore"] = 10
+    outcome = await sync(rig, rig.worker(**options), message, never_queued)
+    assert outcome["dropped_low_confidence"] == 2
+    assert outcome["forwarded"] == 0, "nothing to revoke: the workspace holds neither"
+
+    queued = await take(rig.bus, QUEUE, 1)
+    prepared = await prepare(queued, rig.state, now=rig.clock.now, refresh_ratio=0.5)
+    assert [item.stix_id for item in prepared.superseded] == [stix_id(record["id"], None)]
+    assert prepared.upload == []
+    # Only a held claim is taken: what was never queued costs no key.
+    assert await rig.state.claims([stix_id(never_queued["id"], None)]) == [None]
