@@ -6,6 +6,9 @@ MATI reports a record again and the verdict moved.
   observable whose seen entry is live (uploaded, not revoked, not expired) is forwarded again
   under the id it went out with, with ``revoked: true``. The uploader stamps a newer
   ``modified``, so Sentinel takes it as the object's next version. Counted ``revoked_<reason>``.
+  So is one whose upload is still queued or in flight (its claim is held, see
+  ``queued_revocation``): judged under earlier settings before ``sync --once --full``, or an
+  earlier version MATI reported.
 - An accepted observable whose entry is revoked goes out under the next generation's id
   (``shared.core.stix.stix_id``): STIX forbids un-revoking an id. A live entry of a later
   generation keeps its id, so ``decide`` compares like with like.
@@ -57,8 +60,24 @@ def revocation(
     hold it live (never uploaded, already revoked, or expired: nothing matches on it)."""
     if entry is None or not entry.live(now):
         return None
+    return _revoking(candidate, entry.generation, policy)
+
+
+def queued_revocation(
+    candidate: Revocable, entry: SeenEntry | None, policy: StixPolicy
+) -> UploadRequest:
+    """The revocation of an upload of ``candidate`` that is queued or in flight (its claim is
+    held) while the workspace does not hold it live as far as the seen cache knows: under the
+    id that upload carries. Forwarded, it takes the claim, so a queued upload is skipped as
+    superseded; it revokes what an upload whose answer was lost (its uploader died before
+    committing) put live in Sentinel; and if nothing reached Sentinel, Sentinel holds the
+    object revoked, never live."""
+    return _revoking(candidate, 0 if entry is None else entry.next_generation(), policy)
+
+
+def _revoking(candidate: Revocable, generation: int, policy: StixPolicy) -> UploadRequest:
     observable = candidate.observable
-    object_id = stix_id(observable.indicator.id, observable.hash_type, entry.generation)
+    object_id = stix_id(observable.indicator.id, observable.hash_type, generation)
     properties = None if candidate.note is None else {SUPPRESSED_PROPERTY: dict(candidate.note)}
     draft = Draft.of(observable, policy).reissued(object_id, revoked=True, properties=properties)
     return UploadRequest(
@@ -66,8 +85,8 @@ def revocation(
         ForwardReason.REVOKE,
         source_tag=candidate.source,
         indicator_type=candidate.indicator_type,
-        lineage=candidate.lineage if entry.generation else "",
-        generation=entry.generation,
+        lineage=candidate.lineage if generation else "",
+        generation=generation,
     )
 
 

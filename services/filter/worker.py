@@ -56,7 +56,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from services.filter.config import UNAVAILABLE_BACKOFF, FilterConfig
 from services.filter.holding import Birth
 from services.filter.judging import FILTER_ERROR, INVALID_RECORD, Item, judge
-from services.filter.revoking import in_generation, revocation
+from services.filter.revoking import Revocable, in_generation, queued_revocation, revocation
 from services.filter.suppressing import SUPPRESSED, SuppressedIds
 from shared.adapters.destination_state import Claimed, DestinationState
 from shared.contract.bus import Bus, Delivery, Message
@@ -292,15 +292,13 @@ class FilterWorker:
     ) -> None:
         """New, changed, refresh, or unchanged (dropped); the seen entries the shortcut's
         ``MGET`` did not fetch cost one more. What fails the filters is revoked where the
-        workspace holds it live; where it does not, an upload of it may still be queued (an
-        earlier version, or this one judged under earlier settings before ``sync --once
-        --full``), and its claim is taken so the uploader skips it (``supersede``): one more
-        round trip for a batch with such records."""
+        workspace holds it live, and where an upload of it is queued or in flight (its claim
+        is held: one ``MGET`` more for a batch with such records, ``_revoke_queued``)."""
         pending = [forward for item in items for forward in item.observables]
         revocable = [c.lineage for item in items for c in item.revocable]
         if not pending and not revocable:
             return
-        unheld: list[str] = []
+        unheld: list[tuple[Item, Revocable]] = []
         if self.config.deduplication:
             missing = [f.draft.stix_id for f in pending if f.draft.stix_id not in known]
             missing += [lineage for lineage in revocable if lineage not in known]
@@ -333,20 +331,37 @@ class FilterWorker:
                         generation=generation,
                     )
                 )
-            for candidate in item.revocable:
-                # Without the seen cache nothing is known to be held, so nothing is revoked.
+            # Without the seen cache nothing is known to be held, so nothing is revoked.
+            for candidate in item.revocable if self.config.deduplication else ():
                 entry = known.get(candidate.lineage)
-                request = (
-                    revocation(candidate, entry, now, self.config.stix_policy)
-                    if self.config.deduplication
-                    else None
-                )
+                request = revocation(candidate, entry, now, self.config.stix_policy)
                 if request is None:
-                    unheld.append(candidate.lineage)
+                    unheld.append((item, candidate))
                     continue
                 item.decided.append(request)
                 item.revoke_reasons[request.stix_id] = candidate.reason
-        await self._state.supersede(list(dict.fromkeys(unheld)))
+        await self._revoke_queued(unheld, known)
+
+    async def _revoke_queued(
+        self, unheld: Sequence[tuple[Item, Revocable]], known: dict[str, SeenEntry | None]
+    ) -> None:
+        """Revoke what fails and is not held live but whose upload is queued or in flight:
+        judged passing under earlier settings before ``sync --once --full`` re-judged it, or
+        an earlier version. Left alone, that upload would put live what the filters refuse
+        (or already did, if its uploader died before committing: the seen cache cannot
+        know). The revocation takes the upload's claim (``_claim``), so a queued upload is
+        skipped as superseded."""
+        if not unheld:
+            return
+        lineages = list(dict.fromkeys(candidate.lineage for _, candidate in unheld))
+        held = dict(zip(lineages, await self._state.claims(lineages), strict=True))
+        for item, candidate in unheld:
+            if held[candidate.lineage] is None:
+                continue
+            entry = known.get(candidate.lineage)
+            request = queued_revocation(candidate, entry, self.config.stix_policy)
+            item.decided.append(request)
+            item.revoke_reasons[request.stix_id] = candidate.reason
 
     async def _claim(self, items: Sequence[Item]) -> None:
         """Claim every observable to forward: one script for first deliveries, one for

@@ -33,9 +33,6 @@ from shared.core.fingerprint import SeenEntry
 
 log = get_logger(__name__)
 
-#: What a claim holds once a version failing the filters took it (``supersede``): never a
-#: fingerprint, so the upload it held is skipped as superseded.
-SUPERSEDED: Final = "superseded"
 #: How long a ``claim`` call's answer is kept for a resend of that very call (``CLAIM``). A
 #: resend is the client's own retry after a dropped connection or a timeout: within its
 #: retries times its socket timeout (the services': 3 x 30 s), so five minutes cover it. The
@@ -110,7 +107,6 @@ class DestinationState:
         self.suppressions = Suppressions(client, destination)
         self._claim = client.register_script(scripts.CLAIM)
         self._claim_over = client.register_script(scripts.CLAIM_OVER)
-        self._supersede = client.register_script(scripts.SUPERSEDE)
         self._release = client.register_script(scripts.RELEASE)
         self._commit = client.register_script(scripts.COMMIT)
         self._count = client.register_script(scripts.COUNT)
@@ -227,18 +223,6 @@ class DestinationState:
         args: list[str | int] = [positive_ms(ttl_s, "ttl_s")]
         args.extend(fingerprint for _, fingerprint in claims)
         await run(self._claim_over, keys, args, "claim over")
-
-    async def supersede(self, stix_ids: Sequence[str]) -> int:
-        """Mark the claims of ``stix_ids`` that are held as taken by a version that fails the
-        filters (``SUPERSEDED``), so the uploader skips the upload they hold as superseded; a
-        free claim stays free. The filter calls it for what it judged failing and the
-        workspace does not hold live: an earlier version of it, or the same one judged under
-        earlier settings, may still wait in the upload queue, and nothing revokes what was
-        never uploaded. Returns how many claims were held."""
-        if not stix_ids:
-            return 0
-        keys = [self.inflight_key(stix_id) for stix_id in stix_ids]
-        return int(await run(self._supersede, keys, [SUPERSEDED], "supersede"))
 
     async def release(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
         """Drop claims we made but will not forward (the forward failed, the message was

@@ -122,21 +122,6 @@ end
 return #KEYS
 """
 
-#: KEYS inflight keys; ARGV[1] the mark of a version judged failing. Every claim held (by a
-#: queued upload) is overwritten with the mark, its expiry kept; a free one stays free. Returns
-#: how many were held (see ``DestinationState.supersede``).
-SUPERSEDE: Final = """
-local held = 0
-for _, key in ipairs(KEYS) do
-  local claim = redis.pcall('GET', key)
-  if type(claim) == 'string' and claim ~= ARGV[1] then
-    redis.call('SET', key, ARGV[1], 'KEEPTTL')
-    held = held + 1
-  end
-end
-return held
-"""
-
 #: KEYS inflight keys; ARGV[i] fingerprint i. Compare-and-delete.
 RELEASE: Final = """
 local released = {}
