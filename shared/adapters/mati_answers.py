@@ -14,16 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
 from shared.adapters.http import peer_message
+from shared.adapters.http_limits import BodyTooLarge, BodyTooSlow, RedirectRefused
 from shared.core.backoff import parse_retry_after
 from shared.core.errors import (
     MalformedResponse,
     PagingInterrupted,
     QueryRejected,
     RateLimited,
+    TlsVerificationFailed,
     UpstreamUnavailable,
 )
 
@@ -68,6 +71,29 @@ def failure(answer: Answer, message: Callable[[], str], *, follow_up: bool) -> E
             "restart the window from the checkpoint"
         )
     return QueryRejected(f"MATI rejected the request (HTTP {status}): {message()}", status=status)
+
+
+def unanswered(exc: aiohttp.ClientError | TimeoutError, request: str) -> Exception:
+    """The error a ``request`` ("GET /v4/indicator") that got no usable answer means. An answer
+    refused for its size is not worth asking for again (the same request brings the same
+    answer), nor is a redirect (a wrong base URL or an interception, not fixed in seconds); a
+    body that never ended, a timeout or a dropped connection is."""
+    if isinstance(exc, BodyTooLarge):
+        return MalformedResponse(f"MATI {request}: {exc}")
+    if isinstance(exc, RedirectRefused):
+        return UpstreamUnavailable(f"MATI {request}: {exc}", status=exc.status)
+    if isinstance(exc, BodyTooSlow):
+        return Retry(str(exc))
+    if isinstance(exc, TimeoutError):
+        return Retry("timed out")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # The handshake refused the server. A connection merely dropped mid-handshake is a
+        # plain ClientConnectorError (a reset), retried below.
+        return TlsVerificationFailed(
+            f"TLS verification of MATI ({exc.host}) failed: {type(exc.os_error).__name__}"
+            f" ({ssl_reason(exc.os_error)})"
+        )
+    return Retry(f"connection failed ({type(exc).__name__})")
 
 
 def message(answer: Answer, secrets: tuple[str, ...]) -> str:

@@ -56,22 +56,13 @@ import aiohttp
 from yarl import URL
 
 from shared.adapters import mati_answers as answers
-from shared.adapters.http_limits import (
-    MATI_MAX_BODY,
-    TOKEN_MAX_BODY,
-    BodyTooLarge,
-    BodyTooSlow,
-    RedirectRefused,
-    body_limit,
-)
+from shared.adapters.http_limits import MATI_MAX_BODY, TOKEN_MAX_BODY, body_limit
 from shared.adapters.mati_answers import Answer, Retry
 from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.core.backoff import Backoff
 from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
-    TlsVerificationFailed,
-    UpstreamUnavailable,
 )
 from shared.core.events import get_logger
 from shared.core.pacing import Pacer
@@ -355,25 +346,8 @@ class MatiClient:
                     return Answer(response.status, body, response.headers)
         except aiohttp.InvalidURL:
             raise
-        except BodyTooLarge as exc:
-            raise MalformedResponse(f"MATI {method} {_path(url)}: {exc}") from exc
-        except RedirectRefused as exc:
-            raise UpstreamUnavailable(
-                f"MATI {method} {_path(url)}: {exc}", status=exc.status
-            ) from exc
-        except BodyTooSlow as exc:
-            raise Retry(str(exc)) from exc
-        except TimeoutError as exc:
-            raise Retry("timed out") from exc
-        except aiohttp.ClientSSLError as exc:
-            # The handshake refused the server. A connection merely dropped mid-handshake is
-            # a plain ClientConnectorError (a reset) and is retried below.
-            raise TlsVerificationFailed(
-                f"TLS verification of MATI ({exc.host}) failed: {type(exc.os_error).__name__}"
-                f" ({answers.ssl_reason(exc.os_error)})"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise Retry(f"connection failed ({type(exc).__name__})") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise answers.unanswered(exc, f"{method} {URL(url).path}") from exc
 
     def _message(self, answer: Answer, token: str | None = None) -> str:
         return answers.message(answer, (self._key.reveal(), self._secret.reveal(), token or ""))
@@ -402,8 +376,3 @@ class MatiClient:
             )
         except Retry as failed:
             raise answers.exhausted(what, failed, retrier.failures) from failed.__cause__
-
-
-def _path(url: str) -> str:
-    """The path of one of our URLs, for a message: no host, no query."""
-    return URL(url).path

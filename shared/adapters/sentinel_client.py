@@ -35,12 +35,11 @@ A TLS handshake that refuses Sentinel's certificate is ``TlsVerificationFailed``
 retry): a certificate does not fix itself, and a retried "outage" would hide a missing CA or an
 intercepting proxy from the operator.
 
-**Answers we refuse to read** (``shared.adapters.http_limits``): one larger than
-``max_body_bytes`` (counted decompressed) is ``MalformedResponse``; a redirect, never followed
-(the bearer token goes nowhere else), and a body that does not end in time are
-``UpstreamUnavailable``. The uploader retries all three with back-off and keeps the batch: such an
-answer says nothing about the records (Sentinel may even have stored them; ids are
-deterministic, so sending them again is harmless), so no record is ever dead-lettered for it.
+**Answers we refuse to read** (``shared.adapters.http_limits``): larger than ``max_body_bytes``
+(counted decompressed) is ``MalformedResponse``; a redirect (never followed: the token goes
+nowhere else) or a body that does not end in time is ``UpstreamUnavailable``. The uploader retries
+them and keeps the batch, never dead-letters it: such an answer says nothing about the records
+(Sentinel may have stored them; the ids are deterministic, so sending them again is harmless).
 
 Nothing secret (the bearer token) ever reaches an exception message or a log line.
 """
@@ -56,14 +55,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from shared.adapters import http_limits as limits
 from shared.adapters.http import json_text, peer_message, redact
-from shared.adapters.http_limits import (
-    SENTINEL_MAX_BODY,
-    BodyTooLarge,
-    BodyTooSlow,
-    RedirectRefused,
-    body_limit,
-)
 from shared.core.backoff import parse_retry_after, parse_try_again_text
 from shared.core.errors import (
     AuthenticationFailed,
@@ -98,8 +91,6 @@ DEFAULT_SOURCE_SYSTEM: Final = "Mandiant Threat Intelligence"
 DEFAULT_RETRY_AFTER_S: Final = 60.0
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _ERROR_KEYS: Final = ("errorMessages", "validationErrorMessages")
-#: How much of an unusable value from an answer a message quotes.
-_MAX_SHOWN: Final = 60
 
 
 DEFAULT_BASE_URLS: Final = {
@@ -190,7 +181,7 @@ class SentinelClient:
         source_system: str = DEFAULT_SOURCE_SYSTEM,
         scope: str = DEFAULT_SCOPE,
         on_request: RequestObserver | None = None,
-        max_body_bytes: int = SENTINEL_MAX_BODY,
+        max_body_bytes: int = limits.SENTINEL_MAX_BODY,
     ) -> None:
         self._api = SentinelApi(api)
         self._on_request = on_request
@@ -284,14 +275,14 @@ class SentinelClient:
             "Accept": "application/json",
         }
         try:
-            with body_limit(self._max_body):
+            with limits.body_limit(self._max_body):
                 async with self._session.post(self._url, data=body, headers=headers) as response:
                     return response.status, await response.read(), response.headers
         except aiohttp.InvalidURL:
             raise
-        except BodyTooLarge as exc:
+        except limits.BodyTooLarge as exc:
             raise MalformedResponse(f"Sentinel's upload answer was refused: {exc}") from exc
-        except (RedirectRefused, BodyTooSlow) as exc:
+        except (limits.RedirectRefused, limits.BodyTooSlow) as exc:
             raise UpstreamUnavailable(f"Sentinel upload failed: {exc}") from exc
         except TimeoutError as exc:
             raise UpstreamUnavailable("Sentinel upload timed out") from exc
@@ -386,8 +377,7 @@ def _result(count: int, payload: bytes) -> UploadResult:
         index = entry.get("recordIndex") if isinstance(entry, dict) else None
         # A refusal we cannot attribute must not let its record pass as accepted.
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
-            shown = json_text(index)  # anything a peer sent: never repr, clipped
-            shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 1] + "…"
+            shown = json_text(index)[:60]  # whatever the peer sent: never repr, clipped
             raise MalformedResponse(
                 f"Sentinel reported an error for record index {shown} of a {count}-record batch"
             )

@@ -184,18 +184,21 @@ async def test_the_uploader_keeps_its_batch_through_oversized_answers_and_delive
     redis_client: Redis,
     redis_server: LocalRedis,
 ) -> None:
-    """An answer too large says nothing about the records: retried with back-off, held, never
-    dead-lettered; once Sentinel answers sensibly the batch is stored and committed once."""
+    """An answer too large says nothing about the records, even when (as here) it names every
+    one of them as refused: retried with back-off, held, never dead-lettered; once Sentinel
+    answers sensibly the batch is stored and committed once."""
     async with uploader_world(server_ssl, client_ssl, redis_client, redis_server) as w:
-        items = await w.forward(range(3))
-        w.sentinel.faults.inject(FaultKind.OVERSIZED_BODY, route=STIX_ROUTE, times=1000)
+        items = await w.forward(range(10))
+        w.sentinel.faults.inject(
+            FaultKind.OVERSIZED_BODY, route=STIX_ROUTE, size_bytes=2 * MIB, times=1000
+        )
 
         async def refused_three_times() -> bool:
             return len(w.statuses()) >= 3
 
         await run_until([w.uploader()], refused_three_times)
         counts = await w.bus.counts(QUEUE)
-        assert counts.depth + counts.in_flight == 3
+        assert counts.depth + counts.in_flight == 10
         assert counts.dead_letter == 0
         assert w.sentinel.store == {}
 

@@ -6,8 +6,8 @@ Where ``tests.unit.strategies`` draws records from the spec's shape, these start
 simulator's own feed (every type, the blocks the simulator sends, its real-looking values) and
 break them the ways an upstream could: a field replaced by arbitrary JSON, dropped, turned into a
 string of kilobytes or a value nested two hundred deep, a nested block garbled, text from any
-plane of unicode. Nesting stays within what orjson writes (254 levels), so every record can be a
-message body; deeper bodies are the tests' own bytes.
+plane of unicode, a value grown by tens of kilobytes. Nesting stays within what orjson writes
+(254 levels), so every record can be a message body; deeper bodies are the tests' own bytes.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def mutated_records(draw: st.DrawFn) -> dict[str, Any]:
     record = draw(feed_records)
     for _ in range(draw(st.integers(1, 4))):
         key = draw(st.sampled_from(_KEYS))
-        action = draw(st.sampled_from(["replace", "drop", "inner"]))
-        if action == "drop":
+        action = draw(st.sampled_from(["replace", "drop", "inner", "long_value"]))
+        if action == "long_value":  # the record stays well formed but for its length
+            record["value"] = str(record.get("value")) + "a" * draw(st.integers(1_000, 60_000))
+        elif action == "drop":
             record.pop(key, None)
         elif action == "inner" and isinstance(record.get(key), list) and record[key]:
             items = record[key]

@@ -74,6 +74,10 @@ def assert_one_verdict(item: Item) -> None:
         assert not item.observables
     elif not item.observables:
         assert [name for name in item.counts if name.startswith("dropped_")], item.counts
+    # What goes on to Sentinel is bounded: a pattern is the value, escaped, in a short frame.
+    assert all(
+        len(str(f.draft.body["pattern"])) < 2 * MAX_VALUE_CHARS + 100 for f in item.observables
+    )
 
 
 def assert_maps_to_an_upload(indicator: Indicator, policy: FilterPolicy, stix: StixPolicy) -> None:
