@@ -11,14 +11,22 @@ import ssl
 from typing import Any
 
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from services.cli.redis_server import LocalRedis
+from shared.adapters.credentials import credential_factory
+from shared.adapters.http import open_session
 from shared.adapters.http_limits import SENTINEL_MAX_BODY
-from shared.adapters.sentinel_client import DEFAULT_SCOPE
+from shared.adapters.sentinel_client import DEFAULT_SCOPE, DEFAULT_SOURCE_SYSTEM
+from shared.adapters.workspace_reader import WorkspaceReader
 from shared.core.errors import BatchRejected, MalformedResponse, UpstreamUnavailable
+from shared.core.secrets import Secret
+from simulators.entra import EntraSimulator
 from simulators.faults import FaultKind
-from simulators.sentinel import STIX_ROUTE
+from simulators.loganalytics import QUERY_ROUTE, LogAnalyticsSimulator
+from simulators.sentinel import STIX_ROUTE, SentinelSimulator
+from simulators.tokens import TokenMinter
 from tests.clients.edge_rig import (
     MIB,
     READ_OVERHEAD,
@@ -26,8 +34,17 @@ from tests.clients.edge_rig import (
     peak_memory,
     plain_http_catcher,
 )
-from tests.clients.peers import World
-from tests.clients.sentinel_world import assert_keeps_secrets, indicator, issued, upload_fails
+from tests.clients.peers import World, one_route
+from tests.clients.sentinel_world import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT,
+    WORKSPACE,
+    assert_keeps_secrets,
+    indicator,
+    issued,
+    upload_fails,
+)
 from tests.helpers import wait_for
 from tests.services.uploader_rig import QUEUE, assert_committed, assert_stored_once, run_until
 from tests.services.uploader_rig import world as uploader_world
@@ -173,6 +190,54 @@ async def test_a_redirect_of_the_token_request_sends_the_secret_nowhere(sentinel
     assert "refused to follow a redirect (HTTP 302) to http://127.0.0.1:" in str(caught.value)
     assert catcher.received == []
     assert_keeps_secrets(w, caught.value)
+
+
+async def test_azure_cores_redirect_policy_never_gets_a_redirect_to_follow(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    """Log Analytics' pipeline (azure-monitor-query) has azure-core's RedirectPolicy, which
+    follows a 307 to another https host; the session refuses the redirect before it can."""
+    followed: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.headers.get("Authorization", "no credentials"))
+        return web.json_response({"tables": []})
+
+    minter = TokenMinter()
+    async with (
+        one_route(server_ssl, "/elsewhere", elsewhere) as other_host,
+        EntraSimulator(server_ssl, minter=minter, tenant_id=TENANT) as entra,
+        SentinelSimulator(server_ssl, minter=minter, workspace_id=WORKSPACE) as sentinel,
+        LogAnalyticsSimulator(server_ssl, minter=minter, sentinel=sentinel) as logs,
+        open_session(client_ssl) as session,
+    ):
+        entra.add_client(CLIENT_ID, CLIENT_SECRET)
+        logs.faults.inject(
+            FaultKind.REDIRECT_PLAIN,
+            route=QUERY_ROUTE,
+            redirect_status=307,
+            location=f"{other_host}/elsewhere",
+        )
+        factory = credential_factory(
+            session=session,
+            tenant_id=TENANT,
+            client_id=CLIENT_ID,
+            authority_host=entra.url,
+            client_secret=Secret(CLIENT_SECRET),
+        )
+        reader = WorkspaceReader(
+            factory(),
+            endpoint=logs.url,
+            workspace_id=WORKSPACE,
+            source_system=DEFAULT_SOURCE_SYSTEM,
+            session=session,
+            retry_total=0,
+        )
+        async with reader:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                _ = [obj async for obj in reader.read()]
+    assert "RedirectRefused" in str(caught.value)
+    assert followed == []
 
 
 # ---- the uploader -------------------------------------------------------------------------------
