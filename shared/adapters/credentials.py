@@ -74,17 +74,12 @@ from azure.identity import CredentialUnavailableError
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 
 from shared.adapters.http import MAX_PEER_MESSAGE, redact
-from shared.adapters.http_limits import (
-    TOKEN_MAX_BODY,
-    BodyTooLarge,
-    BodyTooSlow,
-    RedirectRefused,
-    body_limit,
-)
+from shared.adapters.http_limits import TOKEN_MAX_BODY, body_limit
 from shared.core.backoff import parse_retry_after
 from shared.core.errors import (
     AuthenticationFailed,
     ConfigError,
+    MalformedResponse,
     RateLimited,
     TlsVerificationFailed,
     UpstreamUnavailable,
@@ -251,6 +246,8 @@ class TokenProvider:
             access = await credential.get_token(scope)
         except AzureError as exc:
             raise self._translate(exc) from exc
+        except (MalformedResponse, UpstreamUnavailable) as exc:  # the session's bounds
+            raise UpstreamUnavailable(f"Entra ID token request failed: {exc}") from exc
         except RecursionError as exc:  # the stdlib decoder azure-core uses, on deep nesting
             raise UpstreamUnavailable(
                 "Entra ID token request failed: the answer is nested too deep to decode"
@@ -306,9 +303,6 @@ class TokenProvider:
         """
         detail = " ".join(str(exc.message or type(exc).__name__).split())[:MAX_PEER_MESSAGE]
         detail = redact(detail, *(s.reveal() for s in self._redact))
-        refused = _inner(exc, (BodyTooLarge, BodyTooSlow, RedirectRefused))
-        if refused is not None:
-            return UpstreamUnavailable(f"Entra ID token request failed: {refused}")
         tls = _tls_refusal(exc)
         if tls is not None:
             return TlsVerificationFailed(
@@ -353,22 +347,16 @@ def _oauth_refusal(response: Any) -> bool:
 def _tls_refusal(exc: BaseException) -> BaseException | None:
     """The TLS error inside ``exc`` when the handshake refused the peer, else ``None``.
 
-    A handshake that merely lost its connection arrives as a reset (``ClientConnectorError``),
-    not as an SSL error, so it stays transient.
+    azure-core wraps aiohttp's exception (``inner_exception`` / ``__cause__``). A handshake that
+    merely lost its connection arrives as a reset (``ClientConnectorError``), not as an SSL
+    error, so it stays transient.
     """
-    found = _inner(exc, (aiohttp.ClientSSLError,))
-    return found.os_error if isinstance(found, aiohttp.ClientSSLError) else None
-
-
-def _inner(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``kinds`` in ``exc``'s chain: azure-core wraps aiohttp's
-    (``inner_exception`` / ``__cause__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, kinds):
-            return current
+        if isinstance(current, aiohttp.ClientSSLError):
+            return current.os_error
         inner = getattr(current, "inner_exception", None)
         current = inner if isinstance(inner, BaseException) else current.__cause__
     return None

@@ -28,10 +28,12 @@ HTTP. :func:`refuse_redirects` is a session middleware, so it sees every hop, az
 requests included: azure-core asks aiohttp not to follow and runs its own ``RedirectPolicy``
 (Log Analytics' pipeline has one), which therefore never receives a redirect to follow.
 
-The refusals are aiohttp exceptions (a payload error, a server timeout, a client error), so every
-caller that already handles aiohttp's failures (azure-core's transport included) handles these;
-the clients turn them into the pipeline's errors with the reason. No message carries a body, a
-header or a URL's path or query: a refused redirect names the target's scheme and host only.
+The refusals are the pipeline's own errors, raised from inside the request so that whoever made
+it meets them as they are: an answer too large is ``MalformedResponse``, a redirect
+``UpstreamUnavailable`` (azure-core and azure-identity let them through untouched; each client
+prefixes its own context). A body that does not end is cut by the request's own timeout, which
+every client already turns into a retry. No message carries a body, a header or a URL's path or
+query: a refused redirect names the target's scheme and host only.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from typing import Final
 
 import aiohttp
 from yarl import URL
+
+from shared.core.errors import MalformedResponse, UpstreamUnavailable
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -75,32 +79,6 @@ def size(n: int) -> str:
     return f"{n} bytes"
 
 
-class BodyTooLarge(aiohttp.ClientPayloadError):
-    """An answer larger than the limit in force; refused unread past the limit."""
-
-    def __init__(self, limit: int, *, declared: int | None = None) -> None:
-        seen = f"it declared {declared} bytes" if declared is not None else "refused at the limit"
-        super().__init__(f"answer larger than the {size(limit)} allowed ({seen})")
-        self.limit = limit
-        self.declared = declared
-
-
-class BodyTooSlow(aiohttp.ServerTimeoutError):
-    """An answer whose body did not end within the request's time: a stall or a trickle."""
-
-    def __init__(self, received: int) -> None:
-        super().__init__(f"answer body did not end in time ({received} bytes received)")
-        self.received = received
-
-
-class RedirectRefused(aiohttp.ClientError):
-    """A 3xx answer: never followed (module docstring)."""
-
-    def __init__(self, status: int, location: str | None) -> None:
-        super().__init__(f"refused to follow a redirect (HTTP {status}) {_target(location)}")
-        self.status = status
-
-
 def _target(location: str | None) -> str:
     """Where a redirect pointed, as scheme and host only: a path or query may carry anything."""
     if not location:
@@ -117,7 +95,7 @@ def _target(location: str | None) -> str:
 
 class BoundedResponse(aiohttp.ClientResponse):
     """The session's response class: ``read()`` (and ``text()``/``json()``, which use it)
-    stops at the limit in force and names why it stopped."""
+    stops at the limit in force: ``MalformedResponse`` saying so, the connection dropped."""
 
     async def read(self) -> bytes:
         if self._body is None:
@@ -133,18 +111,19 @@ class BoundedResponse(aiohttp.ClientResponse):
     async def _read_bounded(self, limit: int) -> bytes:
         declared = self.content_length
         if declared is not None and declared > limit:
-            raise BodyTooLarge(limit, declared=declared)
+            raise MalformedResponse(_too_large(limit, f"it declared {declared} bytes"))
         chunks: list[bytes] = []
         received = 0
-        try:
-            async for chunk in self.content.iter_any():
-                received += len(chunk)
-                if received > limit:
-                    raise BodyTooLarge(limit)
-                chunks.append(chunk)
-        except TimeoutError as exc:  # the request's own timeouts, met while the body arrived
-            raise BodyTooSlow(received) from exc
+        async for chunk in self.content.iter_any():
+            received += len(chunk)
+            if received > limit:
+                raise MalformedResponse(_too_large(limit, "refused at the limit"))
+            chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _too_large(limit: int, seen: str) -> str:
+    return f"answer larger than the {size(limit)} allowed ({seen})"
 
 
 _NOT_A_REDIRECT: Final = 304  # "not modified": no target, nothing to follow
@@ -153,10 +132,13 @@ _NOT_A_REDIRECT: Final = 304  # "not modified": no target, nothing to follow
 async def refuse_redirects(
     request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
 ) -> aiohttp.ClientResponse:
-    """Session middleware: a redirect ends the request with :class:`RedirectRefused`."""
+    """Session middleware: a redirect ends the request with ``UpstreamUnavailable``."""
     response = await handler(request)
-    if 300 <= response.status < 400 and response.status != _NOT_A_REDIRECT:
-        location = response.headers.get("Location")
+    status = response.status
+    if 300 <= status < 400 and status != _NOT_A_REDIRECT:
+        target = _target(response.headers.get("Location"))
         response.close()
-        raise RedirectRefused(response.status, location)
+        raise UpstreamUnavailable(
+            f"refused to follow a redirect (HTTP {status}) {target}", status=status
+        )
     return response

@@ -19,11 +19,11 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from shared.adapters.http import peer_message
-from shared.adapters.http_limits import BodyTooLarge, BodyTooSlow, RedirectRefused
 from shared.core.backoff import parse_retry_after
 from shared.core.errors import (
     MalformedResponse,
     PagingInterrupted,
+    PipelineError,
     QueryRejected,
     RateLimited,
     TlsVerificationFailed,
@@ -73,17 +73,9 @@ def failure(answer: Answer, message: Callable[[], str], *, follow_up: bool) -> E
     return QueryRejected(f"MATI rejected the request (HTTP {status}): {message()}", status=status)
 
 
-def unanswered(exc: aiohttp.ClientError | TimeoutError, request: str) -> Exception:
-    """The error a ``request`` ("GET /v4/indicator") that got no usable answer means. An answer
-    refused for its size is not worth asking for again (the same request brings the same
-    answer), nor is a redirect (a wrong base URL or an interception, not fixed in seconds); a
-    body that never ended, a timeout or a dropped connection is."""
-    if isinstance(exc, BodyTooLarge):
-        return MalformedResponse(f"MATI {request}: {exc}")
-    if isinstance(exc, RedirectRefused):
-        return UpstreamUnavailable(f"MATI {request}: {exc}", status=exc.status)
-    if isinstance(exc, BodyTooSlow):
-        return Retry(str(exc))
+def unanswered(exc: aiohttp.ClientError | TimeoutError) -> Exception:
+    """What a request that got no answer means: a timeout or a dropped connection is worth
+    asking again; a refused TLS handshake is not."""
     if isinstance(exc, TimeoutError):
         return Retry("timed out")
     if isinstance(exc, aiohttp.ClientSSLError):
@@ -94,6 +86,16 @@ def unanswered(exc: aiohttp.ClientError | TimeoutError, request: str) -> Excepti
             f" ({ssl_reason(exc.os_error)})"
         )
     return Retry(f"connection failed ({type(exc).__name__})")
+
+
+def refused(exc: MalformedResponse | UpstreamUnavailable, request: str) -> PipelineError:
+    """An answer the session refused to read (``shared.adapters.http_limits``), as MATI's
+    ``request`` ("GET /v4/indicator"). Not asked for again: the same request would bring the
+    same answer as large, and a redirect is a wrong base URL or an interception, which no retry
+    within seconds fixes; the fetcher's next sync asks again from its checkpoint."""
+    if isinstance(exc, UpstreamUnavailable):
+        return UpstreamUnavailable(f"MATI {request}: {exc}", status=exc.status)
+    return MalformedResponse(f"MATI {request}: {exc}")
 
 
 def message(answer: Answer, secrets: tuple[str, ...]) -> str:

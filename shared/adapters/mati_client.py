@@ -20,19 +20,18 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
   jittered back-off; 5xx, empty 500s, timeouts, connection resets and undecodable bodies back off
   and retry the *same* request. Attempts and total waiting are both bounded
   (``shared.core.backoff``); then ``UpstreamUnavailable`` / ``RateLimited`` / ``MalformedResponse``.
-  A body that would not end is such a timeout.
+  A body that would not end is such a timeout (the session's).
   A 400 on a ``next`` request is an expired cursor (they live ~10 minutes): ``PagingInterrupted``,
   restart the window. Any other 4xx is ``QueryRejected`` with the server's message. A TLS handshake
   that refuses the server (untrusted or expired certificate, wrong host) is
   ``TlsVerificationFailed`` at once: no retry fixes a certificate, and retrying would hide a missing
   CA behind "MATI is down".
 - **Bounds** (``shared.adapters.http_limits``). An answer larger than ``max_body_bytes`` (token
-  answers: ``TOKEN_MAX_BODY``), counted decompressed, is ``MalformedResponse`` at once: the same
-  request would bring the same answer, each time as large, and the fetcher's next sync asks again
-  from its checkpoint. A redirect is never followed: ``UpstreamUnavailable`` at once (a wrong base
-  URL or an interception, which no retry within seconds fixes), so neither the key and secret
-  nor the bearer reach another host. A page holding a record that cannot be written as JSON again
-  is refused whole (``mati_answers.check_encodable``).
+  answers: ``TOKEN_MAX_BODY``), counted decompressed, is ``MalformedResponse`` at once, and a
+  redirect, never followed (neither the key and secret nor the bearer reach another host), is
+  ``UpstreamUnavailable`` at once: asking again brings the same (``mati_answers.refused``). A
+  page holding a record that cannot be written as JSON again is refused whole
+  (``mati_answers.check_encodable``).
 - **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
   publishes no limit and ≈1 request/second is what survives (§8).
 
@@ -63,6 +62,7 @@ from shared.core.backoff import Backoff
 from shared.core.errors import (
     AuthenticationFailed,
     MalformedResponse,
+    UpstreamUnavailable,
 )
 from shared.core.events import get_logger
 from shared.core.pacing import Pacer
@@ -347,7 +347,9 @@ class MatiClient:
         except aiohttp.InvalidURL:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise answers.unanswered(exc, f"{method} {URL(url).path}") from exc
+            raise answers.unanswered(exc) from exc
+        except (MalformedResponse, UpstreamUnavailable) as exc:  # the session's bounds
+            raise answers.refused(exc, f"{method} {URL(url).path}") from exc
 
     def _message(self, answer: Answer, token: str | None = None) -> str:
         return answers.message(answer, (self._key.reveal(), self._secret.reveal(), token or ""))

@@ -37,9 +37,10 @@ intercepting proxy from the operator.
 
 **Answers we refuse to read** (``shared.adapters.http_limits``): larger than ``max_body_bytes``
 (counted decompressed) is ``MalformedResponse``; a redirect (never followed: the token goes
-nowhere else) or a body that does not end in time is ``UpstreamUnavailable``. The uploader retries
-them and keeps the batch, never dead-letters it: such an answer says nothing about the records
-(Sentinel may have stored them; the ids are deterministic, so sending them again is harmless).
+nowhere else) is ``UpstreamUnavailable``, like a body that does not end in time. The uploader
+retries them and keeps the batch, never dead-letters it: such an answer says nothing about the
+records (Sentinel may have stored them; the ids are deterministic, so sending them again is
+harmless).
 
 Nothing secret (the bearer token) ever reaches an exception message or a log line.
 """
@@ -280,10 +281,10 @@ class SentinelClient:
                     return response.status, await response.read(), response.headers
         except aiohttp.InvalidURL:
             raise
-        except limits.BodyTooLarge as exc:
+        except MalformedResponse as exc:  # the session's bounds: too large
             raise MalformedResponse(f"Sentinel's upload answer was refused: {exc}") from exc
-        except (limits.RedirectRefused, limits.BodyTooSlow) as exc:
-            raise UpstreamUnavailable(f"Sentinel upload failed: {exc}") from exc
+        except UpstreamUnavailable as exc:  # the session's bounds: a redirect
+            raise UpstreamUnavailable(f"Sentinel upload failed: {exc}", status=exc.status) from exc
         except TimeoutError as exc:
             raise UpstreamUnavailable("Sentinel upload timed out") from exc
         except aiohttp.ClientSSLError as exc:
