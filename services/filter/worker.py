@@ -350,7 +350,10 @@ class FilterWorker:
         an earlier version. Left alone, that upload would put live what the filters refuse
         (or already did, if its uploader died before committing: the seen cache cannot
         know). The revocation takes the upload's claim (``_claim``), so a queued upload is
-        skipped as superseded."""
+        skipped as superseded. Not for a suppression: ``suppress add`` takes the claims of
+        what is queued itself, and a batch judged before ``suppress remove`` must not revoke
+        the upload the removal queued."""
+        unheld = [(item, c) for item, c in unheld if c.reason != SUPPRESSED]
         if not unheld:
             return
         lineages = list(dict.fromkeys(candidate.lineage for _, candidate in unheld))

@@ -9,11 +9,13 @@ the new minimum live in the workspace."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from services.uploader.batching import prepare
+from shared.adapters.suppressions import Suppression
 from shared.contract.bus import Queue
 from shared.contract.messages import UploadRequest, raw_message, read_upload
 from shared.core.filters import FilterPolicy
@@ -60,3 +62,20 @@ async def uploads_in(rig: Rig, queue: Queue) -> list[UploadRequest]:
     got = await take(rig.bus, queue, 1)
     await rig.bus.complete(queue, got)
     return [read_upload(delivery.body) for delivery in got]
+
+
+async def test_a_record_judged_suppressed_leaves_a_queued_upload_alone(rig: Rig) -> None:
+    """``suppress add`` takes the claims of what is queued itself. A batch judged while the
+    indicator was still suppressed must not revoke what ``suppress remove`` queued since: the
+    upload queued here stands for the removal's, the suppression for the batch's stale view."""
+    record = passing(of_type("ipv4"))
+    await sync(rig, rig.worker(), record)
+    suppression = Suppression(record["id"], record["value"], "ipv4", "a test", datetime.now(UTC))
+    await rig.state.suppressions.add(suppression)
+    outcome = await sync(rig, rig.worker(), again(record))
+    assert outcome["dropped_suppressed"] == 1
+    assert outcome["forwarded_revoke"] == 0
+
+    queued = await take(rig.bus, QUEUE, 1)
+    prepared = await prepare(queued, rig.state, now=rig.clock.now, refresh_ratio=0.5)
+    assert [item.stix_id for item in prepared.upload] == [stix_id(record["id"], None)]
