@@ -31,6 +31,9 @@ CONTROL_FLOW = {
     "shared.adapters.mati_answers.Retry": "caught by MatiClient._with_retries",
     # A shutdown, not a failure: the loop was asked to stop while it waited to retry.
     "shared.core.retrying.Stopped": "a stop request interrupting a retry wait",
+    # A setting's parser refusing a value it can read (a REDIS_URL that weakens TLS); caught
+    # where settings are loaded, and by redis_connect.connect, and said as a ConfigError line.
+    "shared.core.setting_values.Refused": "caught by load_settings and redis_connect.connect",
 }
 
 
