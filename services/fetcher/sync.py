@@ -12,7 +12,9 @@ filter counts and dead-letters them with a reason instead of the fetcher silentl
 A **full** sync (``sync --once --full``) pages the whole window that can still hold live
 indicators (``FetcherConfig.full_window``) whatever the checkpoint says, so a settings change
 reaches every indicator in the workspace. Its messages carry the run in their ids: the bus
-would otherwise drop them as duplicates of the last sync's. It never moves the checkpoint back.
+would otherwise drop them as duplicates of the last sync's. It never moves the checkpoint:
+it drops what the workspace let expire, which a normal sync from the checkpoint (a back-fill
+that was interrupted, say) must still upload.
 
 Every failure of MATI, the bus or Redis ends the sync with outcome ``failed``; it never crashes
 the process. The checkpoint then stays at the last confirmed page and the next run resumes
@@ -278,9 +280,10 @@ class Fetcher:
             await self.bus.publish(INDICATORS, messages)
         newest, undated, ahead = _newest(records, limit)
         if newest is not None:
-            await self.feed.advance(newest, run_id)
-            if progress.checkpoint is None or newest > progress.checkpoint:
-                progress.checkpoint = newest
+            if not progress.full:
+                await self.feed.advance(newest, run_id)
+                if progress.checkpoint is None or newest > progress.checkpoint:
+                    progress.checkpoint = newest
             if progress.reached is None or newest > progress.reached:
                 progress.reached = newest
         progress.pages += 1
