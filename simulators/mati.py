@@ -118,6 +118,10 @@ class MatiSimulator(SimServer):
         self.indicators_served = 0
         self.scrolls_opened = 0
         self.bad_records: list[BadRecord] = []
+        #: Feed index -> a ``BAD_RECORD_KINDS`` kind: that record is served broken so on every
+        #: page that carries it, however often it is paged (the chaos run plants a known set
+        #: and finds exactly it in the dead-letter queue, whatever was paged twice).
+        self.planted: dict[int, str] = {}
         self._tokens: dict[str, float] = {}  # token -> expires at (clock seconds)
         self._revoked: set[str] = set()
         self._current: str | None = None
@@ -374,12 +378,15 @@ class MatiSimulator(SimServer):
         generation, report_limit = scroll.generation, scroll.report_limit
         omit = omitted(include)
         positions = self._bad_positions(len(indexes))
-        if not positions:
+        broken = {p: BAD_RECORD_KINDS[n % len(BAD_RECORD_KINDS)] for n, p in enumerate(positions)}
+        if self.planted:
+            planted = self.planted
+            broken.update((p, planted[i]) for p, i in enumerate(indexes) if i in planted)
+        if not broken:
             return self._pages.page(indexes, generation, omit, report_limit)
         records = self._pages.records(indexes, generation, omit, report_limit)
         parts = [orjson.dumps(r) for r in records]
-        for n, position in enumerate(positions):
-            kind = BAD_RECORD_KINDS[n % len(BAD_RECORD_KINDS)]
+        for position, kind in broken.items():
             original_id = str(records[position]["id"])
             parts[position] = corrupt(records[position], kind)
             self.bad_records.append(BadRecord(page, position, original_id, kind))

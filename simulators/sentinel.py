@@ -77,6 +77,10 @@ _ARRIVAL: Final = web.RequestKey("sentinel.arrival", float)
 _ADMITTED: Final = web.RequestKey("sentinel.admitted", bool)
 
 
+#: Hears which objects one upload request stored (``SentinelSimulator.upload_listeners``).
+UploadListener = Callable[[web.Request, list[dict[str, Any]]], None]
+
+
 @dataclass(frozen=True)
 class LoggedRequest:
     """One request to an upload route, generic faults included, for quota assertions.
@@ -127,6 +131,9 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
         self.clock: Callable[[], float] = time.monotonic
         SentinelWorkspace.__init__(self, workspace_id)
         self.request_log: list[LoggedRequest] = []
+        #: Told of the objects each upload request stored, as stored (the chaos harness keeps
+        #: its own ledger of uploads per object version from them).
+        self.upload_listeners: list[UploadListener] = []
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
         SimServer.__init__(self, ssl_context, host=host, port=port)
         # 429/5xx keep the APIM-style bodies the docs show for both APIs (§1.5, §2.4); a
@@ -250,6 +257,7 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
         partial = self.faults.take(api.route, frozenset({FaultKind.PARTIAL_ERRORS}))
         errors = validate_batch(objects, legacy=api.legacy)
         _apply_partial_fault(errors, objects, partial)
+        stored: list[dict[str, Any]] = []
         for index, obj in enumerate(objects):
             if index in errors:
                 continue
@@ -257,6 +265,9 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
                 errors[index] = [UNREVOKING]  # revoked by an earlier request or record
             else:
                 self._accept(obj, source)
+                stored.append(obj)
+        for listener in self.upload_listeners:
+            listener(request, stored)
         if not errors:
             return web.Response(status=200)
         listed = [
