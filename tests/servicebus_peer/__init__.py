@@ -2,24 +2,38 @@
 talks to, for tests where no Service Bus or emulator is reachable (specs/local-tooling.md).
 
 ``broker`` holds what the service does server-side (and lists what the fake implements and
-what it does not); ``amqp`` speaks the protocol; ``codec`` keeps messages as raw sections.
+what it does not); ``amqp`` speaks the protocol; ``codec`` keeps messages as raw sections;
+``faults`` holds the faults it injects on demand (dropped connections, ``ServerBusy``, locks
+lost mid-processing), queued for a test or drawn at random for a chaos run.
 
 Usage::
 
     with FakeServiceBus() as namespace:
         namespace.create_queue("upload.prod", lock_duration_s=30)
         client = ServiceBusClient.from_connection_string(namespace.connection_string)
+        namespace.inject("lock_lost", on="settle")    # the next settlement finds its lock gone
+        namespace.chaos(0.1, random.Random(7))         # or: a tenth of all events meet a fault
 """
 
 from __future__ import annotations
 
+import random
 from types import TracebackType
 from typing import Self
 
 from tests.servicebus_peer.amqp import PeerThread
 from tests.servicebus_peer.broker import Broker, EntityProperties, ReplayRule
+from tests.servicebus_peer.faults import Fault, FaultKind, FaultPlan, Operation
 
-__all__ = ["Broker", "EntityProperties", "FakeServiceBus", "ReplayRule"]
+__all__ = [
+    "Broker",
+    "EntityProperties",
+    "FakeServiceBus",
+    "Fault",
+    "FaultKind",
+    "Operation",
+    "ReplayRule",
+]
 
 
 class FakeServiceBus:
@@ -27,7 +41,8 @@ class FakeServiceBus:
 
     def __init__(self) -> None:
         self.broker = Broker()
-        self._peer = PeerThread(self.broker)
+        self.faults = FaultPlan()
+        self._peer = PeerThread(self.broker, faults=self.faults)
 
     @property
     def host(self) -> str:
@@ -68,6 +83,32 @@ class FakeServiceBus:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # -- faults (faults.py says what each does on the wire) -----------------------------------
+
+    def chaos(self, rate: float, rng: random.Random) -> None:
+        """From now on each send, receive, settlement, renewal and peek meets a fault with
+        probability ``rate``, its kind drawn by ``rng`` among those the event allows;
+        ``chaos(0.0, rng)`` turns it off. Queued faults (``inject``) still fire first."""
+        self.faults.chaos(rate, rng)
+
+    def inject(
+        self,
+        kind: FaultKind | str,
+        *,
+        on: Operation | str | None = None,
+        times: int = 1,
+        after: int = 0,
+        applied: bool = False,
+    ) -> Fault:
+        """Queue one fault for the next ``times`` events of ``on`` (any that allows ``kind``
+        when None), after letting ``after`` of them pass; ``applied`` (drops only): the
+        operation took effect and only its answer is lost."""
+        return self.faults.inject(kind, on=on, times=times, after=after, applied=applied)
+
+    def fault_counts(self) -> dict[str, int]:
+        """How many faults of each kind fired (``drop``, ``server_busy``, ``lock_lost``)."""
+        return self.faults.counts()
 
     # -- entities (what `az servicebus queue|topic|topic subscription create` does) ---------
 

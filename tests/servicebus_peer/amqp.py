@@ -14,8 +14,11 @@ What the real ``azure-servicebus`` SDK needs from a peer (specs/local-tooling.md
   the 16-byte lock token.
 - Send links (the SDK sending) take single messages and batches (format 0x80013700: each data
   section is one whole message) and answer ``accepted`` once the broker stored them.
-- Management operations: ``com.microsoft:renew-lock`` and ``com.microsoft:peek-message``;
-  anything else answers 501 ``amqp:not-implemented``.
+- Management operations: ``com.microsoft:renew-lock``, ``com.microsoft:update-disposition``
+  (settling by lock token, which the SDK falls back to when a message's link is gone) and
+  ``com.microsoft:peek-message``; anything else answers 501 ``amqp:not-implemented``.
+- Faults (faults.py) strike sends and receives here, settlements and management requests in
+  peek_lock.py; a dropped connection is a socket closed without an AMQP ``close``.
 
 All proton objects live on the reactor thread; ``Broker`` is the only state shared with tests.
 
@@ -28,16 +31,25 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Final
 
-from proton import Condition, Delivery, Endpoint, Handler, Link, symbol
+from proton import Connection, Delivery, Endpoint, Handler, Link
 from proton.reactor import Container
 
 from tests.servicebus_peer.broker import Broker, NotFoundError, now
 from tests.servicebus_peer.codec import BareMessage, batch_members
-from tests.servicebus_peer.peek_lock import NOT_FOUND, PeekLockHandler, _LinkInfo, _reply, _request
+from tests.servicebus_peer.faults import FaultKind, FaultPlan, Operation
+from tests.servicebus_peer.peek_lock import (
+    BUSY_TEXT,
+    NOT_FOUND,
+    SERVER_BUSY,
+    PeekLockHandler,
+    _LinkInfo,
+    _reply,
+    _request,
+    amqp_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +69,17 @@ def _path(address: str | None) -> str:
 
 
 class _PeerHandler(PeekLockHandler, Handler):
-    def __init__(self, broker: Broker, host: str, port: int, ready: threading.Event) -> None:
+    def __init__(
+        self, broker: Broker, faults: FaultPlan, host: str, port: int, ready: threading.Event
+    ) -> None:
         super().__init__()
         self.broker = broker
+        self.faults = faults
         self.host = host
         self.port = port
         self.ready = ready
         self.stopping = False
-        self.connections: list[Any] = []
+        self.connections: list[Connection] = []
         self.receive_links: list[Link] = []
         self.failure: BaseException | None = None
 
@@ -121,6 +136,27 @@ class _PeerHandler(PeekLockHandler, Handler):
     def on_transport_tail_closed(self, event: Any) -> None:
         event.transport.close_head()
 
+    def on_transport_closed(self, event: Any) -> None:
+        connection = event.connection
+        if connection is not None:
+            self._forget(connection)
+
+    def _drop(self, connection: Connection) -> None:
+        """Close the client's socket without an AMQP ``close``, as a failing gateway does.
+        Its links serve nobody from now on; the locks they hold run out in their own time."""
+        self._forget(connection)
+        transport = connection.transport
+        if transport is not None:
+            transport.close_tail()
+            transport.close_head()
+
+    def _forget(self, connection: Connection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
+        self.receive_links = [
+            link for link in self.receive_links if link.session.connection != connection
+        ]
+
     # -- links ------------------------------------------------------------------------------
 
     def on_link_remote_open(self, event: Any) -> None:
@@ -137,7 +173,7 @@ class _PeerHandler(PeekLockHandler, Handler):
             info = self._classify(link, source, target)
         except NotFoundError as exc:
             link.open()
-            link.condition = Condition(symbol(NOT_FOUND), str(exc))
+            link.condition = amqp_error(NOT_FOUND, str(exc))
             link.close()
             return
         link.m2s = info
@@ -175,8 +211,8 @@ class _PeerHandler(PeekLockHandler, Handler):
         if info.kind == "reply":
             self._flush(link, info)
         elif info.kind == "receive":
-            if link.credit > info.credit:
-                info.credited_at = time.monotonic()
+            if not self._asked(link, info):
+                return
             self._pump(link, info)
             info.credit = link.credit
             if link.drain_mode and link.credit > 0:
@@ -204,12 +240,19 @@ class _PeerHandler(PeekLockHandler, Handler):
             return
         raw = bytes(link.recv(delivery.pending) or b"")
         link.advance()
+        outcome = Delivery.ACCEPTED
         if info.kind == "send":
-            members = batch_members(raw)
-            stamp = now()
-            for member in members if members is not None else [raw]:
-                self.broker.publish(info.path, BareMessage.parse(member), stamp)
-            self._pump_all()
+            fault = self.faults.take(Operation.SEND)
+            if fault is not None and fault.kind is FaultKind.SERVER_BUSY:
+                delivery.local.condition = amqp_error(SERVER_BUSY, BUSY_TEXT)
+                outcome = Delivery.REJECTED
+            elif fault is not None:  # a drop: the sender never hears whether it was stored
+                if fault.applied:
+                    self._store(info.path, raw)
+                self._drop(link.session.connection)
+                return
+            else:
+                self._store(info.path, raw)
         elif info.kind == "cbs":
             message_id, _, _ = _request(raw)
             self._send_reply(
@@ -218,12 +261,22 @@ class _PeerHandler(PeekLockHandler, Handler):
                 _reply(message_id, {"status-code": 202, "status-description": "Accepted"}),
             )
         elif info.kind == "management":
-            self._send_reply(link, info.path, self._management(info.path, raw))
+            reply = self._management(info.path, raw, link.session.connection)
+            if reply is None:  # a fault dropped the connection
+                return
+            self._send_reply(link, info.path, reply)
         if not delivery.settled:
-            delivery.update(Delivery.ACCEPTED)
+            delivery.update(outcome)
         delivery.settle()
         if link.credit < SEND_CREDIT // 2:  # top up rarely: every flow frame costs the SDK a poll
             link.flow(SEND_CREDIT - link.credit)
+
+    def _store(self, path: str, raw: bytes) -> None:
+        members = batch_members(raw)
+        stamp = now()
+        for member in members if members is not None else [raw]:
+            self.broker.publish(path, BareMessage.parse(member), stamp)
+        self._pump_all()
 
     def _send_reply(self, request_link: Any, path: str, reply: bytes) -> None:
         session = request_link.session
@@ -258,13 +311,23 @@ def free_port(host: str) -> int:
 
 
 class PeerThread:
-    """Runs the proton reactor serving ``broker`` on ``host:port`` until ``stop``."""
+    """Runs the proton reactor serving ``broker`` on ``host:port`` until ``stop``, meeting
+    events with the faults of ``faults`` (none when not given)."""
 
-    def __init__(self, broker: Broker, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        faults: FaultPlan | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._ready = threading.Event()
-        self._handler = _PeerHandler(broker, self.host, self.port, self._ready)
+        self._handler = _PeerHandler(
+            broker, faults or FaultPlan(), self.host, self.port, self._ready
+        )
         self._container = Container(self._handler)
         self._thread = threading.Thread(target=self._run, name="fake-servicebus", daemon=True)
 

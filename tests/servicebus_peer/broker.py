@@ -149,6 +149,15 @@ class Store:
                 return stored
         raise LockLostError(f"lock {uuid.UUID(bytes_le=token)} on {self.path} is not held")
 
+    def lose(self, token: bytes, now: float) -> None:
+        """The lock on ``token`` runs out now, as if it had expired: a fault's lock lost
+        mid-processing. Nothing happens when the token holds no lock."""
+        for stored in self.messages.values():
+            if stored.lock_token == token:
+                stored.lock_token = None
+                self._after_return(stored, now)
+                return
+
     def complete(self, token: bytes, now: float) -> None:
         del self.messages[self.held(token, now).seq]
 

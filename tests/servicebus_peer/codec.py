@@ -56,11 +56,22 @@ def split(raw: bytes) -> list[Section]:
         data.rewind()
         data.next()
         value = _owned(data.get_object())
-        if not isinstance(value, Described) or int(value.descriptor) not in _SECTION_CODES:
+        code = _section_code(value)
+        if code is None:
             raise ValueError(f"not a message section at byte {offset}")
-        sections.append(Section(int(value.descriptor), raw[offset : offset + used], value.value))
+        sections.append(Section(code, raw[offset : offset + used], value.value))
         offset += used
     return sections
+
+
+def _section_code(value: Any) -> int | None:
+    """The section code of a decoded value, or None when it is not a message section."""
+    if not isinstance(value, Described):
+        return None
+    descriptor = value.descriptor
+    if not isinstance(descriptor, int) or int(descriptor) not in _SECTION_CODES:
+        return None
+    return int(descriptor)
 
 
 def _owned(value: Any) -> Any:
@@ -129,7 +140,7 @@ class BareMessage:
 
     def with_properties(self, extra: dict[str, str]) -> BareMessage:
         """A copy whose application properties also hold ``extra`` (dead-letter reason…)."""
-        merged = {**self.application_properties, **extra}
+        merged: dict[Any, Any] = {**self.application_properties, **extra}
         # The order the spec fixes: properties, application properties, body, footer.
         sections = split(self.bare)
         props = [s.encoded for s in sections if s.code == PROPERTIES]
