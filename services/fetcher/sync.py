@@ -8,6 +8,10 @@ checkpointed before the bus has it, and nothing is lost.
 
 Judging records is the filter's job: a page is published whole, bad records included, so the
 filter counts and dead-letters them with a reason instead of the fetcher silently skipping them.
+A record no message can carry (too large, nested too deep) is published as a stand-in with its
+id and why (``shared.contract.messages.raw_message``), logged here (``page_records.refused``)
+and counted by the filter that dead-letters it (``rejected_too_large``/``rejected_too_deep``):
+one such record costs that record, never its page or the feed.
 
 A **full** sync (``sync --once --full``) pages the whole window that can still hold live
 indicators (``FetcherConfig.full_window``) whatever the checkpoint says, so a settings change
@@ -28,12 +32,12 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
-from typing import Any
 
+from services.fetcher import page_records
 from services.fetcher.config import MATI_RETENTION, RETENTION_MARGIN, FetcherConfig
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
@@ -41,7 +45,6 @@ from shared.adapters.mati_paging import IndicatorQuery, RawPage
 from shared.contract.bus import Bus
 from shared.contract.messages import INDICATORS, raw_message, subscription
 from shared.core.errors import FatalError, PagingInterrupted, PipelineError
-from shared.core.parsing import parse_timestamp
 from shared.core.timing import UtcClock, utc_now
 from shared.telemetry import logs, tracing
 
@@ -276,9 +279,10 @@ class Fetcher:
         page_trace = tracing.inject({})  # every record carries the page's context
         full = progress.full
         messages = [raw_message(r, run_id=run_id, trace=page_trace, full=full) for r in records]
+        refused = page_records.refused(messages, page.index)
         with tracing.producer_span(self._system, INDICATORS.name, len(messages)):
             await self.bus.publish(INDICATORS, messages)
-        newest, undated, ahead = _newest(records, limit)
+        newest, undated, ahead = page_records.newest(records, limit)
         if newest is not None:
             if not progress.full:
                 await self.feed.advance(newest, run_id)
@@ -306,6 +310,7 @@ class Fetcher:
             published=len(records),
             without_last_updated=undated,
             last_updated_after_window=ahead,
+            refused=refused,
             checkpoint=progress.checkpoint,
         )
 
@@ -411,27 +416,6 @@ async def _next_page(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-
-def _newest(records: Sequence[Any], limit: datetime) -> tuple[datetime | None, int, int]:
-    """``(newest last_updated up to limit, records without one, records after limit)``;
-    ``limit`` is the query's ``end_epoch``.
-
-    A ``last_updated`` after the window's end is not trusted for the checkpoint: it cannot be
-    an answer to this query, and a checkpoint moved into the future would skip everything
-    until then, for good (the checkpoint never moves back).
-    """
-    newest: datetime | None = None
-    undated = ahead = 0
-    for record in records:
-        stamp = parse_timestamp(record.get("last_updated")) if isinstance(record, dict) else None
-        if stamp is None:
-            undated += 1
-        elif stamp > limit:
-            ahead += 1
-        elif newest is None or stamp > newest:
-            newest = stamp
-    return newest, undated, ahead
 
 
 def _describe(exc: BaseException) -> str:

@@ -116,36 +116,25 @@ def decode(answer: Answer) -> Any:
         ) from exc
 
 
-def check_encodable(records: list[Any], what: str) -> None:
-    """Refuse ``records`` if one cannot be written as JSON again.
+def check_encodable(record: dict[str, Any]) -> None:
+    """Refuse a looked-up ``record`` that cannot be written as JSON again: orjson reads 1,024
+    levels of nesting but writes only 254, and the operator commands that look a record up
+    show it and derive its message from it. ``MalformedResponse`` naming its id, at once.
 
-    orjson reads 1,024 levels of nesting but writes only 254, and the fetcher publishes each
-    record as orjson writes it: a record nested between the two would raise from deep inside the
-    publish, a crash instead of a reason. Refused whole (``MalformedResponse``), so the checkpoint
-    stays before it; the cost is one more encoding of what the fetcher encodes anyway.
-    """
+    A page's records are not checked here: the fetcher publishes a stand-in for such a record
+    (``shared.core.record_bounds``), so it costs that record and never its page."""
     try:
-        orjson.dumps(records)
+        orjson.dumps(record)
     except orjson.JSONEncodeError:
-        culprit = next((r for r in records if not _encodable(r)), None)
-        known = culprit.get("id") if isinstance(culprit, dict) else None
+        known = record.get("id")
         named = f" (id {known[:_MAX_ID_CHARS]!r})" if isinstance(known, str) else ""
         raise MalformedResponse(
-            f"MATI {what} holds a record nested too deep to pass on{named}: "
-            "refused, nothing of it is published"
+            f"MATI GET /v4/indicator/{{…}}: the record is nested too deep to show{named}"
         ) from None
 
 
 #: How much of a record's id a message quotes (real ids are about 45 characters).
 _MAX_ID_CHARS = 100
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return False
-    return True
 
 
 def exhausted(what: str, retry: Retry, failures: int) -> Exception:

@@ -29,14 +29,15 @@ What the API needs from a client (specs/mati-api-v4.md §2, §3, §8, §11) and 
 - **Bounds** (``shared.adapters.http_limits``). An answer larger than ``max_body_bytes`` (token
   answers: ``TOKEN_MAX_BODY``), counted decompressed, is ``MalformedResponse`` at once, and a
   redirect, never followed (neither the key and secret nor the bearer reach another host), is
-  ``UpstreamUnavailable`` at once: asking again brings the same (``mati_answers.refused``). A
-  page holding a record that cannot be written as JSON again is refused whole
-  (``mati_answers.check_encodable``).
+  ``UpstreamUnavailable`` at once: asking again brings the same (``mati_answers.refused``).
 - **Pace.** Every request — token requests and retries included — passes one ``Pacer``: MATI
   publishes no limit and ≈1 request/second is what survives (§8).
 
 Records are not validated here: a page's indicators are handed on as decoded JSON, and the
-parser counts and dead-letters the bad ones (DESIGN.md §4, bad input never vanishes).
+parser counts and dead-letters the bad ones (DESIGN.md §4, bad input never vanishes). One too
+large or nested too deep for a message is no reason to refuse its page either: the fetcher
+publishes a stand-in for it (``shared.core.record_bounds``), so it costs that record alone. A
+looked-up record too deep to show is refused (``mati_answers.check_encodable``).
 
 Nothing secret (key, secret, token) ever reaches a log line or an exception message.
 """
@@ -215,7 +216,6 @@ class MatiClient:
             cursor = data.get("next")
             if cursor is not None and not isinstance(cursor, str):
                 raise MalformedResponse("MATI page's 'next' is not a string")
-            answers.check_encodable(indicators, f"page {index}")
             return RawPage(
                 index=index,
                 indicators=indicators,
@@ -266,7 +266,7 @@ class MatiClient:
                 raise MalformedResponse(
                     f"MATI answered a JSON {type(data).__name__}, not an indicator object"
                 )
-            answers.check_encodable([data], "look-up")
+            answers.check_encodable(data)
             return data
 
         return await self._with_retries("GET /v4/indicator/{…}", attempt)

@@ -1,7 +1,8 @@
 """The message contract between the services (DESIGN.md §3): entities, bodies, properties, ids.
 
 - fetcher → topic ``indicators``: the raw MATI record, byte for byte as decoded, so the filter
-  (and a replay months later) sees exactly what Mandiant sent.
+  (and a replay months later) sees exactly what Mandiant sent; or, for a record no message
+  can carry (too large, too deep), a small stand-in the filter refuses with that reason.
 - filter → queue ``upload.<destination>``: the accepted indicator as the filter mapped and
   fingerprinted it (the STIX object without its upload timestamps, ``shared.core.stix.Draft``) plus
   why it is forwarded. The uploader stamps and sends it: it never parses or maps a record, so
@@ -38,6 +39,7 @@ from shared.core.fingerprint import (
     SOURCE_TAG_BYTES,
     ForwardReason,
 )
+from shared.core.record_bounds import record_body
 from shared.core.stix import MATI_ID_PROPERTY, THREAT_SCORE_PROPERTY, Draft, extension_of
 
 RAW_SCHEMA: Final = "mati.indicator/1"
@@ -87,6 +89,9 @@ def _text_field(record: object, key: str) -> str:
 #: The raw message property that marks a full sync's records (``sync --once --full``).
 SYNC_PROPERTY: Final = "sync"
 FULL_SYNC: Final = "full"
+#: The raw message property that marks a stand-in for a record no message can carry, and why
+#: (``too_large``, ``too_deep``): the fetcher counts and logs it by this.
+REFUSED_PROPERTY: Final = "refused"
 
 
 def raw_message(
@@ -102,8 +107,15 @@ def raw_message(
     without treating them as MATI reporting the indicator again.
 
     The message carries the ``TRACE_PROPERTIES`` of ``trace`` as they are (a page's records
-    share one context: it is formatted once, not per record)."""
-    body = orjson.dumps(record)
+    share one context: it is formatted once, not per record).
+
+    A record nested too deep to write as JSON, or larger than ``MAX_RECORD_BYTES``, travels as
+    a stand-in with its id and why (``shared.core.record_bounds``; the filter's parser
+    refuses it with that reason and dead-letters it), marked ``refused=<reason>``: never an
+    exception out of the publish, never a message the bus refuses for its size. Its message
+    id is the record's own, so a page fetched twice still publishes it once (without an id,
+    one derived from the stand-in: two anonymous records refused alike count as one)."""
+    body, refusal = record_body(record)
     indicator_id = _text_field(record, "id")
     last_updated = _text_field(record, "last_updated")
     seed = f"{indicator_id}|{last_updated}".encode() if indicator_id else body
@@ -119,6 +131,7 @@ def raw_message(
                 "indicator_type": _text_field(record, "type"),
                 "run_id": run_id,
                 **({SYNC_PROPERTY: FULL_SYNC} if full else {}),
+                **({REFUSED_PROPERTY: refusal.reason.value} if refusal else {}),
             },
             trace,
         ),

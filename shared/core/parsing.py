@@ -13,24 +13,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from enum import StrEnum
 from typing import Final
 
 import orjson
 
 from shared.core.indicator import Association, HashType, Indicator, IndicatorType, Source
 
-#: Longest ``Rejection.detail``: enough to act on, short enough for a log line or a
-#: dead-letter reason, and never a whole hostile payload.
-MAX_DETAIL_CHARS: Final = 200
-#: Longest ``Rejection.indicator_id``; real MATI ids are about 45 characters.
-MAX_ID_CHARS: Final = 100
+# The bounds' names that callers have always imported from here are re-exported ("as").
+from shared.core.record_bounds import MAX_DETAIL_CHARS as MAX_DETAIL_CHARS
+from shared.core.record_bounds import MAX_ID_CHARS as MAX_ID_CHARS
+from shared.core.record_bounds import MAX_VALUE_CHARS as MAX_VALUE_CHARS
+from shared.core.record_bounds import Rejection as Rejection
+from shared.core.record_bounds import RejectReason as RejectReason
+from shared.core.record_bounds import clip, names_problem, read_stand_in
+
 #: How much of an offending value a detail quotes.
 _MAX_QUOTE_CHARS: Final = 60
-#: Longest indicator value: an fqdn has at most 253 characters and real URLs a few thousand; a
-#: value of megabytes is a broken or hostile record, refused here rather than carried into a
-#: STIX pattern Sentinel would refuse, in a message larger than a bus may take.
-MAX_VALUE_CHARS: Final = 16_384
 _JSON_NAMES: Final[dict[type, str]] = {
     dict: "object",
     list: "array",
@@ -43,6 +41,12 @@ _JSON_NAMES: Final[dict[type, str]] = {
 #: the OASIS validator (and Sentinel) refuse; better one counted rejection than a poisoned batch.
 HASH_HEX_DIGITS: Final = {HashType.MD5: 32, HashType.SHA1: 40, HashType.SHA256: 64}
 _HEX: Final = re.compile(r"[0-9a-f]+")
+#: A dotted-quad IPv4 address, or a CIDR block (STIX's ipv4-addr holds either). A leading zero
+#: is refused: "010.0.0.1" is octal to some readers and decimal to others (Python's
+#: ``ipaddress`` refuses it too); fqdn and url values are kept as MATI sends them, quotes and
+#: backslashes included (the pattern escapes them), and Sentinel judges those per record.
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?", re.ASCII)
 
 # MATI mixes ``2025-03-09T08:02:44.617Z`` (indicator level) with ``...617+0000`` (sources) and
 # ``...44Z`` (reports); RFC 3339's ``+00:00`` is accepted too. This pattern is the definition
@@ -71,32 +75,6 @@ _STIX_TIME: Final = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"
 _TYPES: Final[dict[str, IndicatorType]] = {member.value: member for member in IndicatorType}
 _HASH_TYPES: Final[dict[str, HashType]] = {member.value: member for member in HashType}
 _HASH_ORDER: Final = tuple(HashType)
-
-
-class RejectReason(StrEnum):
-    """Why a body or record could not become an indicator; each is counted separately."""
-
-    INVALID_JSON = "invalid_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    BAD_FIELD = "bad_field"
-    UNSUPPORTED_TYPE = "unsupported_type"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A refused body or record; ``detail`` and ``indicator_id`` are clipped on construction
-    so no caller can put a whole payload into a log line or a dead-letter reason."""
-
-    reason: RejectReason
-    detail: str
-    indicator_id: str | None = None
-
-    def __post_init__(self) -> None:
-        # object.__setattr__ is the documented way to normalise fields of a frozen dataclass.
-        object.__setattr__(self, "detail", _clip(self.detail, MAX_DETAIL_CHARS))
-        if self.indicator_id is not None:
-            object.__setattr__(self, "indicator_id", _clip(self.indicator_id, MAX_ID_CHARS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +123,10 @@ def parse_indicator(raw: object) -> Indicator | Rejection:
     """Turn one raw MATI record into an ``Indicator``.
 
     Values are normalised so equal indicators compare equal: ipv4, fqdn and md5 are stripped,
-    fqdn and md5 lower-cased, an md5 must be 32 hex digits. URLs are kept byte for byte: case
-    and whitespace can matter in a path. Unknown fields are ignored.
+    fqdn and md5 lower-cased; an ipv4 must be a dotted quad, an md5 32 hex digits. URLs are
+    kept byte for byte: case and whitespace can matter in a path. Unknown fields are ignored.
+    A record larger or deeper than a message may carry arrives as the fetcher's stand-in and
+    names that are too long are refused (``shared.core.record_bounds``).
     """
     if not isinstance(raw, dict):
         return Rejection(RejectReason.NOT_AN_OBJECT, f"record is {_describe(raw)}")
@@ -161,7 +141,11 @@ def parse_indicator(raw: object) -> Indicator | Rejection:
         and type_text.strip()
         and value_text.strip()
     ):
-        # Rare: walk the fields in order, so the first problem is the one reported.
+        # Rare: a fetcher's stand-in for a record it could not publish, or a broken record
+        # whose fields are walked in order, so the first problem is the one reported.
+        refused = read_stand_in(raw)
+        if refused is not None:
+            return refused
         required = _required_fields(raw)
         if isinstance(required, Rejection):
             return required
@@ -184,7 +168,8 @@ def parse_indicator(raw: object) -> Indicator | Rejection:
         return Rejection(
             RejectReason.BAD_FIELD, f"{kind} value {_quote(value_text)} is malformed", indicator_id
         )
-    return _build(raw, indicator_id, kind, value)
+    indicator = _build(raw, indicator_id, kind, value)
+    return names_problem(indicator) or indicator
 
 
 def parse_timestamp(text: object) -> datetime | None:
@@ -283,7 +268,7 @@ def _normalise_value(kind: IndicatorType, text: str) -> str | None:
         return text
     value = text.strip()
     if kind is IndicatorType.IPV4:
-        return value
+        return value if _IPV4.fullmatch(value) is not None else None
     value = value.lower()
     if kind is IndicatorType.MD5 and not is_hash(HashType.MD5, value):
         return None
@@ -428,8 +413,4 @@ def _describe(value: object) -> str:
 
 
 def _quote(text: str) -> str:
-    return repr(_clip(text, _MAX_QUOTE_CHARS))
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return repr(clip(text, _MAX_QUOTE_CHARS))

@@ -1,9 +1,10 @@
 """Hostile answers at MATI's edge, through the real client against the MATI simulator: a page
 larger than the limit (declared, compressed to inflate past it, or never ending), a body that
-trickles, JSON nested past what can be decoded or re-encoded, a redirect. Each is
-refused with its reason, the read stops near the limit in bounded memory, and nothing is
-retried that would only bring the same answer again. The fetcher's side (checkpoint, what was
-published) and the filter's (a record of megabytes) are in test_edge_input_pipeline.py; the
+trickles, JSON nested past what can be decoded, a redirect. Each is refused with its reason,
+the read stops near the limit in bounded memory, and nothing is retried that would only bring
+the same answer again. A record nested past what can be re-encoded is handed on with its page
+(the fetcher publishes a stand-in for it). The fetcher's side (checkpoint, what was published)
+and the filter's (a record of megabytes) are in test_edge_input_pipeline.py; the
 Sentinel and Entra ID side in test_edge_input_sentinel.py. Time is fake (``mati_world``)."""
 
 from __future__ import annotations
@@ -96,15 +97,29 @@ async def test_a_page_nested_thousands_deep_is_undecodable_and_retried_like_any(
     assert statuses(w.sim) == [200] * 6
 
 
-async def test_a_record_too_deep_to_publish_refuses_its_page_with_a_reason(mati: World) -> None:
+async def test_a_record_too_deep_to_publish_is_handed_on_with_its_page(mati: World) -> None:
     """Nested 300 deep: decodable (orjson reads 1,024 levels) but not encodable again (it writes
-    254), which is what publishing it would need; refused, not a crash in the fetcher."""
+    254). Not the client's to refuse, and never its whole page: the fetcher publishes a
+    stand-in for it (tests/services/test_fetcher_bad_records.py)."""
     async with mati() as w:
         w.sim.faults.inject(FaultKind.DEEP_JSON, route="indicator", depth=300)
-        error = await gives_up(w, MalformedResponse)
-    assert "page 0 holds a record nested too deep to pass on" in str(error)
-    assert "url--00000000-0000-5000-8000-999999999999" in str(error)
+        (page,) = await collect(w.client)
+    assert [record["id"] for record in page.indicators] == [
+        "url--00000000-0000-5000-8000-000000000000",
+        "url--00000000-0000-5000-8000-999999999999",
+        "url--00000000-0000-5000-8000-000000000001",
+    ]
     assert statuses(w.sim) == [200]
+
+
+async def test_a_looked_up_record_too_deep_to_show_is_refused_naming_it(mati: World) -> None:
+    """An operator's look-up shows the record and derives its message from it: refused."""
+    async with mati() as w:
+        w.sim.faults.inject(FaultKind.DEEP_JSON, route="indicator_by_id", depth=300)
+        with pytest.raises(MalformedResponse) as caught:
+            await w.client.lookup(indicator_id="url--00000000-0000-5000-8000-000000000001")
+    assert str(caught.value) == "MATI GET /v4/indicator/{…}: the record is nested too deep to show"
+    assert statuses(w.sim, "indicator_by_id") == [200]
 
 
 @pytest.mark.parametrize("route", ["token", "indicator"])

@@ -1,13 +1,15 @@
 """Hostile MATI input met by the services behind the client: the fetcher keeps its checkpoint
-before a page it refused and fails the sync with the reason instead of crashing, and the filter
-dead-letters a record of megabytes, or any broken record, with its reason and leaves nothing
+before a page it refused and fails the sync with the reason instead of crashing, publishes a
+stand-in for a record no message can carry (megabytes, nested too deep) and goes on, and the
+filter dead-letters such a record, or any broken record, with its reason and leaves nothing
 unsettled. The fetcher's rig (tests/services/fetcher_rig.py) and the filter's bus moves
 (tests/services/filter_rig.py) over a real Redis."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
+import re
+from typing import Any, Final
 
 import orjson
 import pytest
@@ -23,7 +25,7 @@ from shared.adapters.redis_streams import RedisStreamsBus
 from shared.contract.bus import Message
 from shared.core.filters import FilterPolicy
 from shared.core.parsing import MAX_VALUE_CHARS, Rejection, parse_indicator, parse_json
-from simulators.fault_bodies import DEFAULT_HUGE_VALUE
+from shared.core.record_bounds import MAX_RECORD_BYTES
 from simulators.faults import FaultKind
 from tests.services.fetcher_rig import CONFIG, ids, newest, world
 from tests.services.filter_rig import DEST, QUEUE, SOURCE, STIX, Clock, publish, take, uploads
@@ -76,26 +78,52 @@ async def test_a_page_refused_for_its_size_leaves_the_checkpoint_at_the_page_bef
         assert set(ids(first) + ids(rest)) == set(window)
 
 
-async def test_a_record_too_deep_to_publish_fails_the_sync_instead_of_the_fetcher(
-    server_ssl: Any, client_ssl: Any, redis_client: Redis
-) -> None:
-    """Decodable (300 levels) but not encodable again: without the client's check, the publish
-    raised a TypeError out of the sync, and the fetcher died on every run."""
-    async with world(server_ssl, client_ssl, redis_client) as w:
-        w.mati.faults.inject(FaultKind.DEEP_JSON, route="indicator", depth=300)
-        summary = await w.sync()
-        assert summary.outcome is Outcome.FAILED
-        assert summary.error is not None
-        assert "holds a record nested too deep to pass on" in summary.error
-        assert await w.drain() == []
-        assert await w.checkpoint() is None
+#: The one record of MATI's page that no message can carry, and whose stand-in is published.
+ODD_ONE: Final = "url--00000000-0000-5000-8000-999999999999"
 
 
-async def test_a_record_of_megabytes_is_dead_lettered_by_the_filter_and_its_page_goes_on(
-    server_ssl: Any, client_ssl: Any, redis_client: Redis
+@pytest.mark.parametrize(
+    ("kind", "options", "reason", "detail"),
+    [
+        pytest.param(
+            FaultKind.DEEP_JSON,
+            {"depth": 300},
+            "too_deep",
+            "record nested more than 254 levels deep: no message can carry it",
+            id="too_deep",
+        ),
+        pytest.param(
+            FaultKind.HUGE_VALUE,
+            {},
+            "too_large",
+            rf"record has 4194\d\d\d bytes as JSON, more than {MAX_RECORD_BYTES}",
+            id="too_large",
+        ),
+        pytest.param(
+            FaultKind.HUGE_VALUE,
+            {"size_bytes": 64 * 1024},
+            "bad_field",
+            f"url value has {64 * 1024} characters, more than {MAX_VALUE_CHARS}",
+            id="value_too_long",
+        ),
+    ],
+)
+async def test_a_record_no_message_can_carry_costs_that_record_and_its_page_goes_on(
+    server_ssl: Any,
+    client_ssl: Any,
+    redis_client: Redis,
+    kind: FaultKind,
+    options: dict[str, Any],
+    reason: str,
+    detail: str,
 ) -> None:
+    """Nested deeper than orjson writes, or larger than a message may be: the fetcher publishes
+    a stand-in naming it, the filter dead-letters it with that reason and forwards the rest.
+    (Before, the deep record refused its whole page on every sync, and a record of megabytes
+    went to the bus whole, which Service Bus refuses.) A value past its own bound in a record
+    within the record's is the parser's ``bad_field``, as before."""
     async with world(server_ssl, client_ssl, redis_client) as w:
-        w.mati.faults.inject(FaultKind.HUGE_VALUE, route="indicator")
+        w.mati.faults.inject(kind, route="indicator", **options)
         summary = await w.sync()
         assert summary.outcome is Outcome.COMPLETED
         assert summary.published == 3  # the page of the fault, whole: judging is the filter's
@@ -104,13 +132,13 @@ async def test_a_record_of_megabytes_is_dead_lettered_by_the_filter_and_its_page
         outcome = await worker.handle(await take(bus, SOURCE, 3))
 
     assert outcome["received"] == 3
-    assert outcome["rejected_bad_field"] == 1
+    assert outcome[f"rejected_{reason}"] == 1
     assert outcome["forwarded"] == 2
     (dead,) = await bus.dead_letters(SOURCE)
     assert dead.reason == INVALID_RECORD
-    assert dead.description == (
-        f"bad_field: url value has {DEFAULT_HUGE_VALUE} characters, more than {MAX_VALUE_CHARS}"
-    )
+    assert re.fullmatch(f"{reason}: {detail}", dead.description), dead.description
+    assert dead.properties["indicator_id"] == ODD_ONE
+    assert len(dead.body) < MAX_RECORD_BYTES
     counts = await bus.counts(SOURCE)
     assert (counts.depth, counts.in_flight) == (0, 0)
     assert (await bus.counts(QUEUE)).depth == 2
