@@ -27,7 +27,15 @@ and on any answer with a ``Retry-After``, which it honours); a refused TLS hands
 ``TlsVerificationFailed``; a 400 (the query refused) → ``QueryRejected``; an answer that is not
 the documented shape → ``MalformedResponse``.
 Messages come from status codes and the service's error code and message, never from request
-headers: no token can reach them.
+headers: no token can reach them (``shared.adapters.workspace_failures``).
+
+**Bounds.** An answer is read within ``max_body_bytes`` (``LOGS_MAX_BODY``, counted
+decompressed) and a redirect is never followed (``shared.adapters.http_limits``): the one is
+``MalformedResponse``, the other ``UpstreamUnavailable``, both saying "Log Analytics"; so is an
+answer nested too deep to decode (which raised ``RecursionError`` out of the client). Whichever
+the token request met instead is Entra ID's ``UpstreamUnavailable``. The whole query, its
+retries and token request included, ends within ``query_timeout_s`` (``UpstreamUnavailable``):
+azure-core's own timeouts bound each read, which an answer trickling in never exceeds.
 
 **The audience.** ``LogsQueryClient`` derives its token scope from ``endpoint`` unless told
 otherwise, which against a sovereign cloud's alias or a simulator asks Entra for the wrong
@@ -36,39 +44,24 @@ resource; the audience is therefore always ``https://api.loganalytics.io``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    DecodeError,
-    HttpResponseError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import AzureError
 from azure.core.pipeline.transport import AioHttpTransport
-from azure.identity import CredentialUnavailableError
-from azure.monitor.query import LogsQueryError, LogsQueryPartialResult, LogsTable
+from azure.monitor.query import LogsQueryPartialResult, LogsTable
 from azure.monitor.query.aio import LogsQueryClient
 
-from shared.adapters.http import MAX_PEER_MESSAGE
-from shared.core.errors import (
-    AuthenticationFailed,
-    DestinationNotFound,
-    MalformedResponse,
-    PipelineError,
-    QueryRejected,
-    TlsVerificationFailed,
-    UpstreamUnavailable,
-)
+from shared.adapters.http_limits import MIB, body_limit
+from shared.adapters.workspace_failures import QueryFailures, WatchedCredential, clip
+from shared.core.errors import MalformedResponse, UpstreamUnavailable
 from shared.core.events import get_logger
 from shared.core.stix import check_source_system
 from shared.core.workspace_objects import (
@@ -101,8 +94,14 @@ DEFAULT_PARTITION_TARGET: Final = 100_000
 #: How many times a partition whose answer came back partial is split again (16, then 256
 #: sub-partitions) before the read gives up.
 DEFAULT_MAX_SPLITS: Final = 2
-_AUTH_STATUSES: Final = frozenset({401, 403})
-_TRANSIENT_STATUSES: Final = frozenset({408, 429})
+#: The largest answer read: the service cuts a result at 64 MiB of rows (a partial answer,
+#: which is split), so half again is a full answer however it counts, and anything larger is
+#: not an answer to our query (``shared.adapters.http_limits``).
+LOGS_MAX_BODY: Final = 96 * MIB
+#: The longest one query may take, azure-core's retries and the token request included: the
+#: service runs a query for at most 10 minutes. azure-core bounds each read of the answer
+#: only, so without this an answer that trickles in would run until the body limit.
+DEFAULT_QUERY_TIMEOUT_S: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +143,8 @@ class WorkspaceReader:
         retry_total: int = 3,
         retry_backoff_factor: float = 0.8,
         timeout_s: float = 180.0,
+        query_timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
+        max_body_bytes: int = LOGS_MAX_BODY,
         close_credential: bool = True,
     ) -> None:
         if not endpoint.startswith("https://"):
@@ -157,13 +158,18 @@ class WorkspaceReader:
             raise ValueError(problem)
         if partition_target < 1 or max_splits < 0 or lookback <= timedelta(0):
             raise ValueError("partition_target ≥ 1, max_splits ≥ 0 and a positive lookback")
+        if not query_timeout_s > 0 or max_body_bytes < 1:
+            raise ValueError("query_timeout_s and max_body_bytes must be positive")
         self.workspace_id = workspace_id
         self.source_system = source_system
         self.lookback = lookback
         self.partition_target = partition_target
         self.max_splits = max_splits
         self.unreadable = 0
-        self._endpoint_netloc = urlsplit(endpoint).netloc.lower()
+        self.query_timeout_s = query_timeout_s
+        self.max_body_bytes = max_body_bytes
+        watched = WatchedCredential(credential)
+        self._failures = QueryFailures(workspace_id, endpoint, watched)
         self._credential = credential
         self._close_credential = close_credential
         options: dict[str, Any] = {
@@ -178,7 +184,7 @@ class WorkspaceReader:
                 read_timeout=timeout_s,
             )
         self._client = LogsQueryClient(
-            credential, endpoint=endpoint.rstrip("/"), audience=LOG_ANALYTICS_AUDIENCE, **options
+            watched, endpoint=endpoint.rstrip("/"), audience=LOG_ANALYTICS_AUDIENCE, **options
         )
 
     def __repr__(self) -> str:
@@ -269,126 +275,35 @@ class WorkspaceReader:
         return objects
 
     async def _complete(self, query: str, what: str) -> LogsTable | None:
-        """The one table of a complete answer to ``query``; ``None`` for a partial answer."""
+        """The one table of a complete answer to ``query``; ``None`` for a partial answer.
+        The answer is read within ``max_body_bytes``, the whole query (azure-core's retries
+        and the token request included) within ``query_timeout_s``."""
+        deadline = asyncio.timeout(self.query_timeout_s)
         try:
-            result = await self._client.query_workspace(
-                self.workspace_id, query, timespan=self.lookback
-            )
-        except (AzureError, aiohttp.ClientError, TimeoutError) as exc:
-            raise self._translate(exc, what) from exc
+            with body_limit(self.max_body_bytes):
+                async with deadline:
+                    result = await self._client.query_workspace(
+                        self.workspace_id, query, timespan=self.lookback
+                    )
+        except (MalformedResponse, UpstreamUnavailable, RecursionError) as exc:
+            raise self._failures.refused(exc, what) from exc
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a read's: azure-core turns those into its own
+                raise UpstreamUnavailable(
+                    f"Log Analytics did not answer {what} within {self.query_timeout_s:g} s"
+                ) from exc
+            raise self._failures.translate(exc, what) from exc
+        except (AzureError, aiohttp.ClientError) as exc:
+            raise self._failures.translate(exc, what) from exc
         if isinstance(result, LogsQueryPartialResult):
             error = result.partial_error
             log.info(
                 "workspace_reader.partial_answer",
                 what=what,
                 code=getattr(error, "code", None),
-                message=_clip(getattr(error, "message", None) or ""),
+                message=clip(getattr(error, "message", None) or ""),
             )
             return None
         if len(result.tables) != 1:
             raise MalformedResponse(f"Log Analytics answered {what} without exactly one table")
         return result.tables[0]
-
-    def _translate(self, exc: BaseException, what: str) -> PipelineError:
-        """The pipeline error a failed query means (module docstring)."""
-        tls = _tls_refusal(exc)
-        if tls is not None:
-            return TlsVerificationFailed(
-                f"TLS verification failed while querying Log Analytics ({type(tls).__name__}): "
-                f"{_clip(str(getattr(tls, 'verify_message', None) or tls))}"
-            )
-        token_failure = self._token_failure(exc)
-        if token_failure is not None:
-            return token_failure
-        status = exc.status_code if isinstance(exc, HttpResponseError) else None
-        if any(isinstance(cause, DecodeError) for cause in _chain(exc)) or (
-            status is not None and status < 300
-        ):
-            return MalformedResponse(f"Log Analytics answered {what} with a body it cannot read")
-        detail = _detail(exc)
-        workspace = self.workspace_id
-        if status in _AUTH_STATUSES:
-            return AuthenticationFailed(
-                f"Log Analytics refused the query (HTTP {status}): the identity needs the Log "
-                f"Analytics Reader role on workspace {workspace} (a new role assignment can take "
-                f"up to an hour to apply): {detail}",
-                status=status,
-            )
-        if status == 404:
-            return DestinationNotFound(
-                f"Log Analytics workspace {workspace} not found (HTTP 404): the workspace id "
-                f"must be the workspace's ID (a GUID) in this cloud: {detail}"
-            )
-        if status is None or status in _TRANSIENT_STATUSES or status >= 500:
-            reason = f"HTTP {status}" if status is not None else type(exc).__name__
-            return UpstreamUnavailable(
-                f"Log Analytics query failed ({reason}) for {what}: {detail}", status=status
-            )
-        return QueryRejected(
-            f"Log Analytics refused {what} (HTTP {status}): {detail}", status=status
-        )
-
-    def _token_failure(self, exc: BaseException) -> PipelineError | None:
-        """The error when the token request failed rather than the query: azure-identity's
-        error surfaces from inside the query call, and only its response's host and port (Entra's,
-        not the endpoint's) or its absence tells the two apart."""
-        for cause in _chain(exc):
-            if isinstance(cause, CredentialUnavailableError):
-                return AuthenticationFailed(f"the credential is unavailable: {_detail(cause)}")
-            if not isinstance(cause, ClientAuthenticationError):
-                continue
-            response = cause.response
-            url = getattr(getattr(response, "request", None), "url", "") or ""
-            if response is not None and urlsplit(url).netloc.lower() == self._endpoint_netloc:
-                return None  # the query itself was refused
-            status = cause.status_code
-            if status in (400, 401, 403):
-                return AuthenticationFailed(
-                    f"Entra ID refused the reader's credential (HTTP {status}): {_detail(cause)}",
-                    status=status,
-                )
-            return UpstreamUnavailable(
-                f"Entra ID token request failed: {_detail(cause)}", status=status
-            )
-        return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps (azure-core's ``inner_exception``, causes and contexts)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not s for s in seen):
-        seen.append(current)
-        inner = getattr(current, "inner_exception", None)
-        if isinstance(inner, BaseException) and all(inner is not s for s in seen):
-            current = inner
-        else:
-            current = current.__cause__ or current.__context__
-    return seen
-
-
-def _tls_refusal(exc: BaseException) -> BaseException | None:
-    """The TLS error inside ``exc`` when the handshake refused the peer, else ``None``. A
-    handshake merely cut off arrives as a connection reset and stays transient."""
-    for cause in _chain(exc):
-        if isinstance(cause, aiohttp.ClientSSLError):
-            return cause.os_error
-    return None
-
-
-def _detail(exc: BaseException) -> str:
-    """The service's error code and message when it sent them, else the exception's class."""
-    model = getattr(exc, "model", None)
-    if isinstance(model, LogsQueryError) and (model.code or model.message):
-        return _clip(f"{model.code}: {model.message}")
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        inner = getattr(exc, "inner_exception", None)
-        return type(inner or exc).__name__
-    message = getattr(exc, "message", None)
-    text = message if isinstance(message, str) and message else type(exc).__name__
-    return _clip(text.splitlines()[0] if text.strip() else type(exc).__name__)
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_PEER_MESSAGE else text[: MAX_PEER_MESSAGE - 1] + "…"

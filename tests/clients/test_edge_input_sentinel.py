@@ -237,8 +237,9 @@ async def test_azure_cores_redirect_policy_never_gets_a_redirect_to_follow(
             with pytest.raises(UpstreamUnavailable) as caught:
                 _ = [obj async for obj in reader.read()]
     port = other_host.rsplit(":", 1)[1]
-    assert (
-        str(caught.value) == f"refused to follow a redirect (HTTP 307) to https://127.0.0.1:{port}"
+    assert str(caught.value) == (
+        "Log Analytics query for the count failed: refused to follow a redirect (HTTP 307) "
+        f"to https://127.0.0.1:{port}"
     )
     assert followed == []
 
