@@ -25,7 +25,7 @@ from shared.core.record_bounds import MAX_ID_CHARS as MAX_ID_CHARS
 from shared.core.record_bounds import MAX_VALUE_CHARS as MAX_VALUE_CHARS
 from shared.core.record_bounds import Rejection as Rejection
 from shared.core.record_bounds import RejectReason as RejectReason
-from shared.core.record_bounds import clip, names_problem, read_stand_in
+from shared.core.record_bounds import clip, read_stand_in, text_problem
 
 #: How much of an offending value a detail quotes.
 _MAX_QUOTE_CHARS: Final = 60
@@ -169,7 +169,7 @@ def parse_indicator(raw: object) -> Indicator | Rejection:
             RejectReason.BAD_FIELD, f"{kind} value {_quote(value_text)} is malformed", indicator_id
         )
     indicator = _build(raw, indicator_id, kind, value)
-    return names_problem(indicator) or indicator
+    return text_problem(indicator) or indicator
 
 
 def parse_timestamp(text: object) -> datetime | None:

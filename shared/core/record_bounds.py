@@ -15,14 +15,15 @@ keeps the record's id and says why; the parser refuses it with that reason (``to
 ``too_deep``), so the page is consumed, the checkpoint moves, and the record is dead-lettered
 where an operator sees it.
 
-**Names** (``MAX_NAME_CHARS``, ``MAX_NAMES_CHARS``): categories, association, campaign and
-source names are a few to a few dozen characters; the first four become the STIX object's
-labels and description, so their length decides the size of the upload message and of what
-Sentinel stores. A name longer than ``MAX_NAME_CHARS`` is ``bad_field`` and names that reach
-the STIX object totalling more than ``MAX_NAMES_CHARS`` are ``too_large``, both rejections,
-not truncations: these names are identifiers (a tag an analyst filters on, an actor's name)
-and a name cut short names something else. With the value's own bound, an upload message
-stays far below a bus message's size.
+**Text that reaches the STIX object** (``MAX_ID_CHARS``, ``MAX_NAME_CHARS``,
+``MAX_NAMES_CHARS``, and the value's ``MAX_VALUE_CHARS``): categories, association, campaign
+and source names are a few to a few dozen characters, ids about 45; all but source names
+become the STIX object's labels, description and references, so their length decides the size
+of the upload message and of what Sentinel stores. An id or a name longer than its bound is
+``bad_field`` and names that reach the object totalling more than ``MAX_NAMES_CHARS`` are
+``too_large``, all rejections, not truncations: these are identifiers (a tag an analyst filters
+on, an actor's name, the id the STIX id derives from) and one cut short names something else.
+Together the bounds keep an upload message far below a bus message's size.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ MAX_NAMES_CHARS: Final = 16_384
 #: Longest ``Rejection.detail``: enough to act on, short enough for a log line or a
 #: dead-letter reason, and never a whole hostile payload.
 MAX_DETAIL_CHARS: Final = 200
-#: Longest ``Rejection.indicator_id``; real MATI ids are about 45 characters.
+#: Longest MATI id, of a record and of a ``Rejection``: real ones are ``<type>--<uuid>``,
+#: about 45 characters, and an id is written four times into the STIX object.
 MAX_ID_CHARS: Final = 100
 #: The key that marks a stand-in. A MATI record that carries it and no value is refused with
 #: the reason it names, which is what it would be refused for anyway: it has no value.
@@ -149,9 +151,15 @@ def read_stand_in(raw: dict[object, object]) -> Rejection | None:
     return Rejection(reason, detail, known if isinstance(known, str) and known else None)
 
 
-def names_problem(indicator: Indicator) -> Rejection | None:
-    """The rejection for a name too long, or for names that reach the STIX object too long
-    together (module docstring); ``None`` for every real record."""
+def text_problem(indicator: Indicator) -> Rejection | None:
+    """The rejection for an id or a name too long, or for names that reach the STIX object
+    too long together (module docstring); ``None`` for every real record."""
+    if len(indicator.id) > MAX_ID_CHARS:
+        return Rejection(
+            RejectReason.BAD_FIELD,
+            f"'id' has {len(indicator.id)} characters, more than {MAX_ID_CHARS}",
+            indicator.id,
+        )
     named = (
         ("category", indicator.category),
         ("source", [s.name for s in indicator.sources]),

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.contract.messages import UploadRequest, upload_message
+from shared.core.filters import every_observable
+from shared.core.fingerprint import ForwardReason
 from shared.core.indicator import IndicatorType
 from shared.core.parsing import Rejection, RejectReason, parse_indicator
-from shared.core.record_bounds import MAX_NAME_CHARS, MAX_NAMES_CHARS
+from shared.core.record_bounds import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_NAMES_CHARS,
+    MAX_RECORD_BYTES,
+    MAX_VALUE_CHARS,
+)
+from shared.core.stix import Draft, StixPolicy
 from tests.unit.fuzz_records import FEED
 from tests.unit.strategies import PROPERTY, example_record, must_parse
 
@@ -142,3 +153,44 @@ def test_every_record_of_the_simulators_feed_passes_the_bounds() -> None:
     for i in range(len(FEED)):
         kinds.add(must_parse(FEED.record(i)).type)
     assert kinds == set(IndicatorType)
+
+
+# ---- what the bounds add up to -----------------------------------------------------------------
+
+
+def test_an_id_of_the_longest_length_allowed_passes_and_a_longer_one_is_a_bad_field() -> None:
+    longest = "ipv4--" + "9" * (MAX_ID_CHARS - len("ipv4--"))
+    assert must_parse(example_record("ipv4") | {"id": longest}).id == longest
+    rejection = rejected(example_record("ipv4") | {"id": longest + "9"})
+    assert rejection == Rejection(
+        RejectReason.BAD_FIELD,
+        f"'id' has {MAX_ID_CHARS + 1} characters, more than {MAX_ID_CHARS}",
+        longest + "9",  # clipped on construction, as the parser's is
+    )
+
+
+def test_the_largest_record_the_parser_takes_fits_a_message_and_so_does_its_upload() -> None:
+    """Every bound at once, in the characters that grow most when escaped (a backslash twice
+    in the pattern, then twice in JSON; a quote twice in JSON): the raw record and the upload
+    message made of it both stay under what one bus message may carry."""
+    quote = '"'
+    record = example_record("fqdn") | {
+        "id": "fqdn--" + quote * (MAX_ID_CHARS - len("fqdn--")),
+        "value": "\\" * MAX_VALUE_CHARS,
+        "category": [f"{n:02d}" + quote * (MAX_NAME_CHARS - 2) for n in range(16)],
+        "sources": [],
+        "attributed_associations": [],
+        "campaigns": [],
+    }
+    assert 16 * MAX_NAME_CHARS == MAX_NAMES_CHARS
+    assert len(orjson.dumps(record)) < MAX_RECORD_BYTES
+    indicator = must_parse(record)
+    (observable,) = every_observable(indicator)
+    draft = Draft.of(observable, StixPolicy())
+    message = upload_message(
+        UploadRequest(draft, ForwardReason.NEW, indicator_type="fqdn"),
+        run_id="r",
+        source_message_id="m",
+    )
+    assert len(message.body) < MAX_RECORD_BYTES
+    assert len(message.body) > MAX_RECORD_BYTES // 2  # the bounds, not the example, are measured
