@@ -112,6 +112,9 @@ async def run(variant: Variant, state_dir: Path, command: str) -> Outcome:
         peer_counts = getattr(namespace, "fault_counts", None)
         if callable(peer_counts):
             outcome.peer_faults = dict(peer_counts())
+        failure = getattr(namespace, "failure", None)
+        if failure is not None:
+            outcome.checks["the fake Service Bus kept serving"] = [repr(failure)[:300]]
     outcome.command = command
     outcome.duration_s = round(time.monotonic() - began, 1)
     outcome.logs = str(state_dir / "logs")
@@ -239,7 +242,10 @@ async def _checked(
     still = [m for m in log.suppressed if m not in log.unsuppressed]
     live = checks.expected_live(pipeline, checks.served(feed, planted), still, log.unsuppressed)
     workspace, revoked = checks.workspace_problems(pipeline, live, log.suppressed)
-    letters, dead = await checks.dead_letter_problems(pipeline, feed, planted)
+    try:
+        letters, dead = await checks.dead_letter_problems(pipeline, feed, planted)
+    except PipelineError as exc:
+        letters, dead = [f"the dead-letter queues could not be read: {exc}"], {}
     health = await checks.health_problems(fleet)
     verdict = ledger.verdict()
     kills = [k.__dict__ for k in executor.kills]
