@@ -198,7 +198,8 @@ if redis.call('ZCOUNT', KEYS[1], '(' .. cutoff, '+inf') < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
   return 0
 end
-local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local oldest = redis.call(
+  'ZRANGEBYSCORE', KEYS[1], '(' .. cutoff, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return math.max(1, tonumber(oldest[2]) + span - now)
 """
 
