@@ -35,7 +35,7 @@ from harness.chaos.ledger import Ledger
 from harness.chaos.phases import Watcher
 from harness.chaos.report import Outcome
 from harness.chaos.scheduler import make_plan
-from harness.chaos.variants import FEED_DAYS, TOKEN_TTL_S, Variant
+from harness.chaos.variants import FEED_DAYS, PEER_FAULT_RATE, TOKEN_TTL_S, Variant
 from harness.pipeline import DESTINATION, Pipeline
 from shared.adapters.feed_state import FeedState
 from shared.contract.bus import Source
@@ -103,7 +103,7 @@ async def run(variant: Variant, state_dir: Path, command: str) -> Outcome:
         peer_chaos = getattr(namespace, "chaos", None)
         if callable(peer_chaos):
             peer_rng = random.Random(f"{variant.seed}:servicebus")  # noqa: S311 - reproducible
-            peer_chaos(variant.fault_rate, peer_rng)
+            peer_chaos(PEER_FAULT_RATE, peer_rng)
         async with pipeline:
             say(f"chaos on {variant.bus}: seed {variant.seed}, {size.indicators:,} indicators, "
                 f"{size.service_kills} service kills and {size.redis_kills} Redis kills within "
