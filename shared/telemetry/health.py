@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final, Self
 
 import orjson
@@ -58,9 +58,9 @@ class Health:
         age = self._clock() - self._last_beat
         return age <= self._stale_after_s, age
 
-    async def ready(self) -> dict[str, str]:
-        """Name -> "ok" or the error class that made the check fail."""
-        names = list(self._checks)
+    async def ready(self, *, skip: Collection[str] = ()) -> dict[str, str]:
+        """Name -> "ok" or the error class that made the check fail (but those in ``skip``)."""
+        names = [name for name in self._checks if name not in skip]
         results = await asyncio.gather(
             *(self._run(self._checks[name]) for name in names), return_exceptions=False
         )
