@@ -29,6 +29,8 @@ from harness.pipeline import Pipeline
 
 #: Tries of one planned kill whose replica was stopped by a rollout under it.
 TRIES = 3
+#: The shortest wait for a phase, even for a kill that is late already.
+MIN_PHASE_WAIT_S = 2.0
 #: How long a kill waits for its replica to be running again.
 UP_TIMEOUT_S = 90.0
 #: After a killed filter's locks ran out, how long its messages may take to be handled again.
@@ -86,12 +88,16 @@ class Executor:
         await asyncio.gather(*sequences)
 
     async def _sequence(self, events: Sequence[Event]) -> None:
-        for event in sorted(events, key=lambda e: e.at_s):
+        """The events in time order; a kill waits for its phase no later than the next
+        event's time (at least ``MIN_PHASE_WAIT_S``), so a late one does not push the rest."""
+        ordered = sorted(events, key=lambda e: e.at_s)
+        for event, following in zip(ordered, [*ordered[1:], None], strict=True):
             delay = self.started + event.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if isinstance(event, Kill):
-                await self._kill(event)
+                until = None if following is None else self.started + following.at_s
+                await self._kill(event, until)
             elif isinstance(event, RedisKill):
                 await self._kill_redis(event)
             else:
@@ -105,12 +111,15 @@ class Executor:
         await self.actions.run(action)
         self.last_disruption = time.monotonic()
 
-    async def _kill(self, kill: Kill) -> None:
+    async def _kill(self, kill: Kill, until: float | None) -> None:
         replica = self.fleet.of(kill.service, kill.replica)
         for _ in range(TRIES):
             if not await self._up(replica):
                 break
-            done = await self._kill_once(kill, replica)
+            wait = self.phase_timeout_s[kill.service]
+            if until is not None:
+                wait = max(MIN_PHASE_WAIT_S, min(wait, until - time.monotonic()))
+            done = await self._kill_once(kill, replica, wait)
             if done is not None:
                 at, observed = done
                 self.last_disruption = at
@@ -124,7 +133,9 @@ class Executor:
                 return
         self.skipped.append(kill)
 
-    async def _kill_once(self, kill: Kill, replica: Replica) -> tuple[float, bool] | None:
+    async def _kill_once(
+        self, kill: Kill, replica: Replica, wait_s: float
+    ) -> tuple[float, bool] | None:
         """Kill the replica's current incarnation in the planned phase, or at once when the
         phase does not come: (when, whether the phase was seen); None when that incarnation
         was stopped meanwhile (by a rollout)."""
@@ -149,7 +160,7 @@ class Executor:
                 self.ledger.disrupt(Disruption(kind, at, back, indicators=held))
 
         observed = await self.watcher.strike(
-            kill.service, pid, consumer, kill.phase, strike, self.phase_timeout_s[kill.service]
+            kill.service, pid, consumer, kill.phase, strike, wait_s
         )
         if not killed:
             observed = False

@@ -145,18 +145,25 @@ class Fleet:
                 await self._launch(replica)
 
     async def supervise(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
-        """Restart any process that exited on its own, and record it."""
+        """Restart any process that exited on its own, and record it; one that keeps exiting
+        waits longer each time (10 s, doubling, at most 5 min), as a kubelet's back-off."""
+        due: dict[str, float] = {}
         while not stop.is_set():
             for replica in self.members:
                 child = replica.child
                 if child is None or child.running or replica.expected_down:
                     continue
-                async with replica.lock:
-                    if replica.child is not child or replica.expected_down:
-                        continue
+                if replica.name not in due:
                     code, tail = child.process.returncode, self.tail(replica)
                     self.unplanned.append(Exit(replica.label, code, time.monotonic(), tail))
-                    await self._launch(replica)
+                    in_a_row = sum(e.replica.startswith(f"{replica.name}.") for e in self.unplanned)
+                    due[replica.name] = time.monotonic() + min(300.0, 10.0 * 2 ** (in_a_row - 1))
+                if time.monotonic() < due[replica.name]:
+                    continue
+                async with replica.lock:
+                    del due[replica.name]
+                    if replica.child is child and not replica.expected_down:
+                        await self._launch(replica)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -34,7 +34,7 @@ from harness.chaos.fleet import Fleet
 from harness.chaos.ledger import Ledger
 from harness.chaos.phases import Watcher
 from harness.chaos.report import Outcome
-from harness.chaos.scheduler import make_plan
+from harness.chaos.scheduler import Plan, make_plan
 from harness.chaos.variants import FEED_DAYS, PEER_FAULT_RATE, TOKEN_TTL_S, Variant
 from harness.pipeline import DESTINATION, Pipeline
 from shared.adapters.feed_state import FeedState
@@ -42,6 +42,9 @@ from shared.contract.bus import Source
 from shared.contract.messages import INDICATORS, revocation_queue, subscription, upload_queue
 from shared.core.errors import PipelineError
 from simulators.feed import Feed
+
+if TYPE_CHECKING:
+    from tests.servicebus_peer import FakeServiceBus
 
 #: How long the queues must stay empty to count as drained.
 SETTLE_S = 3.0
@@ -58,8 +61,9 @@ def planted_records(feed: Feed, count: int, rng: random.Random) -> dict[int, str
 
 
 @contextmanager
-def service_bus(bus: str) -> Iterator[tuple[dict[str, str], Any]]:
-    """The bus's settings, and on Service Bus the fake peer with the entities created."""
+def service_bus(bus: str) -> Iterator[tuple[dict[str, str], FakeServiceBus | None]]:
+    """The bus's settings, and on Service Bus the fake peer (tests/servicebus_peer, imported
+    only then) with the entities an operator creates (docs/servicebus.md)."""
     if bus != "servicebus":
         yield {"BUS": "redis"}, None
         return
@@ -100,21 +104,19 @@ async def run(variant: Variant, state_dir: Path, command: str) -> Outcome:
         pipeline.sims.entra.token_ttl_s = TOKEN_TTL_S
         pipeline.sims.mati.page_latency_s = variant.page_latency_s
         pipeline.sims.mati.planted = planted
-        peer_chaos = getattr(namespace, "chaos", None)
-        if callable(peer_chaos):
+        if namespace is not None:
             peer_rng = random.Random(f"{variant.seed}:servicebus")  # noqa: S311 - reproducible
-            peer_chaos(PEER_FAULT_RATE, peer_rng)
+            namespace.chaos(PEER_FAULT_RATE, peer_rng)
         async with pipeline:
             say(f"chaos on {variant.bus}: seed {variant.seed}, {size.indicators:,} indicators, "
                 f"{size.service_kills} service kills and {size.redis_kills} Redis kills within "
                 f"{size.window_s:.0f} s; logs in {state_dir / 'logs'}")  # fmt: skip
             outcome = await _chaos(variant, pipeline, plan, ledger, injection, planted, feed)
-        peer_counts = getattr(namespace, "fault_counts", None)
-        if callable(peer_counts):
-            outcome.peer_faults = dict(peer_counts())
-        failure = getattr(namespace, "failure", None)
-        if failure is not None:
-            outcome.checks["the fake Service Bus kept serving"] = [repr(failure)[:300]]
+        if namespace is not None:
+            outcome.peer_faults = namespace.fault_counts()
+            if namespace.failure is not None:
+                failure = repr(namespace.failure)[:300]
+                outcome.checks["the fake Service Bus kept serving"] = [failure]
     outcome.command = command
     outcome.duration_s = round(time.monotonic() - began, 1)
     outcome.logs = str(state_dir / "logs")
@@ -124,7 +126,7 @@ async def run(variant: Variant, state_dir: Path, command: str) -> Outcome:
 async def _chaos(
     variant: Variant,
     pipeline: Pipeline,
-    plan: Any,
+    plan: Plan,
     ledger: Ledger,
     injection: faults.Injection,
     planted: dict[int, str],
@@ -159,7 +161,7 @@ async def _chaos(
     await fleet.start()
     supervisor = asyncio.create_task(fleet.supervise(stop))
     try:
-        await _uploading(pipeline, variant.drain_timeout_s)
+        await _uploading(pipeline, fleet, variant.drain_timeout_s)
         lock_s = pipeline.settings.bus_lock_duration_seconds
         executor = Executor(
             pipeline, fleet, watcher, ledger, actions, variant.phase_timeouts, lock_s
@@ -184,11 +186,15 @@ async def _chaos(
     return outcome
 
 
-async def _uploading(pipeline: Pipeline, timeout_s: float) -> None:
+async def _uploading(pipeline: Pipeline, fleet: Fleet, timeout_s: float) -> None:
     """Wait for the first object stored in Sentinel: the services started, the seen cache
-    was born, the back-fill passed through the filters. The plan's clock starts then."""
+    was born, the back-fill passed through the filters. The plan's clock starts then. A
+    service that exits before (its settings refused, say) ends the run with its last lines."""
     deadline = time.monotonic() + timeout_s
     while not pipeline.sims.sentinel.store:
+        if fleet.unplanned:
+            exited = fleet.unplanned[0]
+            raise RuntimeError(f"{exited.replica} exited (code {exited.code}): {exited.tail[-3:]}")
         if time.monotonic() > deadline:
             raise TimeoutError("nothing reached Sentinel: see the service logs")
         await asyncio.sleep(0.1)

@@ -45,9 +45,10 @@ PHASES: Final[Mapping[str, tuple[Phase, ...]]] = MappingProxyType(
     }
 )
 #: Each service's share of the kills. The fetcher's is the smallest: a killed fetcher leaves
-#: its lease to expire (30 s) before the next one pages, so its kills cost the run the most.
+#: its lease to expire (30 s) and its successor waits a sync schedule on top, so each of its
+#: kills stops the back-fill's fetch for most of a minute.
 SHARES: Final[Mapping[str, float]] = MappingProxyType(
-    {"fetcher": 0.12, "filter": 0.40, "uploader": 0.48}
+    {"fetcher": 0.08, "filter": 0.42, "uploader": 0.50}
 )
 #: The first kill comes after this share of the window: the services have started.
 LEAD: Final = 0.03

@@ -3,10 +3,12 @@
 The simulated Sentinel quota sets how long the back-fill takes, and so how long the kills
 have to land in it: the window is sized to end while uploads are still queued, so every kill
 meets a pipeline at work. Measured on a shared 2-core machine, the uploaders use about half
-the quota through the kills, faults and pauses (150 a minute carries 50,000 indicators in
-about seven minutes). The MATI page latency (4 s) spreads the fetch of the back-fill over
-the first minutes, so the filters work in bursts (a page every few seconds) rather than
-once, and the fetcher has pages to be killed in.
+the quota through the kills, faults and pauses (100 requests every 40 s, 150 a minute,
+carries 50,000 indicators in about seven minutes; the product takes at most 100 a window,
+Sentinel's own quota, so the window is what is shortened). The MATI page latency (a second
+in the full run) spreads the fetch of the back-fill, so the filters work in bursts (a page
+at a time) rather than once, and the fetcher has pages to be killed in; each fetcher kill
+stops the fetch for most of a minute (its lease), which is what the back-fill waits on.
 
 What the services run with besides the simulators' endpoints (``CHAOS_ENV``):
 
@@ -103,7 +105,7 @@ def variant(bus: str, *, quick: bool, seed: int) -> Variant:
         )  # fmt: skip
     size = Size(indicators=50_000, service_kills=100, redis_kills=3, window_s=360.0)
     return Variant(
-        bus, quick, seed, size, sentinel_requests=150, sentinel_window_s=60.0,
-        page_latency_s=4.0, planted=12, suppressions=3, phase_timeout_s=12.0,
+        bus, quick, seed, size, sentinel_requests=100, sentinel_window_s=40.0,
+        page_latency_s=1.0, planted=12, suppressions=3, phase_timeout_s=12.0,
         drain_timeout_s=900.0,
     )  # fmt: skip

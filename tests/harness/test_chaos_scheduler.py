@@ -79,8 +79,8 @@ def test_redis_dies_as_often_as_asked_within_its_span_and_the_actions_within_the
         (0, {"fetcher": 0, "filter": 0, "uploader": 0}),
         (7, {"fetcher": 2, "filter": 2, "uploader": 3}),  # every phase once
         (10, {"fetcher": 2, "filter": 3, "uploader": 5}),
-        (24, {"fetcher": 3, "filter": 10, "uploader": 11}),
-        (101, {"fetcher": 12, "filter": 40, "uploader": 49}),
+        (24, {"fetcher": 2, "filter": 10, "uploader": 12}),
+        (101, {"fetcher": 8, "filter": 42, "uploader": 51}),
     ],
 )
 def test_kill_counts_follow_the_shares_and_cover_every_phase(
