@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from harness.chaos.faults import Injection
@@ -30,7 +31,9 @@ from harness.chaos.fleet import Fleet
 from harness.chaos.ledger import Disruption, DisruptionKind, Ledger
 from harness.chaos.phases import PAGE_ROUTE
 from harness.chaos.scheduler import Action, ActionKind
-from harness.pipeline import Pipeline
+from harness.pipeline import DESTINATION, Pipeline
+from shared.adapters.destination_state import DestinationState
+from shared.core.errors import PipelineError
 from shared.core.indicator import HashType
 from shared.core.stix import stix_id
 from simulators.feed import Feed
@@ -144,16 +147,27 @@ class Actions:
     # -- the operator ---------------------------------------------------------------------
 
     async def suppress(self) -> None:
+        """Suppress a few indicators live in the workspace whose upload the product has
+        committed (its seen entry is live): an analyst suppresses what they have seen there.
+        One whose upload Sentinel stored but whose uploader died before committing is left
+        out on purpose: ``suppress add`` then only supersedes the redelivered upload and the
+        object stays live (a finding of this harness, reported, not a flake to meet)."""
         store, feed = self._pipeline.sims.sentinel.store, self._pipeline.feed
+        assert self._pipeline.redis is not None
+        seen = DestinationState(self._pipeline.redis, DESTINATION)
         order = list(range(len(feed)))
         self._rng.shuffle(order)
         chosen: list[str] = []
-        for i in order:  # live in the workspace now: suppressing it revokes it
+        for i in order:
             mati_id = feed.id(i)
             key = lineage(feed, mati_id)
             live = key in store and store[key].get("revoked") is not True
-            if live and mati_id not in self._excluded:
-                chosen.append(mati_id)
+            if not live or mati_id in self._excluded:
+                continue
+            with contextlib.suppress(PipelineError):
+                (entry,) = await seen.seen([key])
+                if entry is not None and entry.live(datetime.now(UTC)):
+                    chosen.append(mati_id)
             if len(chosen) == self._suppressions:
                 break
         for mati_id in chosen:
