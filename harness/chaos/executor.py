@@ -30,7 +30,7 @@ from harness.pipeline import Pipeline
 #: Tries of one planned kill whose replica was stopped by a rollout under it.
 TRIES = 3
 #: The shortest wait for a phase, even for a kill that is late already.
-MIN_PHASE_WAIT_S = 2.0
+MIN_PHASE_WAIT_S = 3.0
 #: How long a kill waits for its replica to be running again.
 UP_TIMEOUT_S = 90.0
 #: After a killed filter's locks ran out, how long its messages may take to be handled again.

@@ -103,7 +103,7 @@ def variant(bus: str, *, quick: bool, seed: int) -> Variant:
             page_latency_s=4.0, planted=8, suppressions=3, phase_timeout_s=15.0,
             drain_timeout_s=600.0,
         )  # fmt: skip
-    size = Size(indicators=50_000, service_kills=100, redis_kills=3, window_s=360.0)
+    size = Size(indicators=50_000, service_kills=100, redis_kills=3, window_s=420.0)
     return Variant(
         bus, quick, seed, size, sentinel_requests=100, sentinel_window_s=40.0,
         page_latency_s=1.0, planted=12, suppressions=3, phase_timeout_s=12.0,
