@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+import pytest
 from aiohttp import web
+
+from simulators.faults import FaultKind
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -22,6 +25,19 @@ SOCKET_SLACK: Final = 16 * MIB
 #: Allocations a refused read may peak at besides the body it held: the pieces it joined, the
 #: simulator's chunks, the exception. A read that did not stop at the limit goes far past this.
 READ_OVERHEAD: Final = 8 * MIB
+
+#: The answers past a client's limit, (kind, fault options, what the refusal says it saw): one
+#: that declares its length, one that inflates past it, one that never ends.
+PAST_THE_LIMIT: Final = pytest.mark.parametrize(
+    ("kind", "options", "seen"),
+    [
+        pytest.param(FaultKind.OVERSIZED_BODY, {}, "it declared", id="declared"),
+        pytest.param(
+            FaultKind.INFLATING_BODY, {"size_bytes": 64 * MIB}, "refused at the limit", id="gzip"
+        ),
+        pytest.param(FaultKind.ENDLESS_BODY, {}, "refused at the limit", id="endless"),
+    ],
+)
 
 
 @dataclass

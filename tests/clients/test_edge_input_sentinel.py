@@ -29,6 +29,7 @@ from simulators.sentinel import STIX_ROUTE, SentinelSimulator
 from simulators.tokens import TokenMinter
 from tests.clients.edge_rig import (
     MIB,
+    PAST_THE_LIMIT,
     READ_OVERHEAD,
     SOCKET_SLACK,
     peak_memory,
@@ -54,16 +55,7 @@ pytestmark = pytest.mark.timeout(30)
 # ---- Sentinel's answer ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kind", "options", "seen"),
-    [
-        pytest.param(FaultKind.OVERSIZED_BODY, {}, "it declared", id="declared"),
-        pytest.param(
-            FaultKind.INFLATING_BODY, {"size_bytes": 64 * MIB}, "refused at the limit", id="gzip"
-        ),
-        pytest.param(FaultKind.ENDLESS_BODY, {}, "refused at the limit", id="endless"),
-    ],
-)
+@PAST_THE_LIMIT
 async def test_an_upload_answer_past_the_limit_is_malformed_and_read_no_further(
     sentinel: World, kind: FaultKind, options: dict[str, Any], seen: str
 ) -> None:

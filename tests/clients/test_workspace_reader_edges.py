@@ -22,6 +22,7 @@ from simulators.loganalytics import QUERY_ROUTE
 from tests.clients.edge_rig import (
     LIMIT,
     MIB,
+    PAST_THE_LIMIT,
     READ_OVERHEAD,
     SOCKET_SLACK,
     peak_memory,
@@ -63,16 +64,7 @@ async def test_a_partition_nested_thousands_deep_is_named(la: World) -> None:
     assert str(error) == "Log Analytics answered partition (all) nested too deep to decode"
 
 
-@pytest.mark.parametrize(
-    ("kind", "options", "seen"),
-    [
-        pytest.param(FaultKind.OVERSIZED_BODY, {}, "it declared", id="declared"),
-        pytest.param(
-            FaultKind.INFLATING_BODY, {"size_bytes": 64 * MIB}, "refused at the limit", id="gzip"
-        ),
-        pytest.param(FaultKind.ENDLESS_BODY, {}, "refused at the limit", id="endless"),
-    ],
-)
+@PAST_THE_LIMIT
 async def test_an_answer_past_the_readers_limit_is_malformed_and_read_no_further(
     la: World, kind: FaultKind, options: dict[str, Any], seen: str
 ) -> None:
