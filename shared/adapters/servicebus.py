@@ -62,6 +62,7 @@ from azure.servicebus.exceptions import (
 )
 
 from shared.adapters import servicebus_messages as wire
+from shared.adapters import servicebus_sdk
 from shared.adapters.servicebus_links import Links, describe
 from shared.contract.bus import (
     Bus,
@@ -80,6 +81,8 @@ from shared.core.errors import BusUnavailable, LockLost
 from shared.core.events import get_logger
 
 log = get_logger(__name__)
+
+servicebus_sdk.apply()
 
 #: The SDK refuses a zero wait; a receive asked not to wait polls this long.
 MIN_WAIT_S: Final = 0.05
@@ -183,7 +186,9 @@ class ServiceBusBus:
     async def ensure(self, source: Source) -> None:
         """Check that ``source`` exists (entities are created by the operator, not here)."""
         receiver = await self._receiver(source)
-        await self._links.call(source, "ensure", receiver.peek_messages(1, sequence_number=1))
+        await self._links.call(
+            source, "ensure", receiver.peek_messages(1, sequence_number=1), handler=receiver
+        )
 
     async def publish(self, target: Target, messages: Sequence[Message]) -> None:
         """Publish all of ``messages`` in order, in as few batches as the SDK allows."""
@@ -204,6 +209,7 @@ class ServiceBusBus:
             "receive",
             receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait),
             extra_s=wait,
+            handler=receiver,
         )
         deliveries: list[Delivery] = []
         for message in received:
@@ -300,6 +306,7 @@ class ServiceBusBus:
                         max_message_count=min(len(wanted), 100), max_wait_time=1.0
                     ),
                     extra_s=1.0,
+                    handler=receiver,
                 )
                 if not batch:
                     break
@@ -310,12 +317,16 @@ class ServiceBusBus:
                         continue
                     wanted.discard(number)
                     await self._links.send(_target_of(source), [wire.replayed(message, source)])
-                    await self._links.call(source, "replay", receiver.complete_message(message))
+                    await self._links.call(
+                        source, "replay", receiver.complete_message(message), handler=receiver
+                    )
                     replayed += 1
         finally:
             for message in skipped:  # not asked for: back into the dead-letter queue
                 try:
-                    await self._links.call(source, "replay", receiver.abandon_message(message))
+                    await self._links.call(
+                        source, "replay", receiver.abandon_message(message), handler=receiver
+                    )
                 except (BusUnavailable, LockLost, ServiceBusError, MessageAlreadySettled):
                     log.warning("bus.dead_letter_not_returned", entity=describe(source))
         return replayed
@@ -359,6 +370,7 @@ class ServiceBusBus:
                 receiver.peek_messages(
                     page, sequence_number=sequence, timeout=self.operation_timeout_s
                 ),
+                handler=receiver,
             )
             peeked += got
             if len(got) < page:
@@ -393,7 +405,12 @@ class ServiceBusBus:
                 return
             async with semaphore:
                 try:
-                    await self._links.call(source, action, operation(held.receiver, held.message))
+                    await self._links.call(
+                        source,
+                        action,
+                        operation(held.receiver, held.message),
+                        handler=held.receiver,
+                    )
                 except (MessageLockLostError, MessageAlreadySettled):
                     lost.append(delivery.message_id)
                     self._held.pop(delivery.lock_token, None)

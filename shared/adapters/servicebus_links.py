@@ -32,6 +32,7 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from shared.adapters import servicebus_sdk
 from shared.contract.bus import Queue, Source, Subscription, Target, Topic
 from shared.core.errors import BusAccessDenied, BusEntityMissing, BusUnavailable
 from shared.core.events import get_logger
@@ -79,7 +80,11 @@ class Links:
                 receiver = self.client.get_subscription_receiver(
                     source.topic, source.name, **options
                 )
-            await self.call(source, "open", receiver.__aenter__())
+            try:
+                await self.call(source, "open", receiver.__aenter__())
+            except BaseException:
+                await self._close_quietly(receiver)  # or its connection stays open
+                raise
             self._receivers[key] = receiver
         return receiver
 
@@ -100,7 +105,7 @@ class Links:
         """Send ``outgoing`` in order, in as few batches as the namespace's maximum message
         size allows (the SDK's batch object decides); returns once Service Bus took all."""
         sender = self.sender(target)
-        batch = await self.call(target, "publish", sender.create_message_batch())
+        batch = await self.call(target, "publish", sender.create_message_batch(), handler=sender)
         for message in outgoing:
             try:
                 batch.add_message(message)
@@ -110,16 +115,34 @@ class Links:
                     raise ValueError(
                         f"message {message.message_id} exceeds the namespace's maximum size"
                     ) from None
-            await self.call(target, "publish", sender.send_messages(batch))
-            batch = await self.call(target, "publish", sender.create_message_batch())
+            await self.call(target, "publish", sender.send_messages(batch), handler=sender)
+            batch = await self.call(
+                target, "publish", sender.create_message_batch(), handler=sender
+            )
             batch.add_message(message)
         if len(batch):
-            await self.call(target, "publish", sender.send_messages(batch))
+            await self.call(target, "publish", sender.send_messages(batch), handler=sender)
 
     async def call(
-        self, entity: Source | Target, operation: str, call: Awaitable[T], *, extra_s: float = 0.0
+        self,
+        entity: Source | Target,
+        operation: str,
+        call: Awaitable[T],
+        *,
+        extra_s: float = 0.0,
+        handler: ServiceBusSender | ServiceBusReceiver | None = None,
     ) -> T:
-        """Run one SDK call within the time limit, translating what it raises."""
+        """Run one SDK call within the time limit, translating what it raises; then close what
+        the SDK replaced meanwhile (``servicebus_sdk``: it would leave those sockets open),
+        and all that ``handler``, the one the call used, opened if it was dropped meanwhile."""
+        try:
+            return await self._translated(entity, operation, call, extra_s)
+        finally:
+            self._release(entity, handler)
+
+    async def _translated(
+        self, entity: Source | Target, operation: str, call: Awaitable[T], extra_s: float
+    ) -> T:
         try:
             return await self.bounded(call, operation, extra_s)
         except (MessageLockLostError, MessageAlreadySettled):
@@ -182,11 +205,27 @@ class Links:
         for handler in handlers:
             await self._close_quietly(handler)
 
+    def _release(
+        self, entity: Source | Target, used: ServiceBusSender | ServiceBusReceiver | None
+    ) -> None:
+        cached: list[ServiceBusSender | ServiceBusReceiver | None] = []
+        if not isinstance(entity, Subscription):
+            cached.append(self._senders.get(entity))
+        if not isinstance(entity, Topic):
+            cached += [self._receivers.get((entity, dead)) for dead in (False, True)]
+        for handler in cached:
+            if handler is not None:
+                servicebus_sdk.release_replaced(handler)
+        if used is not None and all(used is not handler for handler in cached):
+            servicebus_sdk.release(used)
+
     async def _close_quietly(self, handler: ServiceBusSender | ServiceBusReceiver) -> None:
         try:
             await self.bounded(handler.close(), "close")
         except (BusUnavailable, ServiceBusError) as exc:
             log.warning("bus.link_close_failed", error=type(exc).__name__)
+        finally:
+            servicebus_sdk.release(handler)
 
 
 def describe(entity: Source | Target) -> str:
