@@ -55,9 +55,33 @@ def _event_fields(record: logging.LogRecord) -> dict[str, object]:
     if ids:
         fields.update(ids)
     if record.exc_info and record.exc_info[1] is not None:
-        error = record.exc_info[1]
-        fields["error"] = type(error).__name__
-        fields["error_message"] = str(error)
+        fields.update(error_fields(record.exc_info[1]))
+    return fields
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, groups opened: a task group's crash says only "1
+    sub-exception", so the line names what was inside."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+def error_fields(error: BaseException) -> dict[str, object]:
+    """``error``, ``error_message`` and ``error_at`` (where it was raised: file and line, no
+    traceback text, which could carry a value) of the first exception inside ``error``; a
+    group also gives ``errors``, how many it held."""
+    inner = leaves(error)
+    first = inner[0]
+    fields: dict[str, object] = {"error": type(first).__name__, "error_message": str(first)}
+    frame = first.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is not None:
+        path = frame.tb_frame.f_code.co_filename.replace("\\", "/").split("/")
+        fields["error_at"] = f"{'/'.join(path[-3:])}:{frame.tb_lineno}"
+    if len(inner) > 1:
+        fields["errors"] = len(inner)
     return fields
 
 
@@ -114,14 +138,11 @@ class SecretFilter(logging.Filter):
             setattr(record, FIELDS, {k: _mask_value(v, self._secrets) for k, v in fields.items()})
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
-            if any(secret in str(error) for secret in self._secrets):
+            if any(secret in str(leaf) for leaf in leaves(error) for secret in self._secrets):
                 record.exc_info = None
                 extra = getattr(record, FIELDS, {})
-                setattr(
-                    record,
-                    FIELDS,
-                    {**extra, "error": type(error).__name__, "error_message": MASK},
-                )
+                masked = {**error_fields(error), "error_message": MASK}
+                setattr(record, FIELDS, {**extra, **masked})
         return True
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 import pytest
@@ -75,3 +76,35 @@ def test_secrets_are_masked_wherever_they_appear(capsys: pytest.CaptureFixture[s
     assert events[1]["event"] == f"header was Bearer {MASK}"
     assert events[2]["error"] == "RuntimeError"
     assert events[2]["error_message"] == MASK
+
+
+def test_a_crash_in_a_task_group_names_what_was_inside(capsys: pytest.CaptureFixture[str]) -> None:
+    """A task group's crash says only "1 sub-exception": the line names the exception inside,
+    where it was raised, and masks a secret in its text (not only in the group's)."""
+    configure(fmt="json", secrets=[Secret(SECRET)])
+    log = get_logger("test")
+
+    async def broken() -> None:
+        raise AttributeError("'NoneType' object has no attribute 'flow'")
+
+    async def leaking() -> None:
+        raise ValueError(f"refused {SECRET}")
+
+    for work in (broken, leaking):
+        try:
+
+            async def crash(work: Callable[[], Awaitable[None]] = work) -> None:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(work())
+
+            asyncio.run(crash())
+        except ExceptionGroup:
+            log.exception("service.crashed")
+    output = capsys.readouterr().out
+    assert SECRET not in output
+    first, second = (orjson.loads(line) for line in output.splitlines())
+    assert first["error"] == "AttributeError"
+    assert first["error_message"] == "'NoneType' object has no attribute 'flow'"
+    assert first["error_at"] == f"tests/unit/test_logs.py:{broken.__code__.co_firstlineno + 1}"
+    assert second["error"] == "ValueError"
+    assert second["error_message"] == MASK
