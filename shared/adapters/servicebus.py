@@ -415,6 +415,12 @@ class ServiceBusBus:
                     lost.append(delivery.message_id)
                     self._held.pop(delivery.lock_token, None)
                     return
+                except BusUnavailable as exc:
+                    if self._links.holds(held.receiver):
+                        failures.append(exc)
+                    else:  # its link was dropped: no one can settle it, its lock runs out
+                        lost.append(delivery.message_id)
+                    return
                 except Exception as exc:
                     failures.append(exc)
                     return

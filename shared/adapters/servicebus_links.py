@@ -137,8 +137,22 @@ class Links:
         and all that ``handler``, the one the call used, opened if it was dropped meanwhile."""
         try:
             return await self._translated(entity, operation, call, extra_s)
+        except ValueError as exc:
+            if handler is None or not _shut_down(handler):
+                raise
+            # The SDK's answer for a handler another call's failure closed meanwhile; one
+            # still cached (closed some other way) is dropped, so the next call opens afresh.
+            if any(handler is cached for cached in self._cached(entity)):
+                await self._reset(entity)
+            raise BusUnavailable(
+                f"service bus {operation} on {describe(entity)}: its link was closed meanwhile"
+            ) from exc
         finally:
             self._release(entity, handler)
+
+    def holds(self, receiver: ServiceBusReceiver) -> bool:
+        """Whether ``receiver`` is still in use (not dropped after a failure, not closed)."""
+        return any(receiver is cached for cached in self._receivers.values())
 
     async def _translated(
         self, entity: Source | Target, operation: str, call: Awaitable[T], extra_s: float
@@ -208,16 +222,19 @@ class Links:
     def _release(
         self, entity: Source | Target, used: ServiceBusSender | ServiceBusReceiver | None
     ) -> None:
+        cached = self._cached(entity)
+        for handler in cached:
+            servicebus_sdk.release_replaced(handler)
+        if used is not None and all(used is not handler for handler in cached):
+            servicebus_sdk.release(used)
+
+    def _cached(self, entity: Source | Target) -> list[ServiceBusSender | ServiceBusReceiver]:
         cached: list[ServiceBusSender | ServiceBusReceiver | None] = []
         if not isinstance(entity, Subscription):
             cached.append(self._senders.get(entity))
         if not isinstance(entity, Topic):
             cached += [self._receivers.get((entity, dead)) for dead in (False, True)]
-        for handler in cached:
-            if handler is not None:
-                servicebus_sdk.release_replaced(handler)
-        if used is not None and all(used is not handler for handler in cached):
-            servicebus_sdk.release(used)
+        return [handler for handler in cached if handler is not None]
 
     async def _close_quietly(self, handler: ServiceBusSender | ServiceBusReceiver) -> None:
         try:
@@ -226,6 +243,11 @@ class Links:
             log.warning("bus.link_close_failed", error=type(exc).__name__)
         finally:
             servicebus_sdk.release(handler)
+
+
+def _shut_down(handler: ServiceBusSender | ServiceBusReceiver) -> bool:
+    shutdown = getattr(handler, "_shutdown", None)  # set by close(), not public
+    return bool(shutdown is not None and shutdown.is_set())
 
 
 def describe(entity: Source | Target) -> str:

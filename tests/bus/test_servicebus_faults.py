@@ -338,6 +338,28 @@ async def test_counts_recover_from_a_failed_peek(rig: Rig, kind: FaultKind) -> N
     assert rig.fired()[kind] == 1
 
 
+async def test_settling_on_a_link_closed_meanwhile_is_a_documented_error(rig: Rig) -> None:
+    """Settlements run concurrently, and one's failure closes the link under the others: the
+    SDK then answers "the handler has already been shutdown" (a ValueError), which crashed the
+    uploader. The bus drops the closed link and says LockLost (BusUnavailable for a call that
+    is not a settlement), and the message comes back when its lock runs out."""
+    await rig.publish([message(0)])
+    batch: list[Delivery] = []
+    while not batch:
+        batch = await rig.bus.receive(rig.queue, max_messages=1, max_wait_s=0.5)
+    receiver = await rig.bus._links.receiver(rig.queue)  # what another call's failure closes
+    await receiver.close()
+
+    with pytest.raises(LockLost):  # the closed link is dropped: its messages are lost to us
+        await rig.bus.complete(rig.queue, batch)
+    with pytest.raises(LockLost):
+        await rig.bus.renew_locks(rig.queue, batch)
+
+    ledger = Ledger()
+    await rig.drain(ledger)
+    assert ledger.counts == {batch[0].message_id: [2]}
+
+
 # ------------------------------------------------------------------------------------------
 # Chaos
 
