@@ -246,8 +246,12 @@ class Links:
 
 
 def _shut_down(handler: ServiceBusSender | ServiceBusReceiver) -> bool:
-    shutdown = getattr(handler, "_shutdown", None)  # set by close(), not public
-    return bool(shutdown is not None and shutdown.is_set())
+    """Whether ``handler`` was closed, or (a receiver) its link was: the SDK closes the link
+    after a connection error, and refuses to settle what the old link received."""
+    shutdown = getattr(handler, "_shutdown", None)  # set by close(); neither is public
+    if shutdown is not None and shutdown.is_set():
+        return True
+    return isinstance(handler, ServiceBusReceiver) and not getattr(handler, "_running", True)
 
 
 def describe(entity: Source | Target) -> str:

@@ -338,17 +338,21 @@ async def test_counts_recover_from_a_failed_peek(rig: Rig, kind: FaultKind) -> N
     assert rig.fired()[kind] == 1
 
 
-async def test_settling_on_a_link_closed_meanwhile_is_a_documented_error(rig: Rig) -> None:
+@pytest.mark.parametrize("closed", ["handler", "link"])
+async def test_settling_on_a_link_closed_meanwhile_is_a_documented_error(
+    rig: Rig, closed: str
+) -> None:
     """Settlements run concurrently, and one's failure closes the link under the others: the
     SDK then answers "the handler has already been shutdown" (a ValueError), which crashed the
-    uploader. The bus drops the closed link and says LockLost (BusUnavailable for a call that
+    uploader; after a connection error the SDK closes the link itself (the handler stays) and
+    refuses the same way. The bus drops the closed link and says LockLost (BusUnavailable for a call that
     is not a settlement), and the message comes back when its lock runs out."""
     await rig.publish([message(0)])
     batch: list[Delivery] = []
     while not batch:
         batch = await rig.bus.receive(rig.queue, max_messages=1, max_wait_s=0.5)
     receiver = await rig.bus._links.receiver(rig.queue)  # what another call's failure closes
-    await receiver.close()
+    await (receiver.close() if closed == "handler" else receiver._close_handler())
 
     with pytest.raises(LockLost):  # the closed link is dropped: its messages are lost to us
         await rig.bus.complete(rig.queue, batch)
