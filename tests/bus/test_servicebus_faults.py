@@ -345,8 +345,8 @@ async def test_settling_on_a_link_closed_meanwhile_is_a_documented_error(
     """Settlements run concurrently, and one's failure closes the link under the others: the
     SDK then answers "the handler has already been shutdown" (a ValueError), which crashed the
     uploader; after a connection error the SDK closes the link itself (the handler stays) and
-    refuses the same way. The bus drops the closed link and says LockLost (BusUnavailable for a call that
-    is not a settlement), and the message comes back when its lock runs out."""
+    refuses the same way. The bus drops the closed link and says LockLost (BusUnavailable for
+    a call that is not a settlement), and the message comes back when its lock runs out."""
     await rig.publish([message(0)])
     batch: list[Delivery] = []
     while not batch:
