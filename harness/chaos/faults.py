@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +46,8 @@ class Injection:
     #: When the last fault was answered (``time.monotonic()``), None before the first.
     last_fault_at: float | None = None
     by_route: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Other sources of faults to silence with the simulators' (the fake Service Bus).
+    quieted: list[Callable[[], None]] = field(default_factory=list)
 
     def fired(self) -> dict[str, dict[str, int]]:
         """Faults answered so far: simulator -> kind -> count."""
@@ -57,6 +60,8 @@ class Injection:
         """No more faults from now on."""
         for faults in self.faults.values():
             faults.rate = 0.0
+        for quiet in self.quieted:
+            quiet()
 
 
 def install(sims: Simulators, *, seed: int, rate: float, ledger: Ledger) -> Injection:

@@ -107,6 +107,7 @@ async def run(variant: Variant, state_dir: Path, command: str) -> Outcome:
         if namespace is not None:
             peer_rng = random.Random(f"{variant.seed}:servicebus")  # noqa: S311 - reproducible
             namespace.chaos(PEER_FAULT_RATE, peer_rng)
+            injection.quieted.append(lambda: namespace.chaos(0.0, peer_rng))
         async with pipeline:
             say(f"chaos on {variant.bus}: seed {variant.seed}, {size.indicators:,} indicators, "
                 f"{size.service_kills} service kills and {size.redis_kills} Redis kills within "
