@@ -142,7 +142,7 @@ class Links:
                 raise
             # The SDK's answer for a handler another call's failure closed meanwhile; one
             # still cached (closed some other way) is dropped, so the next call opens afresh.
-            if any(handler is cached for cached in self._cached(entity)):
+            if self._is_cached(entity, handler):
                 await self._reset(entity)
             raise BusUnavailable(
                 f"service bus {operation} on {describe(entity)}: its link was closed meanwhile"
@@ -222,11 +222,15 @@ class Links:
     def _release(
         self, entity: Source | Target, used: ServiceBusSender | ServiceBusReceiver | None
     ) -> None:
-        cached = self._cached(entity)
-        for handler in cached:
+        for handler in self._cached(entity):
             servicebus_sdk.release_replaced(handler)
-        if used is not None and all(used is not handler for handler in cached):
+        if used is not None and not self._is_cached(entity, used):
             servicebus_sdk.release(used)
+
+    def _is_cached(
+        self, entity: Source | Target, handler: ServiceBusSender | ServiceBusReceiver
+    ) -> bool:
+        return any(handler is cached for cached in self._cached(entity))
 
     def _cached(self, entity: Source | Target) -> list[ServiceBusSender | ServiceBusReceiver]:
         cached: list[ServiceBusSender | ServiceBusReceiver | None] = []
