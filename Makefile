@@ -52,7 +52,7 @@ chart: venv
 	scripts/check-chart.sh
 
 test: lint typecheck redis chart
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 fmt: venv
 	$(BIN)/ruff format shared services simulators harness tests
