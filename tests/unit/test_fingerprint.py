@@ -193,7 +193,8 @@ def test_encoding_keeps_valid_until_to_the_millisecond(valid_until: datetime) ->
     decoded = SeenEntry.decode(SeenEntry(FP, valid_until).encode())
     assert decoded is not None
     assert decoded.fingerprint == FP
-    assert valid_until - timedelta(milliseconds=1) < decoded.valid_until <= valid_until
+    # Compared by difference: ``valid_until - 1 ms`` overflows at ``datetime.min``.
+    assert timedelta(0) <= valid_until - decoded.valid_until < timedelta(milliseconds=1)
 
 
 @pytest.mark.parametrize(
