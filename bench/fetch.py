@@ -75,7 +75,7 @@ async def run(pages: int = 30) -> Figure:
                         feed=FeedState(redis),
                         lease=FetcherLease(redis, owner="bench-fetcher"),
                         config=FetcherConfig(
-                            destination="bench",
+                            destinations=("bench",),
                             initial_lookback=timedelta(days=30),
                         ),
                     )

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
@@ -34,6 +34,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from services import observability
+from services.configuration import load
 from shared.adapters.http import open_session
 from shared.adapters.redis_connect import RedisClient, resilient
 from shared.adapters.redis_memory import FIX, check_writes, probe_key, read_memory
@@ -44,7 +45,7 @@ from shared.contract.bus import Bus
 from shared.core.errors import ConfigError, FatalError, StateUnavailable
 from shared.core.secrets import Secret
 from shared.core.setting_values import url_password
-from shared.core.settings import Service, Settings, load_settings
+from shared.core.settings import Service, Settings
 from shared.core.timing import sleep_unless_stopped
 from shared.telemetry import logs, tracing
 from shared.telemetry.gauges import Read, Reading, readiness_read
@@ -65,23 +66,17 @@ class Runtime:
     stop: asyncio.Event
     http: aiohttp.ClientSession | None = None
     health: Health = field(default_factory=Health)
+    #: The destinations this process serves, by name: the fetcher feeds all of them, a
+    #: filter or uploader serves its own (``settings``). Empty: ``settings``' alone.
+    destinations: Mapping[str, Settings] = field(default_factory=dict)
+
+    def served(self) -> Mapping[str, Settings]:
+        return self.destinations or {self.settings.destination: self.settings}
 
 
-def load(service: Service) -> Settings:
-    """Load settings or exit 2 with one line per problem, before anything connects."""
-    try:
-        settings = load_settings(os.environ, service)
-    except ConfigError as exc:
-        print("mati2sentinel: invalid settings:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None
-    for line in settings.warnings:
-        print(f"mati2sentinel: warning: {line}", file=sys.stderr)
-    return settings
-
-
-def configure_logs(settings: Settings) -> None:
+def configure_logs(settings: Settings, destinations: Iterable[Settings] = ()) -> None:
+    """Logs in the settings' format, masking every secret the process knows: its own and
+    each destination's client secret."""
     redis_password = url_password(settings.redis_url)
     logs.configure(
         level=settings.log_level,
@@ -92,6 +87,7 @@ def configure_logs(settings: Settings) -> None:
             settings.azure_client_secret,
             settings.servicebus_connection_string,
             Secret(redis_password) if redis_password else None,
+            *(each.azure_client_secret for each in destinations),
         ],
     )
 
@@ -137,7 +133,11 @@ def open_bus(settings: Settings, redis: Redis, consumer: str) -> Bus:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, service: Service, *, http: bool
+    settings: Settings,
+    service: Service,
+    *,
+    http: bool,
+    destinations: Mapping[str, Settings] | None = None,
 ) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         redis = resilient(settings.redis_url, socket_timeout_s=30, socket_connect_timeout=10)
@@ -171,6 +171,7 @@ async def open_runtime(
             stop=asyncio.Event(),
             health=health,
             http=session,
+            destinations=destinations or {},
         )
 
 
@@ -264,10 +265,16 @@ async def _probes(health: Health, port: int | None) -> AsyncIterator[int | None]
 
 
 async def _serve(
-    settings: Settings, service: Service, loop: Loop, *, http: bool, probes: bool
+    settings: Settings,
+    service: Service,
+    loop: Loop,
+    *,
+    http: bool,
+    probes: bool,
+    destinations: Mapping[str, Settings],
 ) -> int:
     async with (
-        open_runtime(settings, service, http=http) as runtime,
+        open_runtime(settings, service, http=http, destinations=destinations) as runtime,
         # Counters, gauges and upload latency; /metrics on the probes' port.
         observability.serving(
             service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
@@ -333,18 +340,27 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
-def run_service(service: Service, loop: Loop, *, http: bool, probes: bool = True) -> int:
+def run_service(
+    service: Service,
+    loop: Loop,
+    *,
+    http: bool,
+    probes: bool = True,
+    destination: str | None = None,
+) -> int:
     """Run ``loop`` as ``service`` until a signal stops it; returns the exit code.
 
     ``probes=False`` for a one-shot command (``sync --once``): it binds no port, so it runs
-    beside the long-running services of one host."""
-    settings = load(service)
-    configure_logs(settings)
+    beside the long-running services of one host. ``destination``: ``--destination``."""
+    settings, destinations = load(service, destination)
+    configure_logs(settings, destinations.values())
     tune_gc()
     try:
         # Traces: exporters from OTEL_TRACES_EXPORTER; what is buffered is flushed at exit.
         with tracing.configured(service.value, os.environ):
-            return asyncio.run(_serve(settings, service, loop, http=http, probes=probes))
+            return asyncio.run(
+                _serve(settings, service, loop, http=http, probes=probes, destinations=destinations)
+            )
     except ConfigError as exc:
         for line in exc.problems:
             print(f"mati2sentinel: {line}", file=sys.stderr)

@@ -10,24 +10,50 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from services import runtime
+from services import configuration, runtime
 from shared.core.errors import ConfigError, OperatorRefused, PipelineError
-from shared.core.settings import Service
+from shared.core.settings import Service, Settings
 
 if TYPE_CHECKING:  # the client's module is imported only by the commands that ask MATI
     from shared.adapters.mati_client import MatiClient
 
 
 def check_config(args: argparse.Namespace) -> int:
-    settings = runtime.load(Service(args.service))
-    rows = settings.effective()
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
+    """Every destination's effective settings, one section each when there are several."""
+    _, destinations = configuration.load(Service(args.service), args.destination)
+    for name, settings in destinations.items():
+        _header(name, destinations)
+        rows = settings.effective()
+        width = max(len(row) for row, _ in rows)
+        for row, value in rows:
+            print(f"{row.ljust(width)}  {value}")
     return 0
+
+
+def _header(name: str, destinations: Mapping[str, Settings], *, json: bool = False) -> None:
+    """The line that opens one destination's section, when an answer has several."""
+    if len(destinations) > 1 and not json:
+        print(f"== destination {name} ==")
+
+
+async def _each(
+    rt: runtime.Runtime,
+    destinations: Mapping[str, Settings],
+    work: Callable[[runtime.Runtime], object],
+    *,
+    json: bool = False,
+) -> None:
+    """``work`` once per destination, on the same connections, with that destination's
+    settings; text answers get one section each, JSON answers one document a line."""
+    for name, settings in destinations.items():
+        _header(name, destinations, json=json)
+        result = work(replace(rt, settings=settings))
+        if asyncio.iscoroutine(result):
+            await result
 
 
 def fetcher(args: argparse.Namespace) -> int:
@@ -39,13 +65,13 @@ def fetcher(args: argparse.Namespace) -> int:
 def filter_(args: argparse.Namespace) -> int:
     from services.filter.main import main
 
-    return main()
+    return main(args.destination)
 
 
 def uploader(args: argparse.Namespace) -> int:
     from services.uploader.main import main
 
-    return main()
+    return main(args.destination)
 
 
 def sync(args: argparse.Namespace) -> int:
@@ -66,16 +92,19 @@ def run_local(args: argparse.Namespace) -> int:
         return _failed("run-local", exc)
 
 
-def _admin(command: str, work: Callable[[runtime.Runtime], object]) -> int:
-    """Run an operator command against the state and queues; it needs no credential and
-    binds no port. Redis or the bus not answering is one line and exit 1, not a traceback."""
-    settings = runtime.load(Service.ADMIN)
+def _admin(
+    command: str,
+    work: Callable[[runtime.Runtime], object],
+    args: argparse.Namespace,
+) -> int:
+    """Run an operator command against the state and queues of every destination, or the one
+    ``--destination`` names; it needs no credential and binds no port. Redis or the bus not
+    answering is one line and exit 1, not a traceback."""
+    settings, destinations = configuration.load(Service.ADMIN, args.destination)
 
     async def go() -> int:
         async with runtime.open_runtime(settings, Service.ADMIN, http=False) as rt:
-            result = work(rt)
-            if asyncio.iscoroutine(result):
-                await result
+            await _each(rt, destinations, work, json=getattr(args, "json", False))
         return 0
 
     try:
@@ -107,7 +136,7 @@ def status(args: argparse.Namespace) -> int:
         else:
             print(status_.render(current))
 
-    return _admin("status", show)
+    return _admin("status", show, args)
 
 
 def dlq(args: argparse.Namespace) -> int:
@@ -124,21 +153,26 @@ def dlq(args: argparse.Namespace) -> int:
         else:
             print(dlq_.render(views))
 
-    return _admin("dlq", work)
+    return _admin("dlq", work, args)
 
 
-def _with_mati(command: str, work: Callable[[runtime.Runtime, MatiClient], Awaitable[None]]) -> int:
+def _with_mati(
+    command: str,
+    work: Callable[[runtime.Runtime, MatiClient], Awaitable[None]],
+    args: argparse.Namespace,
+) -> int:
     """Run an operator command that asks MATI (``explain``, ``suppress add|remove``): it loads
     the fetcher's settings for MATI's URL and credentials; otherwise like ``_admin``."""
     from services.fetcher.main import mati_client
 
-    settings = runtime.load(Service.FETCHER)
+    settings, destinations = configuration.load(Service.FETCHER, args.destination)
 
     async def go() -> int:
         async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
             if rt.http is None:
                 raise RuntimeError(f"{command} needs an HTTP session")
-            await work(rt, mati_client(rt.http, settings, max_wait_s=30.0))
+            mati = mati_client(rt.http, settings, max_wait_s=30.0)
+            await _each(rt, destinations, lambda each: work(each, mati), json=args.json)
         return 0
 
     try:
@@ -188,7 +222,7 @@ def explain(args: argparse.Namespace) -> int:
         else:
             print(explain_.render(answer))
 
-    return _with_mati("explain", work)
+    return _with_mati("explain", work, args)
 
 
 def suppress(args: argparse.Namespace) -> int:
@@ -213,7 +247,7 @@ def suppress(args: argparse.Namespace) -> int:
             else:
                 print(suppress_.render_list(destination, listed))
 
-        return _admin(command, show)
+        return _admin(command, show, args)
     try:
         if args.indicator is None:
             raise ValueError("give an indicator value or a MATI id")
@@ -240,7 +274,7 @@ def suppress(args: argparse.Namespace) -> int:
             )
             print(suppress_.render_removed(removed, settings.destination))
 
-    return _with_mati(command, work)
+    return _with_mati(command, work, args)
 
 
 def reconcile(args: argparse.Namespace) -> int:
@@ -258,33 +292,32 @@ def reconcile(args: argparse.Namespace) -> int:
         return 2
     # azure-identity logs each failed token request itself; the one line below says it.
     logging.getLogger("azure").setLevel(logging.CRITICAL)
-    try:
-        settings = runtime.load(Service.ALL if args.repair else Service.UPLOADER)
-    except ConfigError as exc:
-        return _failed("reconcile", exc)
+    settings, destinations = configuration.load(
+        Service.ALL if args.repair else Service.UPLOADER, args.destination
+    )
 
-    async def go() -> int:
-        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
-            if rt.http is None:
-                raise RuntimeError("reconcile needs an HTTP session")
-            reader = open_reader(settings, rt.http)
-            try:
-                work = reconcile_.Reconciler(
-                    settings,
-                    workspace_state(rt.redis, settings.destination),
-                    reader,
-                    datetime.now(UTC),
-                    progress=None if args.quiet else reconcile_.progress_line,
+    async def one(rt: runtime.Runtime, target: Settings) -> int:
+        """Compare (and repair) one destination's workspace; its exit code."""
+        if rt.http is None:
+            raise RuntimeError("reconcile needs an HTTP session")
+        reader = open_reader(target, rt.http)
+        try:
+            work = reconcile_.Reconciler(
+                target,
+                workspace_state(rt.redis, target.destination),
+                reader,
+                datetime.now(UTC),
+                progress=None if args.quiet else reconcile_.progress_line,
+            )
+            outcome = await work.compare()
+            if args.repair:
+                mati = mati_client(rt.http, settings, max_wait_s=30.0)
+                outcome.repair = await work.repair(
+                    bus=rt.bus, mati=mati, max_lookups=args.max_lookups
                 )
-                outcome = await work.compare()
-                if args.repair:
-                    mati = mati_client(rt.http, settings, max_wait_s=30.0)
-                    outcome.repair = await work.repair(
-                        bus=rt.bus, mati=mati, max_lookups=args.max_lookups
-                    )
-                await work.save(outcome)
-            finally:
-                await reader.close()
+            await work.save(outcome)
+        finally:
+            await reader.close()
         if args.json:
             sys.stdout.buffer.write(outcome.to_json() + b"\n")
         else:
@@ -293,11 +326,27 @@ def reconcile(args: argparse.Namespace) -> int:
             return 1 if outcome.repair.unresolved else 0
         return 1 if outcome.report.drifted else 0
 
+    async def go() -> int:
+        codes = [0]
+        async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
+            for name, target in destinations.items():
+                _header(name, destinations, json=args.json)
+                codes.append(await one(rt, target))
+        return max(codes)
+
     try:
         return asyncio.run(go())
     except PipelineError as exc:
         _failed("reconcile", exc)
         return 2
+
+
+def _destination_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--destination",
+        help="only this destination (default: every destination, one section each; without "
+        "DESTINATIONS_FILE, DESTINATION)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,12 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    commands.add_parser(
+        "fetcher", help="run the fetcher: page MATI every SYNC_SCHEDULE hours, for all destinations"
+    ).set_defaults(handler=fetcher)
     for name, handler, text in (
-        ("fetcher", fetcher, "run the fetcher: page MATI every SYNC_SCHEDULE hours"),
         ("filter", filter_, "run the filter: apply the filters and the seen cache"),
         ("uploader", uploader, "run the uploader: send accepted indicators to Sentinel"),
     ):
-        commands.add_parser(name, help=text).set_defaults(handler=handler)
+        service = commands.add_parser(name, help=text)
+        service.add_argument(
+            "--destination",
+            help="the destination this process serves (default: DESTINATION); with "
+            "DESTINATIONS_FILE, one of the file's names",
+        )
+        service.set_defaults(handler=handler)
 
     sync_ = commands.add_parser("sync", help="run one sync now and exit when it is published")
     sync_.add_argument("--once", action="store_true", required=True, help="(required) one sync")
@@ -326,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stat = commands.add_parser("status", help="checkpoint, queues, counters by reason, circuit")
     stat.add_argument("--json", action="store_true", help="machine-readable output")
+    _destination_option(stat)
     stat.set_defaults(handler=status)
 
     dead = commands.add_parser("dlq", help="list or replay dead-lettered messages")
@@ -339,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dead.add_argument("--limit", type=int, default=100, help="at most this many")
     dead.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    _destination_option(dead)
     dead.set_defaults(handler=dlq)
 
     why = commands.add_parser(
@@ -353,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="read at most this many messages of each queue and dead-letter queue",
     )
+    _destination_option(why)
     why.set_defaults(handler=explain)
 
     keep = commands.add_parser(
@@ -367,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keep.add_argument("--reason", help="add: why it is kept out (required, shown by explain)")
     keep.add_argument("--json", action="store_true", help="list: machine-readable output")
+    _destination_option(keep)
     keep.set_defaults(handler=suppress)
 
     check_ws = commands.add_parser(
@@ -388,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuilt only; a full sync re-judges them)",
     )
     check_ws.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _destination_option(check_ws)
     check_ws.set_defaults(handler=reconcile)
 
     local = commands.add_parser(
@@ -406,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Service.ALL.value,
         help="check only what this service needs (default: all)",
     )
+    _destination_option(check)
     check.set_defaults(handler=check_config)
     return parser
 

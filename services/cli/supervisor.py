@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from services.cli.redis_server import LocalRedis
+from shared.adapters import destinations_file
+from shared.core.destinations import overlays
 from shared.core.errors import ConfigError
 from shared.core.events import get_logger
 
@@ -44,9 +46,15 @@ class ServiceProcesses:
         self.log_dir = log_dir
         self.children: list[Child] = []
 
-    async def start(self, name: str, *args: str, label: str | None = None) -> Child:
-        """Start ``python -m services.<name> args``; its output goes to ``<label>.log`` when a
-        log directory was given, else to ours."""
+    async def start(
+        self,
+        name: str,
+        *args: str,
+        label: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        """Start ``python -m services.<name> args``, with ``env`` over the common environment;
+        its output goes to ``<label>.log`` when a log directory was given, else to ours."""
         label = label or name
         out: IO[bytes] | None = None
         if self.log_dir is not None:
@@ -57,7 +65,7 @@ class ServiceProcesses:
             "-m",
             f"services.{name}",
             *args,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT if out is not None else None,
@@ -100,11 +108,20 @@ class ServiceProcesses:
             child.log_file = None
 
 
+def destination_names(environ: Mapping[str, str]) -> list[str | None]:
+    """The destinations ``DESTINATIONS_FILE`` declares, or ``[None]``: the environment's one."""
+    document = destinations_file.read(environ)
+    if document is None:
+        return [None]
+    return list(overlays(document, environ))
+
+
 async def run_local(env: Mapping[str, str], state_dir: Path) -> int:
     """``make run``: a private Redis in ``state_dir`` (unless ``REDIS_URL`` is set) and the
     three services, until SIGINT or SIGTERM; then the services drain and everything stops."""
     redis: LocalRedis | None = None
     environment = dict(env)
+    destinations = destination_names(environment)  # a bad file stops us before Redis starts
     if "REDIS_URL" not in environment:
         redis = LocalRedis(state_dir / "redis")
         try:
@@ -125,8 +142,14 @@ async def run_local(env: Mapping[str, str], state_dir: Path) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        for name in ("filter", "uploader", "fetcher"):
-            await processes.start(name)
+        for destination in destinations:
+            # One filter and one uploader per destination; with several, each takes any free
+            # probe port (logged at its start), since the defaults are one per service.
+            own = {} if destination is None else {"DESTINATION": destination, "HEALTH_PORT": "0"}
+            for name in ("filter", "uploader"):
+                label = name if destination is None else f"{name}-{destination}"
+                await processes.start(name, label=label, env=own)
+        await processes.start("fetcher")
         # Run until asked to stop, or until a service exits on its own (it crashed, or its
         # settings were refused): then stop the others rather than run half a pipeline.
         waits = [asyncio.ensure_future(c.process.wait()) for c in processes.children]

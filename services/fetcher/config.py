@@ -3,6 +3,7 @@ and how far a window reaches back past the checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -32,12 +33,15 @@ MAX_RESTARTS: Final = 3
 @dataclass(frozen=True, slots=True)
 class FetcherConfig:
     """What to ask MATI for, from the settings; ``page_size`` is MATI's maximum by default.
-    No filter is pushed down to MATI (``gte_mscore``, ``exclude_osint``): a record that was
-    uploaded and then fell below a minimum must still be fetched, or the filter could never
-    revoke it (DESIGN §5). ``include_misp``: ask for the warning-list flags only when a
-    filter reads them, since they add about eighty keys to every record."""
 
-    destination: str
+    One fetch feeds every destination (``destinations``, each through its own subscription),
+    so it asks for what the loosest of them needs. No filter is pushed down to MATI
+    (``gte_mscore``, ``exclude_osint``), not even the loosest minimum: a record that was
+    uploaded and then fell below a minimum must still be fetched, or the filter could never
+    revoke it (DESIGN §5). ``include_misp``: ask for the warning-list flags only when some
+    destination's filter reads them, since they add about eighty keys to every record."""
+
+    destinations: tuple[str, ...]
     initial_lookback: timedelta
     include_misp: bool = False
     #: What a full sync pages: the longest expiration, so every indicator that can still be
@@ -48,12 +52,19 @@ class FetcherConfig:
     max_restarts: int = MAX_RESTARTS
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FetcherConfig:
+    def from_settings(
+        cls, settings: Settings, destinations: Iterable[Settings] = ()
+    ) -> FetcherConfig:
+        """``settings``: the fetcher's own (lookback); ``destinations``: those it feeds
+        (default: ``settings``' own)."""
+        served = tuple(destinations) or (settings,)
         return cls(
-            destination=settings.destination,
+            destinations=tuple(each.destination for each in served),
             initial_lookback=timedelta(days=settings.initial_lookback),
-            include_misp=bool(settings.exclude_warninglists),
-            full_window=min(MATI_RETENTION - RETENTION_MARGIN, _longest_live(settings)),
+            include_misp=any(each.exclude_warninglists for each in served),
+            full_window=min(
+                MATI_RETENTION - RETENTION_MARGIN, max(_longest_live(each) for each in served)
+            ),
         )
 
 

@@ -64,7 +64,7 @@ def build(runtime: Runtime, *, clock: UtcClock = utc_now) -> Fetcher:
         bus=runtime.bus,
         feed=FeedState(runtime.redis),
         lease=FetcherLease(runtime.redis, owner=runtime.consumer),
-        config=FetcherConfig.from_settings(settings),
+        config=FetcherConfig.from_settings(settings, runtime.served().values()),
         clock=clock,
     )
 

@@ -165,8 +165,10 @@ class Fetcher:
         if stop.is_set():
             return Outcome.STOPPED, None
         try:
-            # A topic publish reaches only subscriptions that exist: make ours exist first.
-            await self.bus.ensure(subscription(self.config.destination))
+            # A topic publish reaches only subscriptions that exist: make every
+            # destination's exist first.
+            for destination in self.config.destinations:
+                await self.bus.ensure(subscription(destination))
             checkpoint = await self.feed.checkpoint()
             end = self.clock()
             if checkpoint is not None:
@@ -184,7 +186,7 @@ class Fetcher:
                 window_start=start,
                 window_end=end,
                 origin=origin,
-                destination=self.config.destination,
+                destinations=",".join(self.config.destinations),
             )
             return await self._window(start, end, stop, progress), None
         except PipelineError as exc:
@@ -261,7 +263,7 @@ class Fetcher:
                         "mati.page.records": len(page.indicators),
                         "mati.page.bytes": page.size_bytes,
                         "mati2sentinel.run_id": progress.run_id,
-                        "mati2sentinel.destination": self.config.destination,
+                        "mati2sentinel.destinations": ",".join(self.config.destinations),
                     },
                     root=True,
                     start_time=asked,

@@ -62,5 +62,6 @@ async def loop(runtime: Runtime) -> None:
         await worker.run(runtime.stop)
 
 
-def main() -> int:
-    return run_service(Service.FILTER, loop, http=False)
+def main(destination: str | None = None) -> int:
+    """``destination``: ``--destination``; else ``DESTINATION``."""
+    return run_service(Service.FILTER, loop, http=False, destination=destination)

@@ -117,5 +117,6 @@ async def _ensure_queue(runtime: Runtime, uploader: Uploader) -> bool:
     return True
 
 
-def main() -> int:
-    return run_service(Service.UPLOADER, loop, http=True)
+def main(destination: str | None = None) -> int:
+    """``destination``: ``--destination``; else ``DESTINATION``."""
+    return run_service(Service.UPLOADER, loop, http=True, destination=destination)

@@ -44,7 +44,7 @@ DEST = "acme"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 LOOKBACK = timedelta(days=10)
 CONFIG = FetcherConfig(
-    destination=DEST,
+    destinations=(DEST,),
     initial_lookback=LOOKBACK,
     page_size=50,
 )

@@ -41,7 +41,7 @@ async def test_a_second_fetcher_stands_by_while_another_holds_the_lease(
 async def test_stop_mid_sync_returns_after_the_page_in_hand(
     server_ssl: Any, client_ssl: Any, redis_client: Redis
 ) -> None:
-    config = FetcherConfig(DEST, LOOKBACK, page_size=20)
+    config = FetcherConfig((DEST,), LOOKBACK, page_size=20)
     async with world(server_ssl, client_ssl, redis_client, page_latency_s=0.1) as w:
         stop = asyncio.Event()
         task = asyncio.create_task(w.sync(w.fetcher(config=config), stop))
@@ -66,7 +66,7 @@ async def test_stop_mid_sync_returns_after_the_page_in_hand(
 async def test_a_fetcher_that_loses_its_lease_stops_after_the_page_in_hand(
     server_ssl: Any, client_ssl: Any, redis_client: Redis
 ) -> None:
-    config = FetcherConfig(DEST, LOOKBACK, page_size=20)
+    config = FetcherConfig((DEST,), LOOKBACK, page_size=20)
     async with world(server_ssl, client_ssl, redis_client, page_latency_s=0.1) as w:
         fetcher = w.fetcher(config=config)
         lease = FetcherLease(redis_client, owner="thief")

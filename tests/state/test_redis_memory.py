@@ -303,7 +303,7 @@ async def test_two_fetchers_after_an_evicted_lease_skip_no_page(
     No fence on the checkpoint is needed for this: each fetcher moves it only past pages it
     published itself, from a start at or before the checkpoint it read, and it only moves
     forward (``FeedState.advance``)."""
-    config = FetcherConfig(DEST, LOOKBACK, page_size=20)
+    config = FetcherConfig((DEST,), LOOKBACK, page_size=20)
     async with world(server_ssl, client_ssl, redis, page_latency_s=0.1) as w:
         fetcher_a = w.fetcher(owner="fetcher-a", config=config)
         fetcher_b = w.fetcher(owner="fetcher-b", config=config)
