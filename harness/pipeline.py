@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self
 
+import yaml
 from redis.asyncio import Redis
 
 from harness import oracle
 from services.cli.redis_server import LocalRedis
 from services.cli.supervisor import Child, ServiceProcesses
+from services.configuration import settings_from
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.feed_state import FeedState
 from shared.adapters.redis_streams import RedisStreamsBus
@@ -34,7 +36,7 @@ from shared.core.parsing import parse_indicator
 from shared.core.settings import Service, Settings, load_settings
 from shared.core.stix import content, stix_id
 from simulators.feed import Feed
-from simulators.together import Simulators
+from simulators.together import SimulatedWorkspace, Simulators
 
 DESTINATION = "demo"
 #: Filters that let every record through, so a feed of N indicators is N uploads: what the
@@ -93,6 +95,8 @@ class Pipeline:
         self.processes: ServiceProcesses | None = None
         self.redis: Redis | None = None
         self._observer: Bus | None = None
+        #: Destinations of the destinations file (``add_destination``), by name.
+        self.destinations: dict[str, dict[str, Any]] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(self.redis_server.start)
@@ -153,8 +157,40 @@ class Pipeline:
             raise RuntimeError("pipeline is not started")
         return self.processes
 
-    async def start_service(self, name: str, *, label: str | None = None) -> Child:
-        return await self._processes().start(name, label=label)
+    async def start_service(
+        self, name: str, *, label: str | None = None, destination: str | None = None
+    ) -> Child:
+        """``python -m services.<name>``; ``destination``: the one of the destinations file it
+        serves (``DESTINATION``)."""
+        env = None if destination is None else {"DESTINATION": destination}
+        return await self._processes().start(name, label=label, env=env)
+
+    async def add_destination(
+        self,
+        name: str,
+        settings: Mapping[str, Any] | None = None,
+        **workspace: Any,
+    ) -> SimulatedWorkspace:
+        """One more destination in the destinations file (written to the state directory and
+        named by ``DESTINATIONS_FILE`` for every service started from now on): a simulated
+        workspace of its own (``workspace``: ``Simulators.add_workspace``'s options) and
+        ``settings`` (its filters, expirations…) over the simulator's endpoints."""
+        created = await self.sims.add_workspace(name, **workspace)
+        self.destinations[name] = {**created.block(), **(settings or {})}
+        path = self.state_dir / "destinations.yaml"
+        path.write_text(yaml.safe_dump({"destinations": self.destinations}), encoding="utf-8")
+        self.change_settings(
+            {
+                "DESTINATIONS_FILE": str(path),
+                created.secret_variable: created.credentials.client_secret,
+            }
+        )
+        return created
+
+    def settings_of(self, destination: str) -> Settings:
+        """A destination's effective settings, as its uploader reads them."""
+        settings, _ = settings_from(self.env, Service.UPLOADER, destination)
+        return settings
 
     async def first_sync(self, *, timeout_s: float = 90) -> Child:
         """A filter and an uploader started, one sync, and everything it published uploaded;
@@ -194,30 +230,32 @@ class Pipeline:
             raise RuntimeError("pipeline is not started")
         return self._observer
 
-    async def queued_uploads(self) -> int:
+    async def queued_uploads(self, destination: str = DESTINATION) -> int:
         """Messages waiting or held in the destination's upload queue (not its lane)."""
-        counts = await self.observer.counts(upload_queue(DESTINATION))
+        counts = await self.observer.counts(upload_queue(destination))
         return counts.depth + counts.in_flight
 
-    async def queues_empty(self) -> bool:
+    async def queues_empty(self, destination: str = DESTINATION) -> bool:
         """Nothing waiting or locked on the destination's subscription, upload queue and
         priority lane."""
         for source in (
-            subscription(DESTINATION),
-            upload_queue(DESTINATION),
-            revocation_queue(DESTINATION),
+            subscription(destination),
+            upload_queue(destination),
+            revocation_queue(destination),
         ):
             counts = await self.observer.counts(source)
             if counts.depth or counts.in_flight:
                 return False
         return True
 
-    async def wait_drained(self, *, timeout_s: float = 300, settle_s: float = 1.0) -> None:
+    async def wait_drained(
+        self, *, timeout_s: float = 300, settle_s: float = 1.0, destination: str = DESTINATION
+    ) -> None:
         """Poll until both queues stay empty for ``settle_s``; raise ``TimeoutError`` if not."""
         deadline = time.monotonic() + timeout_s
         empty_since: float | None = None
         while time.monotonic() < deadline:
-            if await self.queues_empty():
+            if await self.queues_empty(destination):
                 empty_since = empty_since or time.monotonic()
                 if time.monotonic() - empty_since >= settle_s:
                     return
@@ -226,21 +264,29 @@ class Pipeline:
             await asyncio.sleep(0.2)
         raise TimeoutError("the pipeline did not drain in time")
 
-    async def counters(self) -> tuple[dict[str, int], dict[str, int]]:
+    async def counters(
+        self, destination: str = DESTINATION
+    ) -> tuple[dict[str, int], dict[str, int]]:
         """(fetcher counters, destination counters) as ``status`` shows them."""
         if self.redis is None:
             raise RuntimeError("pipeline is not started")
         feed = await FeedState(self.redis).counters()
-        destination = await DestinationState(self.redis, DESTINATION).counters()
-        return feed, destination
+        counted = await DestinationState(self.redis, destination).counters()
+        return feed, counted
 
-    def expected(self, records: Iterable[Mapping[str, Any]] | None = None) -> Expected:
+    def expected(
+        self,
+        records: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> Expected:
         """The objects the filters accept from ``records`` (default: the whole feed now).
 
         Computed with the product's parse, filter and mapping (the ids and fingerprints the
         workspace must hold), then checked against ``harness.oracle``, which decides from the
-        feed's own truth: a parser or filter bug fails here instead of agreeing with itself."""
-        settings = self.settings
+        feed's own truth: a parser or filter bug fails here instead of agreeing with itself.
+        ``settings``: a destination's (``settings_of``); default: the environment's."""
+        settings = settings or self.settings
         policy, stix_policy = settings.filter_policy(), settings.stix_policy()
         objects: dict[str, str] = {}
         drops: Counter[str] = Counter()
