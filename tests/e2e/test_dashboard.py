@@ -1,6 +1,7 @@
 """The Grafana dashboard against a real Prometheus: every panel's query returns data after a
 demo-sized sync and a second one that revokes what MATI reported again failing, and the
-funnel, revocation and sync panels say what happened.
+funnel, revocation and sync panels say what happened; the per-destination lines and tiles
+carry the destination's label.
 
 Debian's ``prometheus`` (``scripts/ensure-prometheus.sh``) runs on a free loopback port with a
 temporary configuration and storage, scrapes the four service processes (two uploaders, so the
@@ -168,6 +169,34 @@ async def revoked_over(prometheus: Prometheus, range_: str, end: float) -> dict[
     return {series["metric"]["reason"]: float(series["value"][1]) for series in result}
 
 
+#: The legend of a line or a tile per destination.
+PER_DESTINATION = "{{destination}}"
+
+
+def check_the_healthy_destination(answers: Mapping[tuple[str, str], list[Json]]) -> None:
+    """The lines and tiles per destination carry its label and say it is healthy: circuit
+    closed, ready, nothing dead-lettered, its backlog drained after uploads, the last sync
+    completed, its quota and its upload latency shown."""
+
+    def last(title: str, legend: str) -> float:
+        return finite_values(answers[(title, legend)])[-1]
+
+    for (_, legend), result in answers.items():
+        if PER_DESTINATION in legend:
+            assert {series["metric"]["destination"] for series in result} == {DESTINATION}
+    assert last("Circuit, by destination", PER_DESTINATION) == 0
+    assert last("Ready, by destination", PER_DESTINATION) == 1
+    assert last("Dead-lettered over the range, by destination", PER_DESTINATION) == 0
+    assert last("Upload backlog, by destination (waiting and in flight)", PER_DESTINATION) == 0
+    uploaded = answers[("Uploaded per minute, by destination", PER_DESTINATION)]
+    assert max(finite_values(uploaded)) > 0
+    assert last("Last sync completed", PER_DESTINATION) == 1
+    quota = f"{PER_DESTINATION} quota (requests a minute, SENTINEL_REQUESTS_PER_MINUTE)"
+    assert last("Upload requests per minute against the quota", quota) == 100
+    latency = answers[("Upload latency (p50, p95), by destination", f"{PER_DESTINATION} p95")]
+    assert max(finite_values(latency)) > 0
+
+
 # ---- the test -------------------------------------------------------------------------------
 
 
@@ -316,11 +345,16 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
             return expected <= value <= expected * (1 + 2 * SCRAPE_S / observed_s)
 
         def funnel(legend: str) -> float:
-            (series,) = answers[("Funnel over the range: fetched, dropped, forwarded, "
+            (series,) = answers[("Funnel over the range: received, dropped, forwarded, "
                                  "uploaded, rejected", legend)]  # fmt: skip
             return float(series["value"][1])
 
-        assert counted(funnel("fetched"), feed_counters["fetched"]), funnel("fetched")
+        # The feed's panel: what the one fetcher read; the funnel: what the destination received.
+        (fetched,) = answers[("Fetched from MATI over the range", PER_DESTINATION)]
+        assert fetched["metric"]["destination"] == DESTINATION
+        assert counted(float(fetched["value"][1]), feed_counters["fetched"]), fetched
+        received = destination_counters["received"]
+        assert counted(funnel("received"), received), funnel("received")
         uploads = destination_counters["uploaded"]
         assert counted(funnel("uploaded"), uploads), funnel("uploaded")
         assert destination_counters["forwarded"] == uploads
@@ -348,20 +382,15 @@ async def test_every_dashboard_panel_has_data_from_a_real_prometheus(
         # Syncs by outcome: every outcome shown, the two syncs as completed.
         outcomes = {
             series["metric"]["outcome"]: finite_values([series])[-1]
-            for series in answers[("Syncs by outcome over the range", "{{outcome}}")]
+            for series in answers[
+                ("Syncs by outcome over the range", "{{destination}} {{outcome}}")
+            ]
         }
         assert set(outcomes) == {outcome.value for outcome in Outcome}
         assert counted(outcomes.pop("completed"), 2), outcomes
         assert set(outcomes.values()) == {0}
 
-        def last(title: str, legend: str) -> float:
-            return finite_values(answers[(title, legend)])[-1]
-
-        assert last("Circuit", "circuit") == 0
-        assert last("Last sync completed", "completed") == 1
-        quota = "quota (requests a minute, SENTINEL_REQUESTS_PER_MINUTE)"
-        assert last("Upload requests per minute against the quota", quota) == 100
-        assert max(finite_values(answers[("Upload latency (p50, p95)", "p95")])) > 0
+        check_the_healthy_destination(answers)
 
         # The alert rules evaluate cleanly against real series, and none fires in a healthy run.
         groups = (await prometheus.api("rules", type="alert"))["groups"]
