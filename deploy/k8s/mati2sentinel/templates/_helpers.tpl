@@ -23,17 +23,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: mati2sentinel
+{{- if not .Values.destinations }}
 mati2sentinel/destination: {{ .Values.settings.DESTINATION | quote }}
+{{- end }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
 
-{{/* Selector labels of one component: (dict "root" $ "component" "filter"). */}}
+{{/* Selector labels of one component: (dict "root" $ "component" "filter"), and of one
+destination's: (dict "root" $ "component" "filter" "destination" "contoso"). */}}
 {{- define "m2s.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "m2s.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- with .destination }}
+mati2sentinel/destination: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "m2s.serviceAccountName" -}}
@@ -86,7 +92,7 @@ fetcher does. */}}
 {{- $vars := list -}}
 {{- $repair := and (eq .component "reconcile") .root.Values.reconcile.repair -}}
 {{- if or (eq .component "fetcher") $repair -}}{{- $vars = list "MATI_API_KEY" "MATI_API_SECRET" -}}{{- end -}}
-{{- if and (has .component (list "uploader" "reconcile")) $keys.AZURE_CLIENT_SECRET -}}{{- $vars = append $vars "AZURE_CLIENT_SECRET" -}}{{- end -}}
+{{- if and (has .component (list "uploader" "reconcile")) $keys.AZURE_CLIENT_SECRET (not (include "m2s.destinationOwnIdentity" .)) -}}{{- $vars = append $vars "AZURE_CLIENT_SECRET" -}}{{- end -}}
 {{- if $keys.SERVICEBUS_CONNECTION_STRING -}}{{- $vars = append $vars "SERVICEBUS_CONNECTION_STRING" -}}{{- end -}}
 {{- if $keys.REDIS_URL -}}{{- $vars = append $vars "REDIS_URL" -}}{{- end -}}
 {{- toJson $vars -}}
@@ -145,13 +151,20 @@ databaseIndex: {{ $db | toString | quote }}
 {{- if and $sec.keyVault.enabled (not $wi.enabled) -}}
 {{- fail "secrets.keyVault reads Key Vault with workload identity: enable workloadIdentity" -}}
 {{- end -}}
-{{- if not $s.AZURE_WORKSPACE_ID -}}
+{{- /* With destinations, each one is checked for its workspace and identity
+(m2s.validateDestinations); the deployment's identity is needed only by those without one. */ -}}
+{{- $deploymentIdentity := not .Values.destinations -}}
+{{- range $name, $_ := .Values.destinations -}}
+{{- if not (include "m2s.destinationOwnIdentity" (dict "root" $ "destination" $name)) -}}{{- $deploymentIdentity = true -}}{{- end -}}
+{{- end -}}
+{{- if and (not .Values.destinations) (not $s.AZURE_WORKSPACE_ID) -}}
 {{- fail "settings.AZURE_WORKSPACE_ID is required (the uploader needs the Sentinel workspace GUID)" -}}
 {{- end -}}
+{{- include "m2s.validateDestinations" . -}}
 {{- if and $wi.enabled (not $wi.clientId) -}}
 {{- fail "workloadIdentity.clientId is required when workloadIdentity.enabled (the managed identity's client id)" -}}
 {{- end -}}
-{{- if not $wi.enabled -}}
+{{- if and (not $wi.enabled) $deploymentIdentity -}}
 {{- if not $sec.keys.AZURE_CLIENT_SECRET -}}
 {{- fail "without workload identity the uploader needs a client secret: set secrets.keys.AZURE_CLIENT_SECRET" -}}
 {{- end -}}
@@ -165,7 +178,7 @@ databaseIndex: {{ $db | toString | quote }}
 {{- if and (eq $s.BUS "servicebus") (not $wi.enabled) (not $sec.keys.SERVICEBUS_CONNECTION_STRING) -}}
 {{- fail "with BUS=servicebus and no workload identity, set secrets.keys.SERVICEBUS_CONNECTION_STRING" -}}
 {{- end -}}
-{{- if and .Values.keda.enabled (eq (int .Values.uploader.autoscaling.minReplicas) 0) (ne (lower (toString $s.CACHE_REBUILD)) "off") -}}
+{{- if and .Values.keda.enabled (not .Values.destinations) (eq (int .Values.uploader.autoscaling.minReplicas) 0) (ne (lower (toString $s.CACHE_REBUILD)) "off") -}}
 {{- fail "uploader.autoscaling.minReplicas 0 needs settings.CACHE_REBUILD=off: with auto, a filter holding for the seen cache's rebuild waits for an uploader that KEDA never starts" -}}
 {{- end -}}
 {{- if not $sec.keys.REDIS_URL -}}
