@@ -30,6 +30,21 @@ VARIANTS: dict[str, list[Path]] = {
         CHART / "ci" / "servicemonitor-values.yaml",
     ],
 }
+#: Renders with several destinations (values ``destinations``, ci/destinations-values.yaml on
+#: an example site): tested in test_chart_destinations.py, since the modules that go through
+#: VARIANTS expect one filter and one uploader.
+DESTINATION_VARIANTS: dict[str, list[Path]] = {
+    "destinations": [CHART / "ci" / "site-values.yaml", CHART / "ci" / "destinations-values.yaml"],
+    "destinations-redis": [
+        CHART / "values-redis.yaml",
+        CHART / "ci" / "redis-site-values.yaml",
+        CHART / "ci" / "destinations-values.yaml",
+    ],
+    "destinations-keyvault": [
+        CHART / "ci" / "keyvault-values.yaml",
+        CHART / "ci" / "destinations-values.yaml",
+    ],
+}
 COMPONENTS = ("fetcher", "filter", "uploader")
 SECRET_VARS = {
     "MATI_API_KEY",
@@ -46,7 +61,7 @@ Manifest = dict[str, Any]
 
 @cache
 def _render(variant: str, sets: tuple[str, ...] = ()) -> tuple[Manifest, ...]:
-    result = helm_template(*VARIANTS[variant], sets=sets)
+    result = helm_template(*{**VARIANTS, **DESTINATION_VARIANTS}[variant], sets=sets)
     assert result.returncode == 0, result.stderr
     return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
 
@@ -68,6 +83,20 @@ def one(docs: list[Manifest], kind: str, name_suffix: str = "") -> Manifest:
 def deployments(docs: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
     for d in of_kind(docs, "Deployment"):
         yield d["metadata"]["labels"]["app.kubernetes.io/component"], d
+
+
+def pod_templates(docs: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(kind/name, pod spec)`` of every pod the render would create, whatever kind holds it:
+    a new workload (a Job, a hook) is checked without anyone remembering to add it here."""
+    for d in docs:
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        spec = d.get("spec") or {}
+        if d["kind"] == "Pod":
+            yield name, spec
+        elif "jobTemplate" in spec:
+            yield name, spec["jobTemplate"]["spec"]["template"]["spec"]
+        elif "template" in spec and "containers" in spec["template"].get("spec", {}):
+            yield name, spec["template"]["spec"]
 
 
 def configmap_env(docs: list[Manifest]) -> dict[str, str]:

@@ -9,12 +9,16 @@ cross the network in clear.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.chart.chart_rig import VARIANTS, Manifest, configmap_env, render
+from tests.chart.chart_rig import (
+    DESTINATION_VARIANTS,
+    VARIANTS,
+    configmap_env,
+    pod_templates,
+    render,
+)
 from tests.helm_tools import CHART, HELM, KUBE_VERSION, helm_template
 
 pytestmark = pytest.mark.usefixtures("chart_tools")
@@ -29,26 +33,18 @@ REFUSAL = ("settings.REDIS_URL: Does not match pattern '^rediss://'", "redis.all
 # Every pod: non-root, read-only root, nothing to escalate to
 
 
-def pod_templates(docs: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(kind/name, pod spec)`` of every pod the render would create, whatever kind holds it:
-    a new workload (a Job, a hook) is checked without anyone remembering to add it here."""
-    for d in docs:
-        name = f"{d['kind']}/{d['metadata']['name']}"
-        spec = d.get("spec") or {}
-        if d["kind"] == "Pod":
-            yield name, spec
-        elif "jobTemplate" in spec:
-            yield name, spec["jobTemplate"]["spec"]["template"]["spec"]
-        elif "template" in spec and "containers" in spec["template"].get("spec", {}):
-            yield name, spec["template"]["spec"]
+#: (Deployments, CronJobs) of each render with the reconcile job on: the three services and one
+#: job, or with destinations the fetcher and a filter, an uploader and a job per destination
+#: (three in ci/destinations-values.yaml).
+WORKLOADS = {**{v: (3, 1) for v in VARIANTS}, **{v: (7, 3) for v in DESTINATION_VARIANTS}}
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", WORKLOADS)
 def test_every_pod_runs_non_root_read_only_and_unprivileged(variant: str) -> None:
     docs = render(variant, RECONCILE)
     pods = dict(pod_templates(docs))
     kinds = [name.split("/")[0] for name in pods]
-    assert (kinds.count("Deployment"), kinds.count("CronJob")) == (3, 1), sorted(pods)
+    assert (kinds.count("Deployment"), kinds.count("CronJob")) == WORKLOADS[variant], sorted(pods)
     for name, pod in pods.items():
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True, name
