@@ -48,7 +48,7 @@ async def _each(
     json: bool = False,
 ) -> None:
     """``work`` once per destination, on the same connections, with that destination's
-    settings; text answers get one section each, JSON answers one document a line."""
+    settings; text answers get one section each, JSON answers one document each."""
     for name, settings in destinations.items():
         _header(name, destinations, json=json)
         result = work(replace(rt, settings=settings))
