@@ -58,3 +58,37 @@ async def test_run_local_syncs_at_start_and_stops_everything_on_sigterm(tmp_path
             assert logs.count(f'"health_port":{port}') == 1, logs[-2000:]
         assert not port_open(redis_url)
         assert (state_dir / "redis" / "appendonlydir").is_dir()
+
+
+@pytest.mark.timeout(120)
+async def test_run_local_runs_a_filter_and_an_uploader_per_destination(tmp_path: Path) -> None:
+    async with Pipeline(tmp_path / "pipeline", feed=Feed(seed=5, count=600, days=29)) as p:
+        wide = await p.add_destination("wide", {"MINIMUM_CONFIDENCE": 0, "EXCLUDE_OSINT": False})
+        narrow = await p.add_destination("narrow", {"INCLUDE_URL": False}, own_tenant=True)
+        env = {k: v for k, v in p.env.items() if k not in ("REDIS_URL", "HEALTH_PORT")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "run-local", "--state-dir", str(tmp_path / "l"),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert process.stdout is not None
+        output = asyncio.ensure_future(process.stdout.read())
+        expected = {
+            name: set(p.expected(settings=p.settings_of(name)).objects) for name in p.destinations
+        }
+        assert expected["wide"] > expected["narrow"]
+
+        async def delivered() -> bool:
+            assert process.returncode is None, (await output).decode()[-2000:]
+            return (set(wide.sentinel.store), set(narrow.sentinel.store)) == (
+                expected["wide"],
+                expected["narrow"],
+            )
+
+        await wait_for(delivered, 90, what="both workspaces' accepted sets", interval=0.2)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0, (await output).decode()[-2000:]
+        logs = (await output).decode()
+        assert logs.count('"event":"service.stopped"') == 5
+        for name in ("wide", "narrow"):
+            assert logs.count(f'"service":"uploader","destination":"{name}"') > 0
+        assert not p.sims.sentinel.store, "the environment's own workspace is fed no more"
