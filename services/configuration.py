@@ -31,19 +31,30 @@ _PER_DESTINATION: Final = {
     Service.ADMIN: Service.ADMIN,
     Service.ALL: Service.UPLOADER,
 }
-#: With a file, what the process's own settings must have: identities live in the file.
+#: With a file, what the process's own settings must have: identities live in the file, and
+#: what goes through several destinations (an operator command) is no uploader itself.
 _PROCESS: Final = {
     Service.FETCHER: Service.FETCHER,
+    Service.FILTER: Service.ADMIN,
+    Service.UPLOADER: Service.ADMIN,
     Service.ADMIN: Service.ADMIN,
     Service.ALL: Service.FETCHER,
 }
 
 
 def settings_from(
-    environ: Mapping[str, str], service: Service, destination: str | None = None
+    environ: Mapping[str, str],
+    service: Service,
+    destination: str | None = None,
+    *,
+    each: Service | None = None,
 ) -> tuple[Settings, dict[str, Settings]]:
     """The process's settings and the destinations it serves, by name; ``ConfigError`` with
-    one line per problem. ``destination`` (``--destination``) overrides ``DESTINATION``."""
+    one line per problem. ``destination`` (``--destination``) overrides ``DESTINATION``.
+
+    ``each``: an operator command going through the destinations, each needing what ``each``
+    needs (``reconcile`` reads every workspace with its uploader's identity); without it a
+    filter or an uploader serves exactly one destination."""
     if destination is not None:
         environ = {**environ, "DESTINATION": destination}
     document = destinations_file.read(environ)
@@ -51,20 +62,23 @@ def settings_from(
         settings = load_settings(environ, service)
         return settings, {settings.destination: settings}
     named = environ.get("DESTINATION", "").strip() or None
-    if service in (Service.FILTER, Service.UPLOADER):
+    if each is None and service in (Service.FILTER, Service.UPLOADER):
         chosen = one_destination(environ, document, service, named)
         return chosen, {chosen.destination: chosen}
     process = load_settings(environ, _PROCESS[service])
     # The fetcher feeds every destination, whatever DESTINATION its environment carries.
-    only = None if service is Service.FETCHER else named
-    return process, load_destinations(environ, document, _PER_DESTINATION[service], only=only)
+    only = None if service is Service.FETCHER and each is None else named
+    each = each or _PER_DESTINATION[service]
+    return process, load_destinations(environ, document, each, only=only)
 
 
-def load(service: Service, destination: str | None = None) -> tuple[Settings, dict[str, Settings]]:
+def load(
+    service: Service, destination: str | None = None, *, each: Service | None = None
+) -> tuple[Settings, dict[str, Settings]]:
     """``settings_from`` the process's environment, or exit 2 with one line per problem,
     before anything connects."""
     try:
-        settings, destinations = settings_from(os.environ, service, destination)
+        settings, destinations = settings_from(os.environ, service, destination, each=each)
     except ConfigError as exc:
         print("mati2sentinel: invalid settings:", file=sys.stderr)
         for line in exc.problems:

@@ -165,7 +165,9 @@ def _with_mati(
     the fetcher's settings for MATI's URL and credentials; otherwise like ``_admin``."""
     from services.fetcher.main import mati_client
 
-    settings, destinations = configuration.load(Service.FETCHER, args.destination)
+    settings, destinations = configuration.load(
+        Service.FETCHER, args.destination, each=Service.FILTER
+    )
 
     async def go() -> int:
         async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
@@ -293,7 +295,7 @@ def reconcile(args: argparse.Namespace) -> int:
     # azure-identity logs each failed token request itself; the one line below says it.
     logging.getLogger("azure").setLevel(logging.CRITICAL)
     settings, destinations = configuration.load(
-        Service.ALL if args.repair else Service.UPLOADER, args.destination
+        Service.ALL if args.repair else Service.UPLOADER, args.destination, each=Service.UPLOADER
     )
 
     async def one(rt: runtime.Runtime, target: Settings) -> int:

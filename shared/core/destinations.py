@@ -78,9 +78,18 @@ SECRETS: Final = frozenset({"AZURE_CLIENT_SECRET"})
 _FILE: Final = "DESTINATIONS_FILE"
 
 
-def overlays(document: object, environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+def overlays(
+    document: object,
+    environ: Mapping[str, str],
+    unresolved: dict[str, dict[str, str]] | None = None,
+) -> dict[str, dict[str, str]]:
     """Each destination's settings as environment text, references resolved from ``environ``;
-    ``ConfigError`` with one line per problem, each naming its destination and key."""
+    ``ConfigError`` with one line per problem, each naming its destination and key.
+
+    A reference to a variable this process does not have is left out of the overlay and
+    noted in ``unresolved`` (name -> key -> variable), not refused here: a pod holds only its
+    own destination's secret, and the fetcher none, so only the process that loads that
+    destination and needs that value may call it missing (``load_destinations``)."""
     if not isinstance(document, Mapping) or set(document) != {"destinations"}:
         raise ConfigError([f"{_FILE}: the file must hold one key, destinations: a map of names"])
     declared = document["destinations"]
@@ -104,6 +113,8 @@ def overlays(document: object, environ: Mapping[str, str]) -> dict[str, dict[str
                 text, problem = _text(key, value, environ)
                 if text is not None:
                     overlay[key] = text
+                elif problem is None and unresolved is not None:
+                    unresolved.setdefault(name, {})[key] = _variable(value)
             if problem is not None:
                 problems.append(f"{_FILE}: {name}: {problem}")
         result[name] = overlay
@@ -142,7 +153,7 @@ def _text(key: str, value: object, environ: Mapping[str, str]) -> tuple[str | No
         if not isinstance(variable, str) or not variable:
             return None, f"{key}: env must name a variable"
         if not environ.get(variable, "").strip():
-            return None, f"{key} refers to {variable}, which is not set"
+            return None, None
         return environ[variable], None
     if isinstance(value, bool):
         return ("TRUE" if value else "FALSE"), None
@@ -153,6 +164,11 @@ def _text(key: str, value: object, environ: Mapping[str, str]) -> tuple[str | No
     return None, f"{key} has no usable value: give text, a number, true/false or a list"
 
 
+def _variable(reference: object) -> str:
+    assert isinstance(reference, Mapping)
+    return str(reference["env"])
+
+
 def load_destinations(
     environ: Mapping[str, str], document: object, service: Service, only: str | None = None
 ) -> dict[str, Settings]:
@@ -160,7 +176,8 @@ def load_destinations(
     All problems come out in one ``ConfigError``, each line naming its destination. A file
     whose shape is wrong fails every destination; a bad value fails only its own, so one
     customer's typo never stops another's pods."""
-    declared = overlays(document, environ)
+    unresolved: dict[str, dict[str, str]] = {}
+    declared = overlays(document, environ, unresolved)
     if only is not None:
         if only not in declared:
             raise ConfigError(
@@ -169,7 +186,16 @@ def load_destinations(
         declared = {only: declared[only]}
     problems: list[str] = []
     loaded: dict[str, Settings] = {}
+    secrets_needed = service in (Service.UPLOADER, Service.ALL)
     for name, overlay in declared.items():
+        missing = [
+            f"{_FILE}: {name}: {key} refers to {variable}, which is not set"
+            for key, variable in unresolved.get(name, {}).items()
+            if secrets_needed or key not in SECRETS
+        ]
+        if missing:
+            problems += missing
+            continue
         try:
             loaded[name] = load_settings({**environ, **overlay, "DESTINATION": name}, service)
         except ConfigError as exc:

@@ -212,3 +212,33 @@ def test_the_fetcher_asks_for_what_the_loosest_destination_needs() -> None:
     assert FetcherConfig.from_settings(load_settings(ENV)).full_window == (
         MATI_RETENTION - RETENTION_MARGIN
     )
+
+
+def test_a_secret_is_needed_only_where_it_is_used() -> None:
+    """The fetcher and the filters hold no client secret, and an uploader only its own: a
+    reference to a variable the process lacks is missing only for whoever uploads with it."""
+    document = file(
+        contoso={"AZURE_CLIENT_SECRET": {"env": "CONTOSO_CLIENT_SECRET"}},
+        fabrikam={"AZURE_CLIENT_SECRET": {"env": "FABRIKAM_CLIENT_SECRET"}},
+    )
+    assert list(load_destinations(ENV, document, Service.FILTER)) == ["contoso", "fabrikam"]
+    contoso = one_destination(ENV, document, Service.UPLOADER, "contoso")
+    assert contoso.azure_client_secret is not None
+    assert contoso.azure_client_secret.reveal() == CONTOSO_SECRET
+    with pytest.raises(ConfigError) as caught:
+        one_destination(ENV, document, Service.UPLOADER, "fabrikam")
+    assert caught.value.problems == [
+        "DESTINATIONS_FILE: fabrikam: AZURE_CLIENT_SECRET refers to FABRIKAM_CLIENT_SECRET, "
+        "which is not set"
+    ]
+
+
+def test_any_other_reference_must_resolve_for_every_process() -> None:
+    document = file(contoso={"MINIMUM_CONFIDENCE": {"env": "CONTOSO_MINIMUM"}})
+    with pytest.raises(ConfigError) as caught:
+        load_destinations(ENV, document, Service.FILTER)
+    assert caught.value.problems == [
+        "DESTINATIONS_FILE: contoso: MINIMUM_CONFIDENCE refers to CONTOSO_MINIMUM, which is not set"
+    ]
+    resolved = load_destinations({**ENV, "CONTOSO_MINIMUM": "65"}, document, Service.FILTER)
+    assert resolved["contoso"].minimum_confidence == 65

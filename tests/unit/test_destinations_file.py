@@ -97,3 +97,17 @@ def test_a_file_that_is_not_there_is_one_line(tmp_path: Path) -> None:
         f"DESTINATIONS_FILE={str(tmp_path / 'missing.yaml')!r} cannot be read: "
         "No such file or directory"
     ]
+
+
+def test_operator_commands_that_upload_or_ask_mati_take_every_destination(tmp_path: Path) -> None:
+    """``reconcile`` reads each workspace with its uploader's identity; ``explain`` and
+    ``suppress`` ask MATI with the fetcher's: both go through every destination, or the one
+    named, unlike the services themselves."""
+    environ = env_with(tmp_path, TWO)
+    _, served = settings_from(environ, Service.UPLOADER, each=Service.UPLOADER)
+    assert list(served) == ["contoso", "fabrikam-gov"]
+    _, served = settings_from(environ, Service.UPLOADER, "contoso", each=Service.UPLOADER)
+    assert list(served) == ["contoso"]
+    process, served = settings_from(environ, Service.FETCHER, "fabrikam-gov", each=Service.FILTER)
+    assert list(served) == ["fabrikam-gov"]
+    assert process.mati_api_key is not None
