@@ -31,6 +31,7 @@ variants=(
   "keyvault|$CHART/ci/keyvault-values.yaml"
   "telemetry|$CHART/ci/site-values.yaml $CHART/ci/telemetry-values.yaml"
   "servicemonitor|$CHART/values-redis.yaml $CHART/ci/redis-site-values.yaml $CHART/ci/servicemonitor-values.yaml"
+  "destinations|$CHART/ci/site-values.yaml $CHART/ci/destinations-values.yaml"
 )
 
 for variant in "${variants[@]}"; do
