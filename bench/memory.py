@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from redis.asyncio import Redis
 
 from bench.common import Figure, mib
 from bench.end_to_end import WIDE_OPEN, unthrottled_figure
@@ -27,6 +29,8 @@ from shared.contract.messages import revocation_queue, subscription, upload_queu
 
 TARGET_GROWTH = 0.10
 TARGET_BYTES = 200
+#: Seen keys sampled for what they are made of.
+SAMPLE = 200
 
 
 async def _until_done(run: Run, *, timeout_s: float) -> float:
@@ -52,33 +56,93 @@ async def _until_done(run: Run, *, timeout_s: float) -> float:
     raise TimeoutError("the pipeline did not finish in time")
 
 
-async def _seen_bytes(run: Run) -> dict[str, Any]:
-    """Redis memory now, and what deleting every seen key gives back, per key."""
-    redis = run.pipeline.redis
-    assert redis is not None
+#: ``MEMORY STATS`` parts a seen key's deletion frees, as Redis 7.0 counts them: the main
+#: table (a 24-byte entry, the value's 16-byte object header, 8 bytes a slot), the expires
+#: table (an entry and slots), and the data set (the rest: the key's and the value's bytes,
+#: and what the allocator rounds every allocation up to).
+SEEN_PARTS = ("main_table", "expires_table", "dataset")
+#: Parts that move with the clients and the AOF, not with the keys.
+_BUFFERS = ("clients.normal", "clients.slaves", "aof.buffer", "replication.backlog")
+
+
+def _freed_by_part(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """What ``MEMORY STATS`` says each part gave back between ``before`` and ``after``."""
+
+    def parts(stats: Mapping[str, Any]) -> dict[str, int]:
+        db = stats.get("db.0") or {}
+        return {
+            "main_table": int(db.get("overhead.hashtable.main", 0)),
+            "expires_table": int(db.get("overhead.hashtable.expires", 0)),
+            "dataset": int(stats.get("dataset.bytes", 0)),
+            "buffers": sum(int(stats.get(name, 0)) for name in _BUFFERS),
+        }
+
+    old, new = parts(before), parts(after)
+    return {part: old[part] - new[part] for part in old}
+
+
+async def seen_cache_bytes(redis: Redis, destinations: Sequence[str]) -> dict[str, Any]:
+    """Redis memory now, and what deleting every seen key of ``destinations`` gives back, per
+    key; beside it what a sample of the keys is made of (key and value length, encoding,
+    ``MEMORY USAGE``, expiry) and what ``MEMORY STATS`` says each part gave back, for the
+    breakdown of where the bytes go. ``bytes_per_seen_key_net`` leaves out what the clients'
+    and the AOF's buffers gave back meanwhile (a few hundred kB that can fall either way)."""
     before = int((await redis.info("memory"))["used_memory"])
-    pattern = DestinationState(redis, DESTINATION).seen_key("*")  # "*" is kept as it is
     keys: list[bytes] = []
-    sample: list[int] = []
-    async for key in redis.scan_iter(match=pattern, count=5000):
-        keys.append(key)
-        if len(sample) < 200:
-            sample.append(int(await redis.memory_usage(key) or 0))
+    by_destination: dict[str, int] = {}
+    for destination in destinations:
+        pattern = DestinationState(redis, destination).seen_key("*")  # "*" is kept as it is
+        found = [key async for key in redis.scan_iter(match=pattern, count=5000)]
+        by_destination[destination] = len(found)
+        keys += found
+    sample = keys[:: max(1, len(keys) // SAMPLE)][:SAMPLE]
+    pipe = redis.pipeline(transaction=False)
+    for key in sample:
+        pipe.memory_usage(key)
+        pipe.object("encoding", key)
+        pipe.strlen(key)
+        pipe.pttl(key)
+    answers = await pipe.execute() if sample else []
+    usage = [int(a or 0) for a in answers[0::4]]
+    encodings = sorted({a.decode() if isinstance(a, bytes) else str(a) for a in answers[1::4]})
+    lengths = [int(a) for a in answers[2::4]]
+    expiring = sum(1 for a in answers[3::4] if int(a) > 0)
+    server = await redis.info("server")
+    stats_before = await redis.memory_stats()
     for start in range(0, len(keys), 5000):
         await redis.delete(*keys[start : start + 5000])
     # Redis shrinks its key tables (their share per key is 16 to 32 bytes) in its periodic
     # task after the deletions: read until that happened, so every run counts the tables.
-    after = before
+    after, stats_after = before, stats_before
     for _ in range(10):
-        after = min(after, int((await redis.info("memory"))["used_memory"]))
+        stats = await redis.memory_stats()
+        if int(stats["total.allocated"]) < after:
+            after, stats_after = int(stats["total.allocated"]), stats
         await asyncio.sleep(0.2)
+    freed = _freed_by_part(stats_before, stats_after)
+    net = sum(freed[part] for part in SEEN_PARTS)
+    per_key = {part: round(n / len(keys), 1) for part, n in freed.items()} if keys else {}
     return {
         "seen_keys": len(keys),
+        "seen_keys_by_destination": by_destination,
         "used_memory_bytes": before,
         "freed_by_deleting_seen_keys": before - after,
         "bytes_per_seen_key": round((before - after) / len(keys), 1) if keys else None,
-        "memory_usage_sample_avg": round(sum(sample) / len(sample), 1) if sample else None,
+        "bytes_per_seen_key_net": round(net / len(keys), 1) if keys else None,
+        "freed_per_seen_key_by_part": per_key,
+        "memory_usage_sample_avg": round(sum(usage) / len(usage), 1) if usage else None,
+        "key_chars_sample_avg": round(sum(map(len, sample)) / len(sample), 1) if sample else None,
+        "value_bytes_sample_avg": round(sum(lengths) / len(lengths), 1) if lengths else None,
+        "object_encodings": encodings,
+        "expiring_share_of_sample": round(expiring / len(sample), 3) if sample else None,
+        "redis_version": server.get("redis_version"),
     }
+
+
+async def _seen_bytes(run: Run) -> dict[str, Any]:
+    """Redis memory now, and what deleting every seen key gives back, per key."""
+    assert run.pipeline.redis is not None
+    return await seen_cache_bytes(run.pipeline.redis, [DESTINATION])
 
 
 async def measure(count: int) -> dict[str, Any]:
