@@ -42,6 +42,17 @@ def _absolute(figure: Figure) -> str:
     if figure.key == "memory":
         rss = ", ".join(f"{k} {v:+.1%}" for k, v in a["rss_growth_by_service"].items())
         return f"RSS {rss}; Redis {a['redis_bytes_per_seen_key_worst']} B/seen key"
+    if figure.key == "fan_out":
+        if a["problems"]:
+            return f"wrong result: {a['problems'][0]}"
+        if a["worst_destination"] is None:
+            return "no filter CPU measured"
+        return (
+            f"filter {a['filter_cpu_us_per_indicator'][a['worst_destination']]} µs/indicator "
+            f"({a['worst_destination']}) vs {a['solo_filter_cpu_us_per_indicator']} alone; "
+            f"Redis {a['redis_bytes_per_remembered_indicator']} B per remembered indicator "
+            f"({a['seen_keys']:,} over {len(a['seen_keys_by_destination'])})"
+        )
     return json.dumps(a)[:80]
 
 
