@@ -80,7 +80,7 @@ async def main(quick: bool, skip_profile: bool, only: frozenset[str] = frozenset
 
     if "fanout" in only:
         step("6. fan-out: one destination, five, one again")
-        fanout_figure, extra["fan_out_runs"] = await fanout.run(3_000 if quick else 30_000)
+        fanout_figure, extra["fan_out_runs"] = await fanout.run(3_000 if quick else 20_000)
         figures.append(fanout_figure)
         gc.collect()
 
