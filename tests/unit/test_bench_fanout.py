@@ -36,14 +36,21 @@ def _run(per_indicator: dict[str, float], *, seen_bytes: float = 140.0) -> dict[
         "key_chars_sample_avg": 29.0,
         "value_bytes_sample_avg": 44.0,
         "object_encodings": ["embstr"],
+        "redis_version": "7.0.15",
     }
 
 
-SOLO = [_run({"solo": 90.0}), _run({"solo": 110.0})]
+SOLO = [_run({"solo": 90.0}), _run({"solo": 110.0}), _run({"solo": 100.0})]
 
 
-def test_the_ratio_is_the_worst_destination_over_the_mean_of_the_lone_runs() -> None:
-    figure = fanout.figure(SOLO, _run({"alpha": 105.0, "bravo": 60.0, "golf": 115.0}))
+def test_the_ratio_is_the_worst_destination_over_the_lone_one_each_pooled_over_its_runs() -> None:
+    figure = fanout.figure(
+        SOLO,
+        [
+            _run({"alpha": 100.0, "bravo": 60.0, "golf": 120.0}),
+            _run({"alpha": 110.0, "bravo": 60.0, "golf": 110.0}),
+        ],
+    )
     assert figure.absolute["solo_filter_cpu_us_per_indicator"] == 100.0
     assert figure.ratio == 1.15
     assert figure.absolute["worst_destination"] == "golf"
@@ -52,17 +59,18 @@ def test_the_ratio_is_the_worst_destination_over_the_mean_of_the_lone_runs() -> 
     assert "golf" in table([figure])
 
 
-def test_either_target_missed_fails() -> None:
-    assert not fanout.figure(SOLO, _run({"alpha": 125.0})).passed
-    heavy = fanout.figure(SOLO, _run({"alpha": 100.0}, seen_bytes=187.5))
+def test_either_target_missed_fails_and_the_worst_bytes_count() -> None:
+    assert not fanout.figure(SOLO, [_run({"alpha": 125.0})]).passed
+    heavy = fanout.figure(SOLO, [_run({"alpha": 100.0}), _run({"alpha": 100.0}, seen_bytes=187.5)])
     assert heavy.ratio == 1.0
+    assert heavy.absolute["redis_bytes_per_remembered_indicator"] == 187.5
     assert not heavy.passed
 
 
 def test_a_wrong_workspace_is_no_figure() -> None:
     wrong = _run({"alpha": 100.0})
     wrong["problems"] = ["alpha: 3 missing, 0 nobody expected"]
-    figure = fanout.figure(SOLO, wrong)
+    figure = fanout.figure(SOLO, [_run({"alpha": 100.0}), wrong])
     assert figure.ratio is None
     assert not figure.passed
     assert figure.note.startswith("WRONG RESULT")
