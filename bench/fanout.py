@@ -275,11 +275,11 @@ async def run(count: int, *, rounds: int = 2) -> tuple[Figure, dict[str, Any]]:
 
 def _pooled(runs: Sequence[Mapping[str, Any]], name: str) -> float | None:
     """A destination's filter CPU per record judged over ``runs`` together, in µs."""
-    cpu = [r["filters"][name]["filter_cpu_s"] for r in runs]
-    judged = sum(r["filters"][name]["judged"] for r in runs)
-    if any(c is None for c in cpu) or not judged:
+    cpu: list[float | None] = [r["filters"][name]["filter_cpu_s"] for r in runs]
+    judged = sum(int(r["filters"][name]["judged"]) for r in runs)
+    if not judged or None in cpu:
         return None
-    return round(sum(cpu) / judged * 1e6, 1)
+    return round(sum(c or 0.0 for c in cpu) / judged * 1e6, 1)
 
 
 def figure(
