@@ -48,6 +48,7 @@ from aiohttp import web
 
 from simulators.faults import FAULT_ANSWERS, FaultAnswers, FaultKind
 from simulators.feed import Feed
+from simulators.mati_actors import PROFILES
 from simulators.mati_bad_records import BAD_RECORD_KINDS, BadRecord, corrupt
 from simulators.mati_pages import PageRenderer
 from simulators.mati_query import (
@@ -117,6 +118,7 @@ class MatiSimulator(SimServer):
         self.pages_served = 0
         self.indicators_served = 0
         self.scrolls_opened = 0
+        self.actor_requests = 0
         self.bad_records: list[BadRecord] = []
         #: Feed index -> a ``BAD_RECORD_KINDS`` kind: that record is served broken so on every
         #: page that carries it, however often it is paged (the chaos run plants a known set
@@ -145,6 +147,7 @@ class MatiSimulator(SimServer):
             name="indicator_by_value",
         )
         router.add_get("/v4/indicator/{id}", self._indicator_by_id, name="indicator_by_id")
+        router.add_get("/v4/actor/{id}", self._actor, name="actor")
 
     # ------------------------------------------------------------------ helpers for tests
 
@@ -273,6 +276,17 @@ class MatiSimulator(SimServer):
         except KeyError:
             index = None
         return self._one(request, index)
+
+    async def _actor(self, request: web.Request) -> web.Response:
+        """A threat actor's profile, or the 404 of an unknown one."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        self.actor_requests += 1
+        profile = PROFILES.get(request.match_info["id"])
+        if profile is None:
+            return _error(404, "not_found", "Actor not found.")
+        return _json(profile)
 
     async def _indicator_by_value(self, request: web.Request) -> web.Response:
         denied = self._denied(request)

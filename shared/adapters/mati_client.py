@@ -250,6 +250,20 @@ class MatiClient:
             path = f"{quote(str(indicator_type), safe='')}/{quote(str(value), safe='')}"
         url = f"{self._base}/v4/indicator/{path}"
         params = IndicatorQuery(0, 0, include_misp=include_misp).include_params()
+        return await self._one(url, params, "GET /v4/indicator/{…}", "an indicator object")
+
+    async def actor(self, actor_id: str) -> dict[str, Any] | None:
+        """One threat actor's profile (``GET /v4/actor/{id}``: name, description, aliases),
+        ``None`` when MATI does not know it; paced, authenticated and retried like every
+        other request, so profiles spend the same request ceiling as the pages."""
+        url = f"{self._base}/v4/actor/{quote(actor_id, safe='')}"
+        return await self._one(url, {}, "GET /v4/actor/{…}", "an actor object")
+
+    async def _one(
+        self, url: str, params: dict[str, str], what: str, shape: str
+    ) -> dict[str, Any] | None:
+        """One object of MATI's, or ``None`` for "not found" (404, or the 204 or empty 200 its
+        look-ups use for "no match")."""
 
         async def attempt() -> dict[str, Any] | None:
             answer, token = await self._get_authenticated(url, params)
@@ -263,13 +277,11 @@ class MatiClient:
                 raise self._failure(answer, token, follow_up=False)
             data = answers.decode(answer)
             if not isinstance(data, dict):
-                raise MalformedResponse(
-                    f"MATI answered a JSON {type(data).__name__}, not an indicator object"
-                )
+                raise MalformedResponse(f"MATI answered a JSON {type(data).__name__}, not {shape}")
             answers.check_encodable(data)
             return data
 
-        return await self._with_retries("GET /v4/indicator/{…}", attempt)
+        return await self._with_retries(what, attempt)
 
     # ---- token --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import pytest
 from shared.adapters.http import open_session
 from shared.adapters.mati_paging import RawPage
 from shared.adapters.tls import client_context
+from shared.core.context import parse_actor
 from shared.core.errors import (
     AuthenticationFailed,
     PagingInterrupted,
@@ -29,6 +30,7 @@ from shared.core.secrets import Secret
 from simulators.faults import FaultKind
 from simulators.feed import Feed
 from simulators.mati import MatiSimulator
+from simulators.mati_actors import PROFILES
 from tests.clients.mati_world import (
     COUNT,
     INCLUDE_FLAGS,
@@ -349,3 +351,30 @@ def test_plain_http_base_url_is_refused() -> None:
 
     with pytest.raises(ValueError, match="https"):
         asyncio.run(build())
+
+
+# ---- one threat actor -----------------------------------------------------------------------
+
+
+async def test_an_actors_profile_by_id_and_none_for_one_mati_does_not_know(mati: World) -> None:
+    """``GET /v4/actor/{id}`` under the same token and pacing as the pages; its answer is what
+    the context core turns into a threat-actor object."""
+    known = next(iter(PROFILES.values()))
+    async with mati() as w:
+        profile = await w.client.actor(known["id"])
+        assert profile == known
+        actor = parse_actor(profile)
+        assert actor is not None
+        assert actor.name == known["name"]
+        assert actor.name not in actor.aliases
+        assert await w.client.actor("threat-actor--00000000-0000-5000-8000-000000000000") is None
+        assert statuses(w.sim, "actor") == [200, 404]
+        assert w.sim.actor_requests == 2
+
+
+async def test_an_actor_request_is_retried_like_a_page(mati: World) -> None:
+    known = next(iter(PROFILES.values()))
+    async with mati() as w:
+        w.sim.faults.inject(FaultKind.SERVER_ERROR, route="actor", status=503)
+        assert await w.client.actor(known["id"]) == known
+        assert statuses(w.sim, "actor") == [503, 200]
