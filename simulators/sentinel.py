@@ -261,8 +261,9 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
         for index, obj in enumerate(objects):
             if index in errors:
                 continue
-            if obj["id"] in self.revoked and obj.get("revoked") is not True:
-                errors[index] = [UNREVOKING]  # revoked by an earlier request or record
+            refused = self._held_against(obj)
+            if refused:
+                errors[index] = refused
             else:
                 self._accept(obj, source)
                 stored.append(obj)
@@ -278,6 +279,21 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
             message = f"None of the {len(objects)} objects in the request passed validation."
             return fail(api, 400, "InvalidStixObjects", message, {"errors": listed})
         return json_response({"errors": listed})
+
+    def _held_against(self, obj: dict[str, Any]) -> list[str]:
+        """Why what the workspace holds refuses a valid object: it was revoked (by an earlier
+        request or record), or it is a relationship whose source or target the workspace does
+        not hold (nor an earlier object of the same request): a strict workspace keeps a
+        relationship only beside both its ends, so a client must send them first."""
+        if obj["id"] in self.revoked and obj.get("revoked") is not True:
+            return [UNREVOKING]
+        if obj["type"] != "relationship":
+            return []
+        return [
+            property_error(prop, DANGLING, obj.get(prop))
+            for prop in ("source_ref", "target_ref")
+            if obj.get(prop) not in self.store
+        ]
 
     def _refuse(self, api: UploadApi, objects: list[Any], fault: Fault) -> web.Response:
         """A REJECT_ALL or REJECT_RECORDS fault: 400 for the whole request, nothing stored."""
@@ -343,6 +359,7 @@ class SentinelSimulator(SimServer, SentinelWorkspace):
 UNREVOKING: Final = property_error(
     "revoked", "A revoked object cannot be un-revoked; publish a new object instead", False
 )
+DANGLING: Final = "The referenced object does not exist in the workspace"
 #: Faults that refuse the whole upload (``SentinelSimulator._refuse``).
 _REFUSALS: Final = frozenset({FaultKind.REJECT_ALL, FaultKind.REJECT_RECORDS})
 

@@ -21,9 +21,17 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import HttpRequest
 from azure.identity.aio import ClientSecretCredential
 
+from shared.core.context import (
+    CONTEXT_CREATED,
+    Actor,
+    actor_content,
+    identity_object,
+    relationship_content,
+    stamped,
+)
 from simulators.entra import EntraSimulator
 from simulators.faults import SCHEMA_CHANGED, FaultKind
-from simulators.sentinel import UNREVOKING, ObjectStore, SentinelSimulator
+from simulators.sentinel import DANGLING, UNREVOKING, ObjectStore, SentinelSimulator
 from simulators.sentinel_rows import split_observable
 from simulators.tokens import TokenMinter
 from tests.simulators.sentinel_uploads import (
@@ -143,6 +151,39 @@ async def test_other_stix_types_go_to_threat_intel_objects_on_the_new_api_only(
     assert status == 200
     assert body["errors"][0]["recordIndex"] == 0
     assert "Only objects of type 'indicator'" in body["errors"][0]["errorMessages"][0]
+
+
+UPLOADED = "2026-12-08T03:30:00.000Z"
+
+
+async def test_a_relationship_is_held_only_beside_both_its_ends(
+    session: aiohttp.ClientSession, sentinel: SentinelSimulator
+) -> None:
+    """As a strict workspace: an ``indicates`` relationship whose indicator or actor the
+    workspace does not hold is refused alone, naming the missing end; sent after both (in an
+    earlier request or earlier in the same one), it is held. The product's context objects
+    (``shared.core.context``) are what it is fed."""
+    apt = Actor("threat-actor--1", "APT29")
+    actor = stamped(actor_content(apt), CONTEXT_CREATED, UPLOADED)
+    live = indicator()
+    link = stamped(relationship_content(live["id"], apt), CONTEXT_CREATED, UPLOADED)
+    status, _, body = await upload(session, sentinel, [link, identity_object()])
+    assert status == 200
+    [refused] = body["errors"]
+    assert refused["recordIndex"] == 0
+    assert refused[sentinel.error_key] == [
+        f"Error for Property=source_ref: {DANGLING}. Actual value: {live['id']}.",
+        f"Error for Property=target_ref: {DANGLING}. Actual value: {actor['id']}.",
+    ]
+    assert link["id"] not in sentinel.store
+    # The ends first, then the relationship, in one request: all held.
+    assert (await upload(session, sentinel, [actor, live, link]))[0] == 200
+    assert sentinel.store[link["id"]]["target_ref"] == actor["id"]
+    assert {row["StixType"] for row in sentinel.object_rows} == {
+        "identity",
+        "threat-actor",
+        "relationship",
+    }
 
 
 def test_observables_are_split_from_single_comparisons_only() -> None:
