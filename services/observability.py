@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Final
@@ -130,20 +130,41 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
+def fed_read(destinations: Sequence[str]) -> Read:
+    """The destinations the fetcher feeds, one series each: what an alert joins against, so a
+    destination that is fed but whose own services export nothing (they all failed to start)
+    is seen, where their silence alone would say nothing."""
+    readings: list[Reading] = [
+        ("mati2sentinel_destination_fed", 1.0, {"destination": name}) for name in destinations
+    ]
+
+    async def read() -> list[Reading]:
+        return readings
+
+    return read
+
+
 #: What each service reports: the entity it consumes, and the state it owns.
 PARTS: Final[Mapping[Service, tuple[str, ...]]] = {
-    Service.FETCHER: ("feed",),
+    Service.FETCHER: ("feed", "fed"),
     Service.FILTER: ("subscription",),
     Service.UPLOADER: ("upload_queue", "revocation_queue", "circuit", "rate_budget", "reconcile"),
 }
 
 
 def gauge_reads(
-    service: Service, settings: Settings, redis: RedisClient, bus: Bus
+    service: Service,
+    settings: Settings,
+    redis: RedisClient,
+    bus: Bus,
+    destinations: Sequence[str] = (),
 ) -> dict[str, Read]:
+    """``destinations``: those the process serves (the fetcher: every one it feeds);
+    default, ``settings``' own."""
     destination = settings.destination
     every: dict[str, Callable[[], Read]] = {
         "feed": lambda: feed_read(FeedState(redis), destination),
+        "fed": lambda: fed_read(destinations or (destination,)),
         "subscription": lambda: queue_read(bus, subscription(destination), destination),
         "upload_queue": lambda: queue_read(bus, upload_queue(destination), destination),
         "revocation_queue": lambda: queue_read(bus, revocation_queue(destination), destination),
@@ -171,12 +192,13 @@ def configure_metrics(
     redis: RedisClient,
     bus: Bus,
     environ: Mapping[str, str] = os.environ,
+    destinations: Sequence[str] = (),
 ) -> Metrics:
     """The metrics of ``service``: instruments, exporters, and the gauges it owns."""
     return Metrics(
         service=service,
         destination=settings.destination,
-        gauges=GaugeCache(gauge_reads(service, settings, redis, bus)),
+        gauges=GaugeCache(gauge_reads(service, settings, redis, bus, destinations)),
         readers=exporter_readers(environ),
     )
 
@@ -191,10 +213,13 @@ async def serving(
     health: Health,
     environ: Mapping[str, str] = os.environ,
     refresh_s: float = REFRESH_S,
+    destinations: Sequence[str] = (),
 ) -> AsyncIterator[Metrics]:
     """Metrics for the life of a service: counts and upload calls mirrored, gauges refreshed,
     ``/metrics`` on ``health``'s server; on the way out, a last OTLP export."""
-    metrics = configure_metrics(service, settings, redis=redis, bus=bus, environ=environ)
+    metrics = configure_metrics(
+        service, settings, redis=redis, bus=bus, environ=environ, destinations=destinations
+    )
     stop_counts = observe_state_counts(metrics.counted)
     stop_requests = observe_requests(metrics.requested)
     health.serve_metrics(metrics.scrape)

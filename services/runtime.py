@@ -277,7 +277,12 @@ async def _serve(
         open_runtime(settings, service, http=http, destinations=destinations) as runtime,
         # Counters, gauges and upload latency; /metrics on the probes' port.
         observability.serving(
-            service, settings, redis=runtime.redis, bus=runtime.bus, health=runtime.health
+            service,
+            settings,
+            redis=runtime.redis,
+            bus=runtime.bus,
+            health=runtime.health,
+            destinations=list(runtime.served()),
         ) as metrics,
         _probes(runtime.health, settings.health_port if probes else None) as port,
     ):

@@ -74,6 +74,10 @@ GAUGES: Final = (
     Gauge("mati2sentinel_reconcile_age_seconds", "Seconds since the last reconcile finished.", "s"),
     Gauge("mati2sentinel_ready", "1 while this readiness check passes (/readyz), else 0."),
     Gauge(
+        "mati2sentinel_destination_fed",
+        "1 for each destination the fetcher feeds (its subscription made before each sync).",
+    ),
+    Gauge(
         "mati2sentinel_redis_evicting",
         "1 if Redis's maxmemory-policy drops keys at maxmemory, 0 if it refuses writes.",
     ),

@@ -141,6 +141,8 @@ async def test_metrics_after_a_sync_match_the_workspace(
     assert fetcher.value("mati2sentinel_indicators_published_total") == fetched
     assert fetcher.value("mati2sentinel_pages_fetched_total") == feed_counters["pages"]
     assert fetcher.value("mati2sentinel_syncs_total", outcome="completed") == 1
+    # The destination it feeds, for the alert on a destination nobody serves.
+    assert fetcher.value("mati2sentinel_destination_fed", destination=DESTINATION) == 1
     assert filter_.value("mati2sentinel_indicators_received_total") == fetched
     drops = {
         f"dropped_{reason}": value

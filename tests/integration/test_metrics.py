@@ -150,7 +150,16 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
         "upload_queue",
     ]
     assert sorted(gauge_reads(Service.FILTER, settings, redis_client, bus)) == ["subscription"]
-    assert sorted(gauge_reads(Service.FETCHER, settings, redis_client, bus)) == ["feed"]
+    fetcher = gauge_reads(Service.FETCHER, settings, redis_client, bus, ["contoso", "fabrikam"])
+    assert sorted(fetcher) == ["fed", "feed"]
+    fed = await fetcher["fed"]()
+    assert [(name, attrs) for name, _, attrs in fed] == [
+        ("mati2sentinel_destination_fed", {"destination": "contoso"}),
+        ("mati2sentinel_destination_fed", {"destination": "fabrikam"}),
+    ]
+    # Without a destinations file, the fetcher feeds its own destination.
+    (alone,) = await gauge_reads(Service.FETCHER, settings, redis_client, bus)["fed"]()
+    assert alone == ("mati2sentinel_destination_fed", 1.0, {"destination": "demo"})
 
     await DestinationState(redis_client, "demo").set_circuit(CircuitState.OPEN, "auth")
     readings = [r for read in uploader.values() for r in await read()]
@@ -177,7 +186,7 @@ async def test_each_service_reads_the_gauges_it_owns(redis_client: Redis) -> Non
     assert drift[("mati2sentinel_reconcile_drift_streak", "")] == 2
     assert 600 <= drift[("mati2sentinel_reconcile_age_seconds", "")] < 700
 
-    (read_feed,) = gauge_reads(Service.FETCHER, settings, redis_client, bus).values()
+    read_feed = gauge_reads(Service.FETCHER, settings, redis_client, bus)["feed"]
     assert await read_feed() == []  # no checkpoint, no sync: no made-up age
     feed = FeedState(redis_client)
     await feed.advance(datetime(2025, 1, 1, tzinfo=UTC), "run")
