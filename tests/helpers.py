@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,6 +91,34 @@ VALID_ENV: Mapping[str, str] = {
     "AZURE_CLIENT_ID": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
     "AZURE_TENANT_ID": "11111111-2222-4333-8444-555555555555",
 }
+#: A destinations file of two: contoso (its own minimum, its secret by reference) and
+#: fabrikam-gov (another cloud's authority, OSINT taken, hashes for 30 days).
+TWO_DESTINATIONS = """\
+destinations:
+  contoso:
+    MINIMUM_CONFIDENCE: 90
+    AZURE_CLIENT_SECRET: {env: CONTOSO_CLIENT_SECRET}
+  fabrikam-gov:
+    AZURE_AUTHORITY_HOST: https://login.microsoftonline.us
+    EXCLUDE_OSINT: false
+    HASH_INDICATOR_EXPIRATION: 30
+"""
+#: The secret contoso's block refers to.
+CONTOSO_SECRET = "contoso-secret-Vb83Qw"
+
+
+def destinations_env(directory: Path, text: str = TWO_DESTINATIONS, **more: str) -> dict[str, str]:
+    """``VALID_ENV`` with ``text`` written as the destinations file it names."""
+    path = directory / "destinations.yaml"
+    path.write_text(text, encoding="utf-8")
+    return {
+        **VALID_ENV,
+        "CONTOSO_CLIENT_SECRET": CONTOSO_SECRET,
+        "DESTINATIONS_FILE": str(path),
+        **more,
+    }
+
+
 #: A password for ``REDIS_URL``, for the checks that it is never printed either.
 REDIS_PASSWORD = "redis-Pw-91xQ"
 

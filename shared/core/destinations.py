@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from shared.core.errors import ConfigError
-from shared.core.settings import Service, Settings, load_settings
+from shared.core.settings import EXPIRATIONS, SWITCHES, Service, Settings, load_settings
 
 #: A destination's name becomes part of Kubernetes object names (``<release>-filter-<name>``),
 #: queue names and Redis keys: a DNS label, short enough to leave room for the rest.
@@ -44,23 +44,13 @@ PER_DESTINATION: Final = frozenset(
         "AZURE_WORKSPACE_NAME",
         "AZURE_SUBSCRIPTION_ID",
         "AZURE_RESOURCE_GROUP_NAME",
-        "IP_INDICATOR_EXPIRATION",
-        "FQDN_INDICATOR_EXPIRATION",
-        "URL_INDICATOR_EXPIRATION",
-        "HASH_INDICATOR_EXPIRATION",
+        *EXPIRATIONS,
+        *SWITCHES,
         "MINIMUM_CONFIDENCE",
         "MINIMUM_THREAT_SCORE",
-        "EXCLUDE_OSINT",
         "DEFAULT_ACTION",
-        "INCLUDE_UNCATEGORIZED",
         "HASH_TYPE",
         "EXCLUDE_WARNINGLISTS",
-        "INCLUDE_IPV4",
-        "INCLUDE_HASH",
-        "INCLUDE_URL",
-        "INCLUDE_FQDN",
-        "PASSIVE_ONLY",
-        "ENABLE_DEDUPLICATION",
         "VALIDITY_REFRESH_RATIO",
         "SENTINEL_API",
         "SENTINEL_BASE_URL",

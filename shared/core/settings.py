@@ -167,6 +167,24 @@ class Settings:
 
 
 _BOOLEAN_HELP: Final = "use TRUE or FALSE"
+#: The indicator lifetimes in Sentinel, one per type, and the TRUE/FALSE switches of what is
+#: taken and how: both sets are a destination's own (``shared.core.destinations``).
+EXPIRATIONS: Final = (
+    "IP_INDICATOR_EXPIRATION",
+    "FQDN_INDICATOR_EXPIRATION",
+    "URL_INDICATOR_EXPIRATION",
+    "HASH_INDICATOR_EXPIRATION",
+)
+SWITCHES: Final = (
+    "EXCLUDE_OSINT",
+    "INCLUDE_UNCATEGORIZED",
+    "INCLUDE_IPV4",
+    "INCLUDE_HASH",
+    "INCLUDE_URL",
+    "INCLUDE_FQDN",
+    "PASSIVE_ONLY",
+    "ENABLE_DEDUPLICATION",
+)
 _DAYS_HELP: Final = "a whole number of days from 1 to 365"
 
 
@@ -194,12 +212,7 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     r.read("AZURE_WORKSPACE_NAME", str, "a workspace name")
     r.read("AZURE_SUBSCRIPTION_ID", parse.pattern(parse.GUID), "the subscription GUID")
     r.read("AZURE_RESOURCE_GROUP_NAME", str, "a resource group name")
-    for name in (
-        "IP_INDICATOR_EXPIRATION",
-        "FQDN_INDICATOR_EXPIRATION",
-        "URL_INDICATOR_EXPIRATION",
-        "HASH_INDICATOR_EXPIRATION",
-    ):
+    for name in EXPIRATIONS:
         r.read(name, parse.int_range(1, 365), _DAYS_HELP)
     r.read(
         "INITIAL_LOOKBACK",
@@ -208,16 +221,7 @@ def load_settings(environ: Mapping[str, str], service: Service = Service.ALL) ->
     )
     r.read("MINIMUM_CONFIDENCE", parse.int_range(0, 100), "a whole number from 0 to 100")
     r.read("MINIMUM_THREAT_SCORE", parse.int_range(0, 100), "a whole number from 0 to 100")
-    for name in (
-        "EXCLUDE_OSINT",
-        "INCLUDE_UNCATEGORIZED",
-        "INCLUDE_IPV4",
-        "INCLUDE_HASH",
-        "INCLUDE_URL",
-        "INCLUDE_FQDN",
-        "PASSIVE_ONLY",
-        "ENABLE_DEDUPLICATION",
-    ):
+    for name in SWITCHES:
         r.read(name, parse.boolean, _BOOLEAN_HELP)
     r.read("DEFAULT_ACTION", parse.member(DefaultAction), f"one of {', '.join(DefaultAction)}")
     r.read("HASH_TYPE", parse.member(HashSelection), f"one of {', '.join(HashSelection)}")

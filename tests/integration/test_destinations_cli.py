@@ -13,30 +13,12 @@ from typing import Any
 from services.cli.redis_server import LocalRedis
 from shared.core.secrets import MASK
 from tests.commands import CliResult, run_bare
-from tests.helpers import SECRETS, VALID_ENV
-
-CONTOSO_SECRET = "contoso-secret-Vb83Qw"
-FILE = """\
-destinations:
-  contoso:
-    MINIMUM_CONFIDENCE: 90
-    AZURE_CLIENT_SECRET: {env: CONTOSO_CLIENT_SECRET}
-  fabrikam-gov:
-    AZURE_AUTHORITY_HOST: https://login.microsoftonline.us
-    HASH_INDICATOR_EXPIRATION: 30
-"""
+from tests.helpers import CONTOSO_SECRET, SECRETS, TWO_DESTINATIONS, destinations_env
 
 
-def environ(tmp_path: Path, text: str = FILE, **more: str) -> dict[str, str]:
-    path = tmp_path / "destinations.yaml"
-    path.write_text(text, encoding="utf-8")
-    return {
-        **VALID_ENV,
-        "MINIMUM_CONFIDENCE": "70",
-        "CONTOSO_CLIENT_SECRET": CONTOSO_SECRET,
-        "DESTINATIONS_FILE": str(path),
-        **more,
-    }
+def environ(tmp_path: Path, text: str = TWO_DESTINATIONS, **more: str) -> dict[str, str]:
+    """Two destinations over an environment whose own minimum is 70."""
+    return destinations_env(tmp_path, text, MINIMUM_CONFIDENCE="70", **more)
 
 
 def sections(done: CliResult) -> list[str]:

@@ -12,28 +12,7 @@ from services.configuration import settings_from
 from shared.adapters.destinations_file import read
 from shared.core.errors import ConfigError
 from shared.core.settings import Service
-from tests.helpers import VALID_ENV
-
-TWO = """\
-destinations:
-  contoso:
-    MINIMUM_CONFIDENCE: 90
-    AZURE_CLIENT_SECRET: {env: CONTOSO_CLIENT_SECRET}
-  fabrikam-gov:
-    AZURE_AUTHORITY_HOST: https://login.microsoftonline.us
-    EXCLUDE_OSINT: false
-"""
-
-
-def env_with(tmp_path: Path, text: str, **more: str) -> dict[str, str]:
-    path = tmp_path / "destinations.yaml"
-    path.write_text(text, encoding="utf-8")
-    return {
-        **VALID_ENV,
-        "CONTOSO_CLIENT_SECRET": "c-secret",
-        "DESTINATIONS_FILE": str(path),
-        **more,
-    }
+from tests.helpers import TWO_DESTINATIONS, VALID_ENV, destinations_env
 
 
 def refused(environ: dict[str, str], service: Service = Service.FILTER) -> list[str]:
@@ -49,7 +28,7 @@ def test_no_file_is_the_environments_one_destination() -> None:
 
 
 def test_a_filter_serves_the_destination_it_is_given(tmp_path: Path) -> None:
-    environ = env_with(tmp_path, TWO)
+    environ = destinations_env(tmp_path)
     settings, served = settings_from(environ, Service.FILTER, "contoso")
     assert (settings.destination, settings.minimum_confidence) == ("contoso", 90)
     assert list(served) == ["contoso"]
@@ -59,14 +38,14 @@ def test_a_filter_serves_the_destination_it_is_given(tmp_path: Path) -> None:
 
 
 def test_the_fetcher_feeds_every_destination_whatever_destination_says(tmp_path: Path) -> None:
-    environ = env_with(tmp_path, TWO, DESTINATION="contoso")
+    environ = destinations_env(tmp_path, DESTINATION="contoso")
     settings, served = settings_from(environ, Service.FETCHER)
     assert list(served) == ["contoso", "fabrikam-gov"]
     assert settings.mati_api_key is not None
 
 
 def test_operator_commands_take_all_destinations_or_the_one_named(tmp_path: Path) -> None:
-    environ = env_with(tmp_path, TWO)
+    environ = destinations_env(tmp_path)
     _, served = settings_from(environ, Service.ADMIN)
     assert list(served) == ["contoso", "fabrikam-gov"]
     _, served = settings_from(environ, Service.ADMIN, "fabrikam-gov")
@@ -74,20 +53,22 @@ def test_operator_commands_take_all_destinations_or_the_one_named(tmp_path: Path
 
 
 def test_a_name_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
-    text = TWO + "  contoso:\n    MINIMUM_CONFIDENCE: 10\n"
-    (line,) = refused(env_with(tmp_path, text), Service.ADMIN)
-    assert "is not valid YAML at line 8, column 3: 'contoso' is given twice" in line
+    text = TWO_DESTINATIONS + "  contoso:\n    MINIMUM_CONFIDENCE: 10\n"
+    (line,) = refused(destinations_env(tmp_path, text), Service.ADMIN)
+    assert "is not valid YAML at line 9, column 3: 'contoso' is given twice" in line
 
 
 def test_a_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
-    (line,) = refused(env_with(tmp_path, "destinations:\n  contoso: {MINIMUM_CONFIDENCE: 9\n"))
+    (line,) = refused(
+        destinations_env(tmp_path, "destinations:\n  contoso: {MINIMUM_CONFIDENCE: 9\n")
+    )
     assert line.startswith("DESTINATIONS_FILE=")
     assert "is not valid YAML at line 3, column 1" in line
 
 
 def test_yaml_that_builds_objects_is_refused(tmp_path: Path) -> None:
     text = "destinations: !!python/object/apply:os.system ['true']\n"
-    (line,) = refused(env_with(tmp_path, text))
+    (line,) = refused(destinations_env(tmp_path, text))
     assert "is not valid YAML" in line
 
 
@@ -103,7 +84,7 @@ def test_operator_commands_that_upload_or_ask_mati_take_every_destination(tmp_pa
     """``reconcile`` reads each workspace with its uploader's identity; ``explain`` and
     ``suppress`` ask MATI with the fetcher's: both go through every destination, or the one
     named, unlike the services themselves."""
-    environ = env_with(tmp_path, TWO)
+    environ = destinations_env(tmp_path)
     _, served = settings_from(environ, Service.UPLOADER, each=Service.UPLOADER)
     assert list(served) == ["contoso", "fabrikam-gov"]
     _, served = settings_from(environ, Service.UPLOADER, "contoso", each=Service.UPLOADER)
