@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from aiohttp import ClientSession
@@ -23,7 +23,7 @@ from services.fetcher.sync import Fetcher, Outcome, SyncSummary, new_run_id
 from services.runtime import Runtime, run_service
 from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
-from shared.core.errors import ConfigError
+from shared.core.errors import ConfigError, PipelineError
 from shared.core.settings import Service, Settings
 from shared.core.timing import UtcClock, sleep_unless_stopped, utc_now
 from shared.telemetry import logs
@@ -36,6 +36,8 @@ FAILURE_RETRY: Final = timedelta(minutes=5)
 LEASE_WAIT_S: Final = 120.0
 #: How often ``sync --once`` asks for the lease while it waits.
 LEASE_POLL_S: Final = 2.0
+#: After a standby, how long past the holder's lease expiry to ask again.
+LEASE_MARGIN_S: Final = 1.0
 
 
 def mati_client(http: ClientSession, settings: Settings, **options: Any) -> MatiClient:
@@ -77,6 +79,43 @@ def next_delay_s(summary: SyncSummary, schedule_s: float, failures_in_a_row: int
     return schedule_s
 
 
+async def standby_delay_s(fetcher: Fetcher, schedule_s: float) -> float:
+    """After a standby (another fetcher held the lease), when to try again.
+
+    While a sync is unfinished (the checkpoint moved after the last sync finished, or no sync
+    ever finished), as soon as the holder's lease may expire: a holder that died mid-sync
+    leaves its lease to run out, and the rest of its window must be fetched then, not a whole
+    schedule later. Once that sync finished, when the next one is due. A state that cannot be
+    read means trying again soon, as after a failure."""
+    now = fetcher.clock()
+    soon = fetcher.lease.ttl_ms / 1000
+    try:
+        left = await fetcher.lease.expires_in_s()
+        run = await fetcher.feed.last_run()
+        checkpoint = await fetcher.feed.checkpoint()
+    except PipelineError:
+        return min(schedule_s, FAILURE_RETRY.total_seconds())
+    if left is not None:
+        soon = left + LEASE_MARGIN_S
+    finished = _finished_at(run)
+    if finished is None or (checkpoint is not None and checkpoint.saved_at > finished):
+        return min(schedule_s, soon)
+    return max(soon, (finished - now).total_seconds() + schedule_s)
+
+
+def _finished_at(run: dict[str, object] | None) -> datetime | None:
+    value = run.get("finished_at") if run is not None else None
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 async def loop(runtime: Runtime) -> None:
     """Sync now, then every ``SYNC_SCHEDULE`` hours, until ``runtime.stop`` is set."""
     fetcher = build(runtime)
@@ -86,7 +125,11 @@ async def loop(runtime: Runtime) -> None:
         began = time.monotonic()
         summary = await fetcher.sync(new_run_id(), runtime.stop)
         failures = failures + 1 if summary.outcome is Outcome.FAILED else 0
-        delay = max(0.0, began + next_delay_s(summary, schedule_s, failures) - time.monotonic())
+        if summary.outcome is Outcome.STANDBY:
+            wait_s = await standby_delay_s(fetcher, schedule_s)
+        else:
+            wait_s = next_delay_s(summary, schedule_s, failures)
+        delay = max(0.0, began + wait_s - time.monotonic())
         if not runtime.stop.is_set():
             log.info("fetch.next_sync", in_s=round(delay, 1), after=summary.outcome.value)
         await sleep_unless_stopped(runtime.stop, delay)

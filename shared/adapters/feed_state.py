@@ -73,6 +73,13 @@ class Lease:
         by someone else is left alone. Returns whether we released it."""
         return bool(await run(self._release, [self.key], [self.owner], "release"))
 
+    async def expires_in_s(self) -> float | None:
+        """How long until the lease, as whoever holds it now left it, expires; ``None`` when
+        nobody holds it."""
+        with translated("lease expiry"):
+            left_ms = await self._client.pttl(self.key)
+        return None if left_ms < 0 else left_ms / 1000
+
     async def holder(self) -> str | None:
         """Who holds the lease now, for ``status``."""
         with translated("lease holder"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from services.fetcher.main import loop, next_delay_s, sync_once
+from services.fetcher.main import build, loop, next_delay_s, standby_delay_s, sync_once
 from services.fetcher.sync import Outcome, SyncSummary
 from services.runtime import Runtime
 from shared.adapters.feed_state import FetcherLease
@@ -113,3 +114,45 @@ def test_failed_syncs_retry_sooner_than_the_schedule() -> None:
     assert next_delay_s(summary(Outcome.FAILED), schedule, 10) == schedule
     assert next_delay_s(summary(Outcome.STANDBY), schedule, 0) == schedule
     assert INDICATORS.name == "indicators"
+
+
+async def test_a_standby_takes_over_a_dead_fetchers_sync_when_its_lease_runs_out(
+    root: tuple[World, Runtime], redis_client: Redis
+) -> None:
+    """A fetcher killed mid-sync leaves its lease to expire and its window half fetched (the
+    checkpoint moved after the last sync finished): its successor, in standby at start, tries
+    again when the lease runs out and fetches the rest, not a whole schedule (here an hour)
+    later."""
+    w, rt = root
+    finished = datetime.now(UTC) - timedelta(minutes=10)
+    await w.state.record_run({"outcome": "completed", "finished_at": finished.isoformat()})
+    await w.state.advance(T0, "the-dead-fetchers-run")  # saved now: after that sync finished
+    dead = FetcherLease(redis_client, owner="fetcher-dead", ttl_s=1.5)
+    assert await dead.acquire()
+    task = asyncio.create_task(loop(rt))
+
+    async def took_over() -> bool:
+        run = await w.state.last_run()
+        return run is not None and run.get("run_id") is not None and run["outcome"] == "completed"
+
+    await wait_for(took_over, 15, what="the standby's own sync")
+    rt.stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert len(w.first_queries()) == 1
+
+
+async def test_a_standby_waits_for_the_next_due_sync_once_the_holders_sync_finished(
+    root: tuple[World, Runtime], redis_client: Redis
+) -> None:
+    w, rt = root
+    fetcher = build(rt)
+    await w.state.advance(T0, "earlier")  # the checkpoint moved, then the sync finished
+    finished = datetime.now(UTC)
+    await w.state.record_run({"outcome": "completed", "finished_at": finished.isoformat()})
+    schedule_s = 3600.0
+    assert 3590 < await standby_delay_s(fetcher, schedule_s) <= 3600
+    # While another fetcher's sync runs (its checkpoint moved since): when its lease may end.
+    await w.state.advance(T0 + timedelta(hours=1), "running")
+    holder = FetcherLease(redis_client, owner="fetcher-live", ttl_s=20)
+    assert await holder.acquire()
+    assert 19 < await standby_delay_s(fetcher, schedule_s) <= 21
