@@ -27,7 +27,7 @@ import orjson
 from services.cli.lookup import find
 from services.cli.query import Query
 from services.filter.config import CLAIM_TTL_S
-from services.filter.revoking import Revocable, revocation
+from services.filter.revoking import Revocable, queued_revocation, revocation
 from services.filter.suppressing import SUPPRESSED
 from shared.adapters.destination_state import DestinationState
 from shared.adapters.mati_client import MatiClient
@@ -54,7 +54,8 @@ log = get_logger(__name__)
 class Added:
     suppression: Suppression
     new: bool
-    #: Revocations queued: the observables the workspace held live.
+    #: Revocations queued: the observables the workspace held live, or whose upload is
+    #: queued or in flight.
     revoking: int
     #: Why nothing could be revoked although MATI knows the record ("" when not the case).
     note: str = ""
@@ -138,14 +139,22 @@ async def _revoke(
     returns how many.
 
     Every observable's claim is taken, live or not: an upload of it may be queued (a first
-    upload in a back-fill, a re-publication under its next id) and must not go live."""
+    upload in a back-fill, a re-publication under its next id) and must not go live. One
+    whose claim an upload holds while the workspace does not hold it live is revoked too,
+    under the id that upload carries, as the filter does (``queued_revocation``): that upload
+    may already be in Sentinel with its answer on the way, or lost with an uploader that died
+    before committing, and the seen cache cannot know; if it never arrives, Sentinel holds
+    the object revoked, never live. A claim ``add`` itself left (``SUPPRESSED_CLAIM``) is no
+    upload."""
     candidates = _revocable(indicator, suppression)
-    entries = await state.seen([candidate.lineage for candidate in candidates])
+    held, entries = await state.claims_and_seen([candidate.lineage for candidate in candidates])
     policy = settings.stix_policy()
     claims: list[tuple[str, str]] = []
     requests: list[UploadRequest] = []
-    for candidate, entry in zip(candidates, entries, strict=True):
+    for candidate, claim, entry in zip(candidates, held, entries, strict=True):
         request = revocation(candidate, entry, now, policy)
+        if request is None and claim not in (None, SUPPRESSED_CLAIM):
+            request = queued_revocation(candidate, entry, policy)
         if request is not None:
             requests.append(request)
         claims.append((candidate.lineage, request.fingerprint if request else SUPPRESSED_CLAIM))

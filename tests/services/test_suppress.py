@@ -94,17 +94,33 @@ async def test_add_again_updates_and_queues_the_revocation_anew(ctx: Ctx) -> Non
     assert stored.reason == "a better reason"
 
 
-async def test_add_what_is_not_live_keeps_it_out_and_supersedes_its_queued_upload(
-    ctx: Ctx,
-) -> None:
-    """Never uploaded yet (a first upload queued in a back-fill), or revoked already: nothing
-    to revoke, but what is queued must not go live: the claim makes the uploader skip it."""
+async def test_add_revokes_what_an_upload_queued_or_in_flight_may_put_live(ctx: Ctx) -> None:
+    """Never uploaded as far as the seen cache knows, but an upload holds its claim: queued in
+    a back-fill, or already sent with its answer on the way (or lost with an uploader that died
+    before committing). The revocation goes out under the id that upload carries and takes its
+    claim: a queued upload is skipped, one that reached Sentinel is revoked after it."""
     record, sid, fp = accepted_ipv4()
-    await ctx.state.claim([(sid, fp)], ttl_s=600)  # queued, never uploaded
+    await ctx.state.claim([(sid, fp)], ttl_s=600)  # an upload queued or in flight
+    added = await suppress(ctx, record["id"])
+    assert added.revoking == 1
+    assert await ctx.state.suppressions.get(record["id"]) is not None
+    await ctx.bus.ensure(REVOKE)
+    (message,) = await ctx.bus.receive(REVOKE, max_messages=10, max_wait_s=0.2)
+    request = read_upload(message.body)
+    assert (request.stix_id, request.draft.body["revoked"]) == (sid, True)
+    assert await ctx.state.claims([sid]) == [request.fingerprint]
+
+
+async def test_add_what_is_not_live_and_not_queued_keeps_it_out(ctx: Ctx) -> None:
+    """Nothing uploaded, nothing queued (or revoked already, its revocation committed): nothing
+    to revoke; the claim it leaves makes the uploader skip an upload queued later by a batch
+    judged before the suppression."""
+    record, sid, fp = accepted_ipv4()
     added = await suppress(ctx, record["id"])
     assert added.revoking == 0
-    assert await ctx.state.suppressions.get(record["id"]) is not None
     assert await ctx.state.claims([sid]) == [SUPPRESSED_CLAIM]
+    # Suppressed again: its own claim is no upload to revoke.
+    assert (await suppress(ctx, record["id"])).revoking == 0
 
     until = datetime.now(UTC) + timedelta(days=3)
     await ctx.state.commit([(sid, SeenEntry(fp, until, revoked=True))], now=datetime.now(UTC))
