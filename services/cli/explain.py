@@ -154,6 +154,10 @@ def render(explanation: Explanation) -> str:
                 f"{'OSINT only' if info['osint'] else 'not OSINT-only'}, categories "
                 f"{', '.join(info['categories']) or 'none'}; updated {info['last_updated']}"
             )
+        actors = info.get("threat_actors")
+        if actors:
+            named = ", ".join(f"{actor['name']} ({actor['id']})" for actor in actors)
+            lines.append(f"  attributed   {named}")
     if e.filter_detail and e.verdict is not Verdict.DROPPED:
         lines.append(f"  filters      {e.filter_detail}")
     for story in e.stories:

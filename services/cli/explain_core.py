@@ -23,6 +23,7 @@ from services.cli.query import Query
 from services.uploader.reasons import REJECTED_BY_SENTINEL
 from shared.adapters.suppressions import Suppression
 from shared.contract.messages import revocation_queue, subscription, upload_queue
+from shared.core.context import actors_of
 from shared.core.filters import DropReason, FilterPolicy, Observable, evaluate
 from shared.core.fingerprint import SeenEntry, decide, fingerprint, refresh_after_for
 from shared.core.indicator import HashType, Indicator, IndicatorType
@@ -417,5 +418,7 @@ def _describe(parsed: Indicator | Rejection | None, record: Mapping[str, Any] | 
         "threat_score": parsed.threat_score,
         "osint": parsed.is_osint,
         "categories": list(parsed.categories),
+        # Whose infrastructure it is, as MATI attributes it: what an analyst asks first.
+        "threat_actors": [{"id": actor.mati_id, "name": actor.name} for actor in actors_of(parsed)],
         "last_updated": format_timestamp(parsed.last_updated) if parsed.last_updated else None,
     }

@@ -26,6 +26,7 @@ from shared.contract.messages import (
     subscription,
     upload_queue,
 )
+from shared.core.context import actors_of
 from shared.core.filters import DropReason, evaluate
 from shared.core.fingerprint import SeenEntry, fingerprint
 from shared.core.indicator import Indicator, IndicatorType
@@ -355,3 +356,21 @@ async def test_suppressed_with_its_reason_and_time(ctx: Ctx) -> None:
     assert answer.verdict is Verdict.SUPPRESSED
     assert answer.headline.startswith("suppressed since 2026-05-04T03:02:01.000Z: our own proxy")
     assert answer.suppression == keep_out.to_dict()
+
+
+async def test_an_attributed_indicator_names_its_threat_actors(ctx: Ctx) -> None:
+    """Whose infrastructure it is, as MATI attributes it: each threat actor once, by name and
+    MATI id, in the answer and its text; malware stays out (it is a label)."""
+    record, indicator = find(lambda i, v: len(actors_of(i)) > 0 and len(i.malware) > 0)
+    answer = await ctx.explain(record["id"])
+    assert answer.indicator is not None
+    expected = [{"id": a.mati_id, "name": a.name} for a in actors_of(indicator)]
+    assert answer.indicator["threat_actors"] == expected
+    line = next(line for line in render(answer).splitlines() if "attributed" in line)
+    assert line == "  attributed   " + ", ".join(f"{a['name']} ({a['id']})" for a in expected)
+    assert not any(name in line for name in indicator.malware)
+    plain, _ = find(lambda i, v: not i.associations)
+    unattributed = await ctx.explain(plain["id"])
+    assert unattributed.indicator is not None
+    assert unattributed.indicator["threat_actors"] == []
+    assert "attributed" not in render(unattributed)
