@@ -26,8 +26,6 @@ from shared.core.settings import Service, Settings, load_settings
 #: needs only their filters; whoever uploads (``ALL``: ``check-config``) their identities.
 _PER_DESTINATION: Final = {
     Service.FETCHER: Service.FILTER,
-    Service.FILTER: Service.FILTER,
-    Service.UPLOADER: Service.UPLOADER,
     Service.ADMIN: Service.ADMIN,
     Service.ALL: Service.UPLOADER,
 }

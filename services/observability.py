@@ -25,6 +25,7 @@ from shared.contract.bus import Bus
 from shared.contract.messages import revocation_queue, subscription, upload_queue
 from shared.core.drift import Drift
 from shared.core.settings import Service, Settings
+from shared.core.timing import aware_timestamp
 from shared.telemetry.gauges import REFRESH_S, GaugeCache, Read, Reading, queue_read
 from shared.telemetry.health import Health
 from shared.telemetry.metrics import Metrics, exporter_readers
@@ -47,7 +48,7 @@ def feed_read(feed: FeedState, destination: str) -> Read:
             saved_age = max(0.0, (now - checkpoint.saved_at).total_seconds())
             readings.append(("mati2sentinel_checkpoint_age_seconds", age, attributes))
             readings.append(("mati2sentinel_checkpoint_saved_age_seconds", saved_age, attributes))
-        finished = _timestamp(last_run.get("finished_at")) if last_run else None
+        finished = aware_timestamp(last_run.get("finished_at")) if last_run else None
         if last_run is not None and finished is not None:
             completed = 1.0 if last_run.get("outcome") == "completed" else 0.0
             sync_age = max(0.0, (now - finished).total_seconds())
@@ -56,16 +57,6 @@ def feed_read(feed: FeedState, destination: str) -> Read:
         return readings
 
     return read
-
-
-def _timestamp(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def circuit_read(state: DestinationState) -> Read:

@@ -19,6 +19,8 @@ from shared.core.errors import ConfigError, OperatorRefused, PipelineError
 from shared.core.settings import Service, Settings
 
 if TYPE_CHECKING:  # the client's module is imported only by the commands that ask MATI
+    import aiohttp
+
     from shared.adapters.mati_client import MatiClient
 
 
@@ -298,11 +300,11 @@ def reconcile(args: argparse.Namespace) -> int:
         Service.ALL if args.repair else Service.UPLOADER, args.destination, each=Service.UPLOADER
     )
 
-    async def one(rt: runtime.Runtime, target: Settings) -> int:
-        """Compare (and repair) one destination's workspace; its exit code."""
-        if rt.http is None:
-            raise RuntimeError("reconcile needs an HTTP session")
-        reader = open_reader(target, rt.http)
+    async def one(
+        rt: runtime.Runtime, http: aiohttp.ClientSession, mati: MatiClient | None, target: Settings
+    ) -> int:
+        """Compare (and repair, with ``mati``) one destination's workspace; its exit code."""
+        reader = open_reader(target, http)
         try:
             work = reconcile_.Reconciler(
                 target,
@@ -312,8 +314,7 @@ def reconcile(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else reconcile_.progress_line,
             )
             outcome = await work.compare()
-            if args.repair:
-                mati = mati_client(rt.http, settings, max_wait_s=30.0)
+            if mati is not None:
                 outcome.repair = await work.repair(
                     bus=rt.bus, mati=mati, max_lookups=args.max_lookups
                 )
@@ -331,9 +332,13 @@ def reconcile(args: argparse.Namespace) -> int:
     async def go() -> int:
         codes = [0]
         async with runtime.open_runtime(settings, Service.ADMIN, http=True) as rt:
+            if rt.http is None:
+                raise RuntimeError("reconcile needs an HTTP session")
+            # One MATI client for every destination: one token, one pace.
+            mati = mati_client(rt.http, settings, max_wait_s=30.0) if args.repair else None
             for name, target in destinations.items():
                 _header(name, destinations, json=args.json)
-                codes.append(await one(rt, target))
+                codes.append(await one(rt, rt.http, mati, target))
         return max(codes)
 
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 from aiohttp import ClientSession
@@ -25,7 +25,7 @@ from shared.adapters.feed_state import FeedState, FetcherLease
 from shared.adapters.mati_client import MatiClient
 from shared.core.errors import ConfigError, PipelineError
 from shared.core.settings import Service, Settings
-from shared.core.timing import UtcClock, sleep_unless_stopped, utc_now
+from shared.core.timing import UtcClock, aware_timestamp, sleep_unless_stopped, utc_now
 from shared.telemetry import logs
 
 log = logs.get_logger(__name__)
@@ -97,23 +97,10 @@ async def standby_delay_s(fetcher: Fetcher, schedule_s: float) -> float:
         return min(schedule_s, FAILURE_RETRY.total_seconds())
     if left is not None:
         soon = left + LEASE_MARGIN_S
-    finished = _finished_at(run)
+    finished = aware_timestamp(run.get("finished_at")) if run is not None else None
     if finished is None or (checkpoint is not None and checkpoint.saved_at > finished):
         return min(schedule_s, soon)
     return max(soon, (finished - now).total_seconds() + schedule_s)
-
-
-def _finished_at(run: dict[str, object] | None) -> datetime | None:
-    value = run.get("finished_at") if run is not None else None
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 async def loop(runtime: Runtime) -> None:

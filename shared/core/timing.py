@@ -52,3 +52,16 @@ async def sleep_unless_stopped(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return not stop.is_set()
+
+
+def aware_timestamp(value: object) -> datetime | None:
+    """An ISO 8601 text with its UTC offset as an aware datetime; ``None`` for anything else
+    (a run summary read back from Redis may be missing a time, or hold a naive one, and a
+    naive time cannot be compared with now)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
